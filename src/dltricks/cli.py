@@ -1,0 +1,66 @@
+"""The ``dltricks`` command line.
+
+Each sub-command lives in ``dltricks/commands/<name>.py`` and provides ``add_parser(subparsers)``
+(which sets ``func`` on its parser). Errors a user can cause are :class:`~dltricks.errors.DltricksError`
+and are printed as one line on stderr with exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from dltricks.errors import DltricksError
+
+# Sub-commands in the order ``dltricks --help`` lists them.
+COMMAND_MODULES = [
+    "dltricks.commands.models",
+]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default next to its help text."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dltricks",
+        description="Deep-learning tips and tricks as code you can run, measure and trust.",
+        formatter_class=_HelpFormatter,
+    )
+    from dltricks import __version__
+
+    parser.add_argument("--version", action="version", version=f"dltricks {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers, _HelpFormatter)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DLTRICKS_DEBUG") == "1"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args)
+        return int(result or 0)
+    except DltricksError as err:
+        if debug:
+            raise
+        print(f"dltricks {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dltricks {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""``dltricks models [PATTERN]``: list registered models with their parameter counts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from dltricks.models._registry import create_model, list_models, model_info
+
+
+def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
+    p = subparsers.add_parser("models", help="list registered models", formatter_class=formatter,
+                              description="List registered models, optionally filtered by a glob pattern.")
+    p.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'resnet*' (default: all)")
+    p.add_argument("--params", action="store_true", help="build each model and show its parameter count (slower)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size used with --params (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern)
+    rows = []
+    for name in names:
+        info = model_info(name)
+        row = {"name": name, "family": info.family, "task": info.task,
+               "input": "x".join(str(s) for s in info.input_size)}
+        if args.params:
+            model = create_model(name, num_classes=args.num_classes)
+            row["params"] = sum(p.numel() for p in model.parameters())
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title=f"{len(rows)} models" + (f" matching {args.pattern!r}" if args.pattern else ""))
+    for column in rows[0] if rows else ["name"]:
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    Console().print(table)
+    return 0

@@ -1,0 +1,1 @@
+"""Real data sets and fast in-memory loaders."""

@@ -1,0 +1,1 @@
+"""Reusable building blocks (convolutions, norms, attention, SSM scans...) composed by ``models/``."""

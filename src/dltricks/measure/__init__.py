@@ -1,0 +1,1 @@
+"""Measurements: parameters, FLOPs, latency, memory, receptive field, calibration."""

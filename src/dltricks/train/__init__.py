@@ -1,0 +1,1 @@
+"""The trainer: ``fit(model, data, recipe) -> metrics``."""

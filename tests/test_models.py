@@ -1,0 +1,118 @@
+"""The shared suite: every registered model, the same contract.
+
+For each name in ``list_models()``: output shape; one backward pass gives every parameter a finite
+gradient; no NaN; a state_dict round-trip reproduces the output; eval mode is deterministic;
+channels_last gives the same output; small and odd input sizes either work or raise a clear error.
+Per-model tests elsewhere only check what is special about a model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dltricks import create_model, list_models, model_info
+from dltricks.errors import ModelError
+
+ALL_MODELS = list_models()
+NUM_CLASSES = 7
+
+
+def build(name: str) -> nn.Module:
+    info = model_info(name)
+    torch.manual_seed(0)
+    kwargs = {"num_classes": NUM_CLASSES} if info.task in ("classification", "segmentation") else {}
+    return create_model(name, **kwargs)
+
+
+def example_input(name: str, model: nn.Module, batch: int = 2, size: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
+    info = model_info(name)
+    if info.make_test_input is not None and size is None:
+        return tuple(info.make_test_input(model, batch))
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, *(size or info.test_input_size), generator=generator),)
+
+
+def main_output(out: object) -> torch.Tensor:
+    """Models with auxiliary heads may return (logits, aux...) in training mode."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return main_output(out[0])
+    if isinstance(out, dict):
+        return main_output(out.get("logits", next(iter(out.values()))))
+    raise TypeError(f"unexpected output type {type(out)}")
+
+
+def test_registry_is_not_empty() -> None:
+    assert len(ALL_MODELS) >= 3
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_model_contract(name: str) -> None:
+    info = model_info(name)
+    model = build(name)
+    inputs = example_input(name, model)
+
+    # Output shape, no NaN, and a backward pass reaching every parameter.
+    model.train()
+    out = main_output(model(*inputs))
+    assert torch.isfinite(out).all(), "non-finite output"
+    if info.task == "classification":
+        assert out.shape == (inputs[0].shape[0], NUM_CLASSES)
+    elif info.task == "segmentation":
+        assert out.shape == (inputs[0].shape[0], NUM_CLASSES, *inputs[0].shape[-2:])
+    else:
+        assert out.shape[0] == inputs[0].shape[0]
+    out.float().square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad[:5]}"
+
+    # Eval mode is deterministic.
+    model.eval()
+    with torch.no_grad():
+        first = main_output(model(*inputs))
+        second = main_output(model(*inputs))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+    # state_dict round-trip into a freshly built (differently initialised) model.
+    torch.manual_seed(123)
+    clone = build(name)
+    clone.load_state_dict(model.state_dict())
+    clone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(clone(*inputs)), first)
+
+    # channels_last gives the same output for image models.
+    if inputs[0].dim() == 4 and inputs[0].is_floating_point():
+        model_cl = model.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out_cl = main_output(model_cl(*(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+                                          for x in inputs)))
+        torch.testing.assert_close(out_cl, first, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_MODELS if len(model_info(n).test_input_size) == 3
+                                  and model_info(n).make_test_input is None])
+def test_small_and_odd_inputs(name: str) -> None:
+    """Odd sizes work; too-small inputs either work or raise a clear error naming the minimum size."""
+    info = model_info(name)
+    model = build(name).eval()
+    channels, height, _ = info.test_input_size
+    for size in (height + 1, 2):
+        x = torch.randn(1, channels, size, size)
+        try:
+            with torch.no_grad():
+                out = main_output(model(x))
+        except (ValueError, ModelError) as err:
+            message = str(err)
+            assert "input" in message.lower(), f"error for {size}x{size} does not say what input was expected: {message}"
+            if info.min_input_size is not None:
+                assert str(info.min_input_size) in message, f"error does not name the minimum size {info.min_input_size}: {message}"
+            continue
+        assert torch.isfinite(out).all()
+        if info.task == "segmentation":
+            assert out.shape[-2:] == (size, size)
