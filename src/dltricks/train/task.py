@@ -1,0 +1,149 @@
+"""What the trainer needs to know about a problem besides the model: a :class:`Task`.
+
+A task bundles the training and evaluation loaders with the loss and the per-batch metrics, so one
+trainer serves classification, segmentation and sequence problems. Data modules register task
+builders by name (``@register_task("mnist")``) and the CLI's ``--data NAME`` finds them with
+:func:`build_task`.
+
+Loader protocol (what ``train_loader`` and ``val_loader`` must provide):
+
+* ``len(loader)``: batches per epoch on this rank;
+* ``loader.iter_epoch(epoch, start_batch=0)``: yields ``(inputs, targets)``; ``inputs`` is a tensor or
+  a tuple of tensors (the model is called as ``model(*inputs)``); the batch order and any random
+  augmentation must be a pure function of ``(seed, epoch, batch index)`` so that a resumed run sees
+  exactly the batches an uninterrupted one would.
+* ``loader.num_samples``: samples per epoch on this rank (for images/s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from dltricks.errors import DataError, did_you_mean
+
+__all__ = ["Loader", "Task", "register_task", "build_task", "list_tasks", "classification_loss",
+           "classification_metrics"]
+
+Batch = tuple[Any, torch.Tensor]
+
+
+class Loader(Protocol):
+    num_samples: int
+
+    def __len__(self) -> int: ...
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]: ...
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """Main logits of a model output: models with auxiliary heads return (logits, aux...)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return _logits(output[0])
+    if isinstance(output, dict):
+        return output["logits"]
+    raise TypeError(f"cannot find logits in model output of type {type(output).__name__}")
+
+
+def classification_loss(output: Any, target: torch.Tensor, *, label_smoothing: float = 0.0,
+                        aux_weight: float = 0.3) -> torch.Tensor:
+    """Cross-entropy with optional label smoothing; ``target`` is class indices ``(B,)`` or
+    probabilities ``(B, K)`` (after mixup/cutmix). Auxiliary heads (GoogLeNet, Inception v3) add
+    ``aux_weight`` times their own loss, as in Szegedy et al. 2015."""
+    loss = F.cross_entropy(_logits(output).float(), target, label_smoothing=label_smoothing)
+    if isinstance(output, (tuple, list)) and len(output) > 1:
+        for aux in output[1:]:
+            if isinstance(aux, torch.Tensor):
+                loss = loss + aux_weight * F.cross_entropy(aux.float(), target, label_smoothing=label_smoothing)
+    return loss
+
+
+def classification_metrics(output: Any, target: torch.Tensor) -> dict[str, float]:
+    """Per-batch sums: ``loss`` (summed cross-entropy), ``correct`` and ``count``."""
+    logits = _logits(output).float()
+    hard = target.argmax(dim=1) if target.dim() == 2 else target
+    return {
+        "loss": F.cross_entropy(logits, target, reduction="sum").item(),
+        "correct": (logits.argmax(dim=1) == hard).sum().item(),
+        "count": float(target.shape[0]),
+    }
+
+
+@dataclass
+class Task:
+    """A problem the trainer can fit: loaders, loss and metrics.
+
+    Attributes:
+        name: data set / task name (shown in logs and reports).
+        train_loader, val_loader: objects following the loader protocol above (``val_loader`` may be
+            ``None``).
+        num_classes: size of the model output the task expects.
+        in_chans: channels of image inputs (``None`` for token inputs).
+        loss: ``fn(output, target, *, label_smoothing) -> scalar``; defaults to cross-entropy.
+        batch_metrics: ``fn(output, target) -> dict of sums`` including ``count``; the trainer sums
+            them over batches (and ranks) and divides by ``count``; ``correct`` is reported as
+            ``accuracy``. Defaults to :func:`classification_metrics`.
+        classes: class names, when known (for per-class reports).
+        input_shape: shape of one input sample, e.g. ``(1, 28, 28)``.
+        extra: anything task-specific (normalisation statistics, vocabularies...).
+    """
+
+    name: str
+    train_loader: Loader
+    val_loader: Loader | None
+    num_classes: int
+    in_chans: int | None = None
+    loss: Callable[..., torch.Tensor] = classification_loss
+    batch_metrics: Callable[[Any, torch.Tensor], dict[str, float]] = classification_metrics
+    classes: tuple[str, ...] = ()
+    input_shape: tuple[int, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+TaskBuilder = Callable[..., Task]
+_task_builders: dict[str, TaskBuilder] = {}
+_task_help: dict[str, str] = {}
+
+
+def register_task(name: str, *, help: str = "") -> Callable[[TaskBuilder], TaskBuilder]:
+    """Register ``builder(*, batch_size, data_dir=None, seed=0, augment=None, rank=0, world_size=1,
+    device='cpu', **options) -> Task`` under ``name``."""
+
+    def decorator(builder: TaskBuilder) -> TaskBuilder:
+        _task_builders[name] = builder
+        _task_help[name] = help or (builder.__doc__ or "").strip().splitlines()[0] if (help or builder.__doc__) else ""
+        return builder
+
+    return decorator
+
+
+def _ensure_loaded() -> None:
+    import importlib
+
+    for module in ("dltricks.data.tasks",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:  # the module itself missing, not something it imports
+            if err.name != module:
+                raise
+
+
+def list_tasks() -> dict[str, str]:
+    """Registered task names with a one-line description."""
+    _ensure_loaded()
+    return dict(sorted(_task_help.items()))
+
+
+def build_task(name: str, **options: Any) -> Task:
+    """Build a registered task; an unknown name lists the closest ones."""
+    _ensure_loaded()
+    if name not in _task_builders:
+        raise DataError(f"unknown data set {name!r}.{did_you_mean(name, _task_builders)} "
+                        f"Known: {', '.join(sorted(_task_builders)) or '(none)'}")
+    return _task_builders[name](**options)
