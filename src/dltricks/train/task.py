@@ -123,10 +123,19 @@ def register_task(name: str, *, help: str = "") -> Callable[[TaskBuilder], TaskB
     return decorator
 
 
+TASK_MODULES = (
+    "dltricks.data.tasks",  # mnist, mnist-embedded, cifar10, imagefolder
+    "dltricks.data.isbi",  # isbi2012-membrane segmentation
+    "dltricks.data.dates",  # human-readable dates -> ISO (seq2seq)
+    "dltricks.data.sequence_tasks",  # selective copying, induction heads, sequential MNIST, ListOps
+)
+
+
 def _ensure_loaded() -> None:
     import importlib
 
-    for module in ("dltricks.data.tasks",):
+    # Every module that registers tasks; a module that does not exist (yet) is skipped.
+    for module in TASK_MODULES:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:  # the module itself missing, not something it imports
@@ -143,6 +152,14 @@ def list_tasks() -> dict[str, str]:
 def build_task(name: str, **options: Any) -> Task:
     """Build a registered task; an unknown name lists the closest ones."""
     _ensure_loaded()
+    if ":" in name and name not in _task_builders:
+        # "imagefolder:/path/to/folder_or.zip" is shorthand for data_dir=/path/...
+        prefix, path = name.split(":", 1)
+        if prefix in _task_builders and path:
+            if options.get("data_dir") not in (None, path):
+                raise DataError(f"data set {name!r} names a path and data_dir={options['data_dir']!r} names another")
+            options["data_dir"] = path
+            name = prefix
     if name not in _task_builders:
         raise DataError(f"unknown data set {name!r}.{did_you_mean(name, _task_builders)} "
                         f"Known: {', '.join(sorted(_task_builders)) or '(none)'}")
