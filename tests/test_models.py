@@ -2,11 +2,17 @@
 
 For each name in ``list_models()``: output shape; one backward pass gives every parameter a finite
 gradient; no NaN; a state_dict round-trip reproduces the output; eval mode is deterministic;
-channels_last gives the same output; small and odd input sizes either work or raise a clear error.
-Per-model tests elsewhere only check what is special about a model.
+channels_last gives the same output; odd and too-small input sizes either work or raise a clear error
+naming the minimum size. Per-model tests elsewhere only check what is special about a model.
+
+Each model is built once per test (building the largest ones costs more than running them at the small
+test input), and the round-trip target is a deep copy whose every state entry has been scrambled, so a
+tensor missing from ``state_dict()`` shows up as a different output.
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -45,6 +51,38 @@ def main_output(out: object) -> torch.Tensor:
     raise TypeError(f"unexpected output type {type(out)}")
 
 
+def scrambled_copy(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters and persistent buffers all hold other values."""
+    clone = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for tensor in clone.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator, dtype=tensor.dtype))
+            else:
+                tensor.add_(1)
+    return clone
+
+
+def check_size(name: str, model: nn.Module, size: int) -> None:
+    """An input of ``size x size`` works (right output size) or raises a clear error."""
+    info = model_info(name)
+    channels = info.test_input_size[0]
+    x = torch.randn(1, channels, size, size)
+    try:
+        with torch.no_grad():
+            out = main_output(model(x))
+    except (ValueError, ModelError) as err:
+        message = str(err)
+        assert "input" in message.lower(), f"error for {size}x{size} does not say what input was expected: {message}"
+        if info.min_input_size is not None:
+            assert str(info.min_input_size) in message, f"error does not name the minimum size {info.min_input_size}: {message}"
+        return
+    assert torch.isfinite(out).all()
+    if info.task == "segmentation":
+        assert out.shape[-2:] == (size, size)
+
+
 def test_registry_is_not_empty() -> None:
     assert len(ALL_MODELS) >= 3
 
@@ -70,6 +108,7 @@ def test_model_contract(name: str) -> None:
     assert not missing, f"parameters without gradient: {missing[:5]}"
     bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradients: {bad[:5]}"
+    model.zero_grad(set_to_none=True)
 
     # Eval mode is deterministic.
     model.eval()
@@ -78,13 +117,18 @@ def test_model_contract(name: str) -> None:
         second = main_output(model(*inputs))
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
-    # state_dict round-trip into a freshly built (differently initialised) model.
-    torch.manual_seed(123)
-    clone = build(name)
+    # state_dict round-trip into a copy whose state was scrambled.
+    clone = scrambled_copy(model)
     clone.load_state_dict(model.state_dict())
     clone.eval()
     with torch.no_grad():
         torch.testing.assert_close(main_output(clone(*inputs)), first)
+    del clone
+
+    # Odd and too-small inputs work or raise a clear error (image models with default inputs).
+    if len(info.test_input_size) == 3 and info.make_test_input is None:
+        for size in (info.test_input_size[1] + 1, 2):
+            check_size(name, model, size)
 
     # channels_last gives the same output for image models.
     if inputs[0].dim() == 4 and inputs[0].is_floating_point():
@@ -92,27 +136,7 @@ def test_model_contract(name: str) -> None:
         with torch.no_grad():
             out_cl = main_output(model_cl(*(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
                                           for x in inputs)))
-        torch.testing.assert_close(out_cl, first, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", [n for n in ALL_MODELS if len(model_info(n).test_input_size) == 3
-                                  and model_info(n).make_test_input is None])
-def test_small_and_odd_inputs(name: str) -> None:
-    """Odd sizes work; too-small inputs either work or raise a clear error naming the minimum size."""
-    info = model_info(name)
-    model = build(name).eval()
-    channels, height, _ = info.test_input_size
-    for size in (height + 1, 2):
-        x = torch.randn(1, channels, size, size)
-        try:
-            with torch.no_grad():
-                out = main_output(model(x))
-        except (ValueError, ModelError) as err:
-            message = str(err)
-            assert "input" in message.lower(), f"error for {size}x{size} does not say what input was expected: {message}"
-            if info.min_input_size is not None:
-                assert str(info.min_input_size) in message, f"error does not name the minimum size {info.min_input_size}: {message}"
-            continue
-        assert torch.isfinite(out).all()
-        if info.task == "segmentation":
-            assert out.shape[-2:] == (size, size)
+        # float32 rounding differs between memory layouts; it grows with the output's magnitude (an
+        # untrained deep net in eval mode can reach |logits| ~ 1e4 with its initial BN running stats).
+        scale = max(1.0, first.abs().max().item())
+        torch.testing.assert_close(out_cl, first, rtol=1e-4, atol=1e-4 * scale)

@@ -17,7 +17,14 @@ from dltricks.errors import DltricksError
 
 # Sub-commands in the order ``dltricks --help`` lists them.
 COMMAND_MODULES = [
+    "dltricks.commands.run",
+    "dltricks.commands.train",
+    "dltricks.commands.eval",
     "dltricks.commands.models",
+    "dltricks.commands.profile",
+    "dltricks.commands.compare",
+    "dltricks.commands.tips",
+    "dltricks.commands.verify",
 ]
 
 

@@ -1,0 +1,110 @@
+"""``dltricks compare MODEL... --data D``: train (or evaluate) several models on the same data and write a
+leaderboard of accuracy, parameters, MACs, latency, throughput and peak memory, with plots."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  dltricks compare small_cnn lenet5 mlp --data mnist-embedded --epochs 2
+  dltricks compare resnet20 mobilenet_v2 --data cifar10 --data-dir ../shared/data --recipe cifar10-resnet --subset 5000
+  dltricks compare resnet18 resnet50 --data cifar10 --eval-only --weights resnet18=runs/r18/weights.safetensors
+
+Writes to --out: leaderboard.md, leaderboard.csv, leaderboard.json, accuracy_vs_latency.png,
+macs_vs_latency.png (pairs whose MACs order and latency order disagree are joined in red),
+params_vs_memory.png, and one training run directory per model.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
+    from dltricks.commands.train import add_common_data_args, own_formatter
+
+    p = subparsers.add_parser(
+        "compare", help="train or evaluate several models and write a leaderboard with plots",
+        formatter_class=own_formatter(formatter), epilog=EPILOG,
+        description="Train each MODEL on the same data with the same recipe (or evaluate given weights), then "
+                    "measure all of them side by side on this machine: accuracy, ECE, parameters, MACs, latency, "
+                    "throughput and peak memory. Writes Markdown/CSV/JSON leaderboards and plots.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="registered model names (two or more to compare)")
+    add_common_data_args(p, data_required=True)
+    p.add_argument("--recipe", default=None, metavar="R",
+                   help="recipe YAML file or shipped recipe name; default: the built-in defaults")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one recipe key, e.g. --set optim.lr=0.05 (repeatable); default: none")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (overrides train.epochs); default: the recipe's")
+    p.add_argument("--seed", type=int, default=None, help="seed for every model (overrides train.seed); default: the recipe's")
+    p.add_argument("--eval-only", action="store_true", help="do not train: evaluate (with --weights when given); default: train")
+    p.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
+                   help="weights file for a model with --eval-only (repeatable); default: none")
+    p.add_argument("--batch", type=int, default=None, metavar="N",
+                   help="batch size of the throughput and memory measurements; default: the recipe's batch size")
+    p.add_argument("--quick", action="store_true", help="short timings (smoke runs); default: off")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder; default: runs/compare-DATA-TIMESTAMP")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show training progress bars; default: only when stderr is a terminal")
+    p.set_defaults(func=run)
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import datetime as _dt
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from dltricks.commands.train import build_task_from_args, recipe_from_args
+    from dltricks.errors import ConfigError
+    from dltricks.measure.leaderboard import COLUMNS, _cell, compare_models, disagreeing_pairs
+    from dltricks.models._registry import model_entrypoint
+    from dltricks.train.distributed import init_from_env
+    from dltricks.train.runtime import resolve_device
+
+    for name in args.models:
+        model_entrypoint(name)
+    if len(set(args.models)) != len(args.models):
+        raise ConfigError("each MODEL may appear only once")
+    if args.batch is not None and args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+    weights = {}
+    for item in args.weights:
+        name, sep, path = item.partition("=")
+        if not sep or name not in args.models:
+            raise ConfigError(f"--weights {item!r}: expected MODEL=PATH with MODEL one of {', '.join(args.models)}")
+        if not Path(path).is_file():
+            raise ConfigError(f"--weights {item!r}: {path} does not exist")
+        weights[name] = path
+    if weights and not args.eval_only:
+        raise ConfigError("--weights only applies with --eval-only")
+    recipe = recipe_from_args(args)
+    if args.out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"compare-{args.data}-{stamp}"
+    else:
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {args.out}: exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()):
+            raise ConfigError(f"--out {args.out}: already holds files; choose a new directory")
+    dist = init_from_env(recipe.train.device)
+    device = resolve_device(recipe.train.device, local_rank=dist.local_rank)
+    task = build_task_from_args(args, recipe, device, dist, for_training=not args.eval_only)
+    rows = compare_models(args.models, task, recipe, out_dir=out, train=not args.eval_only, weights=weights,
+                          batch=args.batch, quick=args.quick, device=device, log=_log, progress=args.progress)
+    columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    table = Table(title=f"Leaderboard on {task.name}")
+    for key, header, _ in columns:
+        table.add_column(header, justify="left" if key == "model" else "right")
+    for row in rows:
+        table.add_row(*(_cell(row, k, f) for k, _, f in columns))
+    console = Console()
+    console.print(table)
+    for a, b in disagreeing_pairs(rows):
+        console.print(f"MACs vs latency: {a} has more MACs than {b} but runs faster")
+    console.print(f"leaderboard and plots: {out}")
+    return 0

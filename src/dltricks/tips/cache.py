@@ -1,0 +1,114 @@
+"""Result cache keyed by a hash of the tip's code and configuration.
+
+The key of one tip run hashes
+
+* the source of the module that holds the experiment function (helpers it calls live there too),
+* the source files of every module the tip *exercises* (a package counts with all its ``.py`` files),
+  so editing the trainer or a layer re-runs exactly the tips that use it,
+* the settings of the mode, the seed list, the verdict rule's ``repr`` and the torch version.
+
+A cached entry is a folder ``<root>/<tip id>/<key>/`` with ``result.json`` and the plot files; it is
+moved into place with one ``os.replace`` of a complete temporary folder, so an interrupted run never
+leaves a half-written entry that a later run would trust. The root is ``$DLTRICKS_CACHE/tips`` when
+that variable is set, else ``<report folder>/.cache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dltricks.tips.core import Tip
+from dltricks.utils.io import atomic_write_json
+
+__all__ = ["ENGINE_VERSION", "cache_root", "module_files", "code_fingerprint", "cache_key", "load", "store"]
+
+# Bump when the meaning of stored results changes (rules, evidence format).
+ENGINE_VERSION = "1"
+
+
+def cache_root(out: Path) -> Path:
+    env = os.environ.get("DLTRICKS_CACHE")
+    return Path(env) / "tips" if env else Path(out) / ".cache"
+
+
+def module_files(name: str) -> list[Path]:
+    """Source files of module ``name`` (all ``.py`` files below a package), [] when it does not exist."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        return []
+    origin = Path(spec.origin)
+    if spec.submodule_search_locations:  # a package: every source file below it
+        files: list[Path] = []
+        for location in spec.submodule_search_locations:
+            files += sorted(p for p in Path(location).rglob("*.py") if "__pycache__" not in p.parts)
+        return files
+    return [origin]
+
+
+def code_fingerprint(tip: Tip) -> str:
+    """sha256 over the experiment's module and every exercised module (file names and bytes)."""
+    digest = hashlib.sha256()
+    names = ([tip.experiment.partition(":")[0]] if tip.experiment else []) + sorted(set(tip.exercises))
+    for name in names:
+        files = module_files(name)
+        digest.update(f"module {name} ({len(files)} files)\n".encode())
+        for path in files:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def cache_key(tip: Tip, mode: str, settings: dict[str, Any], seeds: list[int]) -> str:
+    config = {
+        "engine": ENGINE_VERSION,
+        "tip": tip.id,
+        "mode": mode,
+        "settings": settings,
+        "seeds": seeds,
+        "rule": repr(tip.rule),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),  # timings (and float summation order) depend on it
+        "code": code_fingerprint(tip),
+    }
+    blob = json.dumps(config, sort_keys=True, default=repr).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def entry_dir(root: Path, tip_id: str, key: str) -> Path:
+    return Path(root) / tip_id / key
+
+
+def load(root: Path, tip_id: str, key: str) -> dict[str, Any] | None:
+    """The cached result, or None when absent or unreadable."""
+    path = entry_dir(root, tip_id, key) / "result.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def new_workdir(root: Path, tip_id: str) -> Path:
+    folder = Path(root) / tip_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".work-", dir=folder))
+
+
+def store(root: Path, tip_id: str, key: str, workdir: Path, result: dict[str, Any]) -> Path:
+    """Write ``result.json`` into ``workdir`` and move the whole folder into place as the entry."""
+    atomic_write_json(workdir / "result.json", result)
+    target = entry_dir(root, tip_id, key)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(workdir, target)
+    return target

@@ -1,0 +1,271 @@
+"""Convolution tips that are exact measurements: receptive fields, parameter counts, output sizes,
+checkerboard patterns. Every number comes from building the layers and measuring them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dltricks.tips import plots
+from dltricks.tips.core import Context, Evidence
+from dltricks.tips.experiments._measure import count_macs, count_weights, support_receptive_field
+
+
+def _stack(channels: int, kernel: int, depth: int, *, stride: int = 1, dilations: tuple[int, ...] | None = None,
+           pool: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        d = dilations[i] if dilations else 1
+        pad = d * (kernel - 1) // 2
+        layers += [nn.Conv2d(channels, channels, kernel, stride=stride, padding=pad, dilation=d, bias=False), nn.ReLU()]
+        if pool:
+            layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers[:-1] if not pool else layers)  # no trailing ReLU on plain stacks
+
+
+def stacked_small_kernels(ctx: Context) -> Evidence:
+    """n stacked 3x3 convs vs one (2n+1)x(2n+1) conv: receptive field, weights and MACs."""
+    channels, size = ctx.get("channels", 64), ctx.get("size", 32)
+    small = ctx.get("small_kernel", 3)
+    ev = Evidence(setup=f"{channels}->{channels} channel bias-free convs on a {size}x{size} input; receptive field "
+                        f"= support of the centre unit's input gradient (positive weights).")
+    masks = {}
+    for depth in ctx.get("depths", (2, 3)):
+        stack = _stack(channels, small, depth)
+        big_k = depth * (small - 1) + 1
+        big = nn.Conv2d(channels, channels, big_k, padding=big_k // 2, bias=False)
+        rf_s, _, mask_s = support_receptive_field(stack, in_chans=channels, size=size)
+        rf_b, _, mask_b = support_receptive_field(big, in_chans=channels, size=size)
+        x = torch.randn(1, channels, size, size)
+        w_s, w_b = count_weights(stack), count_weights(big)
+        m_s, m_b = count_macs(stack, x), count_macs(big, x)
+        ev.values.update({f"rf {depth}x{small}x{small}": rf_s, f"rf {big_k}x{big_k}": rf_b,
+                          f"weights {depth}x{small}x{small}": w_s, f"weights {big_k}x{big_k}": w_b,
+                          f"weight ratio {depth}x{small}/{big_k}": round(w_s / w_b, 4),
+                          f"MACs {depth}x{small}x{small}": m_s, f"MACs {big_k}x{big_k}": m_b})
+        ev.check(f"same receptive field ({depth} stacked vs {big_k}x{big_k})", rf_s == rf_b)
+        ev.check(f"fewer weights ({depth} stacked vs {big_k}x{big_k})", w_s < w_b)
+        ev.check(f"fewer MACs ({depth} stacked vs {big_k}x{big_k})", m_s < m_b)
+        masks[f"{depth} x {small}x{small} (RF {rf_s})"] = mask_s
+        masks[f"{big_k}x{big_k} (RF {rf_b})"] = mask_b
+    ev.plots.append(_mask_plot(ctx, "receptive_fields.png", masks, "input pixels reaching the centre output unit"))
+    ev.headline = "; ".join(f"{d}x{small}x{small}: RF {ev.values[f'rf {d}x{small}x{small}']} with "
+                            f"{ev.values[f'weight ratio {d}x{small}/{d * (small - 1) + 1}']:.0%} of the weights"
+                            for d in ctx.get("depths", (2, 3)))
+    return ev
+
+
+def _mask_plot(ctx: Context, name: str, masks: dict[str, torch.Tensor], title: str) -> str:
+    fig, axes = plots.plt.subplots(1, len(masks), figsize=(2.2 * len(masks), 2.5))
+    for ax, (label, mask) in zip(axes, masks.items()):
+        ax.imshow(mask.float().numpy(), cmap="Greys", vmin=0, vmax=1)
+        ax.set_title(label, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    return plots.save(fig, ctx.path(name))
+
+
+def padding_border(ctx: Context) -> Evidence:
+    """'Same' padding keeps the map size and lets border pixels reach more output units."""
+    depth, size, channels = ctx.get("depth", 5), ctx.get("size", 28), ctx.get("channels", 8)
+    ev = Evidence(setup=f"{depth} stacked 3x3 convs ({channels} channels, positive weights) on {size}x{size}, "
+                        f"with padding {ctx.get('padding', 1)} vs none.")
+    results = {}
+    for label, pad in (("padded", ctx.get("padding", 1)), ("valid", 0)):
+        net = nn.Sequential(*[nn.Conv2d(1 if i == 0 else channels, channels, 3, padding=pad, bias=False)
+                              for i in range(depth)]).double()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.copy_(p.abs() + 0.01)
+        x = torch.ones(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+        y = net(x)  # (1, C, H', W')
+        # How many output positions does each input pixel reach? Count per pixel via one backward per
+        # output would be slow; the gradient of the summed output weights pixels by path counts, so we
+        # also count reached positions exactly with a binary propagation through the kernel footprint.
+        reach = _reach_count(size, depth, pad)
+        y.sum().backward()
+        grad = x.grad[0, 0]
+        results[label] = {"out": y.shape[-1], "corner_reach": int(reach[0, 0]), "centre_reach": int(reach[size // 2, size // 2]),
+                          "corner_share": float(grad[0, 0] / grad[size // 2, size // 2])}
+        ev.values.update({f"{label}: output size": y.shape[-1],
+                          f"{label}: output units reached by the corner pixel": int(reach[0, 0]),
+                          f"{label}: output units reached by the centre pixel": int(reach[size // 2, size // 2]),
+                          f"{label}: corner/centre gradient share": round(results[label]["corner_share"], 6)})
+    ev.headline = (f"{size}px -> {results['padded']['out']}px padded vs {results['valid']['out']}px valid; corner pixel "
+                   f"reaches {results['padded']['corner_reach']} vs {results['valid']['corner_reach']} output units")
+    ev.check("padding keeps the spatial size", results["padded"]["out"] == size)
+    ev.check(f"no padding shrinks the map by {2 * depth} px", results["valid"]["out"] == size - 2 * depth)
+    ev.check("the corner pixel reaches more output units with padding",
+             results["padded"]["corner_reach"] > results["valid"]["corner_reach"])
+    ev.check("the corner pixel's share of the output gradient is larger with padding",
+             results["padded"]["corner_share"] > results["valid"]["corner_share"])
+    return ev
+
+
+def _reach_count(size: int, depth: int, pad: int) -> torch.Tensor:
+    """For each input pixel, the number of final output positions whose receptive field contains it."""
+    counts = torch.zeros(size, size)
+    eye = torch.eye(size * size).view(size * size, 1, size, size)  # one image per input pixel
+    kernel = torch.ones(1, 1, 3, 3)
+    x = eye
+    for _ in range(depth):
+        x = (torch.nn.functional.conv2d(x, kernel, padding=pad) > 0).float()
+    counts = x.flatten(1).sum(1).view(size, size)
+    return counts
+
+
+def downsampling_vs_dilation(ctx: Context) -> Evidence:
+    """Receptive field, output size and MACs of plain, strided, pooled and dilated 3x3 stacks."""
+    depth, size, channels = ctx.get("depth", 4), ctx.get("size", 64), ctx.get("channels", 16)
+    dil = tuple(2 ** i for i in range(depth))
+    nets = {
+        "plain 3x3": _stack(channels, 3, depth),
+        "stride 2": _stack(channels, 3, depth, stride=2),
+        "3x3 + max-pool 2": _stack(channels, 3, depth, pool=True),
+        f"dilation {','.join(map(str, dil))}": _stack(channels, 3, depth, dilations=dil),
+    }
+    ev = Evidence(setup=f"{depth} 3x3 convs with {channels} channels on a {size}x{size} input; receptive field from "
+                        f"the input-gradient support (max-pool measured as average pool of the same geometry).")
+    rows = {}
+    x = torch.randn(1, channels, size, size)
+    masks = {}
+    for label, net in nets.items():
+        rf, _, mask = support_receptive_field(net, in_chans=channels, size=size)
+        with torch.no_grad():
+            out = net(x).shape[-1]
+        macs = count_macs(net, x)
+        rows[label] = (rf, out, macs)
+        masks[f"{label}\nRF {rf}, out {out}x{out}"] = mask
+        ev.values.update({f"{label}: receptive field": rf, f"{label}: output size": out, f"{label}: MACs": macs})
+    plain, strided, pooled, dilated = (rows[k] for k in nets)
+    ev.headline = "RF / output size: " + ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in rows.items())
+    ev.check("striding enlarges the receptive field", strided[0] > plain[0])
+    ev.check("pooling enlarges the receptive field", pooled[0] > plain[0])
+    ev.check("striding cuts compute", strided[2] < plain[2])
+    ev.check("striding loses resolution", strided[1] < size)
+    ev.check("dilation enlarges the receptive field", dilated[0] > plain[0])
+    ev.check("dilation keeps full resolution", dilated[1] == size)
+    ev.plots.append(_mask_plot(ctx, "receptive_fields.png", masks, "receptive field of the centre output unit"))
+    return ev
+
+
+def conv_savings(ctx: Context) -> Evidence:
+    """The lecture's weight counts for bottleneck, depthwise-separable and factorized convolutions,
+    measured on the blocks of :mod:`dltricks.layers.conv`."""
+    from dltricks.layers.conv import ConvBottleneck, FactorizedConv2d, SeparableConv2d
+
+    c_in, c = ctx.get("in_chans", 64), ctx.get("width", 256)
+    plain = nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.Conv2d(c, c, 3, padding=1, bias=False))
+    # The lecture's bottleneck: 1x1 64->256, 3x3 256->64, 1x1 64->256.
+    bottleneck = nn.Sequential(nn.Conv2d(c_in, c, 1, bias=False), nn.Conv2d(c, c_in, 3, padding=1, bias=False),
+                               nn.Conv2d(c_in, c, 1, bias=False))
+    # ResNet's bottleneck at 256 channels (He et al. 2016, Fig. 5) vs two 3x3 convs at 256.
+    resnet_bottleneck = ConvBottleneck(c, c, c // 4, norm_layer=None, act_layer=None)
+    resnet_plain = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.Conv2d(c, c, 3, padding=1, bias=False))
+    separable = nn.Sequential(SeparableConv2d(c_in, c, 3), SeparableConv2d(c, c, 3))
+    full7 = nn.Conv2d(c_in, c, 7, padding=3, bias=False)
+    fact7 = FactorizedConv2d(c_in, c, 7)
+    ten_ds = SeparableConv2d(3, 10, 3)
+    counts = {"two 3x3 convs": count_weights(plain), "1x1-3x3-1x1 bottleneck": count_weights(bottleneck),
+              "two depthwise-separable 3x3": count_weights(separable), "7x7 conv": count_weights(full7),
+              "1x7 then 7x1": count_weights(fact7), "ten DS 3x3 filters on 3 channels": count_weights(ten_ds)}
+    expected = ctx.get("lecture", {"two 3x3 convs": 737_280, "1x1-3x3-1x1 bottleneck": 180_224,
+                                   "two depthwise-separable 3x3": 84_800, "7x7 conv": 802_816,
+                                   "1x7 then 7x1": 573_440, "ten DS 3x3 filters on 3 channels": 57})
+    size = ctx.get("size", 56)
+    x = torch.randn(1, c_in, size, size)
+    macs = {"two 3x3 convs": count_macs(plain, x), "1x1-3x3-1x1 bottleneck": count_macs(bottleneck, x),
+            "two depthwise-separable 3x3": count_macs(separable, x), "7x7 conv": count_macs(full7, x),
+            "1x7 then 7x1": count_macs(fact7, x)}
+    ev = Evidence(setup=f"bias-free blocks from dltricks.layers.conv on a {c_in}-channel input (width {c}); "
+                        f"MACs at {size}x{size} with torch.utils.flop_counter.")
+    for name, n in counts.items():
+        ev.values[f"weights: {name}"] = n
+        ev.values[f"lecture figure: {name}"] = expected[name]
+        ev.check(f"{name} has the lecture's {expected[name]:,} weights", n == expected[name])
+    ev.values["weights: ResNet bottleneck 256-64-256 (dltricks.layers.conv.ConvBottleneck)"] = count_weights(resnet_bottleneck)
+    ev.values["weights: two 3x3 convs at 256"] = count_weights(resnet_plain)
+    ev.check("ResNet bottleneck saves weights over two 3x3 at 256",
+             count_weights(resnet_bottleneck) < count_weights(resnet_plain))
+    for name, m in macs.items():
+        ev.values[f"MACs: {name}"] = m
+    ev.check("bottleneck saves weights over two 3x3", counts["1x1-3x3-1x1 bottleneck"] < counts["two 3x3 convs"])
+    ev.check("depthwise-separable saves weights over the bottleneck",
+             counts["two depthwise-separable 3x3"] < counts["1x1-3x3-1x1 bottleneck"])
+    ev.check("factorized 1x7+7x1 saves weights over 7x7", counts["1x7 then 7x1"] < counts["7x7 conv"])
+    ev.check("savings carry over to MACs", macs["two depthwise-separable 3x3"] < macs["1x1-3x3-1x1 bottleneck"]
+             < macs["two 3x3 convs"] and macs["1x7 then 7x1"] < macs["7x7 conv"])
+    ev.headline = ", ".join(f"{k} {v:,}" for k, v in counts.items())
+    ev.plots.append(plots.bar_plot(ctx.path("weights.png"), {k: [v] for k, v in counts.items() if "ten" not in k},
+                                   ylabel="weights", title="weights per block (64-channel input)", log=True))
+    return ev
+
+
+def checkerboard(ctx: Context) -> Evidence:
+    """Transposed conv with kernel not divisible by stride vs divisible vs resize + conv, on a constant input."""
+    size, stride = ctx.get("size", 16), ctx.get("stride", 2)
+    k_bad, k_good = ctx.get("uneven_kernel", 3), ctx.get("even_kernel", 4)
+    trials = ctx.get("random_trials", 8)
+    x = torch.ones(1, 1, size, size)
+    border = ctx.get("border", 3)
+
+    def variation(y: torch.Tensor) -> float:
+        inner = y[..., border:-border, border:-border]
+        return float(inner.std() / inner.abs().mean().clamp_min(1e-12))
+
+    def transposed(k: int, ones: bool) -> nn.ConvTranspose2d:
+        pad = (k - stride + 1) // 2
+        layer = nn.ConvTranspose2d(1, 1, k, stride=stride, padding=pad, output_padding=(k - stride) % 2, bias=False)
+        if ones:
+            nn.init.ones_(layer.weight)
+        return layer
+
+    def resize_conv(ones: bool) -> nn.Sequential:
+        conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        if ones:
+            nn.init.ones_(conv.weight)
+        return nn.Sequential(nn.Upsample(scale_factor=stride, mode="nearest"), conv)
+
+    maps = {}
+    with torch.no_grad():
+        y_bad = transposed(k_bad, True)(x)
+        y_good = transposed(k_good, True)(x)
+        y_rc = resize_conv(True)(x)
+        maps = {f"transposed k{k_bad} s{stride}": y_bad[0, 0], f"transposed k{k_good} s{stride}": y_good[0, 0],
+                "nearest x2 + conv 3x3": y_rc[0, 0]}
+        rand = {"uneven": [], "even": [], "resize": []}
+        for seed in range(trials):
+            torch.manual_seed(seed)
+            rand["uneven"].append(variation(transposed(k_bad, False)(x)))
+            rand["even"].append(variation(transposed(k_good, False)(x)))
+            rand["resize"].append(variation(resize_conv(False)(x)))
+    v_bad, v_good, v_rc = variation(y_bad), variation(y_good), variation(y_rc)
+    ev = Evidence(setup=f"constant {size}x{size} input upsampled x{stride}; variation = std/mean of the output "
+                        f"interior (border {border} px cut); uniform weights isolate the overlap pattern, and "
+                        f"{trials} random inits show what a network starts from.")
+    ev.values.update({f"variation, transposed k{k_bad} (uniform weights)": v_bad,
+                      f"variation, transposed k{k_good} (uniform weights)": v_good,
+                      "variation, resize + conv (uniform weights)": v_rc,
+                      f"mean variation, transposed k{k_bad} (random init)": sum(rand["uneven"]) / trials,
+                      f"mean variation, transposed k{k_good} (random init)": sum(rand["even"]) / trials,
+                      "mean variation, resize + conv (random init)": sum(rand["resize"]) / trials})
+    ev.values.update({"uneven kernel": k_bad, "even kernel": k_good, "stride": stride})
+    ev.headline = (f"interior variation: transposed k{k_bad} {v_bad:.3g}, transposed k{k_good} {v_good:.3g}, "
+                   f"resize + conv {v_rc:.3g}")
+    ev.check("the uneven kernel gives a checkerboard", v_bad > 0.05)
+    ev.check("the even kernel gives an even overlap", v_good < 1e-6)
+    ev.check("resize + conv gives no checkerboard for any weights", v_rc < 1e-6 and max(rand["resize"]) < 1e-5)
+    fig, axes = plots.plt.subplots(1, 3, figsize=(7.5, 2.7))
+    for ax, (label, m) in zip(axes, maps.items()):
+        im = ax.imshow(m.numpy(), cmap="viridis")
+        ax.set_title(label, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle("constant input, uniform weights", fontsize=9)
+    ev.plots.append(plots.save(fig, ctx.path("checkerboard.png")))
+    ev.notes = ("A divisible kernel only removes the uneven overlap; with learned (random) weights its four output "
+                "phases still differ, which is why resize + conv is the robust fix (Odena et al., Distill 2016).")
+    return ev

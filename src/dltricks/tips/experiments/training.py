@@ -1,0 +1,372 @@
+"""Training tips on the embedded MNIST split (8,000 train / 2,000 validation images of the official
+10k test set), trained with :func:`dltricks.train.fit` through :mod:`._harness`.
+
+Every experiment trains the compared arms with the same seeds (seed i: same initialisation where the
+architectures match, same data order), so the rule can pair them. Quick settings keep each arm to a
+few seconds on 2 cores: tiny CNNs (``width`` 8-16, about 10-20 k weights) or small MLPs, 1,000-2,000
+training images and 1-4 epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from dltricks.tips import plots
+from dltricks.tips.core import Context, Evidence
+from dltricks.tips.experiments._harness import TrainOutcome, TrainSpec, train
+
+ModelFn = Callable[[], nn.Module]
+
+
+# --------------------------------------------------------------------------------------------- models
+class TinyCNN(nn.Module):
+    """Two conv stages (``width``, 2*width channels) with 2x2 max-pooling, then a linear classifier on the
+    flattened 7x7 map (LeNet-style; it reaches ~95 % MNIST accuracy after one epoch on 2,000 images).
+
+    ``kernel=3, convs_per_stage=2`` and ``kernel=5, convs_per_stage=1`` have the same receptive field;
+    with ``constant_width=True`` (a shared 3x3 stem, then width -> width convs) the pair of 3x3 convs also
+    has 18/25 of the 5x5 conv's weights, as in the lecture. ``norm``: "batch", "group" (2 groups), or None (conv bias instead); ``order``: "cna" (BN before ReLU)
+    or "can" (after); ``se``: squeeze-and-excitation after each stage.
+    """
+
+    def __init__(self, *, width: int = 8, kernel: int = 3, convs_per_stage: int = 1, norm: str | None = "batch",
+                 order: str = "cna", se: bool = False, drop_rate: float = 0.0, num_classes: int = 10,
+                 in_chans: int = 1, constant_width: bool = False) -> None:
+        super().__init__()
+        from dltricks.layers.conv import ConvNormAct
+
+        norm_layer: object = None
+        if norm == "batch":
+            norm_layer = "batch"
+        elif norm == "group":
+            norm_layer = lambda c: nn.GroupNorm(2, c)  # noqa: E731
+        layers: list[nn.Module] = []
+        c_in = in_chans
+        widths = (width, 2 * width)
+        if constant_width:  # a shared 3x3 stem to ``width``, then every stage conv is width -> width
+            layers.append(ConvNormAct(in_chans, width, 3, norm_layer=norm_layer, act_layer="relu", order=order))
+            c_in, widths = width, (width, width)
+        for c_out in widths:
+            for _ in range(convs_per_stage):
+                layers.append(ConvNormAct(c_in, c_out, kernel, norm_layer=norm_layer, act_layer="relu", order=order))
+                c_in = c_out
+            if se:
+                from dltricks.layers.se import SqueezeExcite
+
+                layers.append(SqueezeExcite(c_out, rd_ratio=1 / 4))
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(c_in * 7 * 7, num_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))  # (B, num_classes)
+
+
+def mlp(hidden: tuple[int, ...] = (256, 256), drop_rate: float = 0.0) -> nn.Module:
+    from dltricks.models import create_model
+
+    return create_model("mlp", num_classes=10, in_chans=1, hidden=hidden, drop_rate=drop_rate)
+
+
+class DeepMLP(nn.Module):
+    """``depth`` blocks of Linear-(BN)-ReLU(-Linear-(BN)) on flattened pixels, with or without identity shortcuts.
+
+    ``residual=True``: ``relu(x + f(x))`` per block (He et al. 2016), with the last BN scale of every block
+    initialised to zero; ``False``: ``relu(f(x))``, the same layers with the default initialisation.
+    """
+
+    def __init__(self, *, depth: int, width: int = 64, residual: bool, norm: bool = True, num_classes: int = 10,
+                 zero_init_residual: bool = True) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width) if norm else nn.Identity(), nn.ReLU(),
+                          nn.Linear(width, width), nn.BatchNorm1d(width) if norm else nn.Identity())
+            for _ in range(depth))
+        self.residual = residual
+        self.head = nn.Linear(width, num_classes)
+        if residual and norm and zero_init_residual:
+            # Each residual branch starts as zero (last BN scale 0; Goyal et al. 2017, torchvision's
+            # zero_init_residual), so the deep net starts as the identity instead of a sum of 2*depth noisy layers.
+            for block in self.blocks:
+                nn.init.zeros_(block[-1].weight)
+
+    def forward(self, x):
+        x = self.stem(x)  # (B, width)
+        for block in self.blocks:
+            x = (x + block(x)).relu() if self.residual else block(x).relu()
+        return self.head(x)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def run_arms(ctx: Context, ev: Evidence, arms: dict[str, tuple[ModelFn, TrainSpec]],
+             extra: Callable[[str, nn.Module, TrainOutcome], dict[str, float]] | None = None) -> None:
+    """Train every arm for every seed; record standard metrics and per-epoch loss curves."""
+    curves: dict[str, list[list[float]]] = {}
+    for seed in ctx.seeds:
+        for name, (make_model, spec) in arms.items():
+            ctx.report(f"{name}, seed {seed}")
+            import torch
+
+            torch.manual_seed(seed)
+            model = make_model()
+            spec.seed = seed
+            out = train(model, spec)
+            metrics = {"val_acc": out.val_acc, "val_loss": out.val_loss, "val_ece": out.val_ece,
+                       "train_loss": out.train_eval_loss, "train_loss_auc": out.train_loss_auc,
+                       "final_train_loss": out.train_loss, "generalization_gap": out.val_loss - out.train_eval_loss,
+                       "diverged": float(out.diverged), "seconds": out.seconds}
+            if extra:
+                metrics.update(extra(name, model, out))
+            ev.add(name, **metrics)
+            curves.setdefault(name, []).append(out.epoch_train_loss)
+    ev.curves = {name: {"train_loss": c} for name, c in curves.items()}
+
+
+def _setup(spec: TrainSpec, model: str, extra: str = "") -> str:
+    return (f"{model}; embedded MNIST, {spec.subset or 8000} training images, {spec.epochs} epoch(s), batch "
+            f"{spec.batch_size}, {spec.optimizer} lr {spec.lr:g}, schedule {spec.schedule}; validation on the 2,000 "
+            f"held-out images. {extra}").strip()
+
+
+def _bars(ctx: Context, ev: Evidence, metric: str, title: str) -> None:
+    ev.plots.append(plots.bar_plot(ctx.path(f"{metric}.png"), {a: m[metric] for a, m in ev.arms.items()},
+                                   ylabel=metric, title=title))
+
+
+def _loss_curves(ctx: Context, ev: Evidence, title: str) -> None:
+    curves = {a: c["train_loss"] for a, c in ev.curves.items()}
+    if max(len(r) for c in curves.values() for r in c) > 1:
+        ev.plots.append(plots.curve_plot(ctx.path("train_loss.png"), curves, xlabel="epoch",
+                                         ylabel="training loss", title=title))
+
+
+def _spec(ctx: Context, **kw) -> TrainSpec:
+    base = {"subset": ctx.get("subset", 2000), "epochs": ctx.get("epochs", 1), "batch_size": ctx.get("batch_size", 64)}
+    base.update(kw)
+    return TrainSpec(**base)
+
+
+# --------------------------------------------------------------------------------------------- experiments
+def kernel_size(ctx: Context) -> Evidence:
+    import torch
+
+    from dltricks.tips.experiments._measure import count_macs, count_weights
+
+    w = ctx.get("width", 8)
+    small = lambda: TinyCNN(width=w, kernel=3, convs_per_stage=2, constant_width=True)  # noqa: E731
+    large = lambda: TinyCNN(width=w, kernel=5, convs_per_stage=1, constant_width=True)  # noqa: E731
+    spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w} (3x3 stem, then {w}->{w} convs): two 3x3 convs per stage vs one 5x5 (same receptive field)"))
+    x = torch.randn(1, 1, 28, 28)
+    ws, wl = count_weights(small()), count_weights(large())
+    ms, ml = count_macs(small(), x), count_macs(large(), x)
+    ev.values.update({"weights 3x3 net": ws, "weights 5x5 net": wl, "MACs 3x3 net": ms, "MACs 5x5 net": ml})
+    ev.check("3x3 net has fewer weights", ws < wl)
+    ev.check("3x3 net has fewer MACs", ms < ml)
+    run_arms(ctx, ev, {"3x3 stacks": (small, spec()), "5x5 kernels": (large, spec())})
+    _bars(ctx, ev, "val_acc", "validation accuracy")
+    return ev
+
+
+def squeeze_excitation(ctx: Context) -> Evidence:
+    w = ctx.get("width", 8)
+    spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w} with vs without SqueezeExcite (reduction 4) after each stage"))
+    run_arms(ctx, ev, {"with SE": (lambda: TinyCNN(width=w, se=True), spec()),
+                       "without SE": (lambda: TinyCNN(width=w, se=False), spec())})
+    _bars(ctx, ev, "val_acc", "validation accuracy")
+    return ev
+
+
+_SWEEPS: dict[str, dict[str, dict[float, list[TrainOutcome]]]] = {}
+
+
+def _bn_sweep(ctx: Context) -> dict[str, dict[float, list[TrainOutcome]]]:
+    """Train TinyCNN with and without batch norm at every learning rate of ``lrs`` (SGD + momentum 0.9).
+
+    Both batch-norm tips use the same sweep; it is memoised per (settings, seeds) within one process.
+    """
+    import json
+
+    import torch
+
+    key = json.dumps([ctx.settings, ctx.seeds], sort_keys=True)
+    if key in _SWEEPS:
+        return _SWEEPS[key]
+    w = ctx.get("width", 8)
+    sweep: dict[str, dict[float, list[TrainOutcome]]] = {"batch norm": {}, "no norm": {}}
+    for seed in ctx.seeds:
+        for lr in ctx.get("lrs", (0.01, 0.03, 0.1, 0.3, 1.0)):
+            for arm, norm in (("batch norm", "batch"), ("no norm", None)):
+                ctx.report(f"{arm}, lr {lr:g}, seed {seed}")
+                torch.manual_seed(seed)
+                spec = _spec(ctx, optimizer="momentum", lr=lr, seed=seed)
+                sweep[arm].setdefault(lr, []).append(train(TinyCNN(width=w, norm=norm), spec))
+    _SWEEPS[key] = sweep
+    return sweep
+
+
+def _sweep_evidence(ctx: Context, what: str) -> Evidence:
+    import math
+
+    sweep = _bn_sweep(ctx)
+    lrs = sorted(next(iter(sweep.values())))
+    threshold = ctx.get("trains_if_val_acc", 0.5)
+    ev = Evidence(setup=_setup(_spec(ctx), f"TinyCNN width {ctx.get('width', 8)} with batch norm vs without (conv "
+                               f"bias instead), SGD + momentum 0.9 at each learning rate of {lrs}",
+                               f"A run 'trains' when its validation accuracy reaches {threshold:g}."))
+    for i, _ in enumerate(ctx.seeds):
+        for arm, runs in sweep.items():
+            best_auc = min(runs[lr][i].train_loss_auc for lr in lrs)
+            ok = [lr for lr in lrs if runs[lr][i].val_acc >= threshold and not runs[lr][i].diverged]
+            ev.add(arm, best_train_loss_auc=best_auc, log10_max_lr=math.log10(max(ok)) if ok else math.log10(lrs[0]) - 1,
+                   best_val_acc=max(runs[lr][i].val_acc for lr in lrs))
+    for arm, runs in sweep.items():
+        for lr in lrs:
+            ev.values[f"{arm}, lr {lr:g}: val acc (seed 0)"] = round(runs[lr][0].val_acc, 4)
+    fig, ax = plots.plt.subplots(figsize=(5.5, 3.4))
+    for i, (arm, runs) in enumerate(sweep.items()):
+        ax.plot(lrs, [sum(r.val_acc for r in runs[lr]) / len(runs[lr]) for lr in lrs], "o-", color=f"C{i}", label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"TinyCNN after {ctx.get('epochs', 1)} epoch(s): {what}", fontsize=10)
+    ax.legend(fontsize=8)
+    ev.plots.append(plots.save(fig, ctx.path("lr_sweep.png")))
+    return ev
+
+
+def batchnorm_convergence(ctx: Context) -> Evidence:
+    """Best (over the LR grid) mean training loss with vs without batch norm."""
+    return _sweep_evidence(ctx, "convergence")
+
+
+def batchnorm_large_lr(ctx: Context) -> Evidence:
+    """Largest learning rate of the grid at which each variant still trains."""
+    return _sweep_evidence(ctx, "largest trainable learning rate")
+
+
+def norm_placement(ctx: Context) -> Evidence:
+    w = ctx.get("width", 8)
+    spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w}, ConvNormAct order conv-BN-ReLU vs conv-ReLU-BN"))
+    run_arms(ctx, ev, {"BN before ReLU": (lambda: TinyCNN(width=w, order="cna"), spec()),
+                       "BN after ReLU": (lambda: TinyCNN(width=w, order="can"), spec())})
+    _bars(ctx, ev, "val_acc", "validation accuracy")
+    return ev
+
+
+def small_batch_norm(ctx: Context) -> Evidence:
+    w = ctx.get("width", 8)
+    spec = lambda: _spec(ctx, optimizer="momentum", lr=ctx.get("lr", 0.01))  # noqa: E731
+    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w}, group norm (4 groups) vs batch norm, batch size "
+                                       f"{spec().batch_size}"))
+    run_arms(ctx, ev, {"group norm": (lambda: TinyCNN(width=w, norm="group"), spec()),
+                       "batch norm": (lambda: TinyCNN(width=w, norm="batch"), spec())})
+    _bars(ctx, ev, "val_acc", f"validation accuracy, batch {spec().batch_size}")
+    return ev
+
+
+def residual_degradation(ctx: Context) -> Evidence:
+    depth, width = ctx.get("depth", 16), ctx.get("width", 64)
+    spec = lambda: _spec(ctx, optimizer="momentum", lr=ctx.get("lr", 0.05))  # noqa: E731
+    ev = Evidence(setup=_setup(spec(), f"MLP of {depth} two-layer blocks (width {width}, BN) with identity shortcuts "
+                                       f"vs the same layers without, plus a {ctx.get('shallow', 2)}-block plain net",
+                               "Metric: training loss of the trained model (eval mode) on its training images."))
+    run_arms(ctx, ev, {"residual": (lambda: DeepMLP(depth=depth, width=width, residual=True), spec()),
+                       "plain": (lambda: DeepMLP(depth=depth, width=width, residual=False), spec()),
+                       "shallow plain": (lambda: DeepMLP(depth=ctx.get("shallow", 2), width=width, residual=False), spec())})
+    _bars(ctx, ev, "train_loss", "training loss after training")
+    return ev
+
+
+def optimizers(ctx: Context) -> Evidence:
+    hidden = tuple(ctx.get("hidden", (256, 256)))
+    arms = {"sgd": TrainSpec(optimizer="sgd", lr=0.05), "sgd+momentum": TrainSpec(optimizer="momentum", lr=0.05),
+            "adam": TrainSpec(optimizer="adam", lr=1e-3), "rmsprop": TrainSpec(optimizer="rmsprop", lr=1e-3)}
+    for spec in arms.values():
+        spec.subset, spec.epochs = ctx.get("subset", 2000), ctx.get("epochs", 1)
+    ev = Evidence(setup=_setup(arms["sgd"], f"MLP {hidden}", "LRs: SGD 0.05, SGD+momentum(0.9) 0.05, Adam 1e-3, "
+                               "RMSProp 1e-3. Metric: mean training loss over all steps."))
+    run_arms(ctx, ev, {name: (lambda: mlp(hidden), spec) for name, spec in arms.items()})
+    _bars(ctx, ev, "train_loss_auc", "mean training loss")
+    return ev
+
+
+def lr_annealing(ctx: Context) -> Evidence:
+    w, lr = ctx.get("width", 8), ctx.get("lr", 0.05)
+    arms = {name: _spec(ctx, optimizer="momentum", lr=lr, schedule=schedule)
+            for name, schedule in (("constant", "constant"), ("cosine", "cosine"), ("one-cycle", "onecycle"))}
+    ev = Evidence(setup=_setup(arms["constant"], f"TinyCNN width {w}", "Same peak LR for every schedule."))
+    run_arms(ctx, ev, {name: (lambda: TinyCNN(width=w), spec) for name, spec in arms.items()})
+    _bars(ctx, ev, "val_loss", "validation loss")
+    _loss_curves(ctx, ev, "training loss per epoch")
+    return ev
+
+
+def gradient_clipping(ctx: Context) -> Evidence:
+    lr, clip, hidden = ctx.get("lr", 2.0), ctx.get("clip", 1.0), tuple(ctx.get("hidden", (256, 256)))
+    spec = lambda c: _spec(ctx, optimizer="sgd", lr=lr, clip_norm=c)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(None), f"MLP {hidden} without normalisation, plain SGD at a large learning rate",
+                               f"Clipping the global gradient norm to {clip:g} vs none. A NaN/Inf loss counts as "
+                               f"divergence (its loss is set to 10 x the chance-level loss)."))
+    run_arms(ctx, ev, {"clipped": (lambda: mlp(hidden), spec(clip)), "no clipping": (lambda: mlp(hidden), spec(None))})
+    ev.headline = ", ".join(f"{arm}: diverged in {int(sum(m['diverged']))}/{len(m['diverged'])} runs"
+                            for arm, m in ev.arms.items())
+    _bars(ctx, ev, "final_train_loss", "final-epoch training loss")
+    return ev
+
+
+def mixed_precision(ctx: Context) -> Evidence:
+    w = ctx.get("width", 8)
+    spec = lambda amp: _spec(ctx, optimizer="momentum", lr=0.05, amp=amp)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(False), f"TinyCNN width {w}", "bf16 autocast on CPU vs fp32; the time per arm "
+                               "is reported (bf16 speed depends on the CPU's bf16 support)."))
+    run_arms(ctx, ev, {"bf16 autocast": (lambda: TinyCNN(width=w), spec(True)), "fp32": (lambda: TinyCNN(width=w), spec(False))})
+    _bars(ctx, ev, "val_acc", "validation accuracy")
+    _bars(ctx, ev, "seconds", "training time (s)")
+    return ev
+
+
+def dropout(ctx: Context) -> Evidence:
+    p, hidden = ctx.get("p", 0.5), tuple(ctx.get("hidden", (512, 512)))
+    spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(), f"MLP {hidden} with dropout {p:g} vs none",
+                               "generalization_gap = validation loss - training loss (both in eval mode)."))
+    run_arms(ctx, ev, {f"dropout {p:g}": (lambda: mlp(hidden, p), spec()), "no dropout": (lambda: mlp(hidden, 0.0), spec())})
+    _bars(ctx, ev, "generalization_gap", "validation - training loss")
+    _bars(ctx, ev, "train_loss", "training loss (eval mode)")
+    return ev
+
+
+def weight_decay(ctx: Context) -> Evidence:
+    wd, hidden = ctx.get("wd", 5e-3), tuple(ctx.get("hidden", (512, 512)))
+    spec = lambda d: _spec(ctx, optimizer="momentum", lr=0.05, weight_decay=d)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(0.0), f"MLP {hidden}", f"L2 weight decay {wd:g} vs none."))
+    run_arms(ctx, ev, {"weight decay": (lambda: mlp(hidden), spec(wd)), "no weight decay": (lambda: mlp(hidden), spec(0.0))})
+    _bars(ctx, ev, "val_loss", "validation loss")
+    return ev
+
+
+def augmentation(ctx: Context) -> Evidence:
+    w = ctx.get("width", 8)
+    aug = {k: ctx[k] for k in ("crop_padding", "rotate_degrees", "cutout") if k in ctx.settings}
+    spec = lambda a: _spec(ctx, optimizer="momentum", lr=0.05, augment=a)  # noqa: E731
+    ev = Evidence(setup=_setup(spec({}), f"TinyCNN width {w}", f"augmentation {aug or 'none'} vs none."))
+    run_arms(ctx, ev, {"augmented": (lambda: TinyCNN(width=w), spec(aug)), "no augmentation": (lambda: TinyCNN(width=w), spec({}))})
+    _bars(ctx, ev, "val_acc", "validation accuracy")
+    return ev
+
+
+def label_smoothing(ctx: Context) -> Evidence:
+    eps, hidden = ctx.get("eps", 0.1), tuple(ctx.get("hidden", (512, 512)))
+    spec = lambda e: _spec(ctx, optimizer="momentum", lr=0.05, label_smoothing=e)  # noqa: E731
+    ev = Evidence(setup=_setup(spec(0.0), f"MLP {hidden}", f"label smoothing eps {eps:g} vs hard labels; ECE with "
+                               f"15 equal-width bins on the validation set."))
+    run_arms(ctx, ev, {"label smoothing": (lambda: mlp(hidden), spec(eps)), "hard labels": (lambda: mlp(hidden), spec(0.0))})
+    _bars(ctx, ev, "val_ece", "expected calibration error (validation)")
+    _bars(ctx, ev, "val_acc", "validation accuracy")
+    return ev

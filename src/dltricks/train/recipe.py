@@ -1,0 +1,296 @@
+"""The training recipe: one typed dataclass in which every training trick is one option.
+
+A :class:`Recipe` has seven sections, each a small dataclass:
+
+* ``optim``: the optimizer (SGD with optional Nesterov momentum, Adam, AdamW, RMSprop, Adadelta), the
+  learning rate and weight decay, optionally not applied to normalisation weights and biases;
+* ``schedule``: the learning-rate schedule (constant, step, multistep, exponential, cosine, one-cycle),
+  evaluated at every optimizer step, with an optional linear warm-up in front;
+* ``train``: epochs, batch size, gradient accumulation, label smoothing, gradient clipping, mixed
+  precision, seed, deterministic mode, device, the ``overfit_batch`` sanity mode;
+* ``augment``: batched data augmentation (:class:`dltricks.data.augment.AugmentConfig`), applied by the
+  data loaders;
+* ``ema``: an exponential moving average of the weights, evaluated instead of the raw weights when on;
+* ``early_stop``: stop when a validation metric has not improved for ``patience`` epochs;
+* ``checkpoint``: how often the full trainer state is saved for ``--resume``.
+
+Recipes are YAML files holding any subset of these keys (everything else keeps its default), e.g.::
+
+    optim: {name: sgd, lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 5.0e-4, skip_norm_bias: true}
+    schedule: {name: cosine, warmup_epochs: 1}
+    train: {epochs: 30, batch_size: 128, label_smoothing: 0.1}
+    augment: {crop_padding: 4, hflip: true}
+
+and the command line overrides single keys: ``--set optim.lr=0.05 --set train.amp=true``. Unknown keys,
+values of the wrong type and out-of-range values (a learning rate <= 0...) raise a
+:class:`~dltricks.errors.ConfigError` naming the key. Recipes shipped with the package
+(``dltricks/recipes/*.yaml``) are found by name: ``--recipe mnist-speedrun``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dltricks.config import (apply_overrides, check_fraction, check_non_negative, check_positive, describe, field,
+                             from_dict, load_yaml, to_dict)
+from dltricks.data.augment import AugmentConfig
+from dltricks.errors import ConfigError, did_you_mean
+
+__all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "EmaConfig", "EarlyStopConfig", "CheckpointConfig",
+           "Recipe", "load_recipe", "list_recipes", "recipe_path", "describe_recipe"]
+
+
+def _check_momentum(value: Any) -> str | None:
+    return None if 0.0 <= value < 1.0 else "a momentum in [0, 1)"
+
+
+def _check_betas(value: Any) -> str | None:
+    return None if all(0.0 <= b < 1.0 for b in value) else "two numbers in [0, 1)"
+
+
+def _check_unit(value: Any) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "a number in [0, 1]"
+
+
+def _check_open_unit(value: Any) -> str | None:
+    return None if 0.0 < value < 1.0 else "a number in (0, 1)"
+
+
+def _check_at_least_one(value: Any) -> str | None:
+    return None if value >= 1 else "an integer >= 1"
+
+
+def _check_device(value: Any) -> str | None:
+    if value in ("auto", "cpu", "cuda", "mps"):
+        return None
+    if isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
+        return None
+    return "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and weight decay."""
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop", "adadelta"] = field(
+        "sgd", help="optimizer: sgd (plain or momentum/Nesterov), adam, adamw (decoupled weight decay, "
+                    "Loshchilov & Hutter 2019), rmsprop, adadelta (Zeiler 2012)")
+    lr: float = field(0.1, help="peak learning rate (the schedule multiplies it)", check=check_positive)
+    momentum: float = field(0.9, help="momentum of sgd and rmsprop (0 = plain SGD)", check=_check_momentum)
+    nesterov: bool = field(False, help="Nesterov momentum for sgd (Sutskever et al. 2013); needs momentum > 0")
+    weight_decay: float = field(0.0, help="L2 penalty (coupled for sgd/adam/rmsprop, decoupled for adamw)",
+                                check=check_non_negative)
+    skip_norm_bias: bool = field(False, help="no weight decay on normalisation weights and biases (all 1-D "
+                                             "parameters), as in Goyal et al. 2017 and timm")
+    betas: tuple[float, float] = field((0.9, 0.999), help="adam/adamw moment decay rates", check=_check_betas)
+    eps: float = field(1e-8, help="adam/adamw/rmsprop/adadelta denominator epsilon", check=check_positive)
+    alpha: float = field(0.99, help="rmsprop squared-gradient smoothing constant", check=_check_open_unit)
+    rho: float = field(0.9, help="adadelta running-average coefficient", check=_check_open_unit)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, evaluated at every optimizer step."""
+
+    name: Literal["constant", "step", "multistep", "exponential", "cosine", "onecycle"] = field(
+        "constant", help="constant; step (x gamma every step_epochs); multistep (x gamma at each milestone); "
+                         "exponential (x gamma per epoch); cosine (Loshchilov & Hutter 2017, to min_lr_factor); "
+                         "onecycle (Smith & Topin 2019)")
+    interval: Literal["step", "epoch"] = field(
+        "step", help="'step': the lr changes at every optimizer step (smooth); 'epoch': only at epoch "
+                     "boundaries, like torch schedulers stepped once per epoch")
+    warmup_epochs: float = field(0.0, help="linear warm-up length in epochs (fractions allowed) in front of the "
+                                           "schedule (Goyal et al. 2017); 0 = off", check=check_non_negative)
+    warmup_start_factor: float = field(0.0, help="warm-up starts at lr x this factor", check=_check_unit)
+    step_epochs: float = field(30.0, help="step: epochs between decays", check=check_positive)
+    milestones: tuple[float, ...] = field((), help="multistep: epochs at which the lr is multiplied by gamma")
+    gamma: float = field(0.1, help="step/multistep/exponential: multiplicative decay factor",
+                         check=check_positive)
+    min_lr_factor: float = field(0.0, help="cosine: final lr = lr x this factor", check=_check_unit)
+    pct_start: float = field(0.25, help="onecycle: fraction of the steps spent increasing the lr",
+                             check=_check_open_unit)
+    div_factor: float = field(25.0, help="onecycle: initial lr = lr / div_factor", check=check_positive)
+    final_div_factor: float = field(1e4, help="onecycle: final lr = initial lr / final_div_factor",
+                                    check=check_positive)
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, batch, regularisers applied in the loop, precision and reproducibility."""
+
+    epochs: int = field(10, help="passes over the training data", check=_check_at_least_one)
+    batch_size: int = field(128, help="samples per batch (per rank under DDP)", check=_check_at_least_one)
+    eval_batch_size: int | None = field(None, help="evaluation batch size (default: 2 x batch_size)",
+                                        check=check_positive)
+    accum_steps: int = field(1, help="gradient accumulation: micro-batches per optimizer step (the effective "
+                                     "batch is batch_size x accum_steps)", check=_check_at_least_one)
+    label_smoothing: float = field(0.0, help="label smoothing epsilon (Szegedy et al. 2016); 0 = off",
+                                   check=check_fraction)
+    grad_clip: float = field(0.0, help="gradient clipping threshold (0 = off)", check=check_non_negative)
+    grad_clip_mode: Literal["norm", "value"] = field(
+        "norm", help="'norm': rescale all gradients so their global L2 norm is <= grad_clip (Pascanu et al. "
+                     "2013); 'value': clamp each gradient element to [-grad_clip, grad_clip]")
+    amp: bool = field(False, help="mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = field(
+        "auto", help="autocast dtype when amp is on ('auto': float16 on CUDA, bfloat16 elsewhere); float16 "
+                     "uses a GradScaler")
+    channels_last: bool = field(False, help="NHWC memory format for the model and the inputs")
+    seed: int = field(0, help="seed of weights initialisation (CLI), data order, augmentation and dropout")
+    deterministic: bool = field(False, help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN "
+                                            "benchmark off); slower on GPU, errors on ops without one")
+    device: str = field("auto", help="'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'",
+                        check=_check_device)
+    eval_every: int = field(1, help="evaluate on the validation split every this many epochs (and after the last)",
+                            check=_check_at_least_one)
+    max_steps: int = field(0, help="stop after this many optimizer steps in total, keeping the schedule of "
+                                   "all epochs (0 = no limit; for smoke tests and interruptions)",
+                           check=check_non_negative)
+    overfit_batch: bool = field(False, help="sanity mode: train on the first training batch only until its "
+                                            "loss is below overfit_loss (no augmentation, no label smoothing)")
+    overfit_steps: int = field(500, help="overfit_batch: maximum optimizer steps", check=_check_at_least_one)
+    overfit_loss: float = field(0.01, help="overfit_batch: target loss", check=check_positive)
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of the weights (Polyak & Juditsky 1992)."""
+
+    decay: float = field(0.0, help="EMA decay per update (e.g. 0.999); 0 = off. When on, validation metrics, "
+                                   "best checkpoints and exported weights use the EMA weights", check=check_fraction)
+    warmup: bool = field(True, help="use decay min(decay, (1 + n) / (10 + n)) after n updates, so early "
+                                    "averages are not dominated by the random initialisation")
+    every: int = field(1, help="update the average every this many optimizer steps", check=_check_at_least_one)
+
+
+@dataclass
+class EarlyStopConfig:
+    """Stop training when a validation metric stops improving."""
+
+    patience: int = field(0, help="epochs (evaluations) without improvement before stopping; 0 = off",
+                          check=check_non_negative)
+    metric: Literal["val_loss", "val_accuracy"] = field("val_loss", help="metric watched")
+    min_delta: float = field(0.0, help="smallest change that counts as an improvement", check=check_non_negative)
+
+
+@dataclass
+class CheckpointConfig:
+    """When the trainer state is saved (only when a run directory is given)."""
+
+    every_epochs: int = field(1, help="save the full state every this many epochs (0 = only at the end)",
+                              check=check_non_negative)
+    every_steps: int = field(0, help="also save mid-epoch every this many optimizer steps (0 = off)",
+                             check=check_non_negative)
+    keep_best: bool = field(True, help="also keep best.safetensors, the weights with the best validation metric")
+
+
+@dataclass
+class Recipe:
+    """Everything that defines a training run apart from the model and the data."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig, help="optimizer")
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, help="learning-rate schedule")
+    train: TrainConfig = field(default_factory=TrainConfig, help="training loop")
+    augment: AugmentConfig = field(default_factory=AugmentConfig, help="data augmentation")
+    ema: EmaConfig = field(default_factory=EmaConfig, help="weight averaging")
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig, help="early stopping")
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpoints")
+
+    def __post_init__(self) -> None:
+        if self.optim.nesterov and self.optim.name != "sgd":
+            raise ConfigError(f"optim.nesterov: Nesterov momentum is an sgd option, got optim.name={self.optim.name!r}")
+        if self.optim.nesterov and self.optim.momentum == 0:
+            raise ConfigError("optim.nesterov: Nesterov momentum needs optim.momentum > 0, got 0")
+        if self.schedule.name == "multistep":
+            if not self.schedule.milestones:
+                raise ConfigError("schedule.milestones: the multistep schedule needs at least one milestone (epochs), "
+                                  "e.g. [30, 60, 80]")
+            if any(b <= a for a, b in zip(self.schedule.milestones, self.schedule.milestones[1:])):
+                raise ConfigError(f"schedule.milestones: got {list(self.schedule.milestones)}, expected increasing epochs")
+            if any(m <= 0 for m in self.schedule.milestones):
+                raise ConfigError(f"schedule.milestones: got {list(self.schedule.milestones)}, expected epochs > 0")
+        if self.train.overfit_batch and self.train.accum_steps != 1:
+            raise ConfigError("train.accum_steps: overfit_batch trains on one batch; expected accum_steps 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def _recipes_dir() -> Path:
+    return Path(str(importlib.resources.files("dltricks") / "recipes"))
+
+
+def list_recipes() -> dict[str, str]:
+    """Recipes shipped with the package: name -> first comment line of the file."""
+    found = {}
+    folder = _recipes_dir()
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+        found[path.stem] = first
+    return found
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file: an existing path, or the name of a recipe shipped with the package."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = _recipes_dir() / f"{path.name}.yaml" if path.suffix == "" else _recipes_dir() / path.name
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = list(list_recipes())
+    raise ConfigError(f"recipe {str(name_or_path)!r} is neither a YAML file nor a shipped recipe."
+                      f"{did_you_mean(path.stem, names)} Shipped recipes: {', '.join(names) or '(none)'}")
+
+
+# YAML 1.1 (PyYAML) reads "5e-4" as a string (it wants "5.0e-4"); a recipe means a number there.
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _numbers(value: Any) -> Any:
+    if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
+def _override_numbers(item: str) -> str:
+    key, sep, raw = item.partition("=")
+    if sep and _SCIENTIFIC.match(raw.strip()):
+        text = repr(float(raw))
+        return f"{key}={text.replace('e', '.0e') if '.' not in text else text}"
+    return item
+
+
+def load_recipe(source: str | Path | Mapping[str, Any] | Recipe | None = None,
+                overrides: Sequence[str] = ()) -> Recipe:
+    """Build a checked :class:`Recipe`.
+
+    Args:
+        source: ``None`` (all defaults), a :class:`Recipe`, a mapping of sections, a YAML file path, or the
+            name of a shipped recipe (``dltricks/recipes/<name>.yaml``).
+        overrides: ``"section.key=value"`` strings (values parsed as YAML), applied last.
+    """
+    if source is None:
+        base: Recipe | Mapping[str, Any] = {}
+    elif isinstance(source, Recipe):
+        base = source
+    elif isinstance(source, Mapping):
+        base = source
+    else:
+        base = _numbers(load_yaml(recipe_path(source)))
+    if overrides or not isinstance(base, Recipe):
+        return apply_overrides(Recipe, base, [_override_numbers(o) for o in overrides])
+    return from_dict(Recipe, to_dict(base))
+
+
+def describe_recipe() -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, help)`` for every recipe option (for docs and ``--help``)."""
+    return describe(Recipe)

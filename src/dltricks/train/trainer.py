@@ -1,0 +1,716 @@
+"""The training loop: ``fit(model, task, recipe) -> FitResult``.
+
+One readable loop in which every trick of the recipe is one option (see :mod:`dltricks.train.recipe`).
+An optimizer step, in order:
+
+1. for each of the ``accum_steps`` micro-batches of the step: forward under autocast (``train.amp``),
+   loss with label smoothing, a NaN/Inf check of the loss, ``backward`` of ``loss / micro-batches``
+   (scaled by the GradScaler for float16; under DDP the gradient all-reduce happens only on the last
+   micro-batch);
+2. unscale and clip the gradients (``train.grad_clip``, by global norm or by value);
+3. set the learning rate of the schedule for this step (:class:`~dltricks.train.schedule.LRSchedule`)
+   and step the optimizer (through the GradScaler, which skips steps with Inf gradients in float16);
+4. update the EMA of the weights (``ema.decay``).
+
+After each epoch the model (the EMA weights when EMA is on) is evaluated on the validation loader, a line
+goes to ``metrics.jsonl``/``metrics.csv`` and the full state to ``checkpoints/last.safetensors`` (rank 0
+only); early stopping looks at the chosen validation metric.
+
+``fit`` is a library function first: the CLI, the evidence engine and the hyper-parameter search call it
+in-process. It keeps no state between calls; the only global things it touches are the RNG seeds
+(``train.seed``) and, inside the call only, the deterministic-algorithm flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dltricks.config import to_dict
+from dltricks.errors import CheckpointError, ConfigError, ModelError, TrainingError
+from dltricks.train.checkpoint import (CHECKPOINT_FORMAT, WEIGHTS_FORMAT, optimizer_from_flat, optimizer_to_flat,
+                                       read_tensors, restore_rng_state, rng_state_to_flat, save_weights, unwrap,
+                                       write_tensors)
+from dltricks.train.distributed import DistInfo, all_reduce_sum
+from dltricks.train.ema import ModelEma
+from dltricks.train.optim import build_optimizer
+from dltricks.train.recipe import Recipe, load_recipe
+from dltricks.train.runtime import Precision, deterministic_mode, resolve_device, resolve_precision, seed_everything
+from dltricks.train.schedule import LRSchedule
+from dltricks.train.task import Task, _logits
+from dltricks.utils.io import atomic_write_json, atomic_write_text
+from dltricks.utils.progress import ProgressBar
+
+__all__ = ["fit", "FitResult", "evaluate", "check_compatible", "RESUMABLE_KEYS"]
+
+# Recipe keys that may differ between a checkpoint and the run resuming it (they do not change the
+# trajectory of the weights). Any other difference is refused: the result would not be the run the
+# checkpoint belongs to.
+RESUMABLE_KEYS = ("train.max_steps", "train.device", "checkpoint.")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        history: one record per epoch: ``epoch`` (1-based), ``step`` (optimizer steps so far), ``lr`` (of
+            the epoch's last step), ``train_loss`` (the optimised objective, label smoothing included),
+            ``train_accuracy``, ``val_loss``, ``val_accuracy`` (when evaluated), ``images_per_s`` (training
+            throughput of this rank), ``train_time_s``, ``epoch_time_s`` (training + evaluation) and
+            ``time_s`` (cumulative). In ``overfit_batch`` mode one record per step instead.
+        final: the last record plus ``best_<metric>``, ``best_epoch``, ``epochs``, ``steps``,
+            ``stop_reason`` and ``time_s``.
+        model: the evaluated model: the EMA copy when ``ema.decay > 0``, else the trained model itself
+            (without DDP wrapper).
+        run_dir: where logs and checkpoints went (``None`` when not written).
+        stop_reason: ``completed``, ``early_stop``, ``max_steps``, ``callback``, ``overfit_reached`` or
+            ``overfit_not_reached``.
+    """
+
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    model: nn.Module
+    run_dir: Path | None = None
+    stop_reason: str = "completed"
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.final.get("val_accuracy")
+
+    @property
+    def val_loss(self) -> float | None:
+        return self.final.get("val_loss")
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.final.get("train_loss")
+
+
+def _to_device(x: Any, device: torch.device, channels_last: bool) -> Any:
+    if isinstance(x, torch.Tensor):
+        if x.device != device:
+            x = x.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+    if isinstance(x, (tuple, list)):
+        return tuple(_to_device(t, device, channels_last) for t in x)
+    return x
+
+
+def _call(model: nn.Module, x: Any) -> Any:
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def _model_name(model: nn.Module) -> str:
+    return getattr(unwrap(model), "model_name", type(unwrap(model)).__name__)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, task: Task | None = None, *, epoch: int = 0,
+             device: torch.device | str | None = None, precision: Precision | None = None,
+             channels_last: bool = False, confusion: bool = False) -> dict[str, Any]:
+    """Mean metrics of ``model`` over one pass of ``loader`` (sums added across DDP ranks).
+
+    Returns ``loss``, ``accuracy`` (when the task reports ``correct``), any other metric of
+    ``task.batch_metrics`` divided by ``count``, and ``count``. With ``confusion=True`` (classification)
+    also ``confusion``: a ``(K, K)`` int64 tensor, rows = true class, columns = prediction, and
+    ``per_class_accuracy``: a list of K recalls (``nan`` for a class absent from the data).
+    """
+    from dltricks.train.task import classification_metrics
+
+    metrics_fn = task.batch_metrics if task is not None else classification_metrics
+    model_device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device) if device is not None else model_device
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    matrix = None
+    try:
+        for x, y in loader.iter_epoch(epoch):
+            x = _to_device(x, device, channels_last)
+            y = _to_device(y, device, False)
+            with (precision.autocast() if precision is not None else contextlib.nullcontext()):
+                out = _call(model, x)
+            for k, v in metrics_fn(out, y).items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if confusion:
+                logits = _logits(out)
+                K = logits.shape[1]
+                hard = y.argmax(dim=1) if y.dim() == 2 else y
+                pairs = hard.flatten().long() * K + logits.argmax(dim=1).flatten()  # (B,) true*K + pred
+                counts = torch.bincount(pairs, minlength=K * K).cpu()
+                matrix = counts if matrix is None else matrix + counts
+    finally:
+        model.train(was_training)
+    sums = all_reduce_sum(sums, device=device)
+    count = sums.pop("count", 0.0)
+    if count == 0:
+        raise TrainingError("evaluation data is empty (0 samples)")
+    result: dict[str, Any] = {}
+    for k, v in sums.items():
+        result["accuracy" if k == "correct" else k] = v / count
+    result["count"] = int(count)
+    if confusion and matrix is not None:
+        K = int(math.isqrt(matrix.numel()))
+        if DistInfo.current().enabled:
+            import torch.distributed as dist
+
+            t = matrix.to(device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(t)
+            matrix = t.cpu()
+        matrix = matrix.view(K, K)  # (true, predicted)
+        totals = matrix.sum(dim=1)
+        result["confusion"] = matrix
+        result["per_class_accuracy"] = [float(matrix[i, i] / totals[i]) if totals[i] > 0 else float("nan")
+                                        for i in range(K)]
+    return result
+
+
+def check_compatible(model: nn.Module, task: Task, *, device: torch.device | str | None = None) -> None:
+    """Run the model on two samples of the task's data (eval mode, no gradients) and raise a
+    :class:`~dltricks.errors.ModelError` that names the model and the data when they do not fit: input
+    channels, too small images, a classifier of the wrong width. Touches no RNG and no BN statistics."""
+    loader = task.val_loader if task.val_loader is not None else task.train_loader
+    name = _model_name(model)
+    try:
+        x, _ = next(iter(loader.iter_epoch(0)))
+    except StopIteration as err:
+        raise ModelError(f"data set {task.name} yields no batches") from err
+    device = torch.device(device) if device is not None else next((p.device for p in model.parameters()),
+                                                                   torch.device("cpu"))
+    x = _to_device(x[:2] if isinstance(x, torch.Tensor) else tuple(t[:2] for t in x), device, False)
+    shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(tuple(t.shape) for t in x)
+    in_chans = getattr(unwrap(model), "in_chans", None)
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(in_chans, int) and in_chans != x.shape[1]:
+        raise ModelError(f"model {name} takes {in_chans}-channel input but data set {task.name} has "
+                         f"{x.shape[1]} channels (input {shape}); build the model with in_chans={x.shape[1]}")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _call(model, x)
+    except (ValueError, RuntimeError, TypeError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model {name} cannot take inputs of data set {task.name} (shape {shape}): {message}") from err
+    finally:
+        model.train(was_training)
+    logits = _logits(out)
+    if logits.dim() >= 2 and logits.shape[1] != task.num_classes:
+        raise ModelError(f"model {name} outputs {logits.shape[1]} classes but data set {task.name} has "
+                         f"{task.num_classes}; build it with num_classes={task.num_classes}")
+
+
+def _recipe_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(saved) | set(current)):
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            keys += _recipe_differences(a, b, prefix + k + ".")
+        elif a != b:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+class _Trainer:
+    """The state of one :func:`fit` call (see the module docstring for the loop)."""
+
+    def __init__(self, model: nn.Module, task: Task, recipe: Recipe, *, run_dir: Path | None,
+                 progress: bool | None, log: Callable[[str], None] | None,
+                 on_epoch: Callable[[dict[str, Any]], bool | None] | None, meta: Mapping[str, Any] | None) -> None:
+        self.recipe, self.task = recipe, task
+        cfg = recipe.train
+        self.dist = DistInfo.current()
+        self.device = resolve_device(cfg.device, local_rank=self.dist.local_rank)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress, self.log, self.on_epoch = progress, log, on_epoch
+        self.meta = dict(meta or {})
+        self.meta.setdefault("model", _model_name(model))
+        self.meta.setdefault("data", task.name)
+
+        if len(task.train_loader) == 0:
+            raise ConfigError(f"data set {task.name}: the training loader yields no batches")
+        if recipe.early_stop.patience and task.val_loader is None:
+            raise ConfigError("early_stop.patience: early stopping needs a validation split, and this task has none")
+
+        self.raw_model = unwrap(model).to(self.device)
+        if cfg.channels_last:
+            self.raw_model.to(memory_format=torch.channels_last)
+        self.precision = resolve_precision(cfg.amp, cfg.amp_dtype, self.device)
+        self.scaler = self.precision.scaler() if self.precision.needs_scaler else None
+        self.optimizer = build_optimizer(self.raw_model, recipe.optim)
+        self.model: nn.Module = self.raw_model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
+        self.ema = ModelEma(self.raw_model, decay=recipe.ema.decay, warmup=recipe.ema.warmup) if recipe.ema.decay > 0 else None
+
+        self.batches_per_epoch = len(task.train_loader)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accum_steps)
+        if cfg.overfit_batch:
+            self.schedule = LRSchedule(recipe.schedule, cfg.overfit_steps, 1)
+        else:
+            self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, cfg.epochs)
+        self.label_smoothing = 0.0 if cfg.overfit_batch else cfg.label_smoothing
+
+        # Loop position and bookkeeping (everything here goes into checkpoints).
+        self.epoch = 0  # current epoch (0-based)
+        self.batch = 0  # next batch index within the epoch
+        self.step = 0  # optimizer steps taken
+        self.sums: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.elapsed = 0.0  # seconds of training + evaluation in earlier sessions of this run
+        self.lr = recipe.optim.lr * self.schedule(0)
+        self.last_checkpoint: str | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Files
+
+    @property
+    def writes(self) -> bool:
+        return self.run_dir is not None and self.dist.is_main
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.run_dir / "checkpoints" / "last.safetensors" if self.run_dir is not None else None
+
+    def _write_run_config(self) -> None:
+        if not self.writes:
+            return
+        from dltricks import __version__
+
+        config = {"meta": self.meta, "recipe": to_dict(self.recipe), "dltricks": __version__,
+                  "torch": torch.__version__, "python": platform.python_version(), "device": str(self.device),
+                  "world_size": self.dist.world_size}
+        atomic_write_json(self.run_dir / "config.json", config)
+        import yaml
+
+        atomic_write_text(self.run_dir / "recipe.yaml", yaml.safe_dump(to_dict(self.recipe), sort_keys=False))
+
+    def _write_metrics(self) -> None:
+        if not self.writes:
+            return
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        columns: list[str] = []
+        for record in self.history:
+            columns += [k for k in record if k not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+
+    def _state_meta(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "sums": self.sums,
+                "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
+                "bad_epochs": self.bad_epochs, "elapsed": self.elapsed + self._session_time(),
+                "ema_updates": self.ema.num_updates if self.ema else 0}
+
+    def _session_time(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def save_checkpoint(self) -> None:
+        """Write the full state to ``checkpoints/last.safetensors`` (all ranks call; rank 0 writes)."""
+        if self.run_dir is None:
+            return
+        rng_tensors, rng_meta = rng_state_to_flat(self.device)  # a collective under DDP
+        if not self.dist.is_main:
+            return
+        tensors = {f"model/{k}": v for k, v in self.raw_model.state_dict().items()}
+        optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
+        tensors.update(optim_tensors)
+        tensors.update(rng_tensors)
+        if self.ema is not None:
+            tensors.update({f"ema/{k}": v for k, v in self.ema.state_dict().items()})
+        meta = {"format": CHECKPOINT_FORMAT, "run": self.meta, "recipe": to_dict(self.recipe),
+                "state": self._state_meta(), "optimizer": optim_meta, "rng": rng_meta,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "world_size": self.dist.world_size, "torch": torch.__version__}
+        write_tensors(self.checkpoint_path, tensors, meta)
+        self.last_checkpoint = f"epoch {self.epoch + (1 if self.batch else 0)}, step {self.step}"
+
+    def load_checkpoint(self, path: Path) -> None:
+        tensors, meta = read_tensors(path)
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: not a dltricks training checkpoint (format {meta.get('format')!r}, expected "
+                                  f"{CHECKPOINT_FORMAT!r})")
+        differences = [k for k in _recipe_differences(meta.get("recipe", {}), to_dict(self.recipe))
+                       if not any(k == a or (a.endswith(".") and k.startswith(a)) for a in RESUMABLE_KEYS)]
+        if differences:
+            raise CheckpointError(f"cannot resume {path}: the recipe differs from the checkpoint's in "
+                                  f"{', '.join(differences[:5])}; resume with the same recipe (see "
+                                  f"{path.parent.parent / 'recipe.yaml'}) or start a new run")
+        saved_model = meta.get("run", {}).get("model")
+        if saved_model and saved_model != self.meta.get("model"):
+            raise CheckpointError(f"cannot resume {path}: it holds model {saved_model!r}, not {self.meta.get('model')!r}")
+        if meta.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(f"cannot resume {path}: written by {meta.get('world_size')} process(es), resumed with "
+                                  f"{self.dist.world_size}; the data shards would differ")
+        groups: dict[str, dict[str, torch.Tensor]] = {"model/": {}, "ema/": {}, "optim/": {}}
+        for key, value in tensors.items():
+            for prefix, bucket in groups.items():
+                if key.startswith(prefix):
+                    bucket[key[len(prefix):]] = value
+        try:
+            self.raw_model.load_state_dict(groups["model/"])
+        except RuntimeError as err:
+            raise CheckpointError(f"cannot resume {path}: its weights do not fit this model "
+                                  f"({str(err).splitlines()[0]})") from err
+        optimizer_from_flat(self.optimizer, groups["optim/"], meta["optimizer"])
+        state = meta["state"]
+        if self.ema is not None:
+            if not groups["ema/"]:
+                raise CheckpointError(f"cannot resume {path}: it has no EMA weights")
+            self.ema.load_state_dict(groups["ema/"], state.get("ema_updates", 0))
+        if self.scaler is not None and meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        restore_rng_state(tensors, meta.get("rng", {}), rank=self.dist.rank, device=self.device)
+        self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
+        self.sums = {k: float(v) for k, v in state["sums"].items()}
+        self.history = list(state["history"])
+        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+        self.elapsed = float(state.get("elapsed", 0.0))
+        self.last_checkpoint = f"epoch {self.epoch + (1 if self.batch else 0)}, step {self.step}"
+
+    # ------------------------------------------------------------------------------------------
+    # One optimizer step
+
+    def _check_loss(self, loss: torch.Tensor, where: str) -> float:
+        value = loss.detach().float()
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            value = value.clone()
+            dist.all_reduce(value)  # every rank sees a NaN on any rank and stops at the same step
+            value = value / self.dist.world_size
+        number = value.item()
+        if not math.isfinite(number):
+            if self.last_checkpoint is not None:
+                kept = f"the last good checkpoint ({self.last_checkpoint}) is kept at {self.checkpoint_path}"
+            elif self.run_dir is not None:
+                kept = "no checkpoint had been written yet"
+            else:
+                kept = "no checkpoints are written without a run directory"
+            raise TrainingError(f"loss is {number} at {where}; training stopped before this step was applied, {kept}. "
+                                "Usual causes: learning rate too high, float16 overflow, bad inputs; try a lower "
+                                "optim.lr, train.grad_clip, or train.amp=false")
+        return number
+
+    def _optimizer_step(self) -> None:
+        cfg = self.recipe.train
+        if cfg.grad_clip > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.raw_model.parameters() if p.grad is not None]
+            if cfg.grad_clip_mode == "norm":
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            else:
+                nn.utils.clip_grad_value_(params, cfg.grad_clip)
+        self.lr = self.recipe.optim.lr * self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None and self.step % self.recipe.ema.every == 0:
+            self.ema.update(self.raw_model)
+
+    def _forward_backward(self, x: Any, y: torch.Tensor, scale: float, where: str,
+                          sync: bool) -> tuple[float, Any]:
+        context = self.model.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
+        with context:
+            with self.precision.autocast():
+                out = _call(self.model, x)
+                loss = self.task.loss(out, y, label_smoothing=self.label_smoothing)
+            value = self._check_loss(loss, where)
+            loss = loss * scale if scale != 1.0 else loss
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return value, out
+
+    # ------------------------------------------------------------------------------------------
+    # Epochs
+
+    def _train_epoch(self, epoch: int) -> str | None:
+        """Train from ``self.batch`` to the end of ``epoch``; returns a stop reason or ``None``."""
+        cfg, ckpt = self.recipe.train, self.recipe.checkpoint
+        loader, n, accum = self.task.train_loader, self.batches_per_epoch, cfg.accum_steps
+        self.model.train()
+        t0 = time.perf_counter()
+        last_shown = 0.0
+        pending = 0
+        stop = None
+        with ProgressBar(n - self.batch, f"epoch {epoch + 1}/{cfg.epochs}",
+                         enabled=self.progress if self.dist.is_main else False) as bar:
+            for b, (x, y) in enumerate(loader.iter_epoch(epoch, self.batch), self.batch):
+                x = _to_device(x, self.device, cfg.channels_last)
+                y = _to_device(y, self.device, False)
+                group_start = b - b % accum
+                group_size = min(accum, n - group_start)
+                last_in_group = b == group_start + group_size - 1
+                where = f"epoch {epoch + 1}, batch {b + 1}/{n} (optimizer step {self.step + 1})"
+                value, out = self._forward_backward(x, y, 1.0 / group_size, where, sync=last_in_group)
+                metrics = self.task.batch_metrics(out.detach() if isinstance(out, torch.Tensor) else out, y)
+                count = float(metrics["count"])
+                self.sums["loss"] = self.sums.get("loss", 0.0) + value * count
+                for k, v in metrics.items():
+                    if k != "loss":
+                        self.sums[k] = self.sums.get(k, 0.0) + float(v)
+                if last_in_group:
+                    self._optimizer_step()
+                    self.batch = b + 1
+                    if cfg.max_steps and self.step >= cfg.max_steps:
+                        stop = "max_steps"
+                    elif ckpt.every_steps and self.step % ckpt.every_steps == 0 and self.batch < n:
+                        self.sums["time"] = self.sums.get("time", 0.0) + time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        self.save_checkpoint()
+                pending += 1
+                if bar.enabled:
+                    now = time.perf_counter()
+                    if now - last_shown > 0.2 or b == n - 1 or stop:
+                        s = self.sums
+                        seconds = s.get("time", 0.0) + now - t0
+                        shown = {"loss": s["loss"] / s["count"]}
+                        if "correct" in s:
+                            shown["acc"] = s["correct"] / s["count"]
+                        shown["img/s"] = f"{s['count'] / max(seconds, 1e-9):,.0f}"
+                        bar.advance(pending, **shown)
+                        pending, last_shown = 0, now
+                if stop:
+                    break
+        self.sums["time"] = self.sums.get("time", 0.0) + time.perf_counter() - t0
+        return stop
+
+    def _end_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg = self.recipe.train
+        sums = all_reduce_sum({k: v for k, v in self.sums.items() if k != "time"}, device=self.device)
+        count = max(sums.get("count", 0.0), 1.0)
+        train_time = self.sums.get("time", 0.0)
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": self.lr,
+                                  "train_loss": sums.get("loss", float("nan")) / count}
+        for k, v in sums.items():
+            if k not in ("loss", "count"):
+                record["train_accuracy" if k == "correct" else f"train_{k}"] = v / count
+        t_eval = time.perf_counter()
+        last = epoch + 1 == cfg.epochs
+        if self.task.val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
+            model = self.ema.module if self.ema is not None else self.raw_model
+            val = evaluate(model, self.task.val_loader, self.task, epoch=epoch, device=self.device,
+                           precision=self.precision, channels_last=cfg.channels_last)
+            for k, v in val.items():
+                if k != "count":
+                    record[f"val_{k}"] = v
+        eval_time = time.perf_counter() - t_eval
+        # Samples this rank trained on per second of training (data loading included, evaluation not).
+        record["images_per_s"] = self.sums.get("count", 0.0) / train_time if train_time > 0 else float("nan")
+        record["train_time_s"] = train_time
+        record["epoch_time_s"] = train_time + eval_time
+        record["time_s"] = self.elapsed + self._session_time()
+        return record
+
+    def _improved(self, record: dict[str, Any]) -> bool | None:
+        metric = self.recipe.early_stop.metric
+        if metric not in record:
+            return None
+        value = record[metric]
+        delta = self.recipe.early_stop.min_delta
+        if self.best is None:
+            better = True
+        elif metric == "val_loss":
+            better = value < self.best - delta
+        else:
+            better = value > self.best + delta
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, record["epoch"], 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    def _format(self, record: dict[str, Any]) -> str:
+        parts = [f"epoch {record['epoch']}/{self.recipe.train.epochs}", f"train loss {record['train_loss']:.4f}"]
+        if "train_accuracy" in record:
+            parts[-1] += f" acc {100 * record['train_accuracy']:.2f}%"
+        if "val_loss" in record:
+            parts.append(f"val loss {record['val_loss']:.4f}" +
+                         (f" acc {100 * record['val_accuracy']:.2f}%" if "val_accuracy" in record else ""))
+        parts += [f"lr {record['lr']:.3g}", f"{record['images_per_s']:,.0f} img/s", f"{record['epoch_time_s']:.1f} s"]
+        return "  ".join(parts)
+
+    def _emit(self, text: str) -> None:
+        if self.log is not None and self.dist.is_main:
+            self.log(text)
+
+    # ------------------------------------------------------------------------------------------
+    # Whole runs
+
+    def run(self, resume: bool) -> FitResult:
+        cfg = self.recipe.train
+        self.t_start = time.perf_counter()
+        if self.writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = self.checkpoint_path
+        if resume and checkpoint is not None and checkpoint.exists():
+            self.load_checkpoint(checkpoint)
+            self._write_metrics()  # drop epochs logged after the checkpoint was taken
+            self._emit(f"resumed from {checkpoint} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+        else:
+            if resume and checkpoint is not None:
+                self._emit(f"no checkpoint in {self.run_dir}; starting from scratch")
+            seed_everything(cfg.seed + self.dist.rank)
+            self._write_run_config()
+        if cfg.overfit_batch:
+            return self._overfit()
+
+        stop = None
+        while self.epoch < cfg.epochs and stop is None:
+            epoch = self.epoch
+            if self.batch < self.batches_per_epoch:
+                stop = self._train_epoch(epoch)
+            if stop == "max_steps" and self.batch < self.batches_per_epoch:
+                break  # interrupted inside the epoch: the checkpoint below keeps the position
+            record = self._end_epoch(epoch)
+            self.history.append(record)
+            self.epoch, self.batch, self.sums = epoch + 1, 0, {}
+            improved = self._improved(record)
+            self._emit(self._format(record))
+            if improved and self.recipe.checkpoint.keep_best and self.writes:
+                save_weights(self.run_dir / "checkpoints" / "best.safetensors",
+                             self.ema.module if self.ema is not None else self.raw_model,
+                             self._weights_meta(record))
+            patience = self.recipe.early_stop.patience
+            if stop is None and patience and improved is False and self.bad_epochs >= patience:
+                stop = "early_stop"
+                self._emit(f"early stop: {self.recipe.early_stop.metric} has not improved for {patience} "
+                           f"evaluation(s); best {self.best:.4f} at epoch {self.best_epoch}")
+            if stop is None and self.on_epoch is not None and self.on_epoch(dict(record)):
+                stop = "callback"
+            self._write_metrics()
+            every = self.recipe.checkpoint.every_epochs
+            if (every and self.epoch % every == 0) or self.epoch == cfg.epochs or stop is not None:
+                self.save_checkpoint()
+        if stop == "max_steps" and self.batch:
+            self.save_checkpoint()
+        return self._finish(stop or "completed")
+
+    def _weights_meta(self, record: Mapping[str, Any] | None) -> dict[str, Any]:
+        task = self.task
+        return {**self.meta, "num_classes": task.num_classes, "in_chans": task.in_chans, "classes": list(task.classes),
+                "input_shape": list(task.input_shape), "ema": self.ema is not None,
+                "metrics": dict(record) if record else {}, "format": WEIGHTS_FORMAT}
+
+    def _finish(self, stop_reason: str) -> FitResult:
+        final: dict[str, Any] = dict(self.history[-1]) if self.history else {"step": self.step}
+        metric = self.recipe.early_stop.metric
+        if self.best is not None:
+            final[f"best_{metric}"] = self.best
+            final["best_epoch"] = self.best_epoch
+        final.update({"epochs": self.epoch, "steps": self.step, "stop_reason": stop_reason,
+                      "time_s": self.elapsed + self._session_time()})
+        model = self.ema.module if self.ema is not None else self.raw_model
+        if self.writes:
+            save_weights(self.run_dir / "model.safetensors", model, self._weights_meta(final))
+            atomic_write_json(self.run_dir / "result.json", final)
+        return FitResult(self.history, final, model, self.run_dir, stop_reason)
+
+    def _overfit(self) -> FitResult:
+        """Train on the first batch only until its loss is below ``overfit_loss``: a model, loss and
+        optimizer that cannot drive one batch to ~0 have a bug (Karpathy 2019, "A recipe for training
+        neural networks")."""
+        cfg = self.recipe.train
+        x, y = next(iter(self.task.train_loader.iter_epoch(0)))
+        x = _to_device(x, self.device, cfg.channels_last)
+        y = _to_device(y, self.device, False)
+        self.model.train()
+        stop = "overfit_not_reached"
+        t0 = time.perf_counter()
+        with ProgressBar(cfg.overfit_steps, "overfit one batch",
+                         enabled=self.progress if self.dist.is_main else False) as bar:
+            for step in range(cfg.overfit_steps):
+                value, out = self._forward_backward(x, y, 1.0, f"overfit step {step + 1}", sync=True)
+                metrics = self.task.batch_metrics(out.detach() if isinstance(out, torch.Tensor) else out, y)
+                record = {"step": step + 1, "lr": self.lr, "loss": value,
+                          "time_s": time.perf_counter() - t0}
+                if "correct" in metrics:
+                    record["accuracy"] = metrics["correct"] / metrics["count"]
+                self.history.append(record)
+                bar.advance(1, loss=value, **({"acc": record["accuracy"]} if "accuracy" in record else {}))
+                if value < cfg.overfit_loss:
+                    stop = "overfit_reached"
+                    break
+                self._optimizer_step()
+        last = self.history[-1]
+        self._emit(f"overfit one batch of {int(metrics['count'])}: loss {last['loss']:.4g} after {last['step']} step(s) "
+                   f"({'reached' if stop == 'overfit_reached' else 'did not reach'} {cfg.overfit_loss:g})")
+        self._write_metrics()
+        final = dict(last)
+        final.update({"steps": self.step, "stop_reason": stop, "time_s": self._session_time(),
+                      "overfit_loss": cfg.overfit_loss})
+        if self.writes:
+            atomic_write_json(self.run_dir / "result.json", final)
+        return FitResult(self.history, final, self.raw_model, self.run_dir, stop)
+
+
+def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str | Path | None = None, *,
+        run_dir: str | Path | None = None, resume: bool = False, progress: bool | None = None,
+        log: Callable[[str], None] | None = None, on_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
+        meta: Mapping[str, Any] | None = None) -> FitResult:
+    """Train ``model`` on ``task`` following ``recipe``.
+
+    Args:
+        model: any ``nn.Module`` whose output the task's loss accepts; moved to the recipe's device and
+            trained in place.
+        task: loaders, loss and metrics (:class:`~dltricks.train.task.Task`); build it with the recipe's
+            batch size, seed and augmentation (``build_task(name, batch_size=recipe.train.batch_size,
+            seed=recipe.train.seed, augment=recipe.augment, ...)``).
+        recipe: a :class:`Recipe`, a mapping of its sections, a YAML path or a shipped recipe name
+            (``None``: defaults).
+        run_dir: where metrics, checkpoints and final weights go (rank 0 only); ``None`` writes nothing.
+        resume: continue from ``run_dir/checkpoints/last.safetensors`` when it exists (exactly where it
+            stopped); starts from scratch when there is none.
+        progress: show a progress bar (``None``: only when stderr is a terminal, see
+            :class:`~dltricks.utils.progress.ProgressBar`).
+        log: called with one summary line per epoch (and a few notes); ``None`` prints nothing.
+        on_epoch: called with each epoch's record; returning ``True`` stops training (pruning in a
+            hyper-parameter search).
+        meta: stored in ``config.json``, checkpoints and weight files, e.g. ``{"model": "resnet18",
+            "model_kwargs": {...}, "data": {...}}`` (``dltricks eval`` rebuilds the model from it).
+
+    Raises:
+        TrainingError: the loss became NaN/Inf (the message names the step; no update is applied and the
+            last checkpoint stays as it was).
+        CheckpointError: ``resume`` with a checkpoint that does not belong to this model/recipe.
+        ConfigError, ModelError: a recipe or a model that cannot work with this task.
+    """
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    with deterministic_mode(recipe.train.deterministic):
+        trainer = _Trainer(model, task, recipe, run_dir=Path(run_dir) if run_dir is not None else None,
+                           progress=progress, log=log, on_epoch=on_epoch, meta=meta)
+        check_compatible(trainer.raw_model, task, device=trainer.device)
+        return trainer.run(resume)
+
+
+def _stderr_log(text: str) -> None:  # pragma: no cover - convenience for interactive use
+    print(text, file=sys.stderr, flush=True)
