@@ -14,8 +14,9 @@ Compared side by side, on the same (B, heads, T, head_dim) queries, keys and val
 Latency: median of ``torch.utils.benchmark`` blocked measurements (1 thread, after warm-up).
 Peak memory: each (method, T) runs in a fresh subprocess that reports how far its peak resident set grows
 during one call above the resident set after inputs and warm-up (Linux ``VmHWM`` after a reset); it
-includes everything the call touches (scores, weights, outputs, temporaries). Small allocations can be
-served from memory the process already holds, so values of a few MiB are floors, not exact sizes.
+includes everything the call touches (scores, weights, outputs, temporaries). Freed heap memory is handed
+back to the system first (``malloc_trim``) so that new allocations show up; values below ~1 MiB are
+still floors, not exact sizes.
 
 Usage::
 
@@ -90,6 +91,7 @@ def measure_memory(method: str, T: int) -> float:
         "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(key))\n"
         f"a.run({method!r}, *a.make_inputs(256))\n"
         f"x = a.make_inputs({T})\n"
+        "import ctypes, gc; gc.collect(); ctypes.CDLL('libc.so.6').malloc_trim(0)\n"
         "open('/proc/self/clear_refs', 'w').write('5')\n"
         "base = status('VmRSS')\n"
         "with torch.no_grad():\n"

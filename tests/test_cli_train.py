@@ -69,16 +69,21 @@ def test_resume_continues_and_overfit_batch(tmp_path, capsys):
     assert main(["train", "small_cnn", *SMALL, "--out", str(out), "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().err
     assert json.loads((out / "result.json").read_text())["steps"] == 4
+    assert main(["train", "small_cnn", *SMALL, "--subset", "128", "--out", str(out), "--resume"]) == 2
+    line = _one_line_error(capsys)
+    assert "cannot resume" in line and "'subset': 256" in line and "'subset': 128" in line
 
     assert main(["train", "small_cnn", *SMALL, "--overfit-batch", "--out", str(tmp_path / "o"),
-                 "--set", "optim.name=adam", "--set", "optim.lr=0.01"]) == 0
-    assert "reached" in capsys.readouterr().out
+                 "--set", "train.batch_size=16", "--set", "optim.name=adam", "--set", "optim.lr=0.01",
+                 "--set", "train.overfit_loss=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "overfit_batch: loss" in out and "reached" in out and "NOT" not in out
 
 
 def test_run_main_job_on_a_subset(tmp_path, capsys):
-    assert main(["run", "--subset", "256", "--epochs", "1", "--out", str(tmp_path / "main"), "--no-progress"]) == 0
+    assert main(["run", "--train-demo", "--subset", "256", "--epochs", "1", "--out", str(tmp_path / "main"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "small_cnn on mnist-embedded" in out and "final validation accuracy" in out and "per digit" in out
+    assert "speedrun_cnn on mnist-embedded" in out and "final validation accuracy" in out and "per digit" in out
     assert (tmp_path / "main" / "model.safetensors").exists()
 
 
@@ -172,3 +177,18 @@ def test_real_entry_point_bad_input_in_a_subprocess(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "dltricks train: error: optim.lr: got 0.0, expected a number > 0"
     assert not (tmp_path / "run").exists()
+
+
+def test_recipe_batch_sizes_seed_and_augmentation_reach_the_data_task():
+    from dltricks.commands.train import build_task_from_args, recipe_from_args
+    from dltricks.train.distributed import DistInfo
+
+    args = build_parser().parse_args(["train", "small_cnn", "--data", "mnist-embedded", "--subset", "200", "--seed", "5",
+                                      "--set", "train.batch_size=50", "--set", "train.eval_batch_size=70",
+                                      "--set", "augment.hflip=true", "--set", "augment.cutout=4"])
+    recipe = recipe_from_args(args)
+    task = build_task_from_args(args, recipe, "cpu", DistInfo())
+    assert task.train_loader.batch_size == 50 and task.val_loader.batch_size == 70
+    assert task.train_loader.seed == 5 and len(task.train_loader) == 4
+    assert task.train_loader.augment == recipe.augment and task.train_loader.augment.cutout == 4
+    assert task.val_loader.augment is None

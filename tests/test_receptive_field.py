@@ -197,6 +197,49 @@ def test_multi_path_graphs_match_gradient(make) -> None:
         assert rf.box == support_box(masks[name]), name
 
 
+class SliceWrites(nn.Module):
+    """Writes into slices of a preallocated tensor (a hand-made concatenation) and then in place again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 2, 3, padding=1)
+        self.b = nn.Conv2d(1, 2, 7, padding=3)
+
+    def forward(self, x):
+        out = x.new_zeros(x.shape[0], 4, *x.shape[2:])
+        out[:, :2] = self.a(x)
+        out[:, 2:] = self.b(x)
+        out[:, :, :, :3] += 1.0
+        return out.relu()
+
+
+class Recurrence(nn.Module):
+    """A scan along the width written column by column into a buffer: column t sees columns 0..t."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        out = torch.empty_like(y)
+        h = torch.zeros_like(y[..., 0])
+        for t in range(y.shape[-1]):
+            h = 0.5 * h + y[..., t]
+            out[..., t] = h
+        return out
+
+
+@pytest.mark.parametrize("make", [SliceWrites, Recurrence])
+def test_in_place_writes_through_views(make) -> None:
+    torch.manual_seed(0)
+    net = make()
+    rf, exact = exact_box(net, (1, 16, 16))
+    assert rf.box == exact
+    if make is Recurrence:
+        assert rf.box == (7, 0, 9, 9)  # rows: the 3x3 conv; columns: everything up to the unit's column + 1
+
+
 def test_residual_takes_the_longer_path() -> None:
     rf = receptive_field(Residual(), (1, 32, 32), layer="")
     assert rf.size == (5, 5)

@@ -201,6 +201,21 @@ def test_missing_machinery_is_not_implemented_never_run():
         assert needle in result.reason
 
 
+def test_full_mode_only_tip_and_missing_data_are_skipped(synthetic, tmp_path):
+    make, runs, pkg, name = synthetic
+    tip = make()
+    tip.quick = None
+    result, entry = run_tip(tip, mode="quick", cache_dir=tmp_path)
+    assert result.verdict == "skipped" and "--full" in result.reason and entry is None and runs() == 0
+    (pkg / f"{name}_nodata.py").write_text(
+        "from dltricks.errors import DataError\n"
+        "def experiment(ctx):\n    raise DataError('ISBI slices not found in /nowhere')\n")
+    nodata = make()
+    nodata.experiment = f"{name}_nodata:experiment"
+    result, _ = run_tip(nodata, mode="quick", cache_dir=tmp_path)
+    assert result.verdict == "skipped" and "/nowhere" in result.reason
+
+
 # ------------------------------------------------------------------------------------------------ catalog and selection
 def test_catalog_is_well_formed():
     catalog = get_catalog()

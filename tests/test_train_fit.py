@@ -50,6 +50,8 @@ OPTION_RUNS = {
     "ema": ["ema.decay=0.9", "ema.warmup=false", "ema.every=2"],
     "eval-every": ["train.epochs=3", "train.eval_every=2"],
     "augment": ["augment.crop_padding=1", "augment.hflip=true"],
+    "augment-more": ["augment.crop_padding=2", "augment.crop_padding_mode=reflect", "augment.rotate_degrees=10",
+                     "augment.cutout=3", "augment.cutmix_alpha=1.0", "augment.mixup_alpha=0.4", "augment.mix_prob=0.5"],
 }
 
 
@@ -253,3 +255,25 @@ def test_fit_accepts_recipe_mappings_and_leaves_no_global_state():
                  progress=False)
     assert len(result.history) == 1
     assert (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()) == before
+
+
+def test_evaluate_with_confusion_matrix_against_a_direct_computation():
+    from dltricks.train import evaluate
+
+    task = toy_task()
+    model = _fit(["train.epochs=2"], task=task).model.eval()
+    metrics = evaluate(model, task.val_loader, task, confusion=True)
+    xs, ys = zip(*task.val_loader.iter_epoch(0))
+    x, y = torch.cat(xs), torch.cat(ys)
+    with torch.no_grad():
+        logits = model(x)
+    pred = logits.argmax(1)
+    expected = torch.zeros(4, 4, dtype=torch.int64)
+    for t, p in zip(y.tolist(), pred.tolist()):
+        expected[t, p] += 1
+    assert torch.equal(metrics["confusion"], expected)
+    assert metrics["accuracy"] == (pred == y).float().mean().item() and metrics["count"] == len(y)
+    assert metrics["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    for k in range(4):
+        mask = y == k
+        assert metrics["per_class_accuracy"][k] == pytest.approx((pred[mask] == k).float().mean().item())

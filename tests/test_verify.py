@@ -44,3 +44,21 @@ def test_verify_unknown_tip_is_one_clear_error(tmp_path, capsys):
 def test_verify_rejects_zero_seeds(tmp_path, capsys):
     assert main(["verify", "--seeds", "0", "--only", "conv.padding", "--out", str(tmp_path / "r")]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_run_is_verify_quick(tmp_path, monkeypatch):
+    """`dltricks run` (what `make run` calls) is `verify --quick` into the report folder."""
+    import dltricks.commands.verify as verify_module
+
+    calls = []
+    monkeypatch.setattr(verify_module, "verify", lambda **kw: calls.append(kw) or [])
+    assert main(["run", "--report", str(tmp_path / "r")]) == 0
+    assert calls == [{"mode": "quick", "out": tmp_path / "r"}]
+
+
+def test_tips_markdown_lists_every_tip(capsys):
+    from dltricks.tips.catalog import get_catalog
+
+    assert main(["tips", "--markdown"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| `")]
+    assert len(lines) == len(get_catalog())

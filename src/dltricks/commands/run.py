@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                     "inputs, offline), print the summary table and write the HTML report. With --train-demo: train a "
                     "small CNN on the embedded MNIST split with the 'quick' recipe and print a results table.")
     p.add_argument("--train-demo", action="store_true",
-                   help="instead of verifying the tips, train a small CNN (the options below apply); default: off")
+                   help="instead of verifying the tips, train a small CNN; the training options below (--model, "
+                        "--recipe, --set, --epochs, --seed, --subset, --device, --out) apply to it; default: off")
     p.add_argument("--report", type=Path, default=Path("report"),
                    help="report folder of the verification; default: report")
     p.add_argument("--model", default="speedrun_cnn", help="registered model to train")

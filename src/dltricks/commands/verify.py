@@ -75,7 +75,9 @@ def _verify(tips: list, *, mode: str, seeds: int | None, out: Path, cache_dir: P
     results = run_tips(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache)
     elapsed = time.perf_counter() - start
     write_report(results, out, mode=mode, elapsed_s=elapsed)
-    console.print(summary_table(results, title=f"dltricks verify --{mode} ({elapsed:.0f} s; * = cached)"))
+    cpu = sum(r.cpu_s for r in results if not r.cached)
+    console.print(summary_table(results, title=f"dltricks verify --{mode} ({elapsed:.0f} s wall, {cpu:.0f} s CPU in "
+                                               f"tips; * = cached)"))
     console.print(f"report: {Path(out) / 'index.html'}  results: {Path(out) / 'results.json'}")
     return results
 

@@ -270,18 +270,13 @@ def masked_token_loss(output: Any, target: torch.Tensor, *, label_smoothing: flo
 
 
 def masked_token_metrics(output: Any, target: torch.Tensor) -> dict[str, float]:
-    """Sums over scored positions: ``loss``, ``correct`` tokens, ``count``; and ``seq_correct`` / ``seq_count``
-    (sequences whose every scored token is right)."""
+    """Sums over the scored positions (target ≠ IGNORE_INDEX): ``loss``, ``correct`` tokens and ``count``
+    (the trainer divides every sum by ``count``)."""
     logits = _token_logits(output).float()
     mask = target != IGNORE_INDEX  # (B, L)
-    flat = logits[mask]  # (K, V)
-    labels = target[mask]
-    hit = torch.zeros_like(target, dtype=torch.bool)
-    hit[mask] = flat.argmax(-1) == labels
-    seq_ok = (hit | ~mask).all(dim=1)
-    return {"loss": F.cross_entropy(flat, labels, reduction="sum").item(), "correct": float(hit.sum().item()),
-            "count": float(mask.sum().item()), "seq_correct": float(seq_ok.sum().item()),
-            "seq_count": float(target.shape[0])}
+    flat, labels = logits[mask], target[mask]  # (K, V), (K,)
+    return {"loss": F.cross_entropy(flat, labels, reduction="sum").item(),
+            "correct": float((flat.argmax(-1) == labels).sum().item()), "count": float(mask.sum().item())}
 
 
 def _positive(name: str, value: Any) -> int:

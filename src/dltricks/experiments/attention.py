@@ -7,7 +7,11 @@ group. ``plot_alignment`` draws the attention weights α_tj of a trained model: 
 columns input characters; a sharp alignment (year digits -> year digits, month name -> month digits)
 is the classic picture of Bahdanau et al. (2015, Fig. 3).
 
-Recorded results (docs/attention.md, docs/benchmarks.md) come from ``python -m dltricks.experiments.attention``.
+Recorded (``python -m dltricks.experiments.attention --seeds 0,1,2 --models
+seq2seq_gru_additive,seq2seq_gru_general,seq2seq_gru_noattn``; 800 steps of 128 samples, 3 seeds; greedy
+exact match on 2,000 samples of held-out days): additive attention 100.00 ± 0.00 %, Luong general
+99.83 ± 0.10 %, no attention 98.20 ± 0.09 % (its errors are almost all in the numeric formats: 90.7 %
+there). Details, curves and the heat-map: docs/attention.md.
 """
 
 from __future__ import annotations
@@ -205,24 +209,31 @@ def plot_alignment(model: nn.Module, texts: Sequence[str], path: str | Path, *, 
 
 
 def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
-    """Validation exact match against steps for every run."""
+    """Validation exact match (left) and error rate 1 − exact match on a log scale (right) against steps,
+    one colour per model, one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, results in runs.items():
+    fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    for color, (name, results) in enumerate(runs.items()):
         for i, r in enumerate(results):
             steps = [h[0] for h in r["history"]]
             ems = [h[2] for h in r["history"]]
-            ax.plot(steps, ems, marker="o", label=name if i == 0 else None,
-                    color="C0" if "noattn" not in name else "C3", alpha=0.8)
-    ax.set_xlabel("optimiser step")
+            label = f"{name} ({len(results)} seeds)" if i == 0 else None
+            ax.plot(steps, ems, marker="o", label=label, color=f"C{color}", alpha=0.8)
+            # A run with no error is drawn at half an error (1 / (2N)) so it stays on the log axis.
+            floor = 0.5 / r.get("config", {}).get("val_size", 2000)
+            ax_err.plot(steps, [max(1 - e, floor) for e in ems], marker="o", label=label, color=f"C{color}", alpha=0.8)
     ax.set_ylabel("exact match, held-out days (greedy)")
     ax.set_ylim(0, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax_err.set_yscale("log")
+    ax_err.set_ylabel("error rate (1 − exact match); 0 drawn at 1/(2N)")
+    for a in (ax, ax_err):
+        a.set_xlabel("optimiser step")
+        a.grid(alpha=0.3, which="both")
+        a.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

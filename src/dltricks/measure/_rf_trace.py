@@ -277,6 +277,10 @@ class GeometryTracer(TorchDispatchMode):
         super().__init__()
         self.geom: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.dirty: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        # In-place writes: a base tensor's version goes up with each write; a view whose recorded version
+        # is older re-reads its geometry from the base.
+        self.versions: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        self.view_versions: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.ops_seen: dict[str, int] = {}
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -297,9 +301,31 @@ class GeometryTracer(TorchDispatchMode):
         if not isinstance(t, torch.Tensor) or not _is_float(t):
             return None
         if t in self.dirty or (t._base is not None and t._base in self.dirty):
-            raise UntraceableError("a tensor written in place through a view (e.g. `x[:, :c] = y`) is read again; "
-                                   "use torch.cat / F.pad instead so the receptive field can be traced")
+            raise UntraceableError("a tensor written in place through a non-strided view is read again; use "
+                                   "torch.cat / F.pad instead so the receptive field can be traced")
+        base = t._base
+        if base is not None and self.versions.get(base, 0) > self.view_versions.get(t, 0):
+            # The base was written after this view got its geometry: read the view's part of the base.
+            g = self._view_of_base(t, base)
+            self.set(t, g)
+            self.view_versions[t] = self.versions.get(base, 0)
+            return g
         return self.geom.get(t)
+
+    def _base_full(self, base: torch.Tensor) -> torch.Tensor:
+        """The base's geometry materialised with the base's own strides, component by component."""
+        g = self.geom.get(base)
+        strided = torch.empty_strided((NCOMP, *base.shape), (base.numel(), *base.stride()), dtype=_DTYPE)
+        full = strided.copy_(_empty(base.shape) if g is None else _align(g, base.dim()).expand(NCOMP, *base.shape))
+        return full
+
+    def _view_of_base(self, t: torch.Tensor, base: torch.Tensor) -> torch.Tensor | None:
+        if self.geom.get(base) is None:
+            return None
+        full = self._base_full(base)
+        offset = t.storage_offset() - base.storage_offset()
+        comps = [full[c].as_strided(t.shape, t.stride(), full[c].storage_offset() + offset) for c in range(NCOMP)]
+        return _compress(torch.stack(comps))
 
     # -- dispatch -------------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: C901
@@ -351,17 +377,37 @@ class GeometryTracer(TorchDispatchMode):
         return out
 
     def _write(self, t: torch.Tensor, g: torch.Tensor | None) -> None:
+        """``t`` was written in place and now carries ``g``; through a view, so does that part of its base."""
         old = self.geom.get(t)
         same = (old is None and g is None) or (old is not None and g is not None and old.shape == _align(g, t.dim()).shape
                                                 and torch.equal(old, _align(g, t.dim())))
-        if t._base is not None and not same:
-            self.dirty[t._base] = True
+        base = t._base
         self.set(t, g)
+        if same:
+            return
+        if base is None:
+            self.versions[t] = self.versions.get(t, 0) + 1  # its views must re-read
+            self.view_versions[t] = self.versions[t]
+            return
+        try:
+            full = self._base_full(base)
+        except RuntimeError:  # overlapping or exotic layout
+            self.dirty[base] = True
+            return
+        offset = t.storage_offset() - base.storage_offset()
+        value = _empty(t.shape) if g is None else _align(g, t.dim()).expand(NCOMP, *t.shape)
+        for c in range(NCOMP):
+            full[c].as_strided(t.shape, t.stride(), full[c].storage_offset() + offset).copy_(value[c])
+        self.set(base, _compress(full.contiguous()))
+        self.versions[base] = self.versions.get(base, 0) + 1
+        self.view_versions[t] = self.versions[base]
 
     def _assign(self, out: Any, result: Any) -> None:
         if isinstance(out, torch.Tensor):
             if _is_float(out):
                 self.set(out, result if not isinstance(result, list) else result[0])
+                if out._base is not None:
+                    self.view_versions[out] = self.versions.get(out._base, 0)
             return
         if isinstance(out, (tuple, list)):
             results = result if isinstance(result, list) else [result] * len(out)

@@ -80,10 +80,11 @@ def calibration_bins(scores: torch.Tensor, labels: torch.Tensor, *, n_bins: int 
     labels = _labels(labels, probs.shape[0], probs.shape[1])
     confidence, prediction = probs.max(dim=1)
     correct = (prediction == labels).double()
-    confidence = confidence.double()
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
-    # bucketize(right=False) puts x into bin m when edges[m] < x <= edges[m+1]; 0 goes to bin 0.
-    index = torch.bucketize(confidence, edges[1:-1], right=False)
+    # bucketize(right=False) puts x into bin m when edges[m] < x <= edges[m+1]; 0 goes to bin 0. The edges are
+    # compared in the probabilities' own precision, so a confidence written as 0.8 lands in (0.6, 0.8].
+    index = torch.bucketize(confidence, edges[1:-1].to(confidence.dtype), right=False)
+    confidence = confidence.double()
     count = torch.bincount(index, minlength=n_bins).double()
     acc_sum = torch.bincount(index, weights=correct, minlength=n_bins)
     conf_sum = torch.bincount(index, weights=confidence, minlength=n_bins)

@@ -6,7 +6,9 @@ modules on the call stack (see :mod:`dltricks.measure.flops` for what is counted
 module, or a container that itself holds parameters or runs counted operators in its own
 ``forward`` (e.g. an attention module computing ``q @ k.T``); its ``params`` and ``macs`` are its
 *own* (children excluded), so the column sums equal the model totals. With ``depth=d`` the rows are
-the modules ``d`` levels down (``layer1``, ``layer2``... for ``depth=1``), each with its whole subtree.
+the modules ``d`` levels down (``layer1``, ``layer2``... for ``depth=1``), each with its whole subtree,
+plus the shallower leaves and the shallower containers' own parameters and MACs (a class token, a
+position table), so the sums still equal the totals.
 """
 
 from __future__ import annotations
@@ -112,29 +114,39 @@ def layer_table(model: nn.Module, inputs: Sequence[torch.Tensor], *, depth: int 
             first.setdefault(".".join(parts[:k]), index)
     names = sorted((n for n in modules if n), key=lambda n: first.get(n, len(order)))
     rows: list[LayerRow] = []
-    if depth is not None:
-        for name in names:
-            if name.count(".") + 1 != depth:
-                continue
-            rows.append(LayerRow(name, type(modules[name]).__name__, shapes.get(name),
-                                 subtree_params(modules[name]), total_flops.get(name, 0) // 2, calls.get(name, 0)))
-        return rows
     seen: set[int] = set()
-    for name in [""] + names:
+
+    def own(name: str) -> tuple[int, int, bool]:
+        """Own parameters (each shared tensor once), own FLOPs, and whether the module is a leaf."""
         module = modules[name]
         children = [f"{name}.{c}" if name else c for c, _ in module.named_children()]
-        own_flops = total_flops.get(name, 0) - sum(total_flops.get(c, 0) for c in children)
-        own_params = 0
+        flops = total_flops.get(name, 0) - sum(total_flops.get(c, 0) for c in children)
+        params = 0
         for p in module.parameters(recurse=False):
             if id(p) not in seen:
                 seen.add(id(p))
-                own_params += p.numel()
-        is_leaf = not children
-        if name == "" and not own_params and own_flops <= 0:
-            continue
-        if is_leaf or own_params or own_flops > 0:
-            label = name or "(model)"
-            rows.append(LayerRow(label, type(module).__name__, shapes.get(name) if name else None, own_params,
-                                 max(own_flops, 0) // 2, calls.get(name, 1 if name == "" else 0)))
-    # Put the root's own row (parameters like a class token, matmuls in forward) first.
+                params += p.numel()
+        return params, max(flops, 0), not children
+
+    def subtree(name: str) -> int:
+        total = 0
+        for p in modules[name].parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        return total
+
+    for name in [""] + names:
+        level = 0 if name == "" else name.count(".") + 1
+        label = name or "(model)"
+        shape = shapes.get(name) if name else None
+        count = calls.get(name, 1 if name == "" else 0)
+        if depth is not None and level == depth:
+            rows.append(LayerRow(name, type(modules[name]).__name__, shape, subtree(name),
+                                 total_flops.get(name, 0) // 2, count))
+        elif depth is None or level < depth:
+            # Leaves, and containers that hold parameters or run counted ops in their own forward.
+            params, flops, is_leaf = own(name)
+            if (is_leaf and name) or params or flops:
+                rows.append(LayerRow(label, type(modules[name]).__name__, shape, params, flops // 2, count))
     return rows

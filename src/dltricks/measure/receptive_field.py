@@ -150,8 +150,9 @@ class RFTrace:
         prediction, otherwise the last module output (in execution order) with a spatial layout larger
         than 1x1 and no global mixing (``layer4`` of a ResNet, the patch embedding of a ViT)."""
         def spatial(rf: ReceptiveField) -> bool:
+            # Adaptive pooling belongs to the head: its window depends on the input size.
             return bool(rf.unit) and not any(rf.global_axes) and rf.box is not None and \
-                any(rf.output_shape[d] > 1 for d in rf.unit)
+                any(rf.output_shape[d] > 1 for d in rf.unit) and not rf.module_type.startswith("Adaptive")
 
         if spatial(self.output):
             return self.output
@@ -194,15 +195,26 @@ class TheoreticalRF:
 
 
 def _spatial_dims(g: torch.Tensor) -> tuple[int | None, int | None]:
-    """Data dims along which the top (h) and left (w) bounds vary; ``None`` when not exactly one."""
-    found = []
+    """Data dims that carry the image rows (h) and columns (w).
+
+    A spatial dim is one along which the centre of the boxes moves across the image; the dim with the
+    largest displacement wins (channels of concatenated branches change the box size, not its centre;
+    a flattened token dim moves both centres, so it can be only one of them).
+    """
+    found: list[int | None] = []
     for comps in ((0, 1), (2, 3)):  # (top, -bottom) for h, (left, -right) for w
-        c = g[list(comps)]
-        dims = [d for d in range(c.dim() - 1)
-                if c.shape[d + 1] > 1 and not torch.equal(c, c.narrow(d + 1, 0, 1).expand_as(c))]
-        found.append(dims[0] if len(dims) == 1 else None)
-    if found[0] is not None and found[0] == found[1]:
-        return None, None
+        centre = (g[comps[0]] - g[comps[1]]) / 2  # (top + bottom) / 2, NaN where empty
+        spans = []
+        for d in range(1, centre.dim()):
+            if centre.shape[d] < 2 or d in found:
+                spans.append(0.0)
+                continue
+            first = centre.narrow(d, 0, 1).nanmean()
+            last = centre.narrow(d, centre.shape[d] - 1, 1).nanmean()
+            span = float((last - first).abs()) if torch.isfinite(last - first) else 0.0
+            spans.append(span)
+        best = max(range(len(spans)), key=lambda i: spans[i]) if spans else None
+        found.append(best + 1 if best is not None and spans[best] > 0 else None)
     return found[0], found[1]
 
 
@@ -215,8 +227,8 @@ def _unit_of(g: torch.Tensor | None, shape: Sequence[int]) -> dict[int, int]:
     """
     if g is None or len(shape) < 2:
         return {}
-    dh, dw = _spatial_dims(g)
-    if dh is not None and dw is not None and 0 not in (dh, dw):
+    dh, dw = _spatial_dims(g.expand(NCOMP, *shape) if g.dim() - 1 == len(shape) else g)
+    if dh is not None and dw is not None:
         return {dh: shape[dh] // 2, dw: shape[dw] // 2}
     flat = g.flatten(1)
     if len(shape) == 4 and torch.equal(flat, flat[:, :1].expand_as(flat)):
@@ -378,6 +390,16 @@ def receptive_field(model: nn.Module, input_size: Sequence[int], *, layer: str |
     return trace.layers[layer]
 
 
+def _margin_ok(rf: ReceptiveField) -> bool:
+    """The box is at least two jumps away from every border: no padding can have cut it."""
+    if rf.box is None or None in rf.jump:
+        return False
+    top, left, bottom, right = rf.box
+    H, W = rf.input_size
+    jh, jw = rf.jump
+    return min(top, H - 1 - bottom) >= 2 * jh and min(left, W - 1 - right) >= 2 * jw
+
+
 def theoretical_receptive_field(model: nn.Module, input_size: Sequence[int], *, layer: str | None = None,
                                 max_size: int = 1024) -> TheoreticalRF:
     """Unclipped receptive field (size, jump, centre of unit 0) of ``layer``.
@@ -394,7 +416,8 @@ def theoretical_receptive_field(model: nn.Module, input_size: Sequence[int], *, 
     canvas = size
     while True:
         try:
-            trace = trace_receptive_fields(model, (C, canvas, canvas) if canvas != size else (C, H, W))
+            shape = (C, canvas, canvas) if canvas != size else (C, H, W)
+            trace = trace_receptive_fields(model, shape, layers=None if chosen in (None, "") else [chosen])
         except TooLargeError:
             if rf is None:
                 raise
@@ -414,7 +437,7 @@ def theoretical_receptive_field(model: nn.Module, input_size: Sequence[int], *, 
             break
         # Unclipped once the box is off the border and a larger canvas no longer changes its size (a field
         # can be cut by padding without touching the last pixel).
-        if previous is not None and not rf.clipped and previous.size == rf.size:
+        if not rf.clipped and ((previous is not None and previous.size == rf.size) or _margin_ok(rf)):
             break
         if canvas * 2 > max_size:
             break
@@ -422,7 +445,7 @@ def theoretical_receptive_field(model: nn.Module, input_size: Sequence[int], *, 
     if rf is None:
         raise UntraceableError(f"could not trace layer {layer!r}")
     lower = not rf.is_global and rf.box is not None and (
-        rf.clipped or (previous is not None and previous.size != rf.size))
+        rf.clipped or (previous is not None and previous.size != rf.size and not _margin_ok(rf)))
     if rf.is_global:
         return TheoreticalRF(rf.layer, (None, None), rf.jump, (None, None), rf.input_size[0], lower_bound=False)
     starts: list[float | None] = [None, None]

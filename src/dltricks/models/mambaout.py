@@ -20,9 +20,9 @@ Measured (``tests/test_mambaout.py``): at 1000 classes the parameter counts equa
 (``torch.utils.flop_counter``, MACs = FLOPs/2, convolutions and matrix products) are within 1 % of the
 published 1.15 / 1.51 / 4.47 / 8.94 / 15.79 G.
 
-CIFAR variants (``*_cifar``) keep the blocks and widths but use a stride-2 stem (1×1 convs' job is left
-to the 3×3s: first conv stride 1, second stride 2), so a 32×32 image becomes a 16×16 map in stage 1
-instead of 8×8.
+CIFAR variants keep the blocks but use a stride-2 stem (first 3×3 conv stride 1, second stride 2), so a
+32×32 image becomes a 16×16 map in stage 1 instead of 8×8: ``mambaout_femto_cifar`` (femto's depths and
+widths) and ``mambaout_cifar_mini`` (2-2-4-2 / 32-64-128-192, 1.7 M parameters, the H1 contender).
 """
 
 from __future__ import annotations

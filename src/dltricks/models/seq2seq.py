@@ -14,8 +14,11 @@ states, through a tanh layer, initialise the decoder. The decoders differ in how
   h̃_t = tanh(W_c [c_t; s_t]), logits = W_s h̃_t. Without input feeding the teacher-forced pass is one
   RNN call plus one batched attention, several times faster than the Bahdanau loop on CPU.
 
-Measured on ``--data dates`` (human-readable dates in 5 languages -> ISO; ``docs/attention.md``): see
-:mod:`dltricks.experiments.attention` for the recorded exact-match accuracies with and without attention.
+Measured on ``--data dates`` (human-readable dates in 57 formats and 5 languages -> ISO, greedy exact match
+on 2,000 samples of held-out days, 800 AdamW steps of 128, 3 seeds; :mod:`dltricks.experiments.attention`,
+``docs/attention.md``): additive 100.00 ± 0.00 %, Luong general 99.83 ± 0.10 %, no attention
+98.20 ± 0.09 % (90.7 % on the numeric formats, where digits must be copied from exact positions). After
+200 steps: 98.8 % / 96.3 % / 62.2 %.
 
 ``model(src, tgt_in)`` returns logits (B, T, num_classes) by teacher forcing; ``generate`` decodes
 greedily and returns the alignment (B, T, S) used for the heat-maps.

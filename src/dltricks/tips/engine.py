@@ -50,6 +50,7 @@ class TipResult:
     stats: list[dict[str, Any]] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0
     budget_s: float = 0.0
     cached: bool = False
     key: str = ""
@@ -112,7 +113,7 @@ def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, u
             return result, cache.entry_dir(cache_dir, tip.id, key)
     workdir = cache.new_workdir(cache_dir, tip.id)
     ctx = Context(tip_id=tip.id, mode=mode, settings=settings, seeds=seed_values, workdir=workdir, report=note)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     try:
         evidence = tip.function()(ctx)
@@ -128,11 +129,11 @@ def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, u
         return TipResult(**_base(tip, mode), verdict=Verdict.ERROR.value, reason=f"{type(err).__name__}: {err}",
                          seeds=seed_values, settings=settings, key=key, elapsed_s=time.perf_counter() - start,
                          error="".join(traceback.format_exception(err))[-4000:]), None
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     plots = [p for p in evidence.plots if (workdir / p).is_file()]
     result = TipResult(**_base(tip, mode), verdict=decision.verdict.value, reason=decision.reason, seeds=seed_values,
                        settings=settings, evidence=evidence.to_dict(), stats=decision.stats, plots=plots,
-                       elapsed_s=round(elapsed, 3), key=key)
+                       elapsed_s=round(elapsed, 3), cpu_s=round(cpu, 3), key=key)
     entry = cache.store(cache_dir, tip.id, key, workdir, result.to_dict())
     return result, entry
 

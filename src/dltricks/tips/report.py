@@ -58,6 +58,8 @@ def _num(x: Any) -> str:
 
 
 def _pm(s: dict[str, Any]) -> str:
+    if s["n"] == 1:
+        return f"{_num(s['mean'])} (n=1)"
     return f"{_num(s['mean'])} &plusmn; {_num(s['std'])} (n={s['n']})"
 
 
@@ -109,17 +111,19 @@ def _section(r: TipResult) -> str:
     if ev.get("setup"):
         out.append(f'<p><span class="label">Setup:</span> {e(ev["setup"])} '
                    f'<span class="small">(mode {e(r.mode)}, seeds {e(", ".join(map(str, r.seeds)))}, '
-                   f'{r.elapsed_s:.1f} s{", cached" if r.cached else ""})</span></p>')
+                   f'{r.elapsed_s:.1f} s wall, {r.cpu_s:.1f} s CPU{", cached" if r.cached else ""})</span></p>')
     arms = ev.get("arms") or {}
-    if arms:
-        metrics = sorted({m for a in arms.values() for m in a})
-        out.append('<table class="arms"><thead><tr><th>arm</th>' + "".join(f"<th>{e(m)}</th>" for m in metrics)
-                   + "</tr></thead><tbody>")
+    if arms:  # one row per metric, one column per arm: mean +- std (n seeds)
         from dltricks.tips.rules import summarize
 
-        for arm, values in arms.items():
-            cells = "".join(f'<td class="num">{_pm(summarize(values[m])) if m in values else ""}</td>' for m in metrics)
-            out.append(f"<tr><td>{e(arm)}</td>{cells}</tr>")
+        decisive = {st.get("metric") for st in r.stats}
+        metrics = sorted({m for a in arms.values() for m in a}, key=lambda m: (m not in decisive, m))
+        out.append('<table class="arms"><thead><tr><th>metric</th>' + "".join(f"<th>{e(a)}</th>" for a in arms)
+                   + "</tr></thead><tbody>")
+        for m in metrics:
+            name = f"<b>{e(m)}</b>" if m in decisive else e(m)
+            cells = "".join(f'<td class="num">{_pm(summarize(v[m])) if m in v else ""}</td>' for v in arms.values())
+            out.append(f"<tr><td>{name}</td>{cells}</tr>")
         out.append("</tbody></table>")
     for st in r.stats:
         if st.get("kind") in ("effect", "non-inferiority"):
@@ -138,8 +142,9 @@ def _section(r: TipResult) -> str:
         out.append("</tbody></table>")
     if ev.get("notes"):
         out.append(f'<p class="small"><span class="label">Notes:</span> {e(ev["notes"])}</p>')
-    for plot in r.plots:
-        out.append(f'<p><img class="plot" src="{e(plot)}" alt="plot for {e(r.id)}"></p>')
+    if r.plots:
+        out.append('<div class="plots">' + "".join(f'<img class="plot" src="{e(plot)}" alt="plot for {e(r.id)}">'
+                                                   for plot in r.plots) + "</div>")
     if r.error:
         out.append(f"<details><summary>traceback</summary><pre>{e(r.error)}</pre></details>")
     out.append("</section>")

@@ -50,7 +50,7 @@ from dltricks.train.optim import build_optimizer
 from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.train.runtime import Precision, deterministic_mode, resolve_device, resolve_precision, seed_everything
 from dltricks.train.schedule import LRSchedule
-from dltricks.train.task import Task, _logits
+from dltricks.train.task import Task, _logits, classification_metrics
 from dltricks.utils.io import atomic_write_json, atomic_write_text
 from dltricks.utils.progress import ProgressBar
 
@@ -131,8 +131,6 @@ def evaluate(model: nn.Module, loader: Any, task: Task | None = None, *, epoch: 
     also ``confusion``: a ``(K, K)`` int64 tensor, rows = true class, columns = prediction, and
     ``per_class_accuracy``: a list of K recalls (``nan`` for a class absent from the data).
     """
-    from dltricks.train.task import classification_metrics
-
     metrics_fn = task.batch_metrics if task is not None else classification_metrics
     model_device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device) if device is not None else model_device
@@ -210,7 +208,8 @@ def check_compatible(model: nn.Module, task: Task, *, device: torch.device | str
     finally:
         model.train(was_training)
     logits = _logits(out)
-    if logits.dim() >= 2 and logits.shape[1] != task.num_classes:
+    # Classifiers/segmenters put classes on dim 1 ((B, K) or (B, K, H, W)); sequence models on the last dim.
+    if logits.dim() >= 2 and task.num_classes not in (logits.shape[1], logits.shape[-1]):
         raise ModelError(f"model {name} outputs {logits.shape[1]} classes but data set {task.name} has "
                          f"{task.num_classes}; build it with num_classes={task.num_classes}")
 
@@ -274,6 +273,7 @@ class _Trainer:
         self.batch = 0  # next batch index within the epoch
         self.step = 0  # optimizer steps taken
         self.sums: dict[str, float] = {}
+        self._pending_correct: torch.Tensor | None = None
         self.history: list[dict[str, Any]] = []
         self.best: float | None = None
         self.best_epoch = 0
@@ -332,6 +332,7 @@ class _Trainer:
         """Write the full state to ``checkpoints/last.safetensors`` (all ranks call; rank 0 writes)."""
         if self.run_dir is None:
             return
+        self._flush_metrics()
         rng_tensors, rng_meta = rng_state_to_flat(self.device)  # a collective under DDP
         if not self.dist.is_main:
             return
@@ -359,9 +360,11 @@ class _Trainer:
             raise CheckpointError(f"cannot resume {path}: the recipe differs from the checkpoint's in "
                                   f"{', '.join(differences[:5])}; resume with the same recipe (see "
                                   f"{path.parent.parent / 'recipe.yaml'}) or start a new run")
-        saved_model = meta.get("run", {}).get("model")
-        if saved_model and saved_model != self.meta.get("model"):
-            raise CheckpointError(f"cannot resume {path}: it holds model {saved_model!r}, not {self.meta.get('model')!r}")
+        saved_run = meta.get("run", {})
+        for key, what in (("model", "model"), ("model_kwargs", "model options"), ("data", "data")):
+            if key in saved_run and key in self.meta and saved_run[key] != json.loads(json.dumps(self.meta[key])):
+                raise CheckpointError(f"cannot resume {path}: it was trained with {what} {saved_run[key]!r}, not "
+                                      f"{self.meta[key]!r}")
         if meta.get("world_size", 1) != self.dist.world_size:
             raise CheckpointError(f"cannot resume {path}: written by {meta.get('world_size')} process(es), resumed with "
                                   f"{self.dist.world_size}; the data shards would differ")
@@ -472,12 +475,7 @@ class _Trainer:
                 last_in_group = b == group_start + group_size - 1
                 where = f"epoch {epoch + 1}, batch {b + 1}/{n} (optimizer step {self.step + 1})"
                 value, out = self._forward_backward(x, y, 1.0 / group_size, where, sync=last_in_group)
-                metrics = self.task.batch_metrics(out.detach() if isinstance(out, torch.Tensor) else out, y)
-                count = float(metrics["count"])
-                self.sums["loss"] = self.sums.get("loss", 0.0) + value * count
-                for k, v in metrics.items():
-                    if k != "loss":
-                        self.sums[k] = self.sums.get(k, 0.0) + float(v)
+                self._accumulate(out, y, value)
                 if last_in_group:
                     self._optimizer_step()
                     self.batch = b + 1
@@ -491,6 +489,7 @@ class _Trainer:
                 if bar.enabled:
                     now = time.perf_counter()
                     if now - last_shown > 0.2 or b == n - 1 or stop:
+                        self._flush_metrics()
                         s = self.sums
                         seconds = s.get("time", 0.0) + now - t0
                         shown = {"loss": s["loss"] / s["count"]}
@@ -501,8 +500,34 @@ class _Trainer:
                         pending, last_shown = 0, now
                 if stop:
                     break
+        self._flush_metrics()
         self.sums["time"] = self.sums.get("time", 0.0) + time.perf_counter() - t0
         return stop
+
+    def _accumulate(self, out: Any, y: torch.Tensor, loss_value: float) -> None:
+        """Add one batch to the epoch's running sums (the objective's loss, then the task's metrics).
+
+        For the default classification metrics the number of correct predictions stays on the device until
+        it is needed (:meth:`_flush_metrics`): no extra cross-entropy and no extra device sync per step."""
+        if self.task.batch_metrics is classification_metrics:
+            logits = _logits(out).detach()
+            hard = y.argmax(dim=1) if y.dim() == 2 else y
+            correct = (logits.argmax(dim=1) == hard).sum()
+            self._pending_correct = correct if self._pending_correct is None else self._pending_correct + correct
+            count = float(y.shape[0])
+            self.sums["count"] = self.sums.get("count", 0.0) + count
+        else:
+            metrics = self.task.batch_metrics(out.detach() if isinstance(out, torch.Tensor) else out, y)
+            count = float(metrics["count"])
+            for k, v in metrics.items():
+                if k != "loss":
+                    self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        self.sums["loss"] = self.sums.get("loss", 0.0) + loss_value * count
+
+    def _flush_metrics(self) -> None:
+        if self._pending_correct is not None:
+            self.sums["correct"] = self.sums.get("correct", 0.0) + float(self._pending_correct.item())
+            self._pending_correct = None
 
     def _end_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.recipe.train
@@ -705,6 +730,8 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
         ConfigError, ModelError: a recipe or a model that cannot work with this task.
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if resume and run_dir is None:
+        raise ConfigError("resume=True needs the run_dir whose checkpoint to continue")
     with deterministic_mode(recipe.train.deterministic):
         trainer = _Trainer(model, task, recipe, run_dir=Path(run_dir) if run_dir is not None else None,
                            progress=progress, log=log, on_epoch=on_epoch, meta=meta)

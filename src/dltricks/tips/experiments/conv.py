@@ -40,6 +40,9 @@ def stacked_small_kernels(ctx: Context) -> Evidence:
         x = torch.randn(1, channels, size, size)
         w_s, w_b = count_weights(stack), count_weights(big)
         m_s, m_b = count_macs(stack, x), count_macs(big, x)
+        analytic = _analytic_rf(stack, channels, size)
+        if analytic is not None:
+            ev.values[f"rf {depth}x{small}x{small}, analytic (dltricks.measure)"] = analytic
         ev.values.update({f"rf {depth}x{small}x{small}": rf_s, f"rf {big_k}x{big_k}": rf_b,
                           f"weights {depth}x{small}x{small}": w_s, f"weights {big_k}x{big_k}": w_b,
                           f"weight ratio {depth}x{small}/{big_k}": round(w_s / w_b, 4),
@@ -54,6 +57,16 @@ def stacked_small_kernels(ctx: Context) -> Evidence:
                             f"{ev.values[f'weight ratio {d}x{small}/{d * (small - 1) + 1}']:.0%} of the weights"
                             for d in ctx.get("depths", (2, 3)))
     return ev
+
+
+def _analytic_rf(net: nn.Module, channels: int, size: int) -> int | None:
+    """Receptive-field size from :func:`dltricks.measure.receptive_field.theoretical_receptive_field` (a graph
+    trace of kernel, stride, dilation and padding), as a cross-check of the gradient support; None if absent."""
+    try:
+        from dltricks.measure.receptive_field import theoretical_receptive_field
+    except ImportError:
+        return None
+    return int(theoretical_receptive_field(net, (channels, size, size), layer="").size[0])
 
 
 def _mask_plot(ctx: Context, name: str, masks: dict[str, torch.Tensor], title: str) -> str:
@@ -139,6 +152,9 @@ def downsampling_vs_dilation(ctx: Context) -> Evidence:
         rows[label] = (rf, out, macs)
         masks[f"{label}\nRF {rf}, out {out}x{out}"] = mask
         ev.values.update({f"{label}: receptive field": rf, f"{label}: output size": out, f"{label}: MACs": macs})
+        analytic = _analytic_rf(net, channels, size)
+        if analytic is not None:
+            ev.values[f"{label}: receptive field, analytic (dltricks.measure)"] = analytic
     plain, strided, pooled, dilated = (rows[k] for k in nets)
     ev.headline = "RF / output size: " + ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in rows.items())
     ev.check("striding enlarges the receptive field", strided[0] > plain[0])

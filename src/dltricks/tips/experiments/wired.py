@@ -132,8 +132,12 @@ def mamba_adaptive_depth(ctx: Context) -> Evidence:
                         f"(dltricks.experiments.ssm.claim_dynamic_depth_width).")
     ev.values.update({f"{t['content']} input of {t['length']} tokens: modules run": t["modules_run"] for t in traces})
     ev.values.update({f"fixed size: {k}": v for k, v in res["fixed_sizes"].items()})
-    ev.values.update({f"{t['content']} input of {t['length']} tokens: std of delta per layer":
-                      ", ".join(f"{d:.3g}" for d in t["delta_std"]) for t in traces})
+    for t in traces:  # the input-dependent part: the SSM step size delta (its format may evolve upstream)
+        deltas = t.get("delta", t.get("delta_std", []))
+        means = [d["mean"] if isinstance(d, dict) else d for d in deltas]
+        if means:
+            ev.values[f"{t['content']} input of {t['length']} tokens: mean delta per layer"] = \
+                ", ".join(f"{m:.3g}" for m in means)
     ev.check("executed layers differ between inputs", not res["same_modules_for_every_input"])
     ev.check("layer output widths differ between inputs", not res["same_widths_for_every_input"])
     ev.check("the block contains an attention module", bool(res["has_attention_module"]))
@@ -167,22 +171,46 @@ def selective_copying(ctx: Context) -> Evidence:
     return ev
 
 
-def mambaout_h2(ctx: Context) -> Evidence:
-    """H2: Mamba vs the Gated CNN (no SSM) on long causal tasks, via :func:`dltricks.experiments.ssm.h2_sequence`."""
-    from dltricks.experiments.ssm import h2_sequence, plot_h2
+_H2: dict[tuple, dict[str, Any]] = {}
 
+
+def _h2(mixer: str, tasks: tuple[str, ...], quick: bool) -> dict[str, Any]:
+    """h2_sequence for one mixer (each mixer is trained from seed 0 on its own, so results do not depend on
+    which other mixers run); memoised so H2 and the attention tip share the Gated CNN runs."""
+    from dltricks.experiments.ssm import h2_sequence
+
+    key = (mixer, tasks, quick)
+    if key not in _H2:
+        _H2[key] = h2_sequence(mixers=(mixer,), tasks=tasks, quick=quick, log=None)
+    return _H2[key]
+
+
+def _h2_evidence(ctx: Context, mixers: dict[str, str], what: str) -> Evidence:
     tasks = tuple(ctx.get("tasks", ("selective_copying",)))
-    mixers = ("mamba", "gated_cnn")
-    ev = Evidence(setup=f"h2_sequence({'quick' if ctx.get('quick', True) else 'full'} settings) on {', '.join(tasks)}; "
-                        f"mixers Mamba and causal Gated CNN with the same width, depth and steps "
-                        f"(dltricks.experiments.ssm.h2_sequence). One value per task.")
-    res = h2_sequence(mixers=mixers, tasks=tasks, quick=ctx.get("quick", True), log=None)
-    for task in tasks:  # tasks play the role of seeds: paired by task
-        for mixer, name in (("mamba", "Mamba"), ("gated_cnn", "Gated CNN")):
-            run = res["tasks"][task][mixer]
+    quick = bool(ctx.get("quick", False))
+    ev = Evidence(setup=f"{what}: h2_sequence({'quick' if quick else 'full'} settings) on {', '.join(tasks)} with the same "
+                        f"width, depth and steps for every mixer (dltricks.experiments.ssm.h2_sequence); one value "
+                        f"per task, paired by task.")
+    for task in tasks:
+        for mixer, name in mixers.items():
+            ctx.report(f"{name} on {task}")
+            run = _h2(mixer, tasks, quick)["tasks"][task][mixer]
             ev.add(name, accuracy=run.get("accuracy", run.get("val_accuracy", float("nan"))))
-    ev.plots.append(plot_h2(res, ctx.path("h2.png")).name)
+    from dltricks.tips import plots
+
+    ev.plots.append(plots.bar_plot(ctx.path("accuracy.png"), {a: m["accuracy"] for a, m in ev.arms.items()},
+                                   ylabel="accuracy (one dot per task)", title=what))
     return ev
+
+
+def attention_long_range(ctx: Context) -> Evidence:
+    """Causal attention vs the causal Gated CNN (kernel 4) on long-range recall tasks."""
+    return _h2_evidence(ctx, {"attention": "attention", "gated_cnn": "Gated CNN"}, "attention vs gated CNN")
+
+
+def mambaout_h2(ctx: Context) -> Evidence:
+    """H2: Mamba vs the Gated CNN (the same block without its SSM) on long causal tasks."""
+    return _h2_evidence(ctx, {"mamba": "Mamba", "gated_cnn": "Gated CNN"}, "Mamba vs gated CNN")
 
 
 def mambaout_h1(ctx: Context) -> Evidence:
@@ -190,11 +218,59 @@ def mambaout_h1(ctx: Context) -> Evidence:
     from dltricks.experiments.ssm import h1_vision
 
     options = {k: ctx[k] for k in ("epochs", "batch_size", "subset", "val_subset") if k in ctx.settings}
-    ev = Evidence(setup=f"CIFAR-10 (the shared image-folder copy), one shared recipe, {options} "
-                        f"(dltricks.experiments.ssm.h1_vision).")
+    ev = Evidence(setup=f"CIFAR-10 (the shared image-folder copy), one shared recipe, {options}; MambaOut, ViM, ViT "
+                        f"and ConvNeXt at about 1.3-1.5 M parameters (dltricks.experiments.ssm.h1_vision).")
     for seed in ctx.seeds:
         ctx.report(f"seed {seed}")
-        res = h1_vision(seed=seed, log=None, **options)
+        key = ("h1", seed, tuple(sorted(options.items())))
+        if key not in _H2:  # shared by the H1 and the CNN-vs-ViT tips
+            _H2[key] = h1_vision(seed=seed, log=None, **options)
+        res = _H2[key]
         for label, run in res["models"].items():
             ev.add(label, val_acc=run["val_accuracy"], params=run["params"])
+    return ev
+
+
+# --------------------------------------------------------------------------------------------- Transformers
+_DATES: dict[tuple, dict[str, Any]] = {}
+
+
+def _dates_run(ctx: Context, *, norm_first: bool, warmup: int, seed: int) -> dict[str, Any]:
+    """One transformer_tiny run on the dates task (:func:`dltricks.experiments.attention.train_dates`),
+    memoised so the warm-up and pre-LN tips share their common post-LN run."""
+    from dltricks.experiments.attention import DatesConfig, train_dates
+
+    steps, lr = ctx.get("steps", 600), ctx.get("lr", 3e-3)
+    key = (norm_first, warmup, seed, steps, lr, ctx.get("train_size", 20000))
+    if key not in _DATES:
+        ctx.report(f"{'pre' if norm_first else 'post'}-LN, warm-up {warmup}, seed {seed}")
+        cfg = DatesConfig(model="transformer_tiny", steps=steps, lr=lr, warmup=warmup, seed=seed,
+                          train_size=ctx.get("train_size", 20000), val_size=ctx.get("val_size", 1000), eval_every=0,
+                          model_kwargs={"norm_first": norm_first})
+        _DATES[key] = train_dates(cfg, log=None)[1]
+    return _DATES[key]
+
+
+def _dates_setup(ctx: Context, what: str) -> str:
+    return (f"{what}: transformer_tiny (2+2 layers, width 128) on the dates task (human-readable dates -> ISO), "
+            f"{ctx.get('steps', 600)} AdamW steps at peak lr {ctx.get('lr', 3e-3):g}, gradient clipping 1.0; greedy "
+            f"exact match on held-out days (dltricks.experiments.attention.train_dates).")
+
+
+def transformer_warmup(ctx: Context) -> Evidence:
+    """Post-LN Transformer with vs without linear warm-up."""
+    warmup = ctx.get("warmup", 100)
+    ev = Evidence(setup=_dates_setup(ctx, f"post-LN with {warmup} warm-up steps vs none"))
+    for seed in ctx.seeds:
+        ev.add("warmup", exact_match=_dates_run(ctx, norm_first=False, warmup=warmup, seed=seed)["exact_match"])
+        ev.add("no warmup", exact_match=_dates_run(ctx, norm_first=False, warmup=0, seed=seed)["exact_match"])
+    return ev
+
+
+def transformer_pre_ln(ctx: Context) -> Evidence:
+    """Pre-LN vs post-LN Transformer, both without warm-up."""
+    ev = Evidence(setup=_dates_setup(ctx, "pre-LN vs post-LN, no warm-up"))
+    for seed in ctx.seeds:
+        ev.add("pre-LN", exact_match=_dates_run(ctx, norm_first=True, warmup=0, seed=seed)["exact_match"])
+        ev.add("post-LN", exact_match=_dates_run(ctx, norm_first=False, warmup=0, seed=seed)["exact_match"])
     return ev
