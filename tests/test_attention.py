@@ -227,28 +227,45 @@ def test_local_attention_equals_banded_dense_attention(T, window, block, causal)
     torch.testing.assert_close(band_to_dense(band, window, causal=causal), expected_w)
 
 
+def _matmul_sizes(fn) -> list[int]:
+    """Element counts of every torch.matmul output produced while running ``fn``."""
+    seen: list[int] = []
+    real_matmul = torch.matmul
+
+    def spy(a, b):
+        out = real_matmul(a, b)
+        seen.append(out.numel())
+        return out
+
+    torch.matmul = spy
+    try:
+        fn()
+    finally:
+        torch.matmul = real_matmul
+    return seen
+
+
 def test_local_attention_memory_is_linear_in_length():
-    """The largest intermediate is O(T * (block + 2 * window)): count elements of the score tensor by
-    doubling T; a masked dense implementation would quadruple."""
-    sizes = {}
+    """Work and memory are O(T * (block + 2 * window)): doubling T doubles the scores computed (a masked dense
+    implementation would quadruple), and no score tensor exceeds T * (b + 2r) elements."""
+    totals, largest = {}, {}
     for T in (512, 1024):
         q, k, v = qkv(B=1, H=1, Tq=T, Tk=T, D=4)
-        seen = []
-        real_matmul = torch.matmul
+        sizes = _matmul_sizes(lambda: local_attention(q, k, v, window=8))
+        totals[T], largest[T] = sum(sizes), max(sizes)
+    assert totals[1024] == 2 * totals[512]
+    assert largest[1024] <= 1024 * (8 + 2 * 8)
 
-        def spy(a, b, seen=seen, real=real_matmul):
-            out = real(a, b)
-            seen.append(out.numel())
-            return out
 
-        torch.matmul = spy
-        try:
-            local_attention(q, k, v, window=8)
-        finally:
-            torch.matmul = real_matmul
-        sizes[T] = max(seen)
-    assert sizes[1024] == 2 * sizes[512]
-    assert sizes[1024] <= 1024 * (8 + 2 * 8)
+def test_local_attention_chunks_bound_the_score_tensors():
+    q, k, v = qkv(B=1, H=2, Tq=300, Tk=300, D=4)
+    pad = padding_mask(torch.tensor([270]), 300)
+    ref, ref_band = local_attention(q, k, v, window=5, key_padding_mask=pad, need_weights=True)
+    sizes = _matmul_sizes(lambda: local_attention(q, k, v, window=5, key_padding_mask=pad, chunk_elements=500))
+    assert max(sizes) <= 2 * 5 * 15 * 3  # 3 blocks (b=5, span 15, 2 heads) per chunk
+    out, band = local_attention(q, k, v, window=5, key_padding_mask=pad, need_weights=True, chunk_elements=500)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(band, ref_band)
 
 
 def test_local_self_attention_module_matches_masked_mha():

@@ -222,3 +222,27 @@ def test_every_cnn_constructor_is_keyword_only_with_num_classes_and_in_chans() -
         assert params["in_chans"].kind is inspect.Parameter.KEYWORD_ONLY
     model = create_model("resnet18", in_chans=1, num_classes=4)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# optimize_for_speed: channels_last for dense-conv nets only, same outputs.
+
+def test_optimize_for_speed_rule_and_outputs() -> None:
+    from dltricks.models import optimize_for_speed
+
+    torch.manual_seed(0)
+    resnet = create_model("resnet18", num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = resnet(x)
+        fast = optimize_for_speed(resnet)
+        assert fast.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast(x), before, rtol=1e-4, atol=1e-4)  # NCHW input still works
+    mobilenet = optimize_for_speed(create_model("mobilenet_v2", num_classes=4))
+    assert mobilenet.features[0].conv.weight.is_contiguous()  # depthwise nets stay NCHW on CPU
+    forced = optimize_for_speed(create_model("mobilenet_v2", num_classes=4), channels_last=True)
+    assert forced.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+    mlp = optimize_for_speed(create_model("mlp"))
+    assert all(p.is_contiguous() for p in mlp.parameters())
+    compiled = optimize_for_speed(create_model("resnet18", num_classes=4), compile=True)  # compiles lazily
+    assert compiled is not None and hasattr(compiled, "_orig_mod")

@@ -9,17 +9,18 @@ import math
 import pytest
 import torch
 
-from dltricks import list_models, model_info
+from dltricks import create_model, list_models, model_info
 from dltricks.cli import main
+from dltricks.measure import count_macs, count_params
 from dltricks.measure.leaderboard import disagreeing_pairs, leaderboard_markdown
 from dltricks.measure.profile import parse_input_size, profile_model
 
 ALL_MODELS = list_models()
-# A training step of a model this large allocates gigabytes (weights, gradients, momentum) - more than the
-# CI budget; its MACs, latency and inference memory are still profiled.
-TRAIN_MEMORY_MAX_PARAMS = 30_000_000
-# The fewest timed calls that still give a spread (three blocks of one call each).
-TEST_TIMING = {"min_run_time": 0.0, "warmup": 0, "min_runs": 3}
+# Models needing more than this many MACs per image even at their smallest input (Mixer-B/16 needs 224x224:
+# 12.6 G) are profiled at batch 1 without the memory passes, to keep the suite within its time budget.
+HEAVY_MACS = 3e9
+# The fewest timed calls that still give a spread (one call to size the block, then two timed blocks).
+TEST_TIMING = {"min_run_time": 0.0, "warmup": 0, "min_runs": 2}
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -29,27 +30,30 @@ def test_profile_every_registered_model(name: str) -> None:
     info = model_info(name)
     image = info.make_test_input is None and len(info.test_input_size) == 3
     num_classes = 5 if info.task in ("classification", "segmentation") else None
-    from dltricks import create_model
-
-    params = sum(p.numel() for p in create_model(name, num_classes=num_classes).to("meta").parameters())
-    report = profile_model(name, input_size=info.test_input_size if image else None, batch=2, quick=True,
-                           timing=TEST_TIMING, train_memory=params <= TRAIN_MEMORY_MAX_PARAMS,
+    with torch.device("meta"):  # shapes only: an independent parameter count and a cost estimate
+        meta = create_model(name, num_classes=num_classes)
+    params = count_params(meta).total
+    heavy = image and count_macs(meta.eval(), torch.empty(1, *info.test_input_size, device="meta")) > HEAVY_MACS
+    # The training-step memory is exercised in test_measure.py and by the CLI tests below; here every model
+    # gets MACs, latency, throughput and its inference peak.
+    report = profile_model(name, input_size=info.test_input_size if image else None, batch=1 if heavy else 2,
+                           quick=True, timing=TEST_TIMING, memory=not heavy, train_memory=False,
                            receptive_field=False, num_classes=num_classes)
     d = report.to_dict()
     assert d["params"]["total"] == params > 0
     assert d["macs"] >= 0 and d["macs"] == d["flops"]["flops"] // 2
     lat, bt = report.speed.latency, report.speed.batch_timing
-    assert lat.batch == 1 and bt.batch == 2 and lat.runs >= 3
+    n = 1 if heavy else 2
+    assert lat.batch == 1 and bt.batch == n and lat.runs >= 2
     assert lat.q25 <= lat.median <= lat.q75
     # Self-consistency: the reported batch-N throughput is N over the batch-N median time per call.
-    assert d["throughput"] == pytest.approx(2 / bt.median, rel=1e-9)
+    assert d["throughput"] == pytest.approx(n / bt.median, rel=1e-9)
     assert d["batch_timing"]["throughput"] == d["throughput"]
+    if heavy:
+        return
     infer = report.memory["inference"]
     assert infer.peak_bytes >= infer.baseline_bytes >= report.params.param_bytes
-    if "train" in report.memory:
-        train = report.memory["train"]
-        assert train.peak_bytes > infer.peak_bytes
-        assert train.extra_bytes >= report.params.param_bytes * 0.99  # the gradients at least
+    assert infer.extra_bytes > 0  # at least the output
     json.dumps(d)  # serialisable
     assert all(math.isfinite(v) for v in (lat.median, bt.median, d["throughput"]))
 

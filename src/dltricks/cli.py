@@ -32,8 +32,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Shows each option's default next to its help text."""
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad command line as one line on stderr (exit 2) and points at ``--help``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="dltricks",
         description="Deep-learning tips and tricks as code you can run, measure and trust.",
         formatter_class=_HelpFormatter,
@@ -42,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"dltricks {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers, _HelpFormatter)
     return parser

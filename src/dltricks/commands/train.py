@@ -146,6 +146,10 @@ def build_model_for_task(name: str, task, model_opts: dict[str, Any], seed: int)
     from dltricks.train.runtime import seed_everything
 
     kwargs = dict(model_opts)
+    # Options the task knows the model needs (e.g. a sequence task's vocabulary sizes); the user's
+    # --model-opt values win.
+    for key, value in (task.extra.get("model_kwargs") or {}).items():
+        kwargs.setdefault(key, value)
     kwargs.setdefault("num_classes", task.num_classes)
     if task.in_chans is not None:
         kwargs.setdefault("in_chans", task.in_chans)

@@ -21,7 +21,7 @@ Generator
   guarantees across versions), so a (seed, size) pair always gives the same data.
 
 Vocabularies (character level): the source vocabulary is ``<pad>``, ``<unk>`` and every character the
-generator can produce (:data:`SOURCE_VOCAB`, 78 symbols); the target vocabulary is ``<pad> <bos> <eos>``,
+generator can produce (:data:`SOURCE_VOCAB`, 76 symbols); the target vocabulary is ``<pad> <bos> <eos>``,
 ``-`` and the digits (14 symbols). Targets are [``<bos>``, 10 characters, ``<eos>``].
 
 Task (``--data dates``)

@@ -509,13 +509,16 @@ def band_to_dense(band: torch.Tensor, window: int, *, causal: bool = False) -> t
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int, causal: bool = False,
                     key_padding_mask: torch.Tensor | None = None, block_size: int | None = None,
-                    dropout_p: float = 0.0, scale: float | None = None,
-                    need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    dropout_p: float = 0.0, scale: float | None = None, need_weights: bool = False,
+                    chunk_elements: int = 1 << 21) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Self-attention restricted to keys j with |i − j| <= ``window`` (j in [i − window, i] if causal).
 
     q, k, v: (B, h, T, d). The sequence is cut into blocks of ``block_size`` queries (default: the
     window); each block attends to its own keys plus ``window`` keys on either side, a (b, b + 2r) score
-    matrix per block. Time O(T (b + 2r) d), memory O(T (b + 2r)): linear in T for a fixed window.
+    matrix per block. Time O(T (b + 2r) d), memory O(T (b + 2r)): linear in T for a fixed window. Blocks
+    are processed in chunks of about ``chunk_elements`` scores (8 MiB in float32), which keeps the working
+    set in cache and bounds the memory of the scores; only the output (and the band weights, if asked
+    for) grow with T.
 
     Returns ``(out (B, h, T, d_v), weights or None)``; weights are in band form (B, h, T, n_offsets),
     column o holding key i − window + o (``n_offsets`` = 2·window + 1, or window + 1 if causal); expand
@@ -537,8 +540,6 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     # into overlapping windows: (B, h, T + pad + r + right, d) -> unfold -> (B, h, nb, d, span) -> (B, h, nb, span, d)
     kb = F.pad(k, (0, 0, r, pad + right)).unfold(2, span, b).transpose(-2, -1)
     vb = F.pad(v, (0, 0, r, pad + right)).unfold(2, span, b).transpose(-2, -1)
-    scores = torch.matmul(qb, kb.transpose(-2, -1)) * scale  # (B, h, nb, b, span)
-
     # Which (query a, key slot c) pairs are allowed: key position j = blk*b - r + c, query i = blk*b + a.
     a = torch.arange(b, device=q.device)[:, None]
     c = torch.arange(span, device=q.device)[None, :]
@@ -547,16 +548,28 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     # Keys outside [0, T) (the padding we added) or marked as padding are never attended.
     key_ok = torch.ones(B, T, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask.bool()
     key_ok = F.pad(key_ok, (r, pad + right), value=False).unfold(1, span, b)  # (B, nb, span)
-    mask = in_band[None, None] & key_ok[:, :, None, :]  # (B, nb, b, span)
-    weights = masked_softmax(scores, mask[:, None])  # (B, h, nb, b, span)
-    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
-    out = torch.matmul(dropped, vb).reshape(B, H, nb * b, -1)[:, :, :T]  # (B, h, T, d_v)
+    n_off = r + right + 1
+    # Band form: offset o (key i - r + o) of query a sits in slot c = a + o.
+    slots = torch.arange(b, device=q.device)[:, None] + torch.arange(n_off, device=q.device)[None, :]  # (b, n_off)
+
+    # Blocks are processed in chunks whose score tensors stay around ``chunk_elements`` floats: the working
+    # set stays in cache, so time is linear in T, and the peak memory of the scores is bounded.
+    per_block = B * H * b * span
+    step = max(1, chunk_elements // per_block)
+    outs, bands = [], []
+    for s0 in range(0, nb, step):
+        s1 = min(nb, s0 + step)
+        scores = torch.matmul(qb[:, :, s0:s1], kb[:, :, s0:s1].transpose(-2, -1)) * scale  # (B, h, n, b, span)
+        mask = in_band[None, None] & key_ok[:, s0:s1, None, :]  # (B, n, b, span)
+        weights = masked_softmax(scores, mask[:, None])  # (B, h, n, b, span)
+        dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+        outs.append(torch.matmul(dropped, vb[:, :, s0:s1]))  # (B, h, n, b, d_v)
+        if need_weights:
+            bands.append(weights.gather(-1, slots.expand(B, H, s1 - s0, b, n_off)))  # (B, h, n, b, n_off)
+    out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).reshape(B, H, nb * b, -1)[:, :, :T]  # (B, h, T, d_v)
     if not need_weights:
         return out, None
-    # Band form: offset o (key i - r + o) of query a sits in slot c = a + o.
-    n_off = r + right + 1
-    slots = (torch.arange(b, device=q.device)[:, None] + torch.arange(n_off, device=q.device)[None, :])  # (b, n_off)
-    band = weights.gather(-1, slots.expand(B, H, nb, b, n_off)).reshape(B, H, nb * b, n_off)[:, :, :T]
+    band = (bands[0] if len(bands) == 1 else torch.cat(bands, dim=2)).reshape(B, H, nb * b, n_off)[:, :, :T]
     return out, band
 
 

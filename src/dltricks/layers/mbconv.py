@@ -11,7 +11,7 @@ is narrow -> wide -> narrow with a cheap depthwise conv on the wide part:
     y = x + drop_path(y)               when stride = 1 and C_in = C_out
 
 The projection is linear because a ReLU on a low-dimensional embedding destroys information (MobileNetV2
-Sec. 3.2; their Fig. 6b: linear bottlenecks beat ReLU6 ones by about 1 % top-1). Weights:
+Sec. 3.2; their Fig. 6a shows the linear bottleneck training to a better top-1 than a ReLU6 one). Weights:
 ``C_in*t*C_in + k^2*t*C_in + t*C_in*C_out``; e.g. C_in = C_out = 64, t = 6, k = 3: 24,576 + 3,456 +
 24,576 = 52,608 weights for a block that filters 384 channels, where one dense 3x3 conv at 384
 channels would need 1,327,104.

@@ -549,7 +549,7 @@ def _positive_copy(model: nn.Module, *, seed: int, in_chans: int, size: tuple[in
             m.reset_running_stats()
             m.momentum = None  # cumulative average: one forward sets the batch statistics
             m.train()
-        calib = torch.rand(4, in_chans, *size, generator=gen, dtype=torch.float64) + 0.5
+        calib = torch.rand(2, in_chans, *size, generator=gen, dtype=torch.float64) + 0.5
         with torch.no_grad(), path_preserving():
             net(calib)
         for m in norms:

@@ -5,6 +5,7 @@ are known to :func:`create_model` and :func:`list_models`.
 """
 
 from dltricks.models._registry import ModelInfo, create_model, list_models, model_info, register_model
+from dltricks.models._speed import optimize_for_speed
 
 # Families (each import registers its models).
 from dltricks.models import simple  # noqa: F401,E402
@@ -25,4 +26,4 @@ from dltricks.models import segmentation  # noqa: F401,E402
 from dltricks.models import mamba, vim, mambaout  # noqa: F401,E402
 from dltricks.models import vit, swin, mlp_mixer, transformer, seq2seq, bert  # noqa: F401,E402
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model", "optimize_for_speed"]

@@ -8,9 +8,9 @@ on their own GPU, which is a **group convolution** with 2 groups (``grouped=True
 origin of the trick ResNeXt later turned into "cardinality".
 
 Local response normalisation (Sec. 3.3) divides each activation by the energy of its ``n = 5`` channel
-neighbours: ``b_i = a_i / (k + alpha / n * sum_j a_j^2)^beta`` with k = 2, alpha = 1e-4, beta = 0.75
-(PyTorch's ``LocalResponseNorm`` divides alpha by n, so alpha = 1e-4 here means the paper's setting up to
-that convention). The paper reports -1.4 % top-1 error from it; BN replaced it in later nets.
+neighbours: ``b_i = a_i / (k + alpha * sum_j a_j^2)^beta`` with k = 2, alpha = 1e-4, beta = 0.75.
+PyTorch's ``LocalResponseNorm`` uses ``alpha / n`` in that sum, so we pass alpha = 5e-4 to reproduce the
+paper's equation. The paper credits it with 1.4 points of top-1 error; BN replaced it in later nets.
 
 Input: the paper says 224x224 but 227x227 is what makes the 11x11/4 conv give 55x55 maps; any size from
 67 px works, since an adaptive average pool to 6x6 precedes the classifier (as torchvision).
@@ -19,8 +19,8 @@ Parameters at 1000 classes: 60,965,224 (tested; the paper: "60 million"; the Caf
 the same 60,965,224). Without groups (``grouped=False``): 62,378,344. MACs at 227: 0.72 G.
 
 Weight init: Kaiming normal (fan-in, ReLU gain) and zero biases by default. ``init="paper"`` gives the
-paper's N(0, 0.01) weights with biases 1 in conv2, conv4, conv5 and the FC layers ("accelerates the early
-stages of learning by providing the ReLUs with positive inputs") and 0 elsewhere.
+paper's N(0, 0.01) weights with biases 1 in conv2, conv4, conv5 and the FC layers (positive inputs keep
+the ReLUs active early in training, Sec. 5) and 0 elsewhere.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class AlexNet(nn.Module):
         groups = 2 if grouped else 1
 
         def norm() -> nn.Module:
-            return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
+            return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0) if lrn else nn.Identity()
 
         self.features = nn.Sequential(
             nn.Conv2d(in_chans, 96, 11, stride=4), nn.ReLU(inplace=True), norm(),  # (B, 96, 55, 55) at 227

@@ -115,6 +115,7 @@ class GoogLeNet(nn.Module):
         use_lrn = norm_layer is None if lrn is None else lrn
 
         def lrn_layer() -> nn.Module:
+            # The paper gives no LRN constants; these are the Caffe reference model's (same alpha/n convention).
             return nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0) if use_lrn else nn.Identity()
 
         self.conv1 = _conv(in_chans, 64, 7, norm_layer, stride=2)  # (B, 64, 112, 112)

@@ -25,7 +25,7 @@ Parameters at 1000 classes (tested exactly): 23,834,568 without the auxiliary he
 count) and 27,161,264 with it (``aux_logits=True``; torchvision's default). The aux head is 3,326,696
 parameters: 1x1 conv 768->128 + BN, 5x5 conv 128->768 + BN, linear 768->1000. (The issue text calls
 23,834,568 "with its aux head"; the arithmetic above shows it is the count without.) The paper's abstract
-gives "less than 25 million parameters" and "5 billion multiply-adds per inference"; we count 5.71 G
+puts the network under 25 million parameters and at 5 billion multiply-adds per inference; we count 5.71 G
 MACs at 299 (convs + linear, ``torch.utils.flop_counter``; torchvision reports the same 5.71 G), 14 %
 above the abstract's round figure, which the paper does not break down.
 
