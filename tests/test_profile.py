@@ -88,11 +88,14 @@ def test_parse_input_size() -> None:
 
 
 def test_leaderboard_marks_disagreeing_pairs() -> None:
-    rows = [{"model": "a", "macs": 100, "latency_ms": 1.0}, {"model": "b", "macs": 10, "latency_ms": 2.0},
-            {"model": "c", "macs": 5, "latency_ms": 0.5}]
+    rows = [{"model": "a", "macs": 100, "latency_ms": 1.0, "latency_iqr_ms": 0.1},
+            {"model": "b", "macs": 10, "latency_ms": 2.0, "latency_iqr_ms": 0.1},
+            {"model": "c", "macs": 5, "latency_ms": 0.5, "latency_iqr_ms": 0.1}]
     assert disagreeing_pairs(rows) == [("a", "b")]
     text = leaderboard_markdown(rows)
-    assert "a has more MACs than b but is faster" in text and "| a |" in text
+    assert "a has more MACs than b but is faster (beyond the timing spread)" in text and "| a |" in text
+    rows[1]["latency_iqr_ms"] = 5.0
+    assert "within the timing spread" in leaderboard_markdown(rows)
 
 
 def test_compare_end_to_end(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -98,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _op_label(op: str) -> str:
+    """Readable names for the counted ATen operators."""
+    if "scaled_dot_product" in op:
+        return "attention"
+    return {"addmm": "linear", "mm": "matmul", "bmm": "batched matmul", "baddbmm": "batched matmul",
+            "convolution": "conv", "convolution_backward": "conv backward"}.get(op, op)
+
+
 def _mb(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -123,7 +131,7 @@ def print_report(report) -> None:
     table.add_row("parameters", f"{p.total:,}", f"{format_count(p.total)}, trainable {p.trainable:,}, "
                                                 f"{_mb(p.param_bytes)}")
     f = report.flops
-    ops = ", ".join(f"{k} {v / 2:.3g}" for k, v in sorted(f.by_op.items(), key=lambda kv: -kv[1]))
+    ops = ", ".join(f"{_op_label(k)} {format_count(v / 2)}" for k, v in sorted(f.by_op.items(), key=lambda kv: -kv[1]))
     table.add_row("MACs (batch 1)", format_count(f.macs), f"= FLOPs/2; {ops or 'no counted ops'}")
     if report.speed is not None:
         lat, bt = report.speed.latency, report.speed.batch_timing
@@ -140,12 +148,13 @@ def print_report(report) -> None:
                           f"{m.method}")
     if report.receptive_field is not None:
         rf = report.receptive_field
-        note = f"layer {rf.layer or '(output)'}, jump {rf.jump[0] or '-'} px"
+        note = f"layer {rf.layer or '(output)'}" + (f", jump {rf.jump[0]:g} px" if rf.jump[0] is not None else "")
         table.add_row(f"receptive field at {shape}", rf.describe(), note)
         if report.theoretical_rf is not None:
             t = report.theoretical_rf
-            table.add_row("receptive field, unclipped", t.describe() + " px",
-                          f"traced on a {t.canvas} px canvas" + (" (lower bound)" if t.lower_bound else ""))
+            jump = f", jump {t.jump[0]:g} px" if t.jump[0] is not None else ""
+            table.add_row("receptive field, unclipped", t.describe() + ("" if t.is_global else " px"),
+                          f"traced on a {t.canvas} px canvas{jump}" + (" (lower bound)" if t.lower_bound else ""))
         if report.output_receptive_field is not None:
             table.add_row("receptive field of the output", report.output_receptive_field.describe(), "")
     elif report.rf_note:

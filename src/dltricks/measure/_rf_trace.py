@@ -265,11 +265,6 @@ def _is_float(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())
 
 
-def _spatial_ok(shape: Sequence[int], n_spatial: int) -> None:
-    if len(shape) < n_spatial + 1:
-        raise UntraceableError("pooling/conv input has too few dimensions")
-
-
 class GeometryTracer(TorchDispatchMode):
     """Dispatch mode that propagates receptive-field geometry. See the module docstring."""
 

@@ -95,8 +95,16 @@ def leaderboard_markdown(rows: Sequence[Mapping[str, Any]], *, title: str = "Lea
     pairs = disagreeing_pairs(rows)
     lines.append("")
     if pairs:
+        by_name = {r["model"]: r for r in rows}
+
+        def noise(a: str, b: str) -> str:
+            ra, rb = by_name[a], by_name[b]
+            spread = 0.5 * ((ra.get("latency_iqr_ms") or 0.0) + (rb.get("latency_iqr_ms") or 0.0))
+            gap = abs(ra["latency_ms"] - rb["latency_ms"])
+            return "beyond the timing spread" if gap > spread else "within the timing spread"
+
         lines.append("MACs order vs measured latency order disagree for: " + "; ".join(
-            f"{a} has more MACs than {b} but is faster" for a, b in pairs) + ".")
+            f"{a} has more MACs than {b} but is faster ({noise(a, b)})" for a, b in pairs) + ".")
     else:
         lines.append("MACs order and measured latency order agree for every pair.")
     lines += [""] + [f"- {n}" for n in notes]

@@ -699,10 +699,6 @@ def effective_receptive_field(model: nn.Module, input_size: Sequence[int], *, la
     return ERFResult(grad, _grad_std(grad), _width95(grad), rf)
 
 
-class _ConvStack(nn.Sequential):
-    pass
-
-
 def conv_stack(depth: int, *, kernel_size: int = 3, dilation: int = 1, stride: int = 1, channels: int = 16,
                in_chans: int = 1, act_layer: Callable[[], nn.Module] | None = nn.ReLU, padding: bool = True,
                seed: int | None = None) -> nn.Sequential:
@@ -722,7 +718,7 @@ def conv_stack(depth: int, *, kernel_size: int = 3, dilation: int = 1, stride: i
         if act_layer is not None:
             layers.append(act_layer())
         c = channels
-    return _ConvStack(*layers)
+    return nn.Sequential(*layers)
 
 
 def erf_growth(depths: Sequence[int] = (4, 8, 16, 32), *, channels: int = 16, inits: int = 3, samples: int = 4,
