@@ -51,3 +51,6 @@ def test_scaling_and_cli(tmp_path) -> None:
     out = tmp_path / "claim.json"
     ssm.main(["claim", "--out", str(out)])
     assert json.loads(out.read_text())["verdict"] == "refuted"
+    seeds = ssm.main(["gate", "--quick", "--steps", "2", "--seeds", "0,1", "--out", str(tmp_path / "gate.json")])
+    summary = seeds["summary"]["models"]["S6 (no gate)"]["accuracy"]
+    assert len(summary["values"]) == 2 and summary["std"] >= 0

@@ -475,7 +475,6 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
     ``quick``: 2,000 training / 1,000 test images, 2 epochs (a smoke run: the numbers are far from
     converged and only useful to check the plumbing).
     """
-    from dltricks.train.task import build_task
     from dltricks.train.trainer import fit
 
     if quick:
@@ -489,8 +488,8 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
     }
     out: dict[str, Any] = {"recipe": recipe, "subset": subset, "val_subset": val_subset, "environment": _environment(),
                            "models": {}}
-    task = build_task("cifar10", batch_size=batch_size, seed=seed, augment=recipe["augment"], subset=subset,
-                      val_subset=val_subset, data_dir=data_dir)  # loaded once; every model sees the same batches
+    task = _cifar_task(batch_size=batch_size, seed=seed, augment=recipe["augment"], subset=subset,
+                       val_subset=val_subset, data_dir=data_dir)  # loaded once; every model sees the same batches
     for label, (build, settings) in (models or h1_models()).items():
         torch.manual_seed(seed)
         model = build()
@@ -503,6 +502,23 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
         if log:
             log(f"h1 {label}: {out['models'][label]['val_accuracy']} ({_count(model):,} params, {macs / 1e6:.1f} M MACs)")
     return out
+
+
+def _cifar_task(*, batch_size: int, seed: int, augment: dict[str, Any], subset: int | None, val_subset: int | None,
+                data_dir: str | Path | None) -> Any:
+    """CIFAR-10 with *random* training / test subsets (the image-folder copy is sorted by class, so the first N
+    images would all be airplanes)."""
+    from dltricks.data.tasks import make_classification_task
+    from dltricks.train.task import build_task
+
+    full = build_task("cifar10", batch_size=batch_size, seed=seed, data_dir=data_dir)
+    train, val = full.train_loader.dataset, full.val_loader.dataset
+    g = torch.Generator().manual_seed(seed)
+    if subset is not None:
+        train = train.subset(torch.randperm(len(train), generator=g)[:subset])
+    if val_subset is not None:
+        val = val.subset(torch.randperm(len(val), generator=g)[:val_subset])
+    return make_classification_task("cifar10", train, val, batch_size=batch_size, seed=seed, augment=augment)
 
 
 def _macs(model: nn.Module, shape: Sequence[int]) -> int:
@@ -694,34 +710,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--steps", type=int, help="training steps (induction, gate)")
     parser.add_argument("--data-dir", help="where MNIST / CIFAR-10 live (h1, h2)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (gate, h2, induction): one run each, "
+                                                     "plus mean and std of every accuracy")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.experiment == "h1":
-        result = h1_vision(quick=args.quick, data_dir=args.data_dir)
-    elif args.experiment == "h2":
-        result = h2_sequence(quick=args.quick, data_dir=args.data_dir)
-    elif args.experiment == "gate":
-        if args.quick:  # short sequences, 4 tokens to copy: about a minute of CPU, and the S4/S6 gap shows
-            result = gate_ablation(seq_len=64, num_tokens=4, vocab_size=8, d_model=32,
-                                   train=SeqTrainConfig(steps=args.steps or 500, batch_size=32, seq_len=64, lr=3e-3,
-                                                        warmup=20, eval_every=100))
-        else:
-            result = gate_ablation(train=SeqTrainConfig(steps=args.steps or 20000, batch_size=32, seq_len=1024,
-                                                        lr=2e-3, eval_every=500, target_accuracy=0.999),
-                                   seq_len=1024)
-    elif args.experiment == "induction":
-        if args.quick:  # length 16, vocabulary 8: Mamba solves it in ~150 steps and extrapolates
-            cfg = SeqTrainConfig(steps=args.steps or 300, batch_size=32, seq_len=16, lr=3e-3, warmup=20, eval_every=50,
-                                 target_accuracy=0.999)
-            result = induction_heads(train=cfg, d_model=32, vocab_size=8, eval_lengths=(16, 64, 256, 1024))
-        else:
-            cfg = SeqTrainConfig(steps=args.steps or 8000, batch_size=32, seq_len=256, lr=1e-3, eval_every=250,
-                                 target_accuracy=0.999)
-            result = induction_heads(train=cfg)
-    elif args.experiment == "scaling":
-        result = scaling(lengths=(256, 1024, 4096) if args.quick else (256, 1024, 4096, 16384))
+    seeds = [int(v) for v in args.seeds.split(",")]
+    if len(seeds) > 1 and args.experiment in ("gate", "h2", "induction"):
+        runs = [_run_experiment(args, seed) for seed in seeds]
+        result = {"seeds": seeds, "summary": summarize_seeds(runs), "runs": runs}
     else:
-        result = claim_dynamic_depth_width()
+        result = _run_experiment(args, seeds[0])
     result = _jsonable(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -729,11 +727,52 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.plot:
         plotter = {"induction": plot_induction_heads, "scaling": plot_scaling, "h2": plot_h2}.get(args.experiment)
         if plotter is not None:
-            plotter(result, args.plot)
+            plotter(result["runs"][0] if "runs" in result else result, args.plot)
     if not args.out:
         json.dump({k: v for k, v in result.items() if k not in ("traces",)}, sys.stdout, indent=1, default=str)
         print()
     return result
+
+
+def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, std and values over runs of every numeric leaf whose key starts with "accuracy"."""
+    first = runs[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, dict):
+            sub = summarize_seeds([r[key] for r in runs if isinstance(r.get(key), dict)])
+            if sub:
+                out[key] = sub
+        elif key.startswith("accuracy") and isinstance(value, (int, float)):
+            values = [float(r[key]) for r in runs]
+            out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "values": values}
+    return out
+
+
+def _run_experiment(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    if args.experiment == "h1":
+        return h1_vision(quick=args.quick, data_dir=args.data_dir, seed=seed)
+    if args.experiment == "h2":
+        return h2_sequence(quick=args.quick, data_dir=args.data_dir, seed=seed)
+    if args.experiment == "gate":
+        if args.quick:  # short sequences, 4 tokens to copy: about a minute of CPU, and the S4/S6 gap shows
+            return gate_ablation(seq_len=64, num_tokens=4, vocab_size=8, d_model=32,
+                                 train=SeqTrainConfig(steps=args.steps or 500, batch_size=32, seq_len=64, lr=3e-3,
+                                                      warmup=20, eval_every=100, seed=seed))
+        return gate_ablation(train=SeqTrainConfig(steps=args.steps or 20000, batch_size=32, seq_len=1024, lr=2e-3,
+                                                  eval_every=500, target_accuracy=0.999, seed=seed), seq_len=1024)
+    if args.experiment == "induction":
+        if args.quick:  # length 16, vocabulary 8: Mamba solves it in ~150 steps and extrapolates
+            cfg = SeqTrainConfig(steps=args.steps or 300, batch_size=32, seq_len=16, lr=3e-3, warmup=20, eval_every=50,
+                                 target_accuracy=0.999, seed=seed)
+            return induction_heads(train=cfg, d_model=32, vocab_size=8, eval_lengths=(16, 64, 256, 1024))
+        cfg = SeqTrainConfig(steps=args.steps or 10000, batch_size=32, seq_len=256, lr=2e-3, warmup=200,
+                             eval_every=250, target_accuracy=0.999, seed=seed)
+        return induction_heads(train=cfg)
+    if args.experiment == "scaling":
+        return scaling(lengths=(256, 1024, 4096) if args.quick else (256, 1024, 4096, 16384))
+    return claim_dynamic_depth_width(seed=seed)
 
 
 if __name__ == "__main__":  # pragma: no cover

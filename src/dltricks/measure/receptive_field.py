@@ -271,7 +271,8 @@ def _rf_from_geometry(layer: str, module_type: str, g: torch.Tensor | None, shap
                 if torch.isfinite(extent).any() else torch.zeros_like(extent, dtype=torch.bool)
             ok = whole[1:] & whole[:-1]
             if ok.any():
-                jump[axis] = float((lows[1:] - lows[:-1])[ok].double().mean())
+                step = float((lows[1:] - lows[:-1])[ok].double().mean())
+                jump[axis] = step if step > 0 else None  # <= 0: every such unit is cut by the border
     return ReceptiveField(layer, module_type, tuple(shape), unit, box, (nglob_h < 0, nglob_w < 0), tuple(jump),
                           input_size)
 
