@@ -20,7 +20,7 @@ measures both, plus the Mamba paper's own ablations:
 
 Every function returns a dict of numbers (JSON-able); ``plot_*`` functions draw them. Run from the
 command line: ``python -m dltricks.experiments.ssm {h1,h2,gate,induction,scaling,claim} [--quick]
-[--out results.json]``. ``--quick`` settings finish in about a minute on one CPU core; results are
+[--out results.json]``. ``--quick`` settings take one to three CPU-minutes each; results are
 recorded in ``docs/ssm.md``.
 """
 
@@ -34,7 +34,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,11 @@ from dltricks.data.sequence_tasks import (IGNORE_INDEX, generate_listops, induct
                                           selective_copying_batch)
 from dltricks.layers.ssm.gated_cnn import GatedCNN1d
 from dltricks.layers.ssm.mamba import Mamba
-from dltricks.layers.ssm.selective_scan import selective_scan_chunked
 from dltricks.models.mamba import SequenceModel
 
 __all__ = ["SeqTrainConfig", "train_sequence_model", "token_accuracy", "induction_heads", "gate_ablation",
-           "h2_sequence", "h1_vision", "scaling", "claim_dynamic_depth_width", "plot_induction_heads",
-           "plot_scaling", "plot_h2", "main"]
+           "GATE_ABLATION", "h2_sequence", "H2_SETTINGS", "H2_MIXERS", "h1_vision", "h1_models", "scaling",
+           "claim_dynamic_depth_width", "summarize_seeds", "plot_induction_heads", "plot_scaling", "plot_h2", "main"]
 
 Generate = Callable[[int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]  # (batch, seq_len, gen)
 
@@ -433,7 +432,7 @@ def plot_h2(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8)
-    ax.set_title("H2: long causal sequence tasks")
+    ax.set_title("H2: causal sequence tasks" + (" (quick settings)" if result.get("quick") else ""))
     return _save(fig, path)
 
 
