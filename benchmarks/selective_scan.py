@@ -5,7 +5,9 @@ Setting (the issue's): B=8, L=1024, D=256, N=16, float32, forward + backward of 
 
 * time: median wall-clock of ``--repeats`` forward+backward passes after one warm-up; the methods are
   run round-robin (ref, blelloch, chunked, ref, ...) so that a change in machine load affects all of
-  them alike.
+  them alike. Also the median CPU time of the process (``time.process_time``, all threads): on a shared
+  machine it is far less sensitive to other jobs than wall-clock time, and with one thread it is the
+  compute time itself.
 * peak memory: each method runs once in a fresh subprocess. With the inputs allocated and torch
   initialised, the process's resident-set high-water mark is reset (``echo 5 > /proc/self/clear_refs``,
   Linux >= 4.0) and the current resident set ``VmRSS`` is read; after the forward+backward call the
@@ -112,13 +114,15 @@ def main() -> None:
             print(f"  max |{m} - ref| = {err:.2e}")
 
     times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
     for m in methods:  # warm-up
         fwd_bwd(m, inputs)
     for _ in range(args.repeats):
         for m in methods:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fwd_bwd(m, inputs)
             times[m].append(time.perf_counter() - t0)
+            cpu[m].append(time.process_time() - c0)
 
     peaks = {}
     for m in methods:
@@ -127,14 +131,19 @@ def main() -> None:
         peaks[m] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["peak_mib"]
 
     med = {m: statistics.median(ts) for m, ts in times.items()}
+    med_cpu = {m: statistics.median(ts) for m, ts in cpu.items()}
     baselines = [m for m in ("ref", "blelloch") if m in med]
     best = min(baselines, key=med.__getitem__) if baselines else None
-    print(f"\n{'method':10s} {'median s':>9s} {'min s':>8s} {'peak MiB':>9s} {'speed-up vs best baseline':>26s}")
+    best_cpu = min(baselines, key=med_cpu.__getitem__) if baselines else None
+    print(f"\n{'method':10s} {'median s':>9s} {'min s':>8s} {'cpu s':>8s} {'peak MiB':>9s} {'speed-up (wall)':>16s} "
+          f"{'speed-up (cpu)':>15s}")
     for m in methods:
         ratio = f"{med[best] / med[m]:.2f}x" if best else "-"
-        print(f"{m:10s} {med[m]:9.3f} {min(times[m]):8.3f} {peaks[m]:9.1f} {ratio:>26s}")
+        ratio_cpu = f"{med_cpu[best_cpu] / med_cpu[m]:.2f}x" if best_cpu else "-"
+        print(f"{m:10s} {med[m]:9.3f} {min(times[m]):8.3f} {med_cpu[m]:8.3f} {peaks[m]:9.1f} {ratio:>16s} {ratio_cpu:>15s}")
     if best and "chunked" in med:
-        print(f"\nchunked vs best of (ref, blelloch) [{best}]: {med[best] / med['chunked']:.2f}x faster; "
+        print(f"\nchunked vs best of (ref, blelloch): {med[best] / med['chunked']:.2f}x faster in wall time [{best}], "
+              f"{med_cpu[best_cpu] / med_cpu['chunked']:.2f}x in CPU time [{best_cpu}]; "
               f"peak memory {peaks['chunked']:.0f} MiB vs ref {peaks.get('ref', float('nan')):.0f} MiB")
 
 

@@ -80,6 +80,7 @@ class SeqTrainConfig:
     eval_batches: int = 4  # validation batches at the training length
     target_accuracy: float | None = None  # stop early once validation accuracy reaches this
     seed: int = 0
+    device: str = "cpu"  # "cuda" uses the mamba_ssm kernel when installed, else the chunked scan on the GPU
 
 
 def _lr_factor(step: int, cfg: SeqTrainConfig) -> float:
@@ -110,6 +111,8 @@ def token_accuracy(model: nn.Module, generate: Generate, *, seq_len: int, batche
     for b in range(batches):
         g = torch.Generator().manual_seed(seed + b)
         x, y = generate(batch_size, seq_len, g)
+        device = next(model.parameters()).device
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         mask = y != IGNORE_INDEX
         pred = logits.argmax(-1)
@@ -130,6 +133,7 @@ def train_sequence_model(model: nn.Module, generate: Generate, cfg: SeqTrainConf
     The loop stops after ``cfg.steps`` or as soon as a validation check reaches ``cfg.target_accuracy``.
     """
     torch.manual_seed(cfg.seed)
+    model.to(cfg.device)
     optimizer = _optimizer(model, cfg)
     curve: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -141,7 +145,7 @@ def train_sequence_model(model: nn.Module, generate: Generate, cfg: SeqTrainConf
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         x, y = generate(cfg.batch_size, cfg.seq_len, g)
-        loss = _masked_loss(model(x), y)
+        loss = _masked_loss(model(x.to(cfg.device)), y.to(cfg.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip:
@@ -282,6 +286,7 @@ def _classification_run(model: nn.Module, train_x: torch.Tensor, train_y: torch.
                         val_y: torch.Tensor, cfg: SeqTrainConfig) -> dict[str, Any]:
     """Sequence classification (sMNIST, ListOps) with the same optimiser and schedule as the token tasks."""
     torch.manual_seed(cfg.seed)
+    model.to(cfg.device)
     optimizer = _optimizer(model, cfg)
     start = time.perf_counter()
     n = train_x.shape[0]
@@ -291,7 +296,7 @@ def _classification_run(model: nn.Module, train_x: torch.Tensor, train_y: torch.
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * _lr_factor(step, cfg)
         idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
-        loss = F.cross_entropy(model(train_x[idx]).float(), train_y[idx])
+        loss = F.cross_entropy(model(train_x[idx].to(cfg.device)).float(), train_y[idx].to(cfg.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip:
@@ -302,7 +307,8 @@ def _classification_run(model: nn.Module, train_x: torch.Tensor, train_y: torch.
     correct = 0
     with torch.no_grad():
         for i in range(0, val_x.shape[0], 256):
-            correct += int((model(val_x[i:i + 256]).argmax(-1) == val_y[i:i + 256]).sum())
+            pred = model(val_x[i:i + 256].to(cfg.device)).argmax(-1).cpu()
+            correct += int((pred == val_y[i:i + 256]).sum())
     model.train()
     return {"accuracy": correct / val_x.shape[0], "steps": cfg.steps, "train_time_s": time.perf_counter() - start,
             "first_loss": statistics.fmean(losses[:10]), "last_loss": statistics.fmean(losses[-10:])}
@@ -351,7 +357,7 @@ H2_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
 def h2_sequence(*, mixers: Sequence[str] = H2_MIXERS, tasks: Sequence[str] = ("selective_copying", "induction_heads",
                                                                               "smnist", "listops"),
                 d_model: int | None = None, depth: int = 2, quick: bool = False, steps: int | None = None,
-                data_dir: str | Path | None = None, seed: int = 0,
+                data_dir: str | Path | None = None, seed: int = 0, device: str = "cpu",
                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Each mixer on each task with the same width, depth, optimiser (AdamW, warm-up + cosine, clip 1) and
     step budget; settings per task in :data:`H2_SETTINGS` (``quick`` or full).
@@ -369,7 +375,7 @@ def h2_sequence(*, mixers: Sequence[str] = H2_MIXERS, tasks: Sequence[str] = ("s
             raise ValueError(f"unknown H2 task {task!r}; choose from {', '.join(k for k in table if k != 'd_model')}")
         cfg_task = table[task]
         cfg = SeqTrainConfig(steps=steps or cfg_task["steps"], batch_size=32, lr=cfg_task["lr"], warmup=20 if quick else 100,
-                             eval_every=0, seq_len=cfg_task.get("seq_len", 0), seed=seed)
+                             eval_every=0, seq_len=cfg_task.get("seq_len", 0), seed=seed, device=device)
         out["tasks"][task] = {}
         data = _h2_data(task, cfg_task, data_dir, seed)
         for mixer in mixers:
@@ -467,7 +473,8 @@ def h1_models(budget: str = "small") -> dict[str, tuple[Callable[[], nn.Module],
 def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] | None = None, epochs: int = 10,
               batch_size: int = 128,
               subset: int | None = None, val_subset: int | None = None, quick: bool = False, seed: int = 0,
-              data_dir: str | Path | None = None, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+              data_dir: str | Path | None = None, device: str = "cpu",
+              log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Train each model on CIFAR-10 with one shared recipe (AdamW 2e-3, wd 0.05, cosine with 1 epoch of
     warm-up, label smoothing 0.1, crop + flip); report accuracy, parameters, MACs and time.
 
@@ -481,7 +488,7 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
     recipe = {
         "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 0.05, "skip_norm_bias": True},
         "schedule": {"name": "cosine", "warmup_epochs": 1.0 if epochs > 2 else 0.0},
-        "train": {"epochs": epochs, "batch_size": batch_size, "label_smoothing": 0.1, "seed": seed, "device": "cpu",
+        "train": {"epochs": epochs, "batch_size": batch_size, "label_smoothing": 0.1, "seed": seed, "device": device,
                   "grad_clip": 1.0},
         "augment": {"crop_padding": 4, "hflip": True},
     }
@@ -492,7 +499,7 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
     for label, (build, settings) in (models or h1_models()).items():
         torch.manual_seed(seed)
         model = build()
-        macs = _macs(model, (1, 3, 32, 32))
+        macs = _macs(model, (1, 3, 32, 32))  # on the CPU, before fit moves the model
         start = time.perf_counter()
         result = fit(model, task, recipe, log=log)
         out["models"][label] = {"settings": {k: str(v) for k, v in settings.items()}, "params": _count(model), "macs": macs,
@@ -714,6 +721,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--steps", type=int, help="training steps (induction, gate)")
     parser.add_argument("--data-dir", help="where MNIST / CIFAR-10 live (h1, h2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (gate, h1, h2, induction)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (gate, h2, induction): one run each, "
                                                      "plus mean and std of every accuracy")
     args = parser.parse_args(argv)
@@ -756,23 +764,24 @@ def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _run_experiment(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     if args.experiment == "h1":
-        return h1_vision(quick=args.quick, data_dir=args.data_dir, seed=seed)
+        return h1_vision(quick=args.quick, data_dir=args.data_dir, seed=seed, device=args.device)
     if args.experiment == "h2":
-        return h2_sequence(quick=args.quick, data_dir=args.data_dir, seed=seed)
+        return h2_sequence(quick=args.quick, data_dir=args.data_dir, seed=seed, device=args.device)
     if args.experiment == "gate":
         if args.quick:  # short sequences, 4 tokens to copy: about a minute of CPU, and the S4/S6 gap shows
             return gate_ablation(seq_len=64, num_tokens=4, vocab_size=8, d_model=32,
                                  train=SeqTrainConfig(steps=args.steps or 500, batch_size=32, seq_len=64, lr=3e-3,
-                                                      warmup=20, eval_every=100, seed=seed))
+                                                      warmup=20, eval_every=100, seed=seed, device=args.device))
         return gate_ablation(train=SeqTrainConfig(steps=args.steps or 20000, batch_size=32, seq_len=1024, lr=2e-3,
-                                                  eval_every=500, target_accuracy=0.999, seed=seed), seq_len=1024)
+                                                  eval_every=500, target_accuracy=0.999, seed=seed, device=args.device),
+                             seq_len=1024)
     if args.experiment == "induction":
         if args.quick:  # length 16, vocabulary 8: Mamba solves it in ~150 steps and extrapolates
             cfg = SeqTrainConfig(steps=args.steps or 300, batch_size=32, seq_len=16, lr=3e-3, warmup=20, eval_every=50,
-                                 target_accuracy=0.999, seed=seed)
+                                 target_accuracy=0.999, seed=seed, device=args.device)
             return induction_heads(train=cfg, d_model=32, vocab_size=8, eval_lengths=(16, 64, 256, 1024))
         cfg = SeqTrainConfig(steps=args.steps or 10000, batch_size=32, seq_len=256, lr=2e-3, warmup=200,
-                             eval_every=250, target_accuracy=0.999, seed=seed)
+                             eval_every=250, target_accuracy=0.999, seed=seed, device=args.device)
         return induction_heads(train=cfg)
     if args.experiment == "scaling":
         return scaling(lengths=(256, 1024, 4096) if args.quick else (256, 1024, 4096, 16384))
