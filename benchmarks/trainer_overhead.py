@@ -67,7 +67,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     recipe = load_recipe(None, ["train.epochs=1", f"train.batch_size={args.batch_size}", "optim.lr=0.05",
-                                "optim.momentum=0.9", "checkpoint.keep_best=false"])
+                                "optim.momentum=0.9", "checkpoint.keep_best=false",
+                                "train.channels_last=false"])  # the hand-written loop is NCHW
     task = build_task("mnist-embedded", batch_size=args.batch_size, eval_batch_size=500, subset=args.subset)
     torch.manual_seed(0)
     initial = create_model(args.model, num_classes=10, in_chans=1)

@@ -200,3 +200,22 @@ def test_receptive_field_of_dilated_stack(layers: list[tuple[int, int]]) -> None
     stack(x)[0, 0, size // 2, size // 2].backward()
     rows = (x.grad[0, 0].abs().sum(dim=1) > 0).nonzero()
     assert int(rows.max() - rows.min() + 1) == expected
+
+
+def test_init_cnn_follows_he_et_al():
+    from dltricks.layers.init import init_cnn_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(64, 256, 3, bias=True), nn.BatchNorm2d(256), nn.Flatten(), nn.Linear(256, 500))
+    with torch.no_grad():
+        net[1].weight.fill_(3.0)
+    init_cnn_(net)
+    fan_out = 256 * 3 * 3
+    assert abs(net[0].weight.std().item() / (2.0 / fan_out) ** 0.5 - 1) < 0.02
+    assert net[0].bias.abs().max() == 0 and torch.all(net[1].weight == 1)
+    assert abs(net[3].weight.std().item() / 0.01 - 1) < 0.02
+    init_cnn_(net, mode="fan_in", linear="uniform_fan_out")
+    assert abs(net[0].weight.std().item() / (2.0 / (64 * 9)) ** 0.5 - 1) < 0.02
+    assert net[3].weight.abs().max() <= 1 / 500 ** 0.5
+    with pytest.raises(ValueError, match="fan_in"):
+        init_cnn_(net, mode="fan_avg")

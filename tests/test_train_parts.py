@@ -16,7 +16,7 @@ from dltricks.errors import ConfigError
 from dltricks.train.ema import ModelEma
 from dltricks.train.optim import build_optimizer, param_groups
 from dltricks.train.recipe import load_recipe
-from dltricks.train.runtime import deterministic_mode, resolve_device, resolve_precision
+from dltricks.train.runtime import deterministic_mode, resolve_channels_last, resolve_device, resolve_precision
 from dltricks.train.schedule import LRSchedule
 from dltricks.train.task import classification_loss
 from dltricks.train.trainer import _Trainer
@@ -260,6 +260,25 @@ def test_resolve_precision():
     with resolve_precision(True, "auto", cpu).autocast():
         out = nn.Linear(4, 4)(torch.randn(2, 4))
     assert out.dtype == torch.bfloat16
+
+
+def test_channels_last_auto_follows_the_model():
+    assert resolve_channels_last("auto", tiny_cnn()) is True
+    assert resolve_channels_last("auto", tiny_mlp()) is False
+    assert resolve_channels_last(False, tiny_cnn()) is False and resolve_channels_last(True, tiny_mlp()) is True
+    assert load_recipe(None).train.channels_last == "auto"
+    assert load_recipe(None, ["train.channels_last=false"]).train.channels_last is False
+    with pytest.raises(ConfigError, match="channels_last"):
+        load_recipe(None, ["train.channels_last=sometimes"])
+
+
+def test_trainer_puts_a_cnn_in_channels_last_by_default():
+    from dltricks.train import fit
+
+    model = tiny_cnn()
+    fit(model, toy_task(), {"train": {"epochs": 1, "device": "cpu"}}, progress=False)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
 
 
 def test_deterministic_mode_restores_flags():

@@ -18,6 +18,7 @@ models side by side in one run (``dltricks compare``) and never assert absolute 
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +78,7 @@ def _quantiles(values: Sequence[float]) -> tuple[float, float, float]:
 
 def time_function(fn: Callable[[], Any], *, batch: int = 1, min_run_time: float = 0.5, warmup: int = 3,
                   min_runs: int = 5, adaptive: bool = False, threshold: float = 0.1,
-                  max_run_time: float = 10.0) -> Timing:
+                  max_run_time: float = 10.0, cpu_time: bool = False) -> Timing:
     """Time ``fn()`` with warm-up and :class:`torch.utils.benchmark.Timer`.
 
     Args:
@@ -87,10 +88,21 @@ def time_function(fn: Callable[[], Any], *, batch: int = 1, min_run_time: float 
         min_runs: at least this many timed blocks (more blocks are added if ``min_run_time`` gave fewer).
         adaptive: use ``adaptive_autorange`` instead: repeat until IQR / median < ``threshold`` or
             ``max_run_time`` seconds.
+        cpu_time: count the process's CPU time (:func:`time.process_time`) on one intra-op thread instead
+            of wall time. On a machine shared with other jobs wall time partly measures those jobs, while
+            the CPU time of a single-threaded computation barely changes: it measures compute cost, not
+            multi-core speed (CPU only; the evidence engine's timing tips use it).
     """
-    for _ in range(warmup):
-        fn()
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    threads = 1 if cpu_time else torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the warm-up runs with the timed thread count too
+    try:
+        for _ in range(warmup):
+            fn()
+    finally:
+        torch.set_num_threads(previous)
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads,
+                            **({"timer": time.process_time} if cpu_time else {}))
     if adaptive:
         m = timer.adaptive_autorange(threshold=threshold, min_run_time=min_run_time, max_run_time=max_run_time)
     else:
@@ -104,13 +116,15 @@ def time_function(fn: Callable[[], Any], *, batch: int = 1, min_run_time: float 
                   runs=len(per_call), number_per_run=m.number_per_run)
 
 
-def _loss(out: Any) -> torch.Tensor:
+def surrogate_loss(out: Any) -> torch.Tensor:
+    """A scalar to back-propagate when timing or profiling a training step of any model: the mean square
+    of the (first) output tensor, so every output element gets a gradient of the usual size."""
     if isinstance(out, torch.Tensor):
         return out.float().square().mean()
     if isinstance(out, (tuple, list)):
-        return _loss(out[0])
+        return surrogate_loss(out[0])
     if isinstance(out, dict):
-        return _loss(next(iter(out.values())))
+        return surrogate_loss(next(iter(out.values())))
     raise TypeError(f"cannot make a loss from a model output of type {type(out).__name__}")
 
 
@@ -138,7 +152,7 @@ def measure_latency(model: nn.Module, inputs: Sequence[torch.Tensor], *, mode: s
         def fn() -> None:
             for p in model.parameters():
                 p.grad = None
-            _loss(model(*inputs)).backward()
+            surrogate_loss(model(*inputs)).backward()
     try:
         return time_function(fn, batch=batch, min_run_time=min_run_time, warmup=warmup, min_runs=min_runs)
     finally:

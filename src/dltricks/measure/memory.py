@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dltricks.measure.latency import surrogate_loss
+
 __all__ = ["MemoryStats", "peak_memory", "profiled_peak_bytes", "tensor_bytes"]
 
 
@@ -143,16 +145,6 @@ def profiled_peak_bytes(fn: Callable[[], Any]) -> int:
     return max(0, max(total for _, _, total in events) - start)
 
 
-def _loss(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out.float().square().mean()
-    if isinstance(out, (tuple, list)):
-        return _loss(out[0])
-    if isinstance(out, dict):
-        return _loss(next(iter(out.values())))
-    raise TypeError(f"cannot make a loss from a model output of type {type(out).__name__}")
-
-
 def _make_optimizer(name: str | None, params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
     if name is None or name == "none":
         return None
@@ -200,7 +192,7 @@ def peak_memory(model: nn.Module, inputs: Sequence[torch.Tensor], *, mode: str =
         def step() -> None:
             for p in params:
                 p.grad = None
-            loss = _loss(model(*inputs))
+            loss = surrogate_loss(model(*inputs))
             loss.backward()
             if opt is not None:
                 opt.step()

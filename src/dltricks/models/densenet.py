@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dltricks.layers.checks import check_image_input
+from dltricks.layers.init import init_cnn_
 from dltricks.models._registry import register_model
 
 PAPER = "Huang et al., Densely Connected Convolutional Networks, CVPR 2017"
@@ -138,14 +139,7 @@ class DenseNet(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_cnn_(self, mode="fan_in", linear="zero_bias")
 
     def _check(self, x: torch.Tensor) -> None:
         check_image_input(x, in_chans=self.in_chans, min_size=self.min_size, model="DenseNet")

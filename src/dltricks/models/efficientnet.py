@@ -45,6 +45,7 @@ from torch import nn
 
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.conv import ConvNormAct
+from dltricks.layers.init import init_cnn_
 from dltricks.layers.mbconv import FusedMBConv, MBConv
 from dltricks.layers.se import make_divisible
 from dltricks.models._registry import register_model
@@ -171,18 +172,7 @@ class EfficientNet(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -bound, bound)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self, linear="uniform_fan_out")
 
     def forward_features_list(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The last map at each stride (2, 4, 8, 16, 32; the last is the head conv), highest resolution first."""

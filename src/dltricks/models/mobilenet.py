@@ -27,6 +27,7 @@ from torch import nn
 
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.conv import ConvNormAct
+from dltricks.layers.init import init_cnn_
 from dltricks.layers.mbconv import MBConv
 from dltricks.layers.se import make_divisible
 from dltricks.models._registry import register_model
@@ -91,17 +92,7 @@ class MobileNetV2(nn.Module):
         self.init_weights(zero_init_residual=zero_init_residual)
 
     def init_weights(self, *, zero_init_residual: bool = False) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, MBConv):

@@ -40,6 +40,7 @@ from torch import nn
 from dltricks.layers.activations import get_act_layer
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.drop import DropPath
+from dltricks.layers.init import init_cnn_
 from dltricks.layers.norm import get_norm_layer
 from dltricks.models._registry import register_model
 
@@ -171,12 +172,7 @@ class PreActResNet(nn.Module):
         self.init_weights(zero_init_residual=zero_init_residual)
 
     def init_weights(self, *, zero_init_residual: bool = False) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self, linear="keep")
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, (PreActBasicBlock, PreActBottleneck)):

@@ -72,6 +72,7 @@ from dltricks.layers.activations import get_act_layer
 from dltricks.layers.cbam import CBAM
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.drop import DropPath
+from dltricks.layers.init import init_cnn_
 from dltricks.layers.norm import get_norm_layer
 from dltricks.layers.se import SqueezeExcite
 from dltricks.models._registry import register_model
@@ -324,14 +325,7 @@ class ResNet(nn.Module):
 
     def init_weights(self, *, zero_init_residual: bool = False) -> None:
         """Kaiming-normal (fan-out, ReLU gain) convs, BN gamma 1 / beta 0, optional zero last gamma."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self, linear="keep")
         if zero_init_residual:
             for m in self.modules():
                 if hasattr(m, "zero_init_last"):

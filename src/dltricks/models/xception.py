@@ -29,6 +29,7 @@ from torch import nn
 
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.conv import SeparableConv2d
+from dltricks.layers.init import init_cnn_
 from dltricks.models._registry import register_model
 
 PAPER = "Chollet, Xception: Deep Learning with Depthwise Separable Convolutions, CVPR 2017"
@@ -100,15 +101,7 @@ class Xception(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_cnn_(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, in_chans=self.in_chans, min_size=self.MIN_SIZE, model="Xception")

@@ -48,7 +48,8 @@ from dltricks.train.distributed import DistInfo, all_reduce_sum
 from dltricks.train.ema import ModelEma
 from dltricks.train.optim import build_optimizer
 from dltricks.train.recipe import Recipe, load_recipe
-from dltricks.train.runtime import Precision, deterministic_mode, resolve_device, resolve_precision, seed_everything
+from dltricks.train.runtime import (Precision, deterministic_mode, resolve_channels_last, resolve_device, resolve_precision,
+                                    seed_everything)
 from dltricks.train.schedule import LRSchedule
 from dltricks.train.task import Task, _logits, classification_metrics
 from dltricks.utils.io import atomic_write_json, atomic_write_text
@@ -247,7 +248,8 @@ class _Trainer:
             raise ConfigError("early_stop.patience: early stopping needs a validation split, and this task has none")
 
         self.raw_model = unwrap(model).to(self.device)
-        if cfg.channels_last:
+        self.channels_last = resolve_channels_last(cfg.channels_last, self.raw_model)
+        if self.channels_last:
             self.raw_model.to(memory_format=torch.channels_last)
         self.precision = resolve_precision(cfg.amp, cfg.amp_dtype, self.device)
         self.scaler = self.precision.scaler() if self.precision.needs_scaler else None
@@ -468,7 +470,7 @@ class _Trainer:
         with ProgressBar(n - self.batch, f"epoch {epoch + 1}/{cfg.epochs}",
                          enabled=self.progress if self.dist.is_main else False) as bar:
             for b, (x, y) in enumerate(loader.iter_epoch(epoch, self.batch), self.batch):
-                x = _to_device(x, self.device, cfg.channels_last)
+                x = _to_device(x, self.device, self.channels_last)
                 y = _to_device(y, self.device, False)
                 group_start = b - b % accum
                 group_size = min(accum, n - group_start)
@@ -544,7 +546,7 @@ class _Trainer:
         if self.task.val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
             model = self.ema.module if self.ema is not None else self.raw_model
             val = evaluate(model, self.task.val_loader, self.task, epoch=epoch, device=self.device,
-                           precision=self.precision, channels_last=cfg.channels_last)
+                           precision=self.precision, channels_last=self.channels_last)
             for k, v in val.items():
                 if k != "count":
                     record[f"val_{k}"] = v
@@ -666,7 +668,7 @@ class _Trainer:
         neural networks")."""
         cfg = self.recipe.train
         x, y = next(iter(self.task.train_loader.iter_epoch(0)))
-        x = _to_device(x, self.device, cfg.channels_last)
+        x = _to_device(x, self.device, self.channels_last)
         y = _to_device(y, self.device, False)
         self.model.train()
         stop = "overfit_not_reached"
