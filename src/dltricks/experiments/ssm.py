@@ -473,13 +473,17 @@ def h1_models(budget: str = "small") -> dict[str, tuple[Callable[[], nn.Module],
 def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] | None = None, epochs: int = 10,
               batch_size: int = 128,
               subset: int | None = None, val_subset: int | None = None, quick: bool = False, seed: int = 0,
-              data_dir: str | Path | None = None, device: str = "cpu",
+              data_dir: str | Path | None = None, device: str = "cpu", task: Any = None,
               log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Train each model on CIFAR-10 with one shared recipe (AdamW 2e-3, wd 0.05, cosine with 1 epoch of
     warm-up, label smoothing 0.1, crop + flip); report accuracy, parameters, MACs and time.
 
     ``quick``: 2,000 training / 1,000 test images, 2 epochs (a smoke run: the numbers are far from
     converged and only useful to check the plumbing).
+
+    ``task``: a ready :class:`~dltricks.train.task.Task` to train and evaluate on instead of CIFAR-10, used
+    as it is (its batch size and augmentation; ``subset``, ``val_subset`` and ``data_dir`` are ignored); the
+    evidence engine's quick mode passes small models and the embedded MNIST split.
     """
     from dltricks.train.trainer import fit
 
@@ -494,12 +498,14 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
     }
     out: dict[str, Any] = {"recipe": recipe, "subset": subset, "val_subset": val_subset, "environment": _environment(),
                            "models": {}}
-    task = _cifar_task(batch_size=batch_size, seed=seed, augment=recipe["augment"], subset=subset,
-                       val_subset=val_subset, data_dir=data_dir)  # loaded once; every model sees the same batches
+    if task is None:  # loaded once; every model sees the same batches
+        task = _cifar_task(batch_size=batch_size, seed=seed, augment=recipe["augment"], subset=subset,
+                           val_subset=val_subset, data_dir=data_dir)
+    out["data"] = task.name
     for label, (build, settings) in (models or h1_models()).items():
         torch.manual_seed(seed)
         model = build()
-        macs = _macs(model, (1, 3, 32, 32))  # on the CPU, before fit moves the model
+        macs = _macs(model, (1, *(task.input_shape or (3, 32, 32))))  # on the CPU, before fit moves the model
         start = time.perf_counter()
         result = fit(model, task, recipe, log=log)
         out["models"][label] = {"settings": {k: str(v) for k, v in settings.items()}, "params": _count(model), "macs": macs,

@@ -5,8 +5,11 @@ and the verdict rule. A tip whose experiment or machinery does not exist yet is 
 implemented yet" with what is missing; nothing here is a stored result.
 
 Budgets: ``make run`` (quick mode, every tip) must finish within 5 minutes on 2 cores, so quick
-settings use tiny models, a few thousand MNIST images and 1-2 epochs (``budget_s`` is the plan per
-tip; the report shows the measured time next to it).
+settings use tiny models, a few thousand MNIST images and 1-2 epochs, or 120-300 optimiser steps on
+short sequences and small crops (``budget_s`` is the planned seconds on one core; the report shows the
+measured time next to it). Every implemented tip has a quick setting; where the full experiment needs
+data or compute that quick mode cannot afford (CIFAR-10 for H1), the quick setting runs the same
+experiment code scaled down and the claim says what it runs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ LECTURE, README = "the lecture", "the README"
 X = "dltricks.tips.experiments"
 TRAIN_REQ = ("dltricks.train.trainer:fit", "dltricks.data.tasks", "dltricks.measure.calibration:expected_calibration_error")
 TRAIN_EXERCISES = ("dltricks.train", "dltricks.data.loader", "dltricks.data.augment")
+
+
+# H1 and CNN-vs-ViT in quick mode: the same recipe and model families, scaled down, on the MNIST split shipped in
+# the package (CIFAR-10 is neither embedded nor fast enough for a quick run).
+H1_QUICK = {"data": "mnist-embedded", "epochs": 2, "batch_size": 64, "subset": 2000, "val_subset": 1000}
 
 
 def _train_tip(**kw) -> Tip:
@@ -171,12 +179,15 @@ CATALOG: list[Tip] = [
         rule=Effect("boundary_accuracy", "with skips", "without skips", min_effect=0.01)),
     Tip(id="seg.pooling-invariance", title="Pooling's invariance hurts segmentation",
         claim="Downsampling by 32 (pooling/striding all the way) loses boundary detail: DeepLabV3 at output stride 8 "
-              "segments membrane boundaries better than at output stride 32, for more compute.",
+              "segments membrane boundaries better than at output stride 32, for more compute. (Quick mode: a "
+              "narrow ResNet-18 encoder, 120 steps on 64 px crops.)",
         source=f"{README} (pooling and segmentation); Chen et al., DeepLabV3 2017, Table 1", section=SEG,
         experiment=f"{X}.wired:output_stride", requires=("dltricks.experiments.segmentation:output_stride_tradeoff",),
         exercises=("dltricks.experiments.segmentation", "dltricks.models.segmentation", "dltricks.data.isbi"),
-        quick=None, full={"encoder": "resnet18", "steps": 300, "batch_size": 4, "crop_size": 128, "output_strides": [8, 32]},
-        budget_s=0, rule=Effect("boundary_f1", "output stride 8", "output stride 32", min_effect=0.01)),
+        quick={"encoder": "resnet18", "encoder_kwargs": {"stem_width": 16, "stage_widths": [16, 32, 64, 128]},
+               "steps": 120, "batch_size": 4, "crop_size": 64, "lr": 5e-3, "output_strides": [8, 32]},
+        full={"encoder": "resnet18", "steps": 300, "batch_size": 4, "crop_size": 128, "output_strides": [8, 32]},
+        budget_s=13, rule=Effect("boundary_f1", "output stride 8", "output stride 32", min_effect=0.01)),
     # ----------------------------------------------------------------------------------------- normalisation and optimisation
     _train_tip(id="norm.batchnorm-convergence", title="Batch norm speeds convergence",
                claim="Each at its best learning rate of a grid, a CNN with batch norm reaches a lower mean training "
@@ -237,18 +248,22 @@ CATALOG: list[Tip] = [
                            Effect("val_loss", "one-cycle", "constant", higher_is_better=False, min_effect=0.01)))),
     Tip(id="optim.warmup-transformers", title="Warmup stabilises Transformers",
         claim="With the same peak learning rate, a post-LN Transformer trained with linear learning-rate warm-up "
-              "ends more accurate than without.",
+              "ends more accurate than without. (Quick mode: 150 steps of 32 dates, no dropout.)",
         source=f"{README}; Xiong et al. 2020; Vaswani et al. 2017", section=NORM,
         experiment=f"{X}.wired:transformer_warmup", requires=("dltricks.experiments.attention:train_dates",),
         exercises=("dltricks.experiments.attention", "dltricks.models.transformer", "dltricks.layers.transformer"),
-        quick=None, full={"steps": 600, "lr": 3e-3, "warmup": 100, "train_size": 20000}, budget_s=0,
+        quick={"steps": 150, "batch_size": 32, "lr": 3e-3, "warmup": 40, "train_size": 4800, "val_size": 200,
+               "drop_rate": 0.0},
+        full={"steps": 600, "lr": 3e-3, "warmup": 100, "train_size": 20000}, budget_s=22,
         rule=Effect("exact_match", "warmup", "no warmup", min_effect=0.02)),
     Tip(id="optim.pre-ln", title="Pre-LN vs post-LN",
-        claim="Without warm-up, a pre-LN Transformer trains better than the same post-LN Transformer.",
+        claim="Without warm-up, a pre-LN Transformer trains better than the same post-LN Transformer. (Quick mode: "
+              "150 steps of 32 dates, no dropout; the post-LN run is shared with optim.warmup-transformers.)",
         source=f"{README}; Xiong et al. 2020", section=NORM,
         experiment=f"{X}.wired:transformer_pre_ln", requires=("dltricks.experiments.attention:train_dates",),
         exercises=("dltricks.experiments.attention", "dltricks.models.transformer", "dltricks.layers.transformer"),
-        quick=None, full={"steps": 600, "lr": 3e-3, "train_size": 20000}, budget_s=0,
+        quick={"steps": 150, "batch_size": 32, "lr": 3e-3, "train_size": 4800, "val_size": 200, "drop_rate": 0.0},
+        full={"steps": 600, "lr": 3e-3, "train_size": 20000}, budget_s=11,
         rule=Effect("exact_match", "pre-LN", "post-LN", min_effect=0.02)),
     _train_tip(id="optim.gradient-clipping", title="Gradient clipping prevents explosion",
                claim="At a learning rate where an unnormalised MLP blows up (NaN loss), clipping the gradient norm "
@@ -295,12 +310,14 @@ CATALOG: list[Tip] = [
     # ---------------------------------------------------------------------------------------------- architectures
     Tip(id="arch.attention-long-range", title="Attention vs small receptive field",
         claim="On tasks that need long-range recall (Selective Copying, Induction Heads), causal self-attention is "
-              "more accurate than a causal gated CNN whose convolution sees only 4 tokens.",
+              "more accurate than a causal gated CNN whose convolution sees only 4 tokens. (Quick mode: the two "
+              "recall tasks at lengths 32 and 16, 300 steps, d_model 32.)",
         source=f"{LECTURE} (attention)", section=ARCH,
         experiment=f"{X}.wired:attention_long_range", requires=("dltricks.experiments.ssm:h2_sequence",),
         exercises=("dltricks.experiments.ssm", "dltricks.layers.attention", "dltricks.layers.ssm"),
-        quick=None, full={"quick": False, "tasks": ["selective_copying", "induction_heads", "smnist", "listops"]},
-        seeds={"quick": 1, "full": 1}, budget_s=0,
+        quick={"quick": True, "tasks": ["selective_copying", "induction_heads"], "steps": 300},
+        full={"quick": False, "tasks": ["selective_copying", "induction_heads", "smnist", "listops"]},
+        seeds={"quick": 1, "full": 1}, budget_s=11,
         metrics={"accuracy": "token accuracy (classification accuracy for sMNIST / ListOps); one value per task"},
         rule=Effect("accuracy", "attention", "Gated CNN", min_effect=0.05, min_seeds=3)),
     Tip(id="arch.efficient-attention", title="Efficient attention cuts the quadratic cost",
@@ -316,11 +333,12 @@ CATALOG: list[Tip] = [
                     Effect("slope", "full attention", "Linformer k=64", min_effect=0.5)))),
     Tip(id="arch.cnn-vs-vit-small-data", title="CNN beats ViT on small data",
         claim="Trained from scratch on a small data set (10,000 CIFAR-10 images), a ConvNeXt-style CNN beats a ViT of "
-              "similar size. (The README's second half, that a hybrid closes the gap, is not measured here.)",
+              "similar size. (The README's second half, that a hybrid closes the gap, is not measured here. Quick "
+              "mode: both scaled down to about 0.13-0.16 M parameters, 2,000 embedded MNIST digits, 2 epochs.)",
         source=f"{README}; Dosovitskiy et al. 2021", section=ARCH,
-        experiment=f"{X}.wired:mambaout_h1", requires=("dltricks.experiments.ssm:h1_vision",),
-        exercises=("dltricks.experiments.ssm", "dltricks.models"), quick=None,
-        full={"epochs": 10, "batch_size": 128, "subset": 10000, "val_subset": 2000}, budget_s=0,
+        experiment=f"{X}.wired:cnn_vs_vit", requires=("dltricks.experiments.ssm:h1_vision",),
+        exercises=("dltricks.experiments.ssm", "dltricks.models"), quick=H1_QUICK,
+        full={"epochs": 10, "batch_size": 128, "subset": 10000, "val_subset": 2000}, budget_s=6,
         rule=Effect("val_acc", "ConvNeXt", "ViT", min_effect=0.02)),
     Tip(id="arch.flops-vs-latency", title="FLOPs are not latency",
         claim="At MobileNet's first-stage shape (32 channels, 112x112) a depthwise-separable 3x3 block needs 7x fewer "
@@ -340,29 +358,33 @@ CATALOG: list[Tip] = [
     # ---------------------------------------------------------------------------------------------- state-space models
     Tip(id="ssm.mambaout-h1", title="MambaOut H1: no SSM needed for images",
         claim="For image classification, MambaOut (gated CNN, no SSM) is at least as accurate as Vision Mamba at "
-              "matched parameters.", source="the MambaOut blog; Yu & Wang 2024", section=SSM,
+              "matched parameters (CIFAR-10). (Quick mode: both scaled down to about 0.14 M parameters, 2,000 "
+              "embedded MNIST digits, 2 epochs.)", source="the MambaOut blog; Yu & Wang 2024", section=SSM,
         experiment=f"{X}.wired:mambaout_h1", requires=("dltricks.experiments.ssm:h1_vision",),
-        exercises=("dltricks.experiments.ssm", "dltricks.models"), quick=None,
-        full={"epochs": 10, "batch_size": 128, "subset": 10000, "val_subset": 2000}, budget_s=0,
+        exercises=("dltricks.experiments.ssm", "dltricks.models"), quick=H1_QUICK,
+        full={"epochs": 10, "batch_size": 128, "subset": 10000, "val_subset": 2000}, budget_s=12,
         rule=NonInferior("val_acc", "MambaOut", "ViM", margin=0.01)),
     Tip(id="ssm.mambaout-h2", title="MambaOut H2: SSM helps long causal sequences",
         claim="On long causal sequence tasks (Selective Copying, Induction Heads), Mamba is more accurate than the "
-              "same block without its SSM (the causal Gated CNN).",
+              "same block without its SSM (the causal Gated CNN). (Quick mode: lengths 32 and 16, 300 steps, "
+              "d_model 32.)",
         source="the MambaOut blog; Yu & Wang 2024", section=SSM,
         experiment=f"{X}.wired:mambaout_h2", requires=("dltricks.experiments.ssm:h2_sequence",),
         exercises=("dltricks.experiments.ssm", "dltricks.layers.ssm"),
-        # h2_sequence's own quick setting (200 steps) leaves every mixer near chance on CPU: full mode only.
-        quick=None, full={"quick": False, "tasks": ["selective_copying", "induction_heads", "smnist", "listops"]},
-        seeds={"quick": 1, "full": 1}, budget_s=0,
+        quick={"quick": True, "tasks": ["selective_copying", "induction_heads"], "steps": 300},
+        full={"quick": False, "tasks": ["selective_copying", "induction_heads", "smnist", "listops"]},
+        seeds={"quick": 1, "full": 1}, budget_s=13,
         metrics={"accuracy": "token accuracy (classification accuracy for sMNIST / ListOps); one value per task"},
         rule=Effect("accuracy", "Mamba", "Gated CNN", min_effect=0.05, min_seeds=3)),
     Tip(id="ssm.selective-copying", title="Selective (S6) vs time-invariant (S4) SSM",
         claim="On Selective Copying, a selective SSM (S6) without the gate learns the task far better than a "
-              "time-invariant S4 without the gate (Mamba paper: 97.0 % vs 18.3 %).",
+              "time-invariant S4 without the gate (Mamba paper: 97.0 % vs 18.3 %). (Quick mode: length 32, 4 "
+              "tokens to copy from 6 symbols, d_model 32, 300 steps.)",
         source="Gu & Dao, Mamba 2023, Table 1", section=SSM,
         experiment=f"{X}.wired:selective_copying", requires=("dltricks.experiments.ssm:gate_ablation",),
         exercises=("dltricks.experiments.ssm", "dltricks.layers.ssm"),
-        quick=None, full={"seq_len": 256, "steps": 1500}, budget_s=0,
+        quick={"seq_len": 32, "num_tokens": 4, "vocab_size": 8, "d_model": 32, "steps": 300, "lr": 3e-3, "warmup": 20},
+        full={"seq_len": 256, "steps": 1500}, budget_s=11,
         rule=Effect("accuracy", "S6", "S4", min_effect=0.1)),
     Tip(id="ssm.mamba-adaptive-depth", title="\"Mamba adapts depth/width to the input\"",
         claim="The README says Mamba scales its depth and width dynamically with the input and integrates attention "

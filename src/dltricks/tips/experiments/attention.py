@@ -11,9 +11,9 @@ import math
 
 import torch
 
+from dltricks.measure import time_function
 from dltricks.tips import plots
 from dltricks.tips.core import Context, Evidence
-from dltricks.tips.experiments._measure import median_latency
 
 
 def _slope(lengths: list[int], times: list[float]) -> float:
@@ -34,7 +34,8 @@ def attention_scaling(ctx: Context) -> Evidence:
         f"Linformer k={proj}": LinformerSelfAttention(dim, heads, seq_len=max(lengths), proj_len=proj),
     }
     ev = Evidence(setup=f"one self-attention layer (D={dim}, {heads} heads), batch 1, inference, lengths {lengths}; "
-                        f"time = CPU time on one thread, fastest timed block (robust to other processes); slope = d log(time) / d log(T).")
+                        f"time = CPU time on one thread, median of timed blocks (dltricks.measure.time_function, "
+                        f"robust to other processes); slope = d log(time) / d log(T).")
     curves: dict[str, list[list[float]]] = {name: [] for name in layers}
     with torch.inference_mode():
         for seed in ctx.seeds:
@@ -44,8 +45,9 @@ def attention_scaling(ctx: Context) -> Evidence:
                 times = []
                 for n in lengths:
                     x = torch.randn(1, n, dim)
-                    times.append(median_latency(lambda: layer(x), repeats=ctx.get("repeats", 3),
-                                                min_time=ctx.get("min_time", 0.02), stat="min", clock="cpu"))
+                    repeats = ctx.get("repeats", 3)
+                    times.append(time_function(lambda: layer(x), min_run_time=ctx.get("min_time", 0.02) * repeats,
+                                               min_runs=repeats, warmup=2, cpu_time=True).median)
                 ev.add(name, slope=_slope(lengths, times), ms_at_max_length=times[-1] * 1e3)
                 curves[name].append([t * 1e3 for t in times])
     ev.plots.append(plots.curve_plot(ctx.path("scaling.png"), curves, x=lengths, xlabel="sequence length T",

@@ -1,5 +1,12 @@
 """Convolution tips that are exact measurements: receptive fields, parameter counts, output sizes,
-checkerboard patterns. Every number comes from building the layers and measuring them.
+checkerboard patterns. Every number comes from building the layers and measuring them with
+:mod:`dltricks.measure`:
+
+* MACs: :func:`dltricks.measure.count_macs` (PyTorch's FLOP counter, FLOPs / 2);
+* receptive field of the centre output unit: :func:`dltricks.measure.gradient_support`, the support of
+  its input gradient through a copy of the network with positive weights (max-pooling traced as average
+  pooling of the same window), so no path can cancel and a pixel has a non-zero gradient exactly when
+  it lies in the receptive field.
 """
 
 from __future__ import annotations
@@ -7,9 +14,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dltricks.measure import count_macs, gradient_support, support_box
 from dltricks.tips import plots
 from dltricks.tips.core import Context, Evidence
-from dltricks.tips.experiments._measure import count_macs, count_weights, support_receptive_field
+
+__all__ = ["count_weights", "centre_support", "stacked_small_kernels", "padding_border", "downsampling_vs_dilation",
+           "conv_savings", "checkerboard"]
+
+
+def count_weights(module: nn.Module) -> int:
+    """Weights of the convolutions and linear layers: parameters with more than one dimension (biases and
+    norm scales are left out, as in the lecture's counts)."""
+    return sum(p.numel() for p in module.parameters() if p.dim() > 1)
+
+
+def centre_support(net: nn.Module, *, in_chans: int, size: int) -> tuple[int, torch.Tensor]:
+    """(height of the receptive field, ``(size, size)`` mask of the input pixels in it) of the centre unit
+    of ``net``'s output on a ``size x size`` input."""
+    with torch.no_grad():
+        out_h, out_w = net(torch.zeros(1, in_chans, size, size)).shape[-2:]  # (1, C', H', W')
+    mask = gradient_support(net, (in_chans, size, size), units={"": {2: out_h // 2, 3: out_w // 2}})[""]
+    box = support_box(mask)  # (top, left, bottom, right)
+    return (0 if box is None else box[2] - box[0] + 1), mask
 
 
 def _stack(channels: int, kernel: int, depth: int, *, stride: int = 1, dilations: tuple[int, ...] | None = None,
@@ -35,8 +61,8 @@ def stacked_small_kernels(ctx: Context) -> Evidence:
         stack = _stack(channels, small, depth)
         big_k = depth * (small - 1) + 1
         big = nn.Conv2d(channels, channels, big_k, padding=big_k // 2, bias=False)
-        rf_s, _, mask_s = support_receptive_field(stack, in_chans=channels, size=size)
-        rf_b, _, mask_b = support_receptive_field(big, in_chans=channels, size=size)
+        rf_s, mask_s = centre_support(stack, in_chans=channels, size=size)
+        rf_b, mask_b = centre_support(big, in_chans=channels, size=size)
         x = torch.randn(1, channels, size, size)
         w_s, w_b = count_weights(stack), count_weights(big)
         m_s, m_b = count_macs(stack, x), count_macs(big, x)
@@ -145,7 +171,7 @@ def downsampling_vs_dilation(ctx: Context) -> Evidence:
     x = torch.randn(1, channels, size, size)
     masks = {}
     for label, net in nets.items():
-        rf, _, mask = support_receptive_field(net, in_chans=channels, size=size)
+        rf, mask = centre_support(net, in_chans=channels, size=size)
         with torch.no_grad():
             out = net(x).shape[-1]
         macs = count_macs(net, x)

@@ -2,9 +2,12 @@
 
 * Latency: a depthwise-separable 3x3 block does far fewer MACs than the full 3x3 convolution it
   replaces, but its depthwise stage does little arithmetic per byte moved, so the measured speed-up
-  falls well short of the MAC ratio. Each "seed" is one interleaved timing round (median of blocks).
-* Memory: a network with few parameters at high resolution saves more activations for backward
-  than a parameter-heavy fully connected network; counted exactly with autograd's saved-tensor hooks.
+  falls well short of the MAC ratio. MACs from :func:`dltricks.measure.count_macs`; time from
+  :func:`dltricks.measure.time_function` in CPU time on one thread (robust to other jobs on the
+  machine). Each "seed" is one timing round of both blocks (median over timed blocks).
+* Memory: a network with few parameters at high resolution needs more memory for a training step
+  than a parameter-heavy fully connected network, because of the activations it keeps for backward:
+  peak memory of one SGD step from :func:`dltricks.measure.peak_memory` (allocator events on CPU).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import math
 import torch
 from torch import nn
 
+from dltricks.measure import count_macs, count_params, peak_memory, time_function
 from dltricks.tips import plots
 from dltricks.tips.core import Context, Evidence
-from dltricks.tips.experiments._measure import count_macs, count_params, median_latency, saved_activation_bytes
 
 
 def flops_vs_latency(ctx: Context) -> Evidence:
@@ -30,13 +33,18 @@ def flops_vs_latency(ctx: Context) -> Evidence:
     x = torch.randn(batch, channels, size, size)
     macs_dense, macs_sep = count_macs(dense, x), count_macs(separable, x)
     ev = Evidence(setup=f"3x3 conv vs depthwise-separable 3x3 (dltricks.layers.conv.SeparableConv2d), {channels} "
-                        f"channels, input {batch}x{channels}x{size}x{size}, inference; latency = CPU time on one thread, "
-                        f"fastest timed block (robust to other processes); one interleaved round per seed.")
+                        f"channels, input {batch}x{channels}x{size}x{size}, inference; latency = CPU time on one "
+                        f"thread, median of timed blocks (dltricks.measure.time_function, robust to other processes); "
+                        f"one round of both blocks per seed.")
     ev.values.update({"MACs dense": macs_dense, "MACs separable": macs_sep, "MAC ratio dense/separable": macs_dense / macs_sep})
+
+    def seconds(layer: nn.Module) -> float:
+        return time_function(lambda: layer(x), min_run_time=ctx.get("min_time", 0.03) * ctx.get("repeats", 5),
+                             min_runs=ctx.get("repeats", 5), warmup=2, cpu_time=True).median
+
     with torch.inference_mode():
         for _ in ctx.seeds:
-            t_dense = median_latency(lambda: dense(x), repeats=ctx.get("repeats", 5), min_time=ctx.get("min_time", 0.03), stat="min", clock="cpu")
-            t_sep = median_latency(lambda: separable(x), repeats=ctx.get("repeats", 5), min_time=ctx.get("min_time", 0.03), stat="min", clock="cpu")
+            t_dense, t_sep = seconds(dense), seconds(separable)
             # log2 speed-ups so that effects are differences of logs (ratios)
             ev.add("predicted by MACs", log2_speedup=math.log2(macs_dense / macs_sep))
             ev.add("measured", log2_speedup=math.log2(t_dense / t_sep), latency_dense_ms=t_dense * 1e3,
@@ -55,16 +63,17 @@ def params_vs_memory(ctx: Context) -> Evidence:
     fc_net = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
                            nn.Linear(512, 10))
     x = torch.randn(batch, 3, size, size)
-    ev = Evidence(setup=f"training-step memory at batch {batch}, input 3x{size}x{size}: bytes autograd saves for "
-                        f"backward + parameters + gradients (fp32).")
+    ev = Evidence(setup=f"peak memory of one training step (forward, backward, SGD-momentum step; fp32) at batch "
+                        f"{batch}, input 3x{size}x{size}, from CPU allocator events (dltricks.measure.peak_memory): "
+                        f"parameters, gradients, optimizer state, input and every activation live at the peak.")
     rows = {}
     for name, net in (("conv net (high-res activations)", conv_net), ("MLP (large weights)", fc_net)):
-        params = count_params(net)
-        act = saved_activation_bytes(net, x)
-        total = act + 2 * 4 * params
+        params = count_params(net).total
+        mem = peak_memory(net, [x], mode="train", optimizer="sgd")
+        total = mem.peak_bytes
         rows[name] = (params, total)
-        ev.values.update({f"{name}: params": params, f"{name}: saved activations (MB)": act / 2**20,
-                          f"{name}: training memory (MB)": total / 2**20,
+        ev.values.update({f"{name}: params": params, f"{name}: training memory (MB)": total / 2**20,
+                          f"{name}: memory beyond weights, optimizer state and input (MB)": mem.extra_bytes / 2**20,
                           f"{name}: MACs": count_macs(net, x)})
     (p_conv, m_conv), (p_fc, m_fc) = rows.values()
     ev.headline = (f"params {p_conv:,} vs {p_fc:,}; training memory {m_conv / 2**20:.0f} MB vs {m_fc / 2**20:.0f} MB "

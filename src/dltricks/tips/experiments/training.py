@@ -153,7 +153,8 @@ def _spec(ctx: Context, **kw) -> TrainSpec:
 def kernel_size(ctx: Context) -> Evidence:
     import torch
 
-    from dltricks.tips.experiments._measure import count_macs, count_weights
+    from dltricks.measure import count_macs
+    from dltricks.tips.experiments.conv import count_weights
 
     w = ctx.get("width", 8)
     small = lambda: TinyCNN(width=w, kernel=3, convs_per_stage=2, constant_width=True)  # noqa: E731
@@ -393,14 +394,14 @@ class MultiScaleCNN(nn.Module):
 
 
 def multiscale_input(ctx: Context) -> Evidence:
-    from dltricks.tips.experiments._measure import count_params
+    from dltricks.measure import count_params
 
     w = ctx.get("width", 8)
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
     two, one = (lambda: MultiScaleCNN(width=w, two_pathways=True)), (lambda: MultiScaleCNN(width=w, two_pathways=False))
     ev = Evidence(setup=_setup(spec(), f"small CNN whose first stage is a two-pathway block (full + 2x-downsampled "
                                        f"input, width {w}) vs its full-resolution pathway alone"))
-    ev.values.update({"params, two pathways": count_params(two()), "params, one pathway": count_params(one())})
+    ev.values.update({"params, two pathways": count_params(two()).total, "params, one pathway": count_params(one()).total})
     run_arms(ctx, ev, {"two pathways": (two, spec()), "one pathway": (one, spec())})
     _bars(ctx, ev, "val_acc", "validation accuracy")
     return ev
@@ -444,7 +445,7 @@ class BlockCNN(nn.Module):
 
 
 def group_cardinality(ctx: Context) -> Evidence:
-    from dltricks.tips.experiments._measure import count_params
+    from dltricks.measure import count_params
 
     w, g, blocks = ctx.get("width", 16), ctx.get("groups", 8), ctx.get("blocks", 2)
     mid_plain, mid_group = ctx.get("mid_plain", 8), ctx.get("mid_grouped", 16)
@@ -453,7 +454,7 @@ def group_cardinality(ctx: Context) -> Evidence:
     spec = lambda: _spec(ctx, optimizer="momentum", lr=ctx.get("lr", 0.02))  # noqa: E731
     ev = Evidence(setup=_setup(spec(), f"CNN with {blocks} residual bottleneck blocks per stage (width {w}): 1x1-3x3-1x1 at {mid_plain} "
                                        f"channels vs a wider {mid_group}-channel 3x3 in {g} groups (ResNeXt-style)"))
-    p_plain, p_group = count_params(plain()), count_params(grouped())
+    p_plain, p_group = count_params(plain()).total, count_params(grouped()).total
     ev.values.update({"params plain": p_plain, "params grouped": p_group,
                       "params ratio grouped/plain": round(p_group / p_plain, 3)})
     run_arms(ctx, ev, {"grouped": (grouped, spec()), "plain": (plain, spec())})
@@ -462,7 +463,7 @@ def group_cardinality(ctx: Context) -> Evidence:
 
 
 def wide_vs_deep(ctx: Context) -> Evidence:
-    from dltricks.tips.experiments._measure import count_params
+    from dltricks.measure import count_params
 
     deep_w, deep_b = ctx.get("deep_width", 8), ctx.get("deep_blocks", 4)
     wide_w, wide_b = ctx.get("wide_width", 16), ctx.get("wide_blocks", 1)
@@ -471,7 +472,7 @@ def wide_vs_deep(ctx: Context) -> Evidence:
     spec = lambda: _spec(ctx, optimizer="momentum", lr=ctx.get("lr", 0.05))  # noqa: E731
     ev = Evidence(setup=_setup(spec(), f"residual CNN: {deep_b} blocks per stage at width {deep_w} (deep) vs {wide_b} "
                                        f"at width {wide_w} (wide)"))
-    p_deep, p_wide = count_params(deep()), count_params(wide())
+    p_deep, p_wide = count_params(deep()).total, count_params(wide()).total
     ev.values.update({"params deep": p_deep, "params wide": p_wide, "params ratio wide/deep": round(p_wide / p_deep, 3)})
     run_arms(ctx, ev, {"wide": (wide, spec()), "deep": (deep, spec())})
     _bars(ctx, ev, "val_acc", "validation accuracy")
