@@ -54,3 +54,19 @@ def test_scaling_and_cli(tmp_path) -> None:
     seeds = ssm.main(["gate", "--quick", "--steps", "2", "--seeds", "0,1", "--out", str(tmp_path / "gate.json")])
     summary = seeds["summary"]["models"]["S6 (no gate)"]["accuracy"]
     assert len(summary["values"]) == 2 and summary["std"] >= 0
+
+
+def test_induction_heads_curriculum_runs_each_stage_then_the_training_length() -> None:
+    import pytest
+
+    from dltricks.errors import ConfigError
+
+    cfg = ssm.SeqTrainConfig(steps=2, batch_size=4, seq_len=24, eval_every=0, warmup=1)
+    result = ssm.induction_heads(models=("mamba",), d_model=16, vocab_size=8, train=cfg, curriculum=(8, 16),
+                                 curriculum_steps=3, eval_lengths=(24, 48), eval_batches=1, log=None)
+    run = result["models"]["mamba"]
+    assert [s["seq_len"] for s in run["curriculum_stages"]] == [8, 16]
+    assert all(s["steps"] == 3 for s in run["curriculum_stages"]) and run["steps"] == 2
+    assert set(run["accuracy"]) == {"24", "48"} and result["curriculum"] == [8, 16]
+    with pytest.raises(ConfigError, match="curriculum"):
+        ssm.induction_heads(models=("mamba",), train=cfg, curriculum=(32,), log=None)

@@ -159,7 +159,7 @@ def _trainer(overrides: list[str], model: nn.Module | None = None, **task_kw) ->
 
 @pytest.mark.parametrize("mode", ["norm", "value"])
 def test_gradient_clipping(mode):
-    t = _trainer(["optim.lr=1.0", "optim.momentum=0", f"train.grad_clip=0.01", f"train.grad_clip_mode={mode}"])
+    t = _trainer(["optim.lr=1.0", "optim.momentum=0", "train.grad_clip=0.01", f"train.grad_clip_mode={mode}"])
     before = [p.detach().clone() for p in t.raw_model.parameters()]
     grads = [torch.randn_like(p) * 10 for p in t.raw_model.parameters()]
     for p, g in zip(t.raw_model.parameters(), grads):

@@ -30,6 +30,7 @@ from torch import nn
 from dltricks.data.dates import (BOS_ID, EOS_ID, PAD_ID, SOURCE_VOCAB, TARGET_LEN, TARGET_VOCAB, DatesDataset,
                                  dates_loss, decode_target, make_dates_task, translate)
 from dltricks.models import create_model
+from dltricks.utils.figures import save_figure
 
 __all__ = ["DatesConfig", "train_dates", "evaluate_dates", "attention_experiment", "plot_alignment",
            "plot_training_curves", "EXAMPLES"]
@@ -200,12 +201,7 @@ def plot_alignment(model: nn.Module, texts: Sequence[str], path: str | Path, *, 
         ax.axis("off")
     fig.suptitle(f"{getattr(model, 'model_name', type(model).__name__)}: attention weights "
                  "(rows: output characters, columns: input characters)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
@@ -234,12 +230,7 @@ def plot_training_curves(runs: dict[str, list[dict[str, Any]]], path: str | Path
         a.set_xlabel("optimiser step")
         a.grid(alpha=0.3, which="both")
         a.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 if __name__ == "__main__":  # pragma: no cover - the recorded run

@@ -32,6 +32,7 @@ from dltricks.measure.memory import peak_memory
 from dltricks.measure.params import count_params
 from dltricks.measure.receptive_field import (effective_receptive_field, erf_growth, gradient_support, support_box,
                                               trace_receptive_fields)
+from dltricks.utils.figures import save_figure
 
 __all__ = ["spearman", "flops_vs_latency", "params_vs_memory", "receptive_field_comparisons", "erf_vs_depth",
            "plot_flops_vs_latency", "plot_params_vs_memory", "plot_receptive_field_comparisons",
@@ -218,10 +219,7 @@ def _scatter(rows: Sequence[dict[str, Any]], x: str, y: str, pairs: Sequence[tup
     if pairs:
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_flops_vs_latency(result: dict[str, Any], path: str | Path) -> Path:
@@ -255,7 +253,4 @@ def plot_receptive_field_comparisons(result: dict[str, Any], path: str | Path) -
     a2.barh(pos, [values[n]["weights"] for n in names], color="tab:green")
     a2.set_yticks(pos, [""] * len(names))
     a2.set_title(f"conv weights ({result['channels']} -> {result['channels']} channels)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dltricks.utils.figures import jsonable, save_figure
+
 __all__ = ["aspp_degeneration", "valid_taps_formula", "receptive_field_growth", "dilated_stack",
            "checkerboard_artifacts", "output_stride_tradeoff", "skip_ablation", "count_macs", "plot_aspp_degeneration",
            "plot_receptive_field_growth", "plot_checkerboard", "plot_output_stride", "plot_skip_ablation", "main"]
@@ -104,7 +106,7 @@ def plot_aspp_degeneration(result: dict[str, Any], path: str | Path) -> Path:
                  f"{result['feature_size']}x{result['feature_size']} feature map")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 # --- (d) receptive-field growth --------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def plot_receptive_field_growth(result: dict[str, Any], path: str | Path) -> Pat
     for a in (ax, ax2):
         a.legend()
         a.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 # --- (e) checkerboard artifacts --------------------------------------------------------------------------
@@ -287,7 +289,7 @@ def plot_checkerboard(result: dict[str, Any], path: str | Path) -> Path:
             if col == 0:
                 ax.set_ylabel(label)
     fig.suptitle("2x upsampling of a constant input")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 # --- compute ----------------------------------------------------------------------------------------------
@@ -374,7 +376,7 @@ def plot_output_stride(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"DeepLabV3-{result['encoder']}: output stride vs accuracy and compute")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 # --- (c) skip connections ---------------------------------------------------------------------------------
@@ -424,29 +426,7 @@ def plot_skip_ablation(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"U-Net skips, ISBI 2012 held-out slices (boundary band {result['band_width']} px)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
-
-
-# --- utilities --------------------------------------------------------------------------------------------
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items() if not str(k).endswith("_map")}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
+    return save_figure(fig, path, dpi=110)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -483,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["e_checkerboard"] = r = checkerboard_artifacts()
         plot_checkerboard(r, out / "e_checkerboard.png")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
+    (out / "results.json").write_text(json.dumps(jsonable(results, drop_suffix="_map"), indent=1))
     print(f"wrote {out / 'results.json'}")
     return results
 

@@ -21,7 +21,6 @@ symmetry:
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

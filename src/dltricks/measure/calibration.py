@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dltricks.errors import ConfigError
+from dltricks.utils.figures import save_figure
 
 __all__ = ["CalibrationBins", "CalibrationReport", "calibration_bins", "expected_calibration_error",
            "maximum_calibration_error", "negative_log_likelihood", "brier_score", "calibration_report",
@@ -199,10 +200,7 @@ def plot_reliability_diagram(scores: torch.Tensor, labels: torch.Tensor, path: s
     hist.bar(centres, bins.count, width=width, color="gray", edgecolor="black")
     hist.set_xlabel("confidence (max softmax probability)")
     hist.set_ylabel("samples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ import torch
 from dltricks.measure.calibration import calibration_report, collect_logits
 from dltricks.measure.profile import ProfileReport, environment, profile_model
 from dltricks.utils.io import atomic_write_json, atomic_write_text
+from dltricks.utils.figures import save_figure
 
 __all__ = ["COLUMNS", "row_from_report", "disagreeing_pairs", "write_leaderboard", "plot_leaderboard",
            "compare_models", "leaderboard_markdown"]
@@ -165,11 +166,7 @@ def plot_leaderboard(rows: Sequence[Mapping[str, Any]], out_dir: str | Path) -> 
         if pairs:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out / name
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths[name.removesuffix(".png")] = path
+        paths[name.removesuffix(".png")] = save_figure(fig, out / name)
 
     scatter("latency_ms", "accuracy", "latency at batch 1 (ms, median)", "validation accuracy",
             "accuracy_vs_latency.png", "Accuracy vs latency")

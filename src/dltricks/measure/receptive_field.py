@@ -51,6 +51,7 @@ from torch.overrides import TorchFunctionMode
 from dltricks.errors import ConfigError
 from dltricks.measure._rf_trace import (NCOMP, DataDependentError, GeometryTracer, TooLargeError,
                                         UntraceableError, input_geometry)
+from dltricks.utils.figures import save_figure
 
 __all__ = ["ReceptiveField", "RFTrace", "TheoreticalRF", "UntraceableError", "DataDependentError",
            "TooLargeError", "trace_receptive_fields", "receptive_field", "theoretical_receptive_field", "gradient_support",
@@ -771,10 +772,7 @@ def plot_erf(erf: ERFResult, path: str | Path, *, title: str = "effective recept
                                edgecolor="cyan", linewidth=1.5, label=f"analytic RF {rf.describe()}"))
         ax.legend(loc="lower right", fontsize=7)
     ax.set_title(f"{title}\nERF std {erf.std[0]:.1f} px, 95% mass in {erf.width95} px", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_erf_growth(result: dict[str, Any], path: str | Path) -> Path:
@@ -805,7 +803,4 @@ def plot_erf_growth(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_ylabel("pixels")
     ax.set_title("Effective vs analytic receptive field (Luo et al. 2016)", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -10,17 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from dltricks.utils.io import atomic_write_with  # noqa: E402
+from dltricks.utils.figures import save_figure  # noqa: E402
 
 __all__ = ["bar_plot", "curve_plot", "save"]
 
 
 def save(fig: plt.Figure, path: Path) -> str:
     """Save ``fig`` atomically as PNG and close it; returns the file name."""
-    fig.tight_layout()
-    atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
-    return Path(path).name
+    return save_figure(fig, path, dpi=90).name
 
 
 def bar_plot(path: Path, arms: Mapping[str, Sequence[float]], *, ylabel: str, title: str,
