@@ -254,6 +254,7 @@ def plot_induction_heads(result: dict[str, Any], path: str | Path) -> Path:
         lengths = [int(k) for k in r["accuracy"]]
         ax.plot(lengths, [100 * v for v in r["accuracy"].values()], marker="o", label=kind)
     ax.axvline(result["config"]["seq_len"], color="grey", ls="--", lw=1, label="training length")
+    ax.axhline(100 / (result["vocab_size"] - 1), color="grey", ls=":", lw=1, label="chance")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("test sequence length")
     ax.set_ylabel("accuracy (%)")
@@ -731,13 +732,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, help="sequences per step (induction; default 32)")
     parser.add_argument("--lr", type=float, help="peak learning rate (induction; default 2e-3)")
     parser.add_argument("--models", help="comma-separated token mixers (induction; default mamba,attention)")
+    parser.add_argument("--no-early-stop", action="store_true",
+                        help="induction: train all --steps at the training length instead of stopping at 99.9 %%")
     parser.add_argument("--eval-batches", type=int, default=4,
                         help="induction: batches of 16 sequences evaluated at each length (default 4)")
     parser.add_argument("--epochs", type=int, help="h1: training epochs (default 10)")
     parser.add_argument("--subset", type=int, help="h1: random CIFAR-10 training images to use (default all)")
     parser.add_argument("--val-subset", type=int, help="h1: random CIFAR-10 test images to evaluate on (default all)")
-    parser.add_argument("--curriculum", default="",
-                        help="induction: comma-separated shorter lengths to train at first, e.g. 32,64,128")
+    parser.add_argument("--curriculum", default="32,64,128",
+                        help="induction: comma-separated shorter lengths to train at first (default 32,64,128; "
+                             "'' trains at 256 from the start)")
     parser.add_argument("--data-dir", help="where MNIST / CIFAR-10 live (h1, h2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (gate, h1, h2, induction)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (gate, h2, induction): one run each, "
@@ -764,16 +768,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def summarize_seeds(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean, std and values over runs of every numeric leaf whose key starts with "accuracy"."""
+def summarize_seeds(runs: Sequence[dict[str, Any]], *, _accuracy: bool = False) -> dict[str, Any]:
+    """Mean, std and values over runs of every numeric leaf whose key starts with "accuracy" (or that sits
+    inside such a mapping, e.g. ``accuracy[length]``)."""
     first = runs[0]
     out: dict[str, Any] = {}
     for key, value in first.items():
+        is_accuracy = _accuracy or str(key).startswith("accuracy")
         if isinstance(value, dict):
-            sub = summarize_seeds([r[key] for r in runs if isinstance(r.get(key), dict)])
+            sub = summarize_seeds([r[key] for r in runs if isinstance(r.get(key), dict)], _accuracy=is_accuracy)
             if sub:
                 out[key] = sub
-        elif key.startswith("accuracy") and isinstance(value, (int, float)):
+        elif is_accuracy and isinstance(value, (int, float)) and all(key in r for r in runs):
             values = [float(r[key]) for r in runs]
             out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                         "values": values}
@@ -801,7 +807,8 @@ def _run_experiment(args: argparse.Namespace, seed: int) -> dict[str, Any]:
                                  target_accuracy=0.999, seed=seed, device=args.device)
             return induction_heads(train=cfg, d_model=32, vocab_size=8, eval_lengths=(16, 64, 256, 1024))
         cfg = SeqTrainConfig(steps=args.steps or 10000, batch_size=args.batch_size or 32, seq_len=256,
-                             lr=args.lr or 2e-3, warmup=200, eval_every=250, target_accuracy=0.999, seed=seed,
+                             lr=args.lr or 2e-3, warmup=200, eval_every=250,
+                             target_accuracy=None if args.no_early_stop else 0.999, seed=seed,
                              device=args.device)
         models = tuple(m for m in (args.models or "mamba,attention").split(",") if m)
         curriculum = tuple(int(v) for v in args.curriculum.split(",") if v)
