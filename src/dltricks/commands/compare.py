@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from dltricks.errors import ConfigError
     from dltricks.measure.leaderboard import COLUMNS, _cell, compare_models, disagreeing_pairs
     from dltricks.models._registry import model_entrypoint
-    from dltricks.train.distributed import init_from_env
+    from dltricks.train.distributed import init_from_env, shutdown
     from dltricks.train.runtime import resolve_device
 
     for name in args.models:
@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     task = build_task_from_args(args, recipe, device, dist, for_training=not args.eval_only)
     rows = compare_models(args.models, task, recipe, out_dir=out, train=not args.eval_only, weights=weights,
                           batch=args.batch, quick=args.quick, device=device, log=_log, progress=args.progress)
+    shutdown()
     columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     table = Table(title=f"Leaderboard on {task.name}")
     for key, header, _ in columns:

@@ -205,7 +205,7 @@ def _log(text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from dltricks.models._registry import model_entrypoint
     from dltricks.train import check_compatible, fit
-    from dltricks.train.distributed import barrier, init_from_env
+    from dltricks.train.distributed import barrier, init_from_env, shutdown
     from dltricks.train.recipe import describe_recipe
     from dltricks.train.runtime import resolve_device
 
@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
             "command": "dltricks " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("dltricks") else None}
     result = fit(model, task, recipe, run_dir=run_dir, resume=args.resume, progress=args.progress, log=_log,
                  meta=meta)
+    shutdown()  # every rank has finished before the processes exit
     if dist.is_main:
         if recipe.train.overfit_batch:
             reached = result.stop_reason == "overfit_reached"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_from_env", "all_reduce_sum", "all_gather_tensors", "barrier"]
+__all__ = ["DistInfo", "init_from_env", "shutdown", "all_reduce_sum", "all_gather_tensors", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,19 @@ def init_from_env(device: str | None = None) -> DistInfo:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo.current()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly once the work is done: wait for every rank, then destroy the group.
+
+    Without it, gloo's worker threads can outlive the interpreter and abort a finished process with
+    "terminate called without an active exception" (pytorch/pytorch#190489; seen once in our DDP test).
+    Called on the success path only, as torchtitan does: destroying the group while another rank is
+    still inside a collective after an error can deadlock. A no-op for a single process; safe to call twice.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(values: dict[str, float], *, device: torch.device | str = "cpu") -> dict[str, float]:
