@@ -139,10 +139,12 @@ class TransformerDecoderLayer(nn.Module):
         return (x, (w_self, w_cross)) if need_weights else x
 
 
-class TransformerEncoder(nn.Module):
-    """A stack of :class:`TransformerEncoderLayer` with a final norm (needed for pre-LN; optional for
-    post-LN, where ``nn.TransformerEncoder`` adds one when asked). ``drop_path_rate`` grows linearly
-    with depth from 0 to the given rate (Huang et al. 2016)."""
+class _LayerStack(nn.Module):
+    """``depth`` layers of ``layer_cls`` and a final norm (by default exactly when pre-LN, which needs it;
+    post-LN may ask for one, as ``nn.TransformerEncoder`` does). ``drop_path_rate`` grows linearly with
+    depth from 0 to the given rate (Huang et al. 2016)."""
+
+    layer_cls: type[nn.Module]
 
     def __init__(self, embed_dim: int, depth: int, num_heads: int, *, norm_first: bool = True,
                  final_norm: bool | None = None, drop_path_rate: float = 0.0,
@@ -150,10 +152,16 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.layers = nn.ModuleList([
-            TransformerEncoderLayer(embed_dim, num_heads, norm_first=norm_first, drop_path=rates[i],
-                                    norm_layer=norm_layer, **layer_kwargs) for i in range(depth)])
+            self.layer_cls(embed_dim, num_heads, norm_first=norm_first, drop_path=rates[i], norm_layer=norm_layer,
+                           **layer_kwargs) for i in range(depth)])
         final_norm = norm_first if final_norm is None else final_norm
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
+
+
+class TransformerEncoder(_LayerStack):
+    """A stack of :class:`TransformerEncoderLayer` with a final norm (see :class:`_LayerStack`)."""
+
+    layer_cls = TransformerEncoderLayer
 
     def forward(self, x: torch.Tensor, *, need_weights: bool = False, **kwargs: Any):
         all_weights = []
@@ -166,19 +174,10 @@ class TransformerEncoder(nn.Module):
         return (x, all_weights) if need_weights else x
 
 
-class TransformerDecoder(nn.Module):
-    """A stack of :class:`TransformerDecoderLayer` with a final norm (default: when pre-LN)."""
+class TransformerDecoder(_LayerStack):
+    """A stack of :class:`TransformerDecoderLayer` with a final norm (see :class:`_LayerStack`)."""
 
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, *, norm_first: bool = True,
-                 final_norm: bool | None = None, drop_path_rate: float = 0.0,
-                 norm_layer: Callable[[int], nn.Module] = partial(nn.LayerNorm, eps=1e-6), **layer_kwargs: Any) -> None:
-        super().__init__()
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.layers = nn.ModuleList([
-            TransformerDecoderLayer(embed_dim, num_heads, norm_first=norm_first, drop_path=rates[i],
-                                    norm_layer=norm_layer, **layer_kwargs) for i in range(depth)])
-        final_norm = norm_first if final_norm is None else final_norm
-        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
+    layer_cls = TransformerDecoderLayer
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, *, need_weights: bool = False, **kwargs: Any):
         all_weights = []
