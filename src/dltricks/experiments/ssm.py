@@ -108,12 +108,12 @@ def token_accuracy(model: nn.Module, generate: Generate, *, seq_len: int, batche
                    seed: int = 12345) -> dict[str, float]:
     """Accuracy over scored tokens and over whole sequences, on fixed fresh batches of length ``seq_len``."""
     model.eval()
+    device = next(model.parameters()).device
     correct = total = seq_correct = seq_total = 0
     loss_sum = 0.0
     for b in range(batches):
         g = torch.Generator().manual_seed(seed + b)
         x, y = generate(batch_size, seq_len, g)
-        device = next(model.parameters()).device
         x, y = x.to(device), y.to(device)
         logits = model(x)
         mask = y != IGNORE_INDEX
@@ -200,7 +200,7 @@ def induction_heads(*, models: Sequence[str] = ("mamba", "attention"), d_model: 
     ``curriculum``: shorter lengths to train at first, in order (e.g. ``(32, 64, 128)``), each for at most
     ``curriculum_steps`` steps or until ``curriculum_target`` accuracy, with the same optimiser settings and a
     fresh warm-up; the last stage is always ``train.seq_len``. At length 256 the one supervised token per
-    sequence gives a weak signal and a 2-layer Mamba sat at chance for thousands of steps on CPU budgets;
+    sequence gives a weak signal and a 2-layer Mamba sat at chance for the 1,500 steps we ran on a CPU;
     at length 32 the same model finds the mechanism in a few hundred steps, and it carries over to longer
     sequences (docs/ssm.md).
 

@@ -141,7 +141,7 @@ class TrainConfig:
                      "uses a GradScaler")
     channels_last: bool | Literal["auto"] = field(
         "auto", help="NHWC memory format for the model and the 4-D inputs; 'auto': on when the model has 2-D "
-                     "convolutions (measured 1.0-1.3x faster training for the CNN families on CPU, "
+                     "convolutions (measured 1.0-1.5x faster training for the CNN families on CPU, "
                      "docs/benchmarks.md), off otherwise")
     seed: int = field(0, help="seed of weights initialisation (CLI), data order, augmentation and dropout")
     deterministic: bool = field(False, help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN "

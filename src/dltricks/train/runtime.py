@@ -125,9 +125,10 @@ def resolve_channels_last(setting: bool | str, model: nn.Module) -> bool:
     """``True``/``False`` as given; ``"auto"``: on when ``model`` contains a 2-D convolution.
 
     NHWC lets oneDNN (CPU) and cuDNN (GPU) pick their fastest convolution kernels without layout
-    conversions; ``benchmarks/models_throughput.py`` measured it as fast or faster than NCHW for every
-    CNN family we ship (1.17x resnet50, 1.33x efficientnet_b0, 0.99x convnext_tiny on 2 CPU cores),
-    while ``torch.compile`` added nothing on top. Models without convolutions gain nothing from it.
+    conversions; ``benchmarks/models_throughput.py`` measured it 1.04-1.51x faster than NCHW for the five
+    CNN families it times (resnet50 1.16x, efficientnet_b0 1.43x, convnext_tiny 1.04x on 2 idle CPU
+    cores; docs/benchmarks.md), while ``torch.compile`` added nothing on top. Models without convolutions
+    gain nothing from it.
     """
     if setting == "auto":
         return any(isinstance(m, nn.Conv2d) for m in model.modules())
