@@ -147,3 +147,30 @@ def test_missing_or_broken_data_is_a_data_error(tmp_path: Path) -> None:
     Image.fromarray(np.full((8, 8), 7, np.uint8)).save(folder / "label" / "0.png")
     with pytest.raises(DataError, match="binary"):
         load_isbi(tmp_path)
+
+
+def test_data_options_from_the_command_line(shared_data: Path) -> None:
+    import argparse
+
+    from dltricks.commands.train import build_task_from_args
+    from dltricks.train.distributed import DistInfo
+    from dltricks.train.recipe import load_recipe
+
+    recipe = load_recipe(None, ["train.batch_size=2"])
+
+    def task_for(data: str, *options: str):
+        args = argparse.Namespace(data=data, data_dir=str(shared_data), subset=None, data_opts=list(options))
+        return build_task_from_args(args, recipe, "cpu", DistInfo())
+
+    task = task_for("isbi2012-membrane", "fold=1", "num_folds=5", "crop_size=64", "elastic=true")
+    assert task.extra["val_slices"] == ("6", "7", "8", "9", "10", "11")
+    config = task.extra["config"]
+    assert config.elastic is True and config.crop_size == 64 and config.fold == 1
+    with pytest.raises(ConfigError, match="elastik"):
+        task_for("isbi2012-membrane", "elastik=true")
+    with pytest.raises(ConfigError, match="fold"):
+        task_for("isbi2012-membrane", "fold=abc")
+    with pytest.raises(ConfigError, match="takes no data options"):
+        task_for("mnist-embedded", "elastic=true")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        task_for("isbi2012-membrane", "elastic")

@@ -127,3 +127,31 @@ def test_segmentation_eval_branch_writes_masks(shared_data: Path, tmp_path: Path
 
     with Image.open(tmp_path / "masks" / "25.png") as img:
         assert img.size == (512, 512) and img.mode == "L"
+
+
+def test_train_and_eval_unet_from_the_command_line(shared_data: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """`dltricks train unet ... --data isbi2012-membrane` and `dltricks eval` work like classification; eval
+    gives the segmentation report (not a confusion matrix), on either split, and writes masks."""
+    import json
+
+    from dltricks.cli import main
+
+    out = tmp_path / "run"
+    data = ["--data", "isbi2012-membrane", "--data-dir", str(shared_data), "--data-opt", "fold=4"]
+    assert main(["train", "unet", *data, "--subset", "2", "--epochs", "1", "--no-progress",
+                 "--model-opt", "base_channels=4", "--model-opt", "depth=2", "--set", "train.batch_size=2",
+                 "--data-opt", "crop_size=64", "--data-opt", "samples_per_epoch=4",
+                 "--data-opt", "border_weight=10", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), *data, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "val" and report["images"] == 6  # fold 4 of 5 holds out slices 24-29
+    for key in ("dice", "iou", "boundary_f1", "dice_tolerance1", "isbi_pixel_error"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert "confusion" not in report
+    assert main(["eval", str(out), *data, "--split", "train", "--subset", "2", "--window", "256", "--json",
+                 "--save-masks", str(tmp_path / "masks")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "train" and report["images"] == 2 and report["window"] == 256
+    assert sorted(Path(p).name for p in report["masks"]) == ["0.png", "1.png"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dltricks.segmentation.metrics import (binary_segmentation_metrics, boundary_band, boundary_f1, dice_score,
-                                           iou_score, mask_boundary, pixel_accuracy)
+from dltricks.segmentation.metrics import (ISBIPixelError, binary_segmentation_metrics, boundary_band, boundary_f1,
+                                           dice_score, iou_score, isbi_pixel_error, mask_boundary, pixel_accuracy,
+                                           tolerant_dice)
 
 
 def _mask(rows: list[str]) -> torch.Tensor:
@@ -81,3 +82,47 @@ def test_batch_metrics_are_sums_over_images() -> None:
     assert sums["pixel_accuracy"] == pytest.approx(14 / 16 + 1.0)
     assert sums["loss"] == pytest.approx(2.0)
     assert sums["dice_background"] == pytest.approx(2 * 10 / (12 + 10) + 1.0)
+
+
+def test_tolerant_dice_forgives_one_pixel_shifts_only() -> None:
+    # A 2-pixel-wide vertical "membrane" and the same membrane one and three pixels to the right.
+    true = torch.zeros(1, 8, 12, dtype=torch.bool)
+    true[:, :, 4:6] = True
+    one_off = torch.roll(true, shifts=1, dims=2)
+    three_off = torch.roll(true, shifts=3, dims=2)
+    # Strict Dice: |P n G| = 8 of |P| = |G| = 16 -> 0.5; with one pixel of tolerance all of P lies next to G.
+    assert dice_score(one_off, true).item() == pytest.approx(0.5)
+    assert tolerant_dice(one_off, true, tolerance=0).item() == pytest.approx(0.5)
+    assert tolerant_dice(one_off, true, tolerance=1).item() == 1.0
+    # Three pixels off is still wrong at tolerance 1: no pixel of P is within 1 px of G.
+    assert tolerant_dice(three_off, true, tolerance=1).item() == 0.0
+    # A thicker prediction: columns 3..6 (32 px) against 4..5: precision 1 at t=1, recall 1.
+    thick = torch.zeros_like(true)
+    thick[:, :, 3:7] = True
+    assert tolerant_dice(thick, true, tolerance=1).item() == 1.0
+    assert dice_score(thick, true).item() == pytest.approx(2 * 16 / (32 + 16))
+    empty = torch.zeros_like(true)
+    assert tolerant_dice(empty, empty).item() == 1.0 and tolerant_dice(empty, true).item() == 0.0
+    with pytest.raises(ValueError, match="tolerance"):
+        tolerant_dice(true, true, tolerance=-1)
+
+
+def test_isbi_pixel_error_is_one_minus_the_best_f_score_over_thresholds() -> None:
+    # 2x4 image, positives in the first row. Probabilities: a true pixel at 0.95 and 0.55 and 0.25 and 0.05,
+    # a false pixel at 0.45, the rest 0.
+    true = torch.tensor([[[True, True, True, True], [False, False, False, False]]])
+    prob = torch.tensor([[[0.95, 0.55, 0.25, 0.05], [0.45, 0.0, 0.0, 0.0]]])
+    # Longhand F1 at each challenge threshold t (pixel positive when prob > t):
+    #   t = 0.0: P = 5 px, TP = 4 -> 8 / 9; t = 0.1 or 0.2: P = 4, TP = 3 -> 6 / 8; t = 0.3, 0.4: P = 3, TP = 2 -> 4 / 7;
+    #   t = 0.5: P = 2, TP = 2 -> 4 / 6; ... -> best 8 / 9 at t = 0.0.
+    error, threshold = isbi_pixel_error(prob, true)
+    assert error == pytest.approx(1 - 8 / 9) and threshold == 0.0
+    # The streaming form pools pixels over batches exactly like one call on the whole stack.
+    metric = ISBIPixelError()
+    metric.update(prob[:, :1], true[:, :1])
+    metric.update(prob[:, 1:], true[:, 1:])
+    assert metric.compute() == pytest.approx((error, threshold))
+    # A perfect probability map scores 0; the cut-off is "greater than", as in the challenge's Fiji code.
+    assert isbi_pixel_error(true.float(), true) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        isbi_pixel_error(prob[:, :1], true)

@@ -51,8 +51,10 @@ def test_evaluate_segmentation_on_perfect_predictions(shared_data: Path) -> None
 
     metrics = evaluate_segmentation(Oracle(), task.val_loader)
     assert metrics["images"] == 5
-    for key in ("dice", "iou", "pixel_accuracy", "boundary_f1", "dice_pooled", "boundary_accuracy"):
+    for key in ("dice", "iou", "pixel_accuracy", "boundary_f1", "dice_pooled", "boundary_accuracy",
+                "dice_tolerance1"):
         assert metrics[key] == 1.0, key
+    assert metrics["isbi_pixel_error"] == 0.0
 
 
 def test_cosine_schedule() -> None:

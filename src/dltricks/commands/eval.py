@@ -21,9 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p = subparsers.add_parser(
         "eval", help="evaluate a trained model on a data set", formatter_class=own_formatter(formatter),
         description="Evaluate the weights of a dltricks run on a data set: loss, accuracy, per-class accuracy "
-                    "and the confusion matrix.",
+                    "and the confusion matrix; for segmentation data sets (isbi2012-membrane) Dice, IoU, boundary "
+                    "F1 and the ISBI pixel error, with optional sliding windows, flips and PNG masks.",
         epilog="examples:\n  dltricks eval runs/small_cnn-mnist-embedded-20250101-120000 --data mnist-embedded\n"
-               "  dltricks eval runs/a/checkpoints/best.safetensors --data mnist --data-dir ../shared/data --json")
+               "  dltricks eval runs/a/checkpoints/best.safetensors --data mnist --data-dir ../shared/data --json\n"
+               "  dltricks eval runs/unet --data isbi2012-membrane --window 256 --tta --save-masks masks/")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="run directory, weights file (model.safetensors, best.safetensors) or full checkpoint "
                         "(checkpoints/last.safetensors); required")
@@ -35,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="for a full checkpoint trained with EMA, evaluate the raw weights instead of the EMA weights "
                         "(default: the EMA weights)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
+    from dltricks.segmentation.evaluate import add_segmentation_eval_args
+
+    add_segmentation_eval_args(p)
     p.set_defaults(func=run)
 
 
@@ -86,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     from dltricks.train.trainer import check_compatible
 
     check_compatible(model, task, device=device)
+    from dltricks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
+
+    if is_segmentation_task(task):  # per-pixel metrics, sliding windows, saved masks
+        return run_segmentation_eval(args, model, task, checkpoint=path, model_name=name)
     loader = task.val_loader if args.split == "val" else task.train_loader
     if loader is None:
         raise DataError(f"data set {task.name} has no validation split; use --split train")

@@ -49,7 +49,11 @@ def own_formatter(formatter: type) -> type:
 def add_common_data_args(p: argparse.ArgumentParser, *, data_required: bool = True,
                          subset_help: str = "use only the first N training samples (quick runs); default: all") -> None:
     p.add_argument("--data", required=data_required, metavar="NAME",
-                   help="data set: mnist, mnist-embedded (shipped, offline), cifar10 or imagefolder (required)")
+                   help="data set: mnist, mnist-embedded (shipped, offline), cifar10, imagefolder, isbi2012-membrane, "
+                        "or a sequence task (induction_heads, selective_copying, smnist, listops, dates) (required)")
+    p.add_argument("--data-opt", dest="data_opts", action="append", default=[], metavar="KEY=VALUE",
+                   help="data set option, e.g. --data-opt elastic=true --data-opt fold=2 for isbi2012-membrane "
+                        "(repeatable; the fields of the data set's options, docs/segmentation.md); default: none")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder (or file) holding the data set files; default: $DLTRICKS_DATA, then the standard "
                         "locations listed in docs/data.md")
@@ -67,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL", help="registered model name (see `dltricks models`); required unless --recipe-help")
     add_common_data_args(p, data_required=False)
     p.add_argument("--recipe", default=None, metavar="R",
-                   help="recipe YAML file, or the name of a shipped recipe (mnist-classic, mnist-speedrun, "
+                   help="recipe YAML file, or the name of a shipped recipe (mnist-classic, mnist-speedrun, isbi-unet, "
                         "cifar10-resnet, quick); default: the built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one recipe key, e.g. --set optim.lr=0.05 (repeatable; values are YAML); default: none")
@@ -124,7 +128,7 @@ def recipe_from_args(args: argparse.Namespace, *, extra: list[str] | None = None
 
 def build_task_from_args(args: argparse.Namespace, recipe, device, dist, *, for_training: bool = True,
                          batch_size: int | None = None, subset_split: str = "train"):
-    from dltricks.train.task import build_task
+    from dltricks.train.task import build_task, check_task_options
 
     if args.data_dir is not None and not Path(args.data_dir).exists():
         raise DataError(f"--data-dir {args.data_dir}: no such file or folder; expected the folder (or file) "
@@ -135,9 +139,10 @@ def build_task_from_args(args: argparse.Namespace, recipe, device, dist, *, for_
     augment = recipe.augment if (for_training and recipe.augment.active and not train_cfg.overfit_batch) else None
     bs = batch_size or train_cfg.batch_size
     subsets = {"val_subset" if subset_split == "val" else "subset": args.subset} if args.subset else {}
+    data_options = check_task_options(args.data, parse_key_values(getattr(args, "data_opts", []) or [], "--data-opt"))
     return build_task(args.data, batch_size=bs, eval_batch_size=train_cfg.eval_batch_size or 2 * bs,
                       data_dir=args.data_dir, seed=train_cfg.seed, augment=augment, rank=dist.rank,
-                      world_size=dist.world_size, device=str(device), **subsets)
+                      world_size=dist.world_size, device=str(device), **subsets, **data_options)
 
 
 def build_model_for_task(name: str, task, model_opts: dict[str, Any], seed: int):

@@ -34,6 +34,7 @@ the slice it crops from from ``(seed, e, j // N)``, so the batches are a pure fu
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -80,6 +81,12 @@ class ISBIConfig:
     elastic_sigma: float = field(10.0, help="std of the coarse displacement vectors in pixels", check=check_positive)
     elastic_grid: int = field(3, help="side of the coarse displacement grid", check=_check_odd_grid)
     loss: Literal["bce", "dice", "bce+dice"] = field("bce+dice", help="training loss")
+    border_weight: float = field(0.0, help="w0 of U-Net's weight map (paper: 10): extra cross-entropy weight on "
+                                           "membrane pixels between two close cells; 0 = off",
+                                 check=lambda v: None if v >= 0 else "a number >= 0")
+    border_sigma: float = field(5.0, help="sigma of U-Net's weight map in pixels (paper: about 5)",
+                                check=check_positive)
+    balance_classes: bool = field(False, help="weight the cross-entropy by inverse class frequency (U-Net's w_c)")
     val_size: int = field(5, help="fixed split: the last val_size slices are the validation set",
                           check=check_positive)
     fold: int | None = field(None, help="k-fold split: hold out contiguous block `fold` (0-based) of num_folds "
@@ -89,12 +96,14 @@ class ISBIConfig:
 
 @dataclass
 class SegmentationData:
-    """Images ``uint8 (N, C, H, W)`` and foreground masks ``uint8 (N, 1, H, W)`` in ``{0, 1}``."""
+    """Images ``uint8 (N, C, H, W)``, foreground masks ``uint8 (N, 1, H, W)`` in ``{0, 1}`` and optional
+    per-pixel loss weights ``float32 (N, 1, H, W)`` (U-Net's weight map, :mod:`dltricks.segmentation.weights`)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     name: str
     ids: tuple[str, ...] = ()
+    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -105,6 +114,9 @@ class SegmentationData:
                             f"{tuple(self.images.shape)}; expected (N, 1, H, W)")
         if len(self) == 0:
             raise DataError(f"{self.name} is empty; expected at least one image/mask pair")
+        if self.weights is not None and self.weights.shape != self.masks.shape:
+            raise DataError(f"{self.name}: weights {tuple(self.weights.shape)} do not match masks "
+                            f"{tuple(self.masks.shape)}")
         if not self.ids:
             self.ids = tuple(str(i) for i in range(len(self)))
 
@@ -113,13 +125,30 @@ class SegmentationData:
 
     def subset(self, index: list[int], name: str) -> SegmentationData:
         idx = torch.as_tensor(index, dtype=torch.int64)
+        weights = None if self.weights is None else self.weights.index_select(0, idx)
         return SegmentationData(self.images.index_select(0, idx), self.masks.index_select(0, idx), name,
-                                tuple(self.ids[i] for i in index))
+                                tuple(self.ids[i] for i in index), weights)
+
+    def with_unet_weights(self, *, w0: float, sigma: float, balance_classes: bool) -> SegmentationData:
+        """A copy carrying U-Net's weight map of every mask (class weights from these masks' frequencies)."""
+        from dltricks.segmentation.weights import class_balance_weights, unet_weight_map
+
+        class_weights = class_balance_weights(self.masks) if balance_classes else None
+        key = (hashlib.sha1(self.masks.numpy().tobytes()).hexdigest(), w0, sigma, class_weights)
+        if key not in _WEIGHT_CACHE:
+            maps = [unet_weight_map(m[0].bool(), w0=w0, sigma=sigma, class_weights=class_weights)
+                    for m in self.masks]
+            _WEIGHT_CACHE.clear()  # keep one set: the maps of 30 slices take 31 MB
+            _WEIGHT_CACHE[key] = torch.stack(maps)[:, None]  # (N, 1, H, W)
+        return SegmentationData(self.images, self.masks, self.name, self.ids, _WEIGHT_CACHE[key])
 
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the images in ``[0, 1]`` units."""
         x = self.images.to(torch.float64).transpose(0, 1).flatten(1) / 255.0  # (C, N*H*W)
         return tuple(x.mean(1).tolist()), tuple(x.std(1, unbiased=False).tolist())
+
+
+_WEIGHT_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
 
 
 def _is_isbi_folder(path: Path) -> bool:
@@ -200,11 +229,11 @@ def isbi_split(num: int = ISBI_NUM_SLICES, *, val_size: int = 5, fold: int | Non
 
 def elastic_deform(image: torch.Tensor, mask: torch.Tensor | None, displacement: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Warp ``image`` ``(B, C, H, W)`` (and ``mask`` ``(B, 1, H, W)``) by coarse ``displacement`` ``(B, 2, g, g)``.
+    """Warp ``image`` ``(B, C, H, W)`` (and ``mask`` ``(B, K, H, W)``) by coarse ``displacement`` ``(B, 2, g, g)``.
 
     The coarse (dy, dx) vectors in pixels are upsampled bicubically to ``(B, 2, H, W)``; output pixel ``p``
-    takes the input at ``p + d(p)`` (bilinear, reflected at the border). The mask is warped bilinearly and
-    thresholded at 0.5.
+    takes the input at ``p + d(p)`` (bilinear, reflected at the border). The mask (channel 0) is warped
+    bilinearly and thresholded at 0.5; further channels (loss weights) are warped bilinearly.
     """
     B, _, H, W = image.shape
     field_ = F.interpolate(displacement.float(), size=(H, W), mode="bicubic", align_corners=True)  # (B, 2, H, W)
@@ -216,7 +245,7 @@ def elastic_deform(image: torch.Tensor, mask: torch.Tensor | None, displacement:
     warped_mask = None
     if mask is not None:
         m = F.grid_sample(mask.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-        warped_mask = (m >= 0.5).to(mask.dtype)
+        warped_mask = torch.cat([(m[:, :1] >= 0.5).float(), m[:, 1:]], dim=1).to(mask.dtype)
     return out, warped_mask
 
 
@@ -228,7 +257,8 @@ class PairAugmenter:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``image`` ``(C, H, W)`` float, ``mask`` ``(1, H, W)`` -> augmented crop pair."""
+        """``image`` ``(C, H, W)`` float, ``mask`` ``(K, H, W)`` (channel 0 the mask, any others loss weights)
+        -> augmented crop pair."""
         cfg = self.config
         H, W = image.shape[-2:]
         size = cfg.crop_size
@@ -325,7 +355,10 @@ class SegmentationLoader:
         i = self._slice_of(epoch, j)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, j, 1))
         image = self.data.images[i].float().div_(255.0)  # (C, H, W) in [0, 1]
-        return self.augment(image, self.data.masks[i], generator)
+        target = self.data.masks[i]
+        if self.data.weights is not None:
+            target = torch.cat([target.float(), self.data.weights[i]])  # (2, H, W): mask, loss weight
+        return self.augment(image, target, generator)
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if not 0 <= start_batch <= len(self):
@@ -334,7 +367,7 @@ class SegmentationLoader:
             positions = self._positions[b * self.batch_size:(b + 1) * self.batch_size]
             pairs = [self._sample(epoch, j) for j in positions]
             x = torch.stack([(img - self._mean) / self._std for img, _ in pairs])  # (B, C, h, w)
-            y = torch.stack([m.float() for _, m in pairs])  # (B, 1, h, w)
+            y = torch.stack([m.float() for _, m in pairs])  # (B, 1, h, w), or (B, 2, h, w) with loss weights
             yield x.to(self.device), y.to(self.device)
 
     def __repr__(self) -> str:
@@ -363,7 +396,7 @@ def _parse_config(augment: Any, options: Mapping[str, Any]) -> ISBIConfig:
 
 
 @register_task("isbi2012-membrane", help="ISBI 2012 EM membrane segmentation: 30 slices, 25 train / 5 val "
-                                         "(--data-dir or DLTRICKS_DATA)")
+                                         "(--data-dir or DLTRICKS_DATA)", options=ISBIConfig)
 def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = None,
                            data_dir: str | os.PathLike[str] | None = None, seed: int = 0, augment: Any = None,
                            rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
@@ -387,6 +420,12 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     train_idx = train_idx[:options.get("subset") or len(train_idx)]
     val_idx = val_idx[:options.get("val_subset") or len(val_idx)]
     train, val = data.subset(train_idx, "isbi2012-membrane/train"), data.subset(val_idx, "isbi2012-membrane/val")
+    if config.border_weight > 0 or config.balance_classes:
+        if config.loss == "dice":
+            raise ConfigError("border_weight / balance_classes weight the cross-entropy, but loss is 'dice'; "
+                              "expected loss 'bce' or 'bce+dice'")
+        train = train.with_unet_weights(w0=config.border_weight, sigma=config.border_sigma,
+                                        balance_classes=config.balance_classes)
     mean, std = train.stats()
     H, W = data.images.shape[-2:]
     crop = config.crop_size
@@ -397,6 +436,10 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
                                       device=device)
     val_loader = SegmentationLoader(val, batch_size=eval_batch_size or 1, mean=mean, std=std, seed=seed, rank=rank,
                                     world_size=world_size, device=device)
+    # The training slices whole and unaugmented, for `dltricks eval --split train` (how well the labels
+    # the model learnt from are fitted).
+    train_eval_loader = SegmentationLoader(train, batch_size=eval_batch_size or 1, mean=mean, std=std, seed=seed,
+                                           rank=rank, world_size=world_size, device=device)
     loss = SegmentationLoss(config.loss)
     return Task(
         name="isbi2012-membrane",
@@ -410,5 +453,5 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
         input_shape=(int(data.images.shape[1]), min(crop or H, H), min(crop or W, W)),
         extra={"mean": mean, "std": std, "train_slices": train.ids, "val_slices": val.ids, "foreground": "membrane",
                "label_convention": "label PNG 0 = membrane (foreground), 255 = cell interior",
-               "config": config, "task_type": "segmentation"},
+               "config": config, "task_type": "segmentation", "train_eval_loader": train_eval_loader},
     )

@@ -43,33 +43,42 @@ def is_segmentation_task(task: Any) -> bool:
 
 def segmentation_report(model: nn.Module, task: Any, *, split: str = "val", window: int | None = None,
                         overlap: float = 0.5, tta: bool = False) -> dict[str, Any]:
-    """Metrics of ``model`` on the whole images of ``task``'s validation split (``split="val"``)."""
-    if split != "val":
-        raise ConfigError("segmentation evaluation runs on the validation split (whole images); "
-                          "the training split yields random augmented crops")
+    """Metrics of ``model`` on the whole images of ``task``'s validation split, or of its training split
+    (``split="train"``: the training images whole and unaugmented, ``task.extra["train_eval_loader"]``)."""
+    loader = _eval_loader(task, split)
     if window is not None and window < 1:
         raise ConfigError(f"--window: got {window}, expected a positive tile size in pixels")
     if not 0 <= overlap < 1:
         raise ConfigError(f"--overlap: got {overlap}, expected a number in [0, 1)")
-    metrics = evaluate_segmentation(model, task.val_loader, window=window, overlap=overlap, tta=tta)
+    metrics = evaluate_segmentation(model, loader, window=window, overlap=overlap, tta=tta)
     return {"data": task.name, "split": split, "foreground": task.extra.get("foreground", "class 1"),
             "window": window, "overlap": overlap if window else None, "tta": tta, **metrics}
 
 
+def _eval_loader(task: Any, split: str) -> Any:
+    if split == "val":
+        return task.val_loader
+    if split == "train" and task.extra.get("train_eval_loader") is not None:
+        return task.extra["train_eval_loader"]
+    raise ConfigError(f"split {split!r}: data set {task.name} offers whole-image evaluation of "
+                      f"{'val and train' if task.extra.get('train_eval_loader') is not None else 'val'} only")
+
+
 @torch.no_grad()
 def save_predicted_masks(model: nn.Module, task: Any, folder: str | Path, *, window: int | None = None,
-                         overlap: float = 0.5, tta: bool = False) -> list[Path]:
-    """Predict every validation image and write ``<id>.png`` masks into ``folder``.
+                         overlap: float = 0.5, tta: bool = False, split: str = "val") -> list[Path]:
+    """Predict every image of ``split`` and write ``<id>.png`` masks into ``folder``.
 
     ISBI 2012 masks use the data set's convention (foreground = membrane = 0, background = 255).
     """
     folder = Path(folder)
-    ids = list(task.extra.get("val_slices") or [])
+    loader = _eval_loader(task, split)
+    ids = list(task.extra.get("val_slices" if split == "val" else "train_slices") or [])
     membrane_black = task.extra.get("foreground") == "membrane"
     written: list[Path] = []
     model.eval()
     index = 0
-    for x, _ in task.val_loader.iter_epoch(0):
+    for x, _ in loader.iter_epoch(0):
         if window is not None or tta:
             logits = predict_sliding_window(model, x, window=window or max(x.shape[-2:]), overlap=overlap, tta=tta)
         else:
@@ -93,7 +102,8 @@ def run_segmentation_eval(args: argparse.Namespace, model: nn.Module, task: Any,
               **segmentation_report(model, task, split=getattr(args, "split", "val"), window=window, overlap=overlap,
                                     tta=tta)}
     if getattr(args, "save_masks", None):
-        paths = save_predicted_masks(model, task, args.save_masks, window=window, overlap=overlap, tta=tta)
+        paths = save_predicted_masks(model, task, args.save_masks, window=window, overlap=overlap, tta=tta,
+                                     split=getattr(args, "split", "val"))
         report["masks"] = [str(p) for p in paths]
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
@@ -115,8 +125,9 @@ def print_segmentation_report(report: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("dice", "iou", "pixel_accuracy", "boundary_f1", "dice_background", "dice_pooled",
-                "boundary_accuracy", "interior_accuracy"):
-        table.add_row(key, f"{report[key]:.4f}")
+                "dice_tolerance1", "boundary_accuracy", "interior_accuracy", "isbi_pixel_error"):
+        if key in report:
+            table.add_row(key, f"{report[key]:.4f}")
     console.print(table)
     if report.get("masks"):
         console.print(f"wrote {len(report['masks'])} masks to {Path(report['masks'][0]).parent}")

@@ -13,6 +13,10 @@ Notation: ``z`` the logits, ``p = sigmoid(z)`` (binary, one output channel) or `
   the pixels of the whole batch.
 * **BCE + Dice**: the sum of the two (weights ``bce_weight``, ``dice_weight``), the usual
   compromise: the BCE term gives smooth per-pixel gradients, the Dice term counters the imbalance.
+* **Pixel weights** (U-Net, Ronneberger et al. 2015, Eq. 1): ``mean_x w(x) * BCE(x)`` with a weight map
+  ``w`` (:mod:`dltricks.segmentation.weights`). A binary target may carry it as a second channel,
+  ``(B, 2, H, W)`` = (mask, weight); :class:`SegmentationLoss` then weights the cross-entropy term (the
+  Dice term stays unweighted).
 
 Multi-class outputs (``C >= 2``, integer targets ``(B, H, W)``) use softmax cross-entropy and the mean
 soft Dice over classes. ``tests/test_seg_losses.py`` checks each against the formula written out
@@ -54,11 +58,13 @@ def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
                          f"got {tuple(target.shape)}")
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean per-pixel cross-entropy: sigmoid BCE for one channel, softmax CE for several.
 
     ``label_smoothing`` moves binary targets to ``y (1 - eps) + eps / 2`` (and is passed to
-    ``F.cross_entropy`` for several classes).
+    ``F.cross_entropy`` for several classes). ``weight`` (binary only, the logits' shape): per-pixel
+    weights, ``mean(w * BCE)``.
     """
     _check(logits, target)
     logits = logits.float()
@@ -66,7 +72,12 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: flo
         y = target.float()
         if label_smoothing:
             y = y * (1.0 - label_smoothing) + 0.5 * label_smoothing
-        return F.binary_cross_entropy_with_logits(logits, y)
+        if weight is not None and weight.shape != logits.shape:
+            raise ValueError(f"pixel weights must match the logits' shape {tuple(logits.shape)}, "
+                             f"got {tuple(weight.shape)}")
+        return F.binary_cross_entropy_with_logits(logits, y, weight=None if weight is None else weight.float())
+    if weight is not None:
+        raise ValueError("pixel weights are supported for binary (one-channel) outputs only")
     return F.cross_entropy(logits, target.long(), label_smoothing=label_smoothing)
 
 
@@ -93,9 +104,10 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, *, eps: float = 1.0, s
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, bce_weight: float = 1.0, dice_weight: float = 1.0,
-                  label_smoothing: float = 0.0, **dice_kwargs: Any) -> torch.Tensor:
-    """``bce_weight * BCE + dice_weight * soft Dice``."""
-    return (bce_weight * bce_loss(logits, target, label_smoothing=label_smoothing)
+                  label_smoothing: float = 0.0, weight: torch.Tensor | None = None,
+                  **dice_kwargs: Any) -> torch.Tensor:
+    """``bce_weight * BCE + dice_weight * soft Dice`` (``weight``: per-pixel weights of the BCE term)."""
+    return (bce_weight * bce_loss(logits, target, label_smoothing=label_smoothing, weight=weight)
             + dice_weight * dice_loss(logits, target, **dice_kwargs))
 
 
@@ -103,7 +115,8 @@ class SegmentationLoss:
     """The loss of a segmentation task, by name: ``"bce"``, ``"dice"`` or ``"bce+dice"``.
 
     Called as ``loss(output, target, *, label_smoothing=0.0)`` (the trainer's loss signature); model outputs
-    with auxiliary heads contribute only their main logits.
+    with auxiliary heads contribute only their main logits. A binary ``target`` of shape ``(B, 2, H, W)``
+    is (mask, pixel weight): the weights apply to the cross-entropy term.
     """
 
     def __init__(self, kind: str = "bce+dice", *, bce_weight: float = 1.0, dice_weight: float = 1.0,
@@ -115,12 +128,17 @@ class SegmentationLoss:
 
     def __call__(self, output: Any, target: torch.Tensor, *, label_smoothing: float = 0.0, **_: Any) -> torch.Tensor:
         logits = segmentation_logits(output)
+        weight = None
+        if logits.dim() == 4 and logits.shape[1] == 1 and target.dim() == 4 and target.shape[1] == 2:
+            target, weight = target[:, :1], target[:, 1:]  # (B, 1, H, W) mask, (B, 1, H, W) pixel weight
         if self.kind == "bce":
-            return bce_loss(logits, target, label_smoothing=label_smoothing)
+            return bce_loss(logits, target, label_smoothing=label_smoothing, weight=weight)
         if self.kind == "dice":
+            if weight is not None:
+                raise ValueError("the Dice loss takes no pixel weights; use 'bce' or 'bce+dice'")
             return dice_loss(logits, target, eps=self.eps)
         return bce_dice_loss(logits, target, bce_weight=self.bce_weight, dice_weight=self.dice_weight,
-                             label_smoothing=label_smoothing, eps=self.eps)
+                             label_smoothing=label_smoothing, weight=weight, eps=self.eps)
 
     def __repr__(self) -> str:
         return f"SegmentationLoss({self.kind!r})"

@@ -13,7 +13,16 @@ For a predicted foreground mask ``P`` and the true one ``G`` (sets of pixels):
       BF = 2 precision recall / (precision + recall)
 
   It ignores the bulk of a region and asks only whether the contours are in the right place, which is
-  what skip connections and high output resolution are for (experiments (b) and (c)).
+  what skip connections and high output resolution are for (experiments (b) and (c));
+* tolerant Dice: the region version of the same idea, ``precision = |P n dilate(G, t)| / |P|``,
+  ``recall = |G n dilate(P, t)| / |G|``, their harmonic mean. With ``t = 0`` it is the Dice score; with
+  ``t = 1`` a membrane drawn one pixel thicker or shifted by one pixel is no longer an error, which
+  separates "the edge is a pixel off" from "the membrane is missing" (docs/segmentation.md);
+* ISBI 2012 pixel error (Arganda-Carreras et al., Front. Neuroanat. 2015): ``1 - max_t F1_t``, the F-score
+  of the thresholded probability map against the label PNG's *non-zero* pixels - which for the ISBI labels
+  are the cell interiors, not the membranes - maximised over thresholds ``t`` (0.0, 0.1, ..., 1.0 in the
+  challenge's Fiji script, ``trainableSegmentation.metrics.PixelError``). This is the "pixel error" of the
+  U-Net paper's Table 1 (0.0611 on the challenge's test stack).
 
 Conventions: an image where both masks are empty scores 1 for IoU, Dice and BF (nothing to find, nothing
 found). All functions take ``(B, H, W)`` or ``(B, 1, H, W)`` boolean masks and return one value per image;
@@ -31,8 +40,8 @@ import torch.nn.functional as F
 
 from dltricks.segmentation.losses import segmentation_logits
 
-__all__ = ["pixel_accuracy", "iou_score", "dice_score", "mask_boundary", "boundary_f1", "boundary_band",
-           "binary_segmentation_metrics", "SegmentationMetrics"]
+__all__ = ["pixel_accuracy", "iou_score", "dice_score", "tolerant_dice", "mask_boundary", "boundary_f1",
+           "boundary_band", "ISBIPixelError", "isbi_pixel_error", "binary_segmentation_metrics", "SegmentationMetrics"]
 
 
 def _as_masks(x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +81,85 @@ def dice_score(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _ratio(2 * inter, total)
 
 
+def _tolerant_f1(pred: torch.Tensor, true: torch.Tensor, tolerance: int) -> torch.Tensor:
+    """F1 of two pixel sets ``(B, H, W)`` where a pixel of one counts as matched when the other has a pixel
+    within ``tolerance`` (Chebyshev); both empty -> 1, exactly one empty -> 0. Per image ``(B,)``."""
+    n_pred = pred.flatten(1).sum(1).float()
+    n_true = true.flatten(1).sum(1).float()
+    precision = _ratio((pred & _dilate(true, tolerance)).flatten(1).sum(1).float(), n_pred)
+    recall = _ratio((true & _dilate(pred, tolerance)).flatten(1).sum(1).float(), n_true)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
+                     torch.zeros_like(precision))
+    f1 = torch.where((n_pred == 0) & (n_true == 0), torch.ones_like(f1), f1)
+    return torch.where((n_pred == 0) ^ (n_true == 0), torch.zeros_like(f1), f1)
+
+
+def tolerant_dice(pred: torch.Tensor, target: torch.Tensor, *, tolerance: int = 1) -> torch.Tensor:
+    """Dice with a ``tolerance`` in pixels (Chebyshev), per image ``(B,)``: a predicted pixel counts as right
+    when a true one lies within ``tolerance`` and vice versa (``tolerance=0`` is :func:`dice_score`)."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance: got {tolerance}, expected a number of pixels >= 0")
+    pred, target = _as_masks(pred), _as_masks(target)
+    if tolerance == 0:
+        return dice_score(pred, target)
+    return _tolerant_f1(pred, target, tolerance)
+
+
+ISBI_THRESHOLDS = tuple(i / 10 for i in range(11))
+
+
+class ISBIPixelError:
+    """Streaming form of :func:`isbi_pixel_error`: ``update`` with batches, ``compute`` at the end.
+
+    Keeps, per threshold, the true positives and predicted positives (pooled over all images), so memory
+    does not grow with the number of images.
+    """
+
+    def __init__(self, thresholds: tuple[float, ...] = ISBI_THRESHOLDS) -> None:
+        if not thresholds:
+            raise ValueError("thresholds: expected at least one threshold")
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.true_positives = [0] * len(self.thresholds)
+        self.predicted = [0] * len(self.thresholds)
+        self.positives = 0
+
+    def update(self, probability: torch.Tensor, target: torch.Tensor) -> None:
+        prob = probability[:, 0] if probability.dim() == 4 else probability
+        true = _as_masks(target)
+        if prob.shape != true.shape:
+            raise ValueError(f"probability {tuple(probability.shape)} and target {tuple(target.shape)} differ "
+                             "in shape")
+        self.positives += int(true.sum().item())
+        for k, t in enumerate(self.thresholds):
+            pred = prob > t
+            self.true_positives[k] += int((pred & true).sum().item())
+            self.predicted[k] += int(pred.sum().item())
+
+    def compute(self) -> tuple[float, float]:
+        """``(pixel error, threshold)``: ``1 - max_t F1_t`` and the first threshold reaching it."""
+        best, best_t = -1.0, self.thresholds[0]
+        for t, tp, predicted in zip(self.thresholds, self.true_positives, self.predicted):
+            denominator = predicted + self.positives
+            f1 = 2 * tp / denominator if denominator else 1.0
+            if f1 > best:
+                best, best_t = f1, t
+        return 1.0 - best, best_t
+
+
+def isbi_pixel_error(probability: torch.Tensor, target: torch.Tensor, *,
+                     thresholds: tuple[float, ...] = ISBI_THRESHOLDS) -> tuple[float, float]:
+    """The ISBI 2012 challenge's pixel error and the threshold that gives it: ``(1 - max_t F1_t, t*)``.
+
+    ``probability``: ``(B, [1,] H, W)`` probabilities of the label's *non-zero* class (for the ISBI labels, the
+    cell interior: pass ``1 - p_membrane``); ``target``: that class's true mask. Pixels are pooled over the
+    whole batch (the challenge scores the stack); a pixel is positive when ``probability > t``, as in
+    ``trainableSegmentation.metrics.PixelError``.
+    """
+    metric = ISBIPixelError(thresholds)
+    metric.update(probability, target)
+    return metric.compute()
+
+
 def mask_boundary(mask: torch.Tensor) -> torch.Tensor:
     """Pixels of ``mask`` with at least one of their 8 neighbours outside it ``(B, H, W)``.
 
@@ -93,16 +181,7 @@ def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 def boundary_f1(pred: torch.Tensor, target: torch.Tensor, *, tolerance: int = 2) -> torch.Tensor:
     """Boundary F1 (BF score) per image ``(B,)`` with a ``tolerance`` in pixels (Chebyshev distance)."""
-    bp, bg = mask_boundary(pred), mask_boundary(target)
-    n_pred = bp.flatten(1).sum(1).float()
-    n_true = bg.flatten(1).sum(1).float()
-    precision = _ratio((bp & _dilate(bg, tolerance)).flatten(1).sum(1).float(), n_pred)
-    recall = _ratio((bg & _dilate(bp, tolerance)).flatten(1).sum(1).float(), n_true)
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
-                     torch.zeros_like(precision))
-    # One side without boundary and the other with: 0; both without: 1.
-    f1 = torch.where((n_pred == 0) & (n_true == 0), torch.ones_like(f1), f1)
-    return torch.where((n_pred == 0) ^ (n_true == 0), torch.zeros_like(f1), f1)
+    return _tolerant_f1(mask_boundary(pred), mask_boundary(target), tolerance)
 
 
 def boundary_band(target: torch.Tensor, *, width: int = 2) -> torch.Tensor:

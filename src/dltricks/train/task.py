@@ -24,10 +24,10 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from dltricks.errors import DataError, did_you_mean
+from dltricks.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["Loader", "Task", "register_task", "build_task", "list_tasks", "classification_loss",
-           "classification_metrics"]
+__all__ = ["Loader", "Task", "register_task", "build_task", "check_task_options", "task_options", "list_tasks",
+           "classification_loss", "classification_metrics"]
 
 Batch = tuple[Any, torch.Tensor]
 
@@ -109,14 +109,21 @@ class Task:
 TaskBuilder = Callable[..., Task]
 _task_builders: dict[str, TaskBuilder] = {}
 _task_help: dict[str, str] = {}
+_task_options: dict[str, type] = {}
 
 
-def register_task(name: str, *, help: str = "") -> Callable[[TaskBuilder], TaskBuilder]:
+def register_task(name: str, *, help: str = "", options: type | None = None) -> Callable[[TaskBuilder], TaskBuilder]:
     """Register ``builder(*, batch_size, data_dir=None, seed=0, augment=None, rank=0, world_size=1,
-    device='cpu', **options) -> Task`` under ``name``."""
+    device='cpu', **options) -> Task`` under ``name``.
+
+    ``options``: the typed dataclass of the task's own options (its fields may be passed as keyword
+    arguments, and on the command line as ``--data-opt KEY=VALUE``; see :func:`check_task_options`).
+    """
 
     def decorator(builder: TaskBuilder) -> TaskBuilder:
         _task_builders[name] = builder
+        if options is not None:
+            _task_options[name] = options
         _task_help[name] = help or (builder.__doc__ or "").strip().splitlines()[0] if (help or builder.__doc__) else ""
         return builder
 
@@ -147,6 +154,38 @@ def list_tasks() -> dict[str, str]:
     """Registered task names with a one-line description."""
     _ensure_loaded()
     return dict(sorted(_task_help.items()))
+
+
+def _resolve_name(name: str) -> str:
+    if ":" in name and name not in _task_builders and name.split(":", 1)[0] in _task_builders:
+        return name.split(":", 1)[0]
+    return name
+
+
+def check_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Check ``--data-opt`` style options against the task's option dataclass; returns them unchanged.
+
+    Unknown keys and wrong types raise :class:`ConfigError` naming what was expected; a task without
+    declared options accepts none.
+    """
+    from dltricks.config import from_dict
+
+    _ensure_loaded()
+    if not options:
+        return options
+    resolved = _resolve_name(name)
+    cls = _task_options.get(resolved)
+    if cls is None:
+        raise ConfigError(f"data set {resolved!r} takes no data options (got {', '.join(sorted(options))}); "
+                          f"data sets with options: {', '.join(sorted(_task_options)) or '(none)'}")
+    from_dict(cls, options, prefix=f"{resolved}.")
+    return options
+
+
+def task_options(name: str) -> type | None:
+    """The option dataclass of a registered task, or ``None``."""
+    _ensure_loaded()
+    return _task_options.get(_resolve_name(name))
 
 
 def build_task(name: str, **options: Any) -> Task:
