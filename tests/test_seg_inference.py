@@ -143,7 +143,8 @@ def test_train_and_eval_unet_from_the_command_line(shared_data: Path, tmp_path: 
                  "--model-opt", "base_channels=4", "--model-opt", "depth=2", "--set", "train.batch_size=2",
                  "--data-opt", "crop_size=64", "--data-opt", "samples_per_epoch=4",
                  "--data-opt", "border_weight=10", "--out", str(out)]) == 0
-    capsys.readouterr()
+    captured = capsys.readouterr()
+    assert "val Dice" in captured.out and " dice " in captured.err  # results table and epoch log line
     assert main(["eval", str(out), *data, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "val" and report["images"] == 6  # fold 4 of 5 holds out slices 24-29

@@ -193,7 +193,8 @@ def print_history(history: list[dict[str, Any]], *, title: str) -> None:
     table = Table(title=title)
     columns = [("epoch", "epoch", "{:d}"), ("train_loss", "train loss", "{:.4f}"),
                ("train_accuracy", "train acc", "{:.2%}"), ("val_loss", "val loss", "{:.4f}"),
-               ("val_accuracy", "val acc", "{:.2%}"), ("lr", "lr", "{:.3g}"),
+               ("val_accuracy", "val acc", "{:.2%}"), ("val_dice", "val Dice", "{:.4f}"),
+               ("val_boundary_f1", "val boundary F1", "{:.4f}"), ("lr", "lr", "{:.3g}"),
                ("images_per_s", "img/s", "{:,.0f}"), ("epoch_time_s", "time (s)", "{:.1f}")]
     columns = [c for c in columns if any(c[0] in r for r in history)]
     for _, header, _ in columns:
@@ -221,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise ConfigError("MODEL is required, e.g. `dltricks train small_cnn --data mnist-embedded`")
     if not args.data:
-        raise ConfigError("--data NAME is required (mnist, mnist-embedded, cifar10 or imagefolder)")
+        raise ConfigError("--data NAME is required (e.g. mnist, mnist-embedded, cifar10, imagefolder, "
+                          "isbi2012-membrane; see `dltricks train --help`)")
     # 1. Everything that can be checked without data: recipe, model name and options, device.
     recipe = recipe_from_args(args)
     model_entrypoint(args.model)

@@ -582,7 +582,8 @@ class _Trainer:
             parts[-1] += f" acc {100 * record['train_accuracy']:.2f}%"
         if "val_loss" in record:
             parts.append(f"val loss {record['val_loss']:.4f}" +
-                         (f" acc {100 * record['val_accuracy']:.2f}%" if "val_accuracy" in record else ""))
+                         (f" acc {100 * record['val_accuracy']:.2f}%" if "val_accuracy" in record else "") +
+                         (f" dice {record['val_dice']:.4f}" if "val_dice" in record else ""))
         parts += [f"lr {record['lr']:.3g}", f"{record['images_per_s']:,.0f} img/s", f"{record['epoch_time_s']:.1f} s"]
         return "  ".join(parts)
 
