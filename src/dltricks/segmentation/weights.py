@@ -17,7 +17,10 @@ pixel, the two nearest *distinct* cells; the propagation stops at ``max_distance
 ``w_0 exp(-(2 max_distance)^2 / 2 sigma^2)`` is negligible. ``w_c`` is "balanced" class weighting:
 ``w_c(k) = 1 / (K f_k)`` for class frequencies ``f_k`` over the given masks, so the mean of ``w_c`` is 1.
 
-Measured on ISBI 2012 (25 training slices, held-out slices 25-29): see docs/segmentation.md.
+Measured on ISBI 2012 (U-Net, 16 base channels, 1,500 steps; held-out slices 25-29; docs/segmentation.md):
+membrane Dice 0.797 unweighted, 0.790 with ``w0 = 10`` (0.802 at its best threshold, 0.7), 0.774 with the
+class balance added (0.799 at threshold 0.8); the threshold-free ISBI pixel error is 0.048-0.049 for all
+three. The weights move where the probability crosses 0.5, not how well the membrane edges are placed.
 """
 
 from __future__ import annotations
