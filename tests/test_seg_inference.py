@@ -156,3 +156,18 @@ def test_train_and_eval_unet_from_the_command_line(shared_data: Path, tmp_path: 
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "train" and report["images"] == 2 and report["window"] == 256
     assert sorted(Path(p).name for p in report["masks"]) == ["0.png", "1.png"]
+
+
+def test_compare_reports_the_dice_of_segmentation_models(shared_data: Path, tmp_path: Path) -> None:
+    import csv
+
+    from dltricks.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare", "unet_small", "--data", "isbi2012-membrane", "--data-dir", str(shared_data),
+                 "--subset", "2", "--epochs", "1", "--quick", "--batch", "2", "--no-progress",
+                 "--set", "train.batch_size=2", "--data-opt", "crop_size=64", "--data-opt", "samples_per_epoch=4",
+                 "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert rows[0]["model"] == "unet_small" and 0.0 <= float(rows[0]["dice"]) <= 1.0
+    assert "val Dice" in (out / "leaderboard.md").read_text()

@@ -33,6 +33,7 @@ __all__ = ["COLUMNS", "row_from_report", "disagreeing_pairs", "write_leaderboard
 COLUMNS: list[tuple[str, str, str]] = [
     ("model", "model", "{}"),
     ("accuracy", "val accuracy", "{:.2%}"),
+    ("dice", "val Dice", "{:.4f}"),
     ("val_loss", "val loss", "{:.4f}"),
     ("ece", "ECE (15 bins)", "{:.2%}"),
     ("params", "params", "{:,}"),
@@ -60,7 +61,7 @@ def row_from_report(report: ProfileReport, metrics: Mapping[str, Any] | None = N
         row["peak_inference_mib"] = report.memory["inference"].peak_bytes / 2**20
     if "train" in report.memory:
         row["peak_train_mib"] = report.memory["train"].peak_bytes / 2**20
-    for key in ("accuracy", "val_loss", "ece", "train_time_s", "epochs"):
+    for key in ("accuracy", "dice", "val_loss", "ece", "train_time_s", "epochs"):
         if metrics.get(key) is not None:
             row[key] = metrics[key]
     return row
@@ -234,6 +235,7 @@ def compare_models(names: Sequence[str], task: Any, recipe: Any, *, out_dir: str
         if task.val_loader is not None:
             scores = evaluate(model, task.val_loader, task, device=dev)
             metrics["accuracy"] = scores.get("accuracy")
+            metrics["dice"] = scores.get("dice")  # segmentation tasks (foreground Dice)
             metrics["val_loss"] = scores.get("loss")
             if task.num_classes and task.num_classes > 1:
                 logits, labels = collect_logits(model, task.val_loader.iter_epoch(0), device=dev)
