@@ -27,6 +27,11 @@ identical - do not straddle it more than once): slices 0-24 train, 25-29 validat
 * one of the 8 flips / 90-degree rotations (``flip``, ``rot90``): the dihedral group, exact symmetries of
   an EM section.
 
+**Loss weights** (``border_weight``, ``border_sigma``, ``balance_classes``): U-Net's weight map
+(:mod:`dltricks.segmentation.weights`) computed once per training slice; it rides along as a second target
+channel, ``(B, 2, H, W)`` = (mask, weight), warped bilinearly with the mask, and weights the cross-entropy.
+Validation batches stay ``(B, 1, H, W)``.
+
 Every random draw of sample ``j`` of epoch ``e`` comes from a generator seeded with ``(seed, e, j)``, and
 the slice it crops from from ``(seed, e, j // N)``, so the batches are a pure function of
 ``(seed, epoch, batch index)`` whatever the batch size, as ``--resume`` requires.
