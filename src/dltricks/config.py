@@ -65,6 +65,8 @@ def _type_name(tp: Any) -> str:
         args = get_args(tp)
         inner = _type_name(args[0]) if args else "value"
         return f"a list of {inner}"
+    if origin in (dict, Mapping) or tp is dict:
+        return "a mapping"
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
@@ -100,6 +102,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
         return from_dict(tp, value, prefix=key + ".")
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: got {value!r}, expected a mapping of keys to values")
+        key_type, value_type = get_args(tp) or (Any, Any)
+        return {_coerce(k, key_type, f"{key} (a key)"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")

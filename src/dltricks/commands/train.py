@@ -139,7 +139,9 @@ def build_task_from_args(args: argparse.Namespace, recipe, device, dist, *, for_
     augment = recipe.augment if (for_training and recipe.augment.active and not train_cfg.overfit_batch) else None
     bs = batch_size or train_cfg.batch_size
     subsets = {"val_subset" if subset_split == "val" else "subset": args.subset} if args.subset else {}
-    data_options = check_task_options(args.data, parse_key_values(getattr(args, "data_opts", []) or [], "--data-opt"))
+    # The recipe's `data` section, then --data-opt on top.
+    data_options = {**recipe.data, **parse_key_values(getattr(args, "data_opts", []) or [], "--data-opt")}
+    data_options = check_task_options(args.data, data_options)
     return build_task(args.data, batch_size=bs, eval_batch_size=train_cfg.eval_batch_size or 2 * bs,
                       data_dir=args.data_dir, seed=train_cfg.seed, augment=augment, rank=dist.rank,
                       world_size=dist.world_size, device=str(device), **subsets, **data_options)

@@ -202,6 +202,10 @@ class Recipe:
     ema: EmaConfig = field(default_factory=EmaConfig, help="weight averaging")
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig, help="early stopping")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpoints")
+    data: dict[str, Any] = field(default_factory=dict,
+                                 help="options of the data set itself (the keys of --data-opt, which win over "
+                                      "these; e.g. {elastic: true} for isbi2012-membrane), checked against the "
+                                      "data set's own options when the task is built")
 
     def __post_init__(self) -> None:
         if self.optim.nesterov and self.optim.name != "sgd":
