@@ -64,6 +64,7 @@ __all__ = ["ISBI_FOLDER", "ISBIConfig", "SegmentationData", "find_isbi", "load_i
 
 ISBI_FOLDER = "isbi2012-membrane"
 ISBI_NUM_SLICES = 30
+MAX_EVAL_SLICES = 8  # whole 512x512 slices per evaluation batch, at most
 _ELASTIC_MARGIN = 32  # pixels of context around a crop for the elastic deformation (3 sigma of 10 px)
 
 
@@ -439,11 +440,14 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     train_loader = SegmentationLoader(train, batch_size=batch_size, mean=mean, std=std, augment=PairAugmenter(config),
                                       samples_per_epoch=samples, seed=seed, rank=rank, world_size=world_size,
                                       device=device)
-    val_loader = SegmentationLoader(val, batch_size=eval_batch_size or 1, mean=mean, std=std, seed=seed, rank=rank,
+    # Evaluation batches are whole slices; more than a few at once only costs memory (`dltricks eval` asks
+    # for 500), so they are capped at MAX_EVAL_SLICES.
+    eval_batch = min(eval_batch_size or 1, MAX_EVAL_SLICES)
+    val_loader = SegmentationLoader(val, batch_size=eval_batch, mean=mean, std=std, seed=seed, rank=rank,
                                     world_size=world_size, device=device)
     # The training slices whole and unaugmented, for `dltricks eval --split train` (how well the labels
     # the model learnt from are fitted).
-    train_eval_loader = SegmentationLoader(train, batch_size=eval_batch_size or 1, mean=mean, std=std, seed=seed,
+    train_eval_loader = SegmentationLoader(train, batch_size=eval_batch, mean=mean, std=std, seed=seed,
                                            rank=rank, world_size=world_size, device=device)
     loss = SegmentationLoss(config.loss)
     return Task(
