@@ -20,6 +20,7 @@ Usage::
     nice -n 10 python benchmarks/isbi_unet.py --threads 2 --out runs/isbi-unet      # ~20-40 min, shared CPU
     python benchmarks/isbi_unet.py --threads 1 --folds 0,1,2,3,4 --out runs/isbi-cv   # 5-fold CV, ~13 min a fold
     python benchmarks/isbi_unet.py --speed --threads 1
+    python benchmarks/isbi_unet.py --figures runs/isbi-unet --out docs/img   # the docs' error and weight maps
 """
 
 from __future__ import annotations
@@ -156,9 +157,55 @@ def summarize_folds(out: Path) -> dict[str, object]:
     return summary
 
 
+def figures(args: argparse.Namespace) -> list[Path]:
+    """The figures of docs/segmentation.md: the error map of held-out slice ``--slice`` predicted by the model
+    in ``--figures RUN`` (sliding windows + flips, as in the results table) and U-Net's weight map of the
+    first training slice."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from dltricks.experiments.segmentation import plot_error_map, plot_weight_map
+    from dltricks.segmentation.inference import predict_sliding_window
+    from dltricks.segmentation.weights import class_balance_weights, unet_weight_map
+
+    run = Path(args.figures)
+    weights_file = run / "unet_isbi.safetensors"
+    with safe_open(str(weights_file), "pt") as f:
+        model_kwargs = json.loads(f.metadata()["model_kwargs"])
+    model = create_model("unet", **model_kwargs)
+    model.load_state_dict(load_file(str(weights_file)))
+    model.eval()
+    task = isbi2012_membrane_task(batch_size=1, data_dir=args.data_dir)
+    val_ids = list(task.extra["val_slices"])
+    if str(args.slice) not in val_ids:
+        raise SystemExit(f"--slice {args.slice}: expected one of the held-out slices {', '.join(val_ids)}")
+    out = Path(args.out)
+    std, mean = task.extra["std"][0], task.extra["mean"][0]
+    for i, (x, y) in enumerate(task.val_loader.iter_epoch(0)):
+        if val_ids[i] != str(args.slice):
+            continue
+        with torch.no_grad():
+            logits = predict_sliding_window(model, x, window=256, overlap=0.5, tta=True)
+        image = x[0, 0] * std + mean  # back to [0, 1]
+        paths = [plot_error_map(image, y[0, 0].bool(), logits[0, 0] > 0, out / f"isbi_unet_slice{args.slice}.png",
+                                title=f"U-Net ({sum(p.numel() for p in model.parameters()):,} parameters), "
+                                      f"held-out slice {args.slice}")]
+    train = task.train_loader.data
+    membrane = train.masks[0, 0].bool()
+    weights = unet_weight_map(membrane, w0=10.0, sigma=5.0, class_weights=class_balance_weights(train.masks))
+    paths.append(plot_weight_map(train.images[0, 0].float() / 255, membrane, weights, out / "isbi_weight_map.png",
+                                 title="U-Net weight map of training slice 0: w0 = 10, sigma = 5 px, class balance"))
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--speed", action="store_true", help="only measure the step time of fp32/bf16 x NCHW/NHWC")
+    p.add_argument("--figures", default=None, metavar="RUN",
+                   help="only draw the docs figures (error map of --slice, weight map) from the model in RUN")
+    p.add_argument("--slice", type=int, default=27, help="held-out slice of the error-map figure")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--base-channels", type=int, default=16)
     p.add_argument("--crop-size", type=int, default=256)
@@ -181,7 +228,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/isbi-unet")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    if args.speed:
+    if args.figures:
+        figures(args)
+    elif args.speed:
         speed(args)
     elif args.folds:
         for fold in (int(f) for f in args.folds.split(",")):

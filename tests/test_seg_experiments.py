@@ -71,3 +71,19 @@ def test_checkerboard_artifacts(tmp_path: Path) -> None:
 def test_count_macs() -> None:
     net = torch.nn.Conv2d(2, 3, 3, padding=1)
     assert seg.count_macs(net, (1, 2, 8, 8)) == 2 * 3 * 9 * 64
+
+
+def test_error_and_weight_map_figures(tmp_path) -> None:
+    from PIL import Image
+
+    from dltricks.experiments.segmentation import plot_error_map, plot_weight_map
+    from dltricks.segmentation.weights import unet_weight_map
+
+    membrane = torch.zeros(32, 32, dtype=torch.bool)
+    membrane[:, 14:17] = True
+    predicted = torch.roll(membrane, 1, dims=1)
+    image = torch.rand(32, 32)
+    for path in (plot_error_map(image, membrane, predicted, tmp_path / "errors.png", title="t"),
+                 plot_weight_map(image, membrane, unet_weight_map(membrane), tmp_path / "weights.png")):
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size[0] > 400

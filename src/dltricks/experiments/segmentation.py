@@ -43,7 +43,7 @@ from torch import nn
 
 from dltricks.utils.figures import jsonable, save_figure
 
-__all__ = ["aspp_degeneration", "valid_taps_formula", "receptive_field_growth", "dilated_stack",
+__all__ = ["plot_error_map", "plot_weight_map", "aspp_degeneration", "valid_taps_formula", "receptive_field_growth", "dilated_stack",
            "checkerboard_artifacts", "output_stride_tradeoff", "skip_ablation", "count_macs", "plot_aspp_degeneration",
            "plot_receptive_field_growth", "plot_checkerboard", "plot_output_stride", "plot_skip_ablation", "main"]
 
@@ -427,6 +427,56 @@ def plot_skip_ablation(result: dict[str, Any], path: str | Path) -> Path:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path, dpi=110)
+
+
+def plot_error_map(image: torch.Tensor, membrane: torch.Tensor, predicted: torch.Tensor, path: str | Path, *,
+                   title: str = "") -> Path:
+    """Image, label, prediction and error map of one slice (``(H, W)`` tensors; masks True = membrane).
+
+    Error map: correct pixels grey (membrane dark, interior light), missed membrane red, extra membrane blue.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    true, pred = membrane.bool().numpy(), predicted.bool().numpy()
+    errors = np.where(true[..., None], 0.35, 0.85).repeat(3, axis=-1)  # (H, W, 3) grey background
+    errors[true & ~pred] = (0.85, 0.1, 0.1)  # missed membrane
+    errors[~true & pred] = (0.1, 0.3, 0.9)  # extra membrane
+    panels = [(image.float().numpy(), "image", "gray"), (~true, "label (membrane black)", "gray"),
+              (~pred, "prediction", "gray"), (errors, "errors: missed red, extra blue", None)]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    for ax, (data, name, cmap) in zip(axes, panels):
+        ax.imshow(data, cmap=cmap, interpolation="nearest")
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path, dpi=100)
+
+
+def plot_weight_map(image: torch.Tensor, membrane: torch.Tensor, weights: torch.Tensor, path: str | Path, *,
+                    title: str = "") -> Path:
+    """Image, label and U-Net weight map of one slice side by side (as Fig. 3 of Ronneberger et al. 2015)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+    axes[0].imshow(image.float().numpy(), cmap="gray")
+    axes[0].set_title("image", fontsize=10)
+    axes[1].imshow((~membrane.bool()).numpy(), cmap="gray", interpolation="nearest")
+    axes[1].set_title("label (membrane black)", fontsize=10)
+    shown = axes[2].imshow(weights.float().numpy(), cmap="jet", interpolation="nearest")
+    axes[2].set_title("weight map w(x)", fontsize=10)
+    fig.colorbar(shown, ax=axes[2], fraction=0.046)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return save_figure(fig, path, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
