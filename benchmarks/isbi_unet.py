@@ -40,6 +40,7 @@ from dltricks.models import create_model
 from dltricks.segmentation.evaluate import save_predicted_masks
 from dltricks.segmentation.losses import bce_dice_loss
 from dltricks.segmentation.train import evaluate_segmentation, fit_segmentation
+from dltricks.utils.io import atomic_write_json, atomic_write_with
 
 
 def machine() -> dict[str, str]:
@@ -108,9 +109,10 @@ def train_and_evaluate(args: argparse.Namespace, fold: int | None = None) -> dic
     model = model.to(memory_format=torch.contiguous_format).eval()
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "unet_isbi.safetensors"),
-              metadata={"model": "unet", "model_kwargs": json.dumps({"num_classes": 1, "in_chans": 1,
-                                                                     "base_channels": args.base_channels})})
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    metadata = {"model": "unet", "model_kwargs": json.dumps({"num_classes": 1, "in_chans": 1,
+                                                             "base_channels": args.base_channels})}
+    atomic_write_with(out / "unet_isbi.safetensors", lambda tmp: save_file(state, str(tmp), metadata=metadata))
     evals = {}
     for name, kwargs in (("whole_slice", {}), ("sliding_256", {"window": 256}),
                          ("sliding_256_tta", {"window": 256, "tta": True})):
@@ -127,7 +129,7 @@ def train_and_evaluate(args: argparse.Namespace, fold: int | None = None) -> dic
               "params": params, "train_seconds": fit["train_seconds"],
               "train_wall_seconds": wall, "train_cpu_seconds": cpu, "steps": fit["steps"], "final_loss": statistics.fmean(fit["losses"][-50:]),
               "eval": evals}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "results.json", result, indent=1)
     print(json.dumps({"train_seconds": round(fit["train_seconds"], 1), "wall": round(wall, 1), "cpu": round(cpu, 1),
                       "dice_tta": round(evals["sliding_256_tta"]["dice"], 4)}))
     return result
@@ -151,7 +153,7 @@ def summarize_folds(out: Path) -> dict[str, object]:
                 table[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
                               "per_fold": values}
         summary[split] = table
-    (out / "cv.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(out / "cv.json", summary, indent=1)
     print(f"{len(runs)} folds: " + ", ".join(f"{k} {v['mean']:.4f} ({v['min']:.4f}-{v['max']:.4f})"
                                             for k, v in summary["whole_slice"].items()))
     return summary

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from dltricks.errors import ConfigError
 from dltricks.segmentation.losses import SegmentationLoss, bce_loss
 from dltricks.segmentation.weights import (class_balance_weights, connected_components, two_nearest_distances,
-                                           unet_weight_map)
+                                           unet_weight_map, unet_weight_maps)
 
 
 def _flood_fill_components(mask: torch.Tensor) -> torch.Tensor:
@@ -113,6 +113,18 @@ def test_weight_map_between_two_cells_by_hand() -> None:
         unet_weight_map(membrane, w0=-1.0)
 
 
+def test_weight_maps_of_a_stack_share_the_class_weights() -> None:
+    masks = torch.zeros(2, 1, 6, 12, dtype=torch.bool)
+    masks[0, 0, :, 5:8] = True  # 25 % membrane in slice 0, none in slice 1: 12.5 % overall
+    maps = unet_weight_maps(masks, w0=10.0, sigma=5.0, balance_classes=True)
+    assert maps.shape == (2, 1, 6, 12)
+    w_cell, w_membrane = class_balance_weights(masks)
+    torch.testing.assert_close(maps[0, 0], unet_weight_map(masks[0, 0], class_weights=(w_cell, w_membrane)))
+    assert torch.all(maps[1] == w_cell)
+    with pytest.raises(ValueError, match="N, 1, H, W"):
+        unet_weight_maps(masks[:, 0])
+
+
 def test_class_balance_weights_have_mean_one() -> None:
     masks = torch.zeros(2, 1, 10, 10, dtype=torch.bool)
     masks[:, :, :2] = True  # 20 % foreground
@@ -146,6 +158,7 @@ def test_isbi_task_carries_weight_maps_through_augmentation(shared_data: Path) -
     task = isbi2012_membrane_task(batch_size=2, data_dir=shared_data, subset=2, crop_size=96, elastic=False,
                                   border_weight=10.0, balance_classes=True)
     w_cell, w_membrane = class_balance_weights(task.train_loader.data.masks)
+    assert task.train_loader._weights is None  # nothing computed until the training loader draws a sample
     x, y = next(iter(task.train_loader))
     assert x.shape == (2, 1, 96, 96) and y.shape == (2, 2, 96, 96)
     mask, weight = y[:, 0].bool(), y[:, 1]

@@ -28,7 +28,8 @@ identical - do not straddle it more than once): slices 0-24 train, 25-29 validat
   an EM section.
 
 **Loss weights** (``border_weight``, ``border_sigma``, ``balance_classes``): U-Net's weight map
-(:mod:`dltricks.segmentation.weights`) computed once per training slice; it rides along as a second target
+(:mod:`dltricks.segmentation.weights`) of every training slice, computed the first time the training loader
+draws a sample (so evaluation-only uses of the task never pay for it); it rides along as a second target
 channel, ``(B, 2, H, W)`` = (mask, weight), warped bilinearly with the mask, and weights the cross-entropy.
 Validation batches stay ``(B, 1, H, W)``.
 
@@ -39,11 +40,11 @@ the slice it crops from from ``(seed, e, j // N)``, so the batches are a pure fu
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,7 @@ from dltricks.data.loader import derive_seed
 from dltricks.errors import ConfigError, DataError
 from dltricks.segmentation.losses import SegmentationLoss
 from dltricks.segmentation.metrics import SegmentationMetrics
+from dltricks.segmentation.weights import unet_weight_maps
 from dltricks.train.task import Task, register_task
 
 __all__ = ["ISBI_FOLDER", "ISBIConfig", "SegmentationData", "find_isbi", "load_isbi", "isbi_split",
@@ -102,14 +104,12 @@ class ISBIConfig:
 
 @dataclass
 class SegmentationData:
-    """Images ``uint8 (N, C, H, W)``, foreground masks ``uint8 (N, 1, H, W)`` in ``{0, 1}`` and optional
-    per-pixel loss weights ``float32 (N, 1, H, W)`` (U-Net's weight map, :mod:`dltricks.segmentation.weights`)."""
+    """Images ``uint8 (N, C, H, W)`` and foreground masks ``uint8 (N, 1, H, W)`` in ``{0, 1}``."""
 
     images: torch.Tensor
     masks: torch.Tensor
     name: str
     ids: tuple[str, ...] = ()
-    weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -120,9 +120,6 @@ class SegmentationData:
                             f"{tuple(self.images.shape)}; expected (N, 1, H, W)")
         if len(self) == 0:
             raise DataError(f"{self.name} is empty; expected at least one image/mask pair")
-        if self.weights is not None and self.weights.shape != self.masks.shape:
-            raise DataError(f"{self.name}: weights {tuple(self.weights.shape)} do not match masks "
-                            f"{tuple(self.masks.shape)}")
         if not self.ids:
             self.ids = tuple(str(i) for i in range(len(self)))
 
@@ -131,30 +128,13 @@ class SegmentationData:
 
     def subset(self, index: list[int], name: str) -> SegmentationData:
         idx = torch.as_tensor(index, dtype=torch.int64)
-        weights = None if self.weights is None else self.weights.index_select(0, idx)
         return SegmentationData(self.images.index_select(0, idx), self.masks.index_select(0, idx), name,
-                                tuple(self.ids[i] for i in index), weights)
-
-    def with_unet_weights(self, *, w0: float, sigma: float, balance_classes: bool) -> SegmentationData:
-        """A copy carrying U-Net's weight map of every mask (class weights from these masks' frequencies)."""
-        from dltricks.segmentation.weights import class_balance_weights, unet_weight_map
-
-        class_weights = class_balance_weights(self.masks) if balance_classes else None
-        key = (hashlib.sha1(self.masks.numpy().tobytes()).hexdigest(), w0, sigma, class_weights)
-        if key not in _WEIGHT_CACHE:
-            maps = [unet_weight_map(m[0].bool(), w0=w0, sigma=sigma, class_weights=class_weights)
-                    for m in self.masks]
-            _WEIGHT_CACHE.clear()  # keep one set: the maps of 30 slices take 31 MB
-            _WEIGHT_CACHE[key] = torch.stack(maps)[:, None]  # (N, 1, H, W)
-        return SegmentationData(self.images, self.masks, self.name, self.ids, _WEIGHT_CACHE[key])
+                                tuple(self.ids[i] for i in index))
 
     def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Per-channel mean and std of the images in ``[0, 1]`` units."""
         x = self.images.to(torch.float64).transpose(0, 1).flatten(1) / 255.0  # (C, N*H*W)
         return tuple(x.mean(1).tolist()), tuple(x.std(1, unbiased=False).tolist())
-
-
-_WEIGHT_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
 
 
 def _is_isbi_folder(path: Path) -> bool:
@@ -307,17 +287,23 @@ class SegmentationLoader:
     dropped (unless there are fewer samples than one batch). Evaluation (``augment=None``): whole slices in order, rank ``r`` takes slices ``r::world_size``.
 
     Yields ``(x, y)``: ``x`` float32 ``(B, C, H, W)`` normalised with ``mean`` / ``std``; ``y`` float32
-    ``(B, 1, H, W)`` in ``{0, 1}`` (1 = foreground).
+    ``(B, 1, H, W)`` in ``{0, 1}`` (1 = foreground). With ``loss_weights`` (training only: a function returning
+    per-pixel weights ``(N, 1, H, W)`` for the slices of ``data``, called once, on the first sample) ``y`` is
+    ``(B, 2, H, W)`` = (mask, weight), the weights augmented together with the mask.
     """
 
     def __init__(self, data: SegmentationData, *, batch_size: int, mean: tuple[float, ...], std: tuple[float, ...],
                  augment: PairAugmenter | None = None, samples_per_epoch: int | None = None, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu") -> None:
+                 rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 loss_weights: Callable[[], torch.Tensor] | None = None) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ConfigError(f"batch_size: got {batch_size!r}, expected an integer >= 1")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} / world_size {world_size}: expected 0 <= rank < world_size")
         self.data, self.batch_size, self.augment = data, batch_size, augment
+        if loss_weights is not None and augment is None:
+            raise ConfigError("loss_weights are for training loaders (with augment); evaluation yields masks only")
+        self._weights_fn, self._weights = loss_weights, None
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
         self.device = torch.device(device)
         C = data.images.shape[1]
@@ -362,8 +348,10 @@ class SegmentationLoader:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, j, 1))
         image = self.data.images[i].float().div_(255.0)  # (C, H, W) in [0, 1]
         target = self.data.masks[i]
-        if self.data.weights is not None:
-            target = torch.cat([target.float(), self.data.weights[i]])  # (2, H, W): mask, loss weight
+        if self._weights_fn is not None:
+            if self._weights is None:
+                self._weights = self._weights_fn()  # (N, 1, H, W), computed once
+            target = torch.cat([target.float(), self._weights[i]])  # (2, H, W): mask, loss weight
         return self.augment(image, target, generator)
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -426,12 +414,13 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     train_idx = train_idx[:options.get("subset") or len(train_idx)]
     val_idx = val_idx[:options.get("val_subset") or len(val_idx)]
     train, val = data.subset(train_idx, "isbi2012-membrane/train"), data.subset(val_idx, "isbi2012-membrane/val")
+    loss_weights = None
     if config.border_weight > 0 or config.balance_classes:
         if config.loss == "dice":
             raise ConfigError("border_weight / balance_classes weight the cross-entropy, but loss is 'dice'; "
                               "expected loss 'bce' or 'bce+dice'")
-        train = train.with_unet_weights(w0=config.border_weight, sigma=config.border_sigma,
-                                        balance_classes=config.balance_classes)
+        loss_weights = partial(unet_weight_maps, train.masks, w0=config.border_weight, sigma=config.border_sigma,
+                               balance_classes=config.balance_classes)
     mean, std = train.stats()
     H, W = data.images.shape[-2:]
     crop = config.crop_size
@@ -439,7 +428,7 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     samples = config.samples_per_epoch or len(train) * max(1, round(H * W / crop_area))
     train_loader = SegmentationLoader(train, batch_size=batch_size, mean=mean, std=std, augment=PairAugmenter(config),
                                       samples_per_epoch=samples, seed=seed, rank=rank, world_size=world_size,
-                                      device=device)
+                                      device=device, loss_weights=loss_weights)
     # Evaluation batches are whole slices; more than a few at once only costs memory (`dltricks eval` asks
     # for 500), so they are capped at MAX_EVAL_SLICES.
     eval_batch = min(eval_batch_size or 1, MAX_EVAL_SLICES)

@@ -29,7 +29,6 @@ them and writes ``results.json`` plus the plots. Measured results are in ``docs/
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dltricks.utils.figures import jsonable, save_figure
+from dltricks.utils.io import atomic_write_json
 
 __all__ = ["plot_error_map", "plot_weight_map", "aspp_degeneration", "valid_taps_formula", "receptive_field_growth", "dilated_stack",
            "checkerboard_artifacts", "output_stride_tradeoff", "skip_ablation", "count_macs", "plot_aspp_degeneration",
@@ -512,8 +512,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "e" in args.which:
         results["e_checkerboard"] = r = checkerboard_artifacts()
         plot_checkerboard(r, out / "e_checkerboard.png")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(jsonable(results, drop_suffix="_map"), indent=1))
+    atomic_write_json(out / "results.json", jsonable(results, drop_suffix="_map"), indent=1)
     print(f"wrote {out / 'results.json'}")
     return results
 

@@ -49,6 +49,7 @@ from dltricks.layers.ssm.gated_cnn import GatedCNN1d
 from dltricks.layers.ssm.mamba import Mamba
 from dltricks.models.mamba import SequenceModel
 from dltricks.utils.figures import jsonable, save_figure
+from dltricks.utils.io import atomic_write_json
 
 __all__ = ["SeqTrainConfig", "train_sequence_model", "token_accuracy", "induction_heads", "gate_ablation",
            "GATE_ABLATION", "h2_sequence", "H2_SETTINGS", "H2_MIXERS", "h1_vision", "h1_models", "scaling",
@@ -756,8 +757,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result = _run_experiment(args, seeds[0])
     result = jsonable(result)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        atomic_write_json(args.out, result, indent=1)
     if args.plot:
         plotter = {"induction": plot_induction_heads, "scaling": plot_scaling, "h2": plot_h2}.get(args.experiment)
         if plotter is not None:

@@ -30,7 +30,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["connected_components", "two_nearest_distances", "class_balance_weights", "unet_weight_map"]
+__all__ = ["connected_components", "two_nearest_distances", "class_balance_weights", "unet_weight_map",
+           "unet_weight_maps"]
 
 _SQRT2 = math.sqrt(2.0)
 # (dy, dx, step cost) of the 8 neighbours.
@@ -152,3 +153,14 @@ def unet_weight_map(membrane: torch.Tensor, *, w0: float = 10.0, sigma: float = 
         border = w0 * torch.exp(-(d1 + d2) ** 2 / (2.0 * sigma ** 2))  # 0 where d2 is inf
         weights = weights + torch.where(membrane, border, torch.zeros_like(border))
     return weights
+
+
+def unet_weight_maps(masks: torch.Tensor, *, w0: float = 10.0, sigma: float = 5.0,
+                     balance_classes: bool = False) -> torch.Tensor:
+    """:func:`unet_weight_map` of every mask of ``(N, 1, H, W)`` membrane ``masks``: ``float32 (N, 1, H, W)``,
+    with ``w_c`` from the class frequencies of all the masks together when ``balance_classes``."""
+    if masks.dim() != 4 or masks.shape[1] != 1:
+        raise ValueError(f"expected masks (N, 1, H, W), got shape {tuple(masks.shape)}")
+    class_weights = class_balance_weights(masks) if balance_classes else None
+    return torch.stack([unet_weight_map(m[0].bool(), w0=w0, sigma=sigma, class_weights=class_weights)
+                        for m in masks])[:, None]  # (N, 1, H, W)

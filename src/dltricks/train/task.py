@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from dltricks.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["Loader", "Task", "register_task", "build_task", "check_task_options", "task_options", "list_tasks",
+__all__ = ["Loader", "Task", "register_task", "build_task", "check_task_options", "list_tasks",
            "classification_loss", "classification_metrics"]
 
 Batch = tuple[Any, torch.Tensor]
@@ -156,10 +156,14 @@ def list_tasks() -> dict[str, str]:
     return dict(sorted(_task_help.items()))
 
 
-def _resolve_name(name: str) -> str:
-    if ":" in name and name not in _task_builders and name.split(":", 1)[0] in _task_builders:
-        return name.split(":", 1)[0]
-    return name
+def _split_name(name: str) -> tuple[str, str | None]:
+    """``"imagefolder:/path/to/folder_or.zip"`` -> ``("imagefolder", "/path/...")`` (shorthand for
+    ``data_dir=/path/...``); any other name -> ``(name, None)``."""
+    if ":" in name and name not in _task_builders:
+        prefix, path = name.split(":", 1)
+        if prefix in _task_builders and path:
+            return prefix, path
+    return name, None
 
 
 def check_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +177,7 @@ def check_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     _ensure_loaded()
     if not options:
         return options
-    resolved = _resolve_name(name)
+    resolved, _ = _split_name(name)
     cls = _task_options.get(resolved)
     if cls is None:
         raise ConfigError(f"data set {resolved!r} takes no data options (got {', '.join(sorted(options))}); "
@@ -182,23 +186,15 @@ def check_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def task_options(name: str) -> type | None:
-    """The option dataclass of a registered task, or ``None``."""
-    _ensure_loaded()
-    return _task_options.get(_resolve_name(name))
-
-
 def build_task(name: str, **options: Any) -> Task:
     """Build a registered task; an unknown name lists the closest ones."""
     _ensure_loaded()
-    if ":" in name and name not in _task_builders:
-        # "imagefolder:/path/to/folder_or.zip" is shorthand for data_dir=/path/...
-        prefix, path = name.split(":", 1)
-        if prefix in _task_builders and path:
-            if options.get("data_dir") not in (None, path):
-                raise DataError(f"data set {name!r} names a path and data_dir={options['data_dir']!r} names another")
-            options["data_dir"] = path
-            name = prefix
+    resolved, path = _split_name(name)
+    if path is not None:
+        if options.get("data_dir") not in (None, path):
+            raise DataError(f"data set {name!r} names a path and data_dir={options['data_dir']!r} names another")
+        options["data_dir"] = path
+        name = resolved
     if name not in _task_builders:
         raise DataError(f"unknown data set {name!r}.{did_you_mean(name, _task_builders)} "
                         f"Known: {', '.join(sorted(_task_builders)) or '(none)'}")
