@@ -35,11 +35,12 @@ from pathlib import Path
 
 import torch
 
-from dltricks.data.isbi import isbi2012_membrane_task
+from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
 from dltricks.models import create_model
-from dltricks.segmentation.evaluate import save_predicted_masks
-from dltricks.segmentation.losses import bce_dice_loss
-from dltricks.segmentation.train import evaluate_segmentation, fit_segmentation
+from dltricks.tasks.segmentation.evaluate import save_predicted_masks
+from dltricks.tasks.segmentation.losses import bce_dice_loss
+from dltricks.experiments._segmentation_loop import fit_segmentation
+from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 from dltricks.utils.io import atomic_write_json, atomic_write_with
 
 
@@ -167,8 +168,8 @@ def figures(args: argparse.Namespace) -> list[Path]:
     from safetensors.torch import load_file
 
     from dltricks.experiments.segmentation import plot_error_map, plot_weight_map
-    from dltricks.segmentation.inference import predict_sliding_window
-    from dltricks.segmentation.weights import class_balance_weights, unet_weight_map
+    from dltricks.tasks.segmentation.inference import predict_sliding_window
+    from dltricks.tasks.segmentation.weights import class_balance_weights, unet_weight_map
 
     run = Path(args.figures)
     weights_file = run / "unet_isbi.safetensors"

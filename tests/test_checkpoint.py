@@ -26,7 +26,7 @@ from dltricks.train import fit, load_recipe, load_weights
 from dltricks.train import checkpoint as ckpt
 from dltricks.train.checkpoint import (optimizer_from_flat, optimizer_to_flat, read_metadata, read_tensors,
                                        restore_rng_state, rng_state_to_flat, save_weights, write_tensors)
-from train_helpers import strip_times, tiny_cnn, tiny_mlp, toy_task
+from train_helpers import TOY, strip_times, tiny_cnn, tiny_mlp, toy_task
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_malicious_checkpoint_in_a_run_dir_is_refused_by_resume(tmp_path):
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.safetensors").write_bytes(files[0].read_bytes())
     with pytest.raises(CheckpointError, match="pickle"):
-        fit(tiny_cnn(), toy_task(), load_recipe(None, ["train.epochs=1"]), run_dir=run_dir, resume=True, progress=False)
+        fit(tiny_cnn(), toy_task(), load_recipe(None, ["train.epochs=1", *TOY]), run_dir=run_dir, resume=True, progress=False)
     assert not marker.exists()
 
 

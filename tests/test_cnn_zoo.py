@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dltricks import create_model, model_info
 from dltricks.models._registry import model_entrypoint
-from dltricks.train.task import classification_loss
+from dltricks.tasks.base import classification_loss
 
 
 def count(name: str, **kwargs) -> int:

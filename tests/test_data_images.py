@@ -23,7 +23,7 @@ from dltricks.data.cifar import CIFAR10_CLASSES, load_cifar10, read_cifar10_pyth
 from dltricks.data.files import cache_dir
 from dltricks.data.imagefolder import load_image_folder
 from dltricks.errors import ChecksumError, DataError
-from dltricks.train.task import build_task
+from dltricks.tasks.base import build_task
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

@@ -13,7 +13,7 @@ from dltricks.data.augment import AugmentConfig
 from dltricks.data.base import ArrayDataset, channel_stats
 from dltricks.data.loader import TensorLoader, derive_seed
 from dltricks.errors import DataError
-from dltricks.train.task import build_task, list_tasks
+from dltricks.tasks.base import build_task, list_tasks
 
 
 def make_dataset(N: int = 103, C: int = 3, H: int = 8, W: int = 8, num_classes: int = 5) -> ArrayDataset:

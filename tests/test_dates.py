@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from dltricks.data.dates import (BOS_ID, EOS_ID, FORMATS, PAD_ID, SOURCE_VOCAB, TARGET_VOCAB, UNK_ID, DatesDataset,
-                                 DatesLoader, _days, dates_loss, dates_metrics, decode_target, encode_source,
-                                 format_date, is_held_out, make_dates_task, sample_dates)
+                                 DatesLoader, _days, decode_target, encode_source, format_date, is_held_out,
+                                 sample_dates)
+from dltricks.tasks.dates import dates_loss, dates_metrics, make_dates_task
 from dltricks.errors import ConfigError
 
 
@@ -90,7 +91,7 @@ def test_loss_ignores_padding_and_metrics_count_exact_matches():
 
 
 def test_task_registration_and_options():
-    from dltricks.train.task import build_task
+    from dltricks.tasks.base import build_task
 
     task = build_task("dates", batch_size=8, train_size=64, val_size=16)
     assert task.num_classes == 14 and task.extra["model_kwargs"]["src_vocab_size"] == len(SOURCE_VOCAB)

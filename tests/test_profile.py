@@ -12,7 +12,7 @@ import torch
 from dltricks import create_model, list_models, model_info
 from dltricks.cli import main
 from dltricks.measure import count_macs, count_params
-from dltricks.measure.leaderboard import disagreeing_pairs, leaderboard_markdown
+from dltricks.experiments.leaderboard import disagreeing_pairs, leaderboard_markdown
 from dltricks.measure.profile import parse_input_size, profile_model
 
 ALL_MODELS = list_models()

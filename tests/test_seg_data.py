@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dltricks.data.isbi import (ISBIConfig, PairAugmenter, SegmentationData, SegmentationLoader, elastic_deform,
-                                isbi2012_membrane_task, isbi_split, load_isbi)
+                                isbi_split, load_isbi)
+from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
 from dltricks.errors import ConfigError, DataError
 
 

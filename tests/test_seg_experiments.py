@@ -77,7 +77,7 @@ def test_error_and_weight_map_figures(tmp_path) -> None:
     from PIL import Image
 
     from dltricks.experiments.segmentation import plot_error_map, plot_weight_map
-    from dltricks.segmentation.weights import unet_weight_map
+    from dltricks.tasks.segmentation.weights import unet_weight_map
 
     membrane = torch.zeros(32, 32, dtype=torch.bool)
     membrane[:, 14:17] = True

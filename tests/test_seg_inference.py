@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dltricks.segmentation.inference import (dihedral, dihedral_inverse, gaussian_window, predict_sliding_window,
+from dltricks.tasks.segmentation.inference import (dihedral, dihedral_inverse, gaussian_window, predict_sliding_window,
                                              save_mask_png, tile_starts)
 
 
@@ -109,9 +109,9 @@ def test_segmentation_eval_branch_writes_masks(shared_data: Path, tmp_path: Path
     import argparse
     import json
 
-    from dltricks.data.isbi import isbi2012_membrane_task
+    from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
     from dltricks.models.segmentation.unet import UNet
-    from dltricks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
+    from dltricks.tasks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
 
     task = isbi2012_membrane_task(batch_size=500, data_dir=shared_data, val_subset=2)  # eval-sized batch is fine
     assert is_segmentation_task(task)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dltricks.errors import ConfigError
-from dltricks.segmentation.losses import SegmentationLoss, bce_dice_loss, bce_loss, dice_loss
+from dltricks.tasks.segmentation.losses import SegmentationLoss, bce_dice_loss, bce_loss, dice_loss
 
 
 def _binary(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

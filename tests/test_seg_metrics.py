@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dltricks.segmentation.metrics import (ISBIPixelError, binary_segmentation_metrics, boundary_band, boundary_f1,
+from dltricks.tasks.segmentation.metrics import (ISBIPixelError, binary_segmentation_metrics, boundary_band, boundary_f1,
                                            dice_score, iou_score, isbi_pixel_error, mask_boundary, pixel_accuracy,
                                            tolerant_dice)
 

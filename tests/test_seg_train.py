@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from dltricks.data.isbi import isbi2012_membrane_task
+from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
 from dltricks.models.segmentation.unet import UNet
-from dltricks.segmentation.metrics import dice_score
-from dltricks.segmentation.train import cosine_lr, evaluate_segmentation, fit_segmentation
+from dltricks.tasks.segmentation.metrics import dice_score
+from dltricks.experiments._segmentation_loop import cosine_lr, fit_segmentation
+from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 
 
 def test_short_unet_training_learns_membranes(shared_data: Path) -> None:

@@ -1,4 +1,4 @@
-"""U-Net's weight map (dltricks.segmentation.weights) against brute force and hand-worked values, and its
+"""U-Net's weight map (dltricks.tasks.segmentation.weights) against brute force and hand-worked values, and its
 path through the ISBI task, the augmentation and the loss."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from dltricks.errors import ConfigError
-from dltricks.segmentation.losses import SegmentationLoss, bce_loss
-from dltricks.segmentation.weights import (class_balance_weights, connected_components, two_nearest_distances,
+from dltricks.tasks.segmentation.losses import SegmentationLoss, bce_loss
+from dltricks.tasks.segmentation.weights import (class_balance_weights, connected_components, two_nearest_distances,
                                            unet_weight_map, unet_weight_maps)
 
 
@@ -153,7 +153,7 @@ def test_weighted_bce_and_the_two_channel_target() -> None:
 
 
 def test_isbi_task_carries_weight_maps_through_augmentation(shared_data: Path) -> None:
-    from dltricks.data.isbi import isbi2012_membrane_task
+    from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
 
     task = isbi2012_membrane_task(batch_size=2, data_dir=shared_data, subset=2, crop_size=96, elastic=False,
                                   border_weight=10.0, balance_classes=True)

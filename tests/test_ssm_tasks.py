@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from dltricks.data.sequence_tasks import (IGNORE_INDEX, ListOpsVocab, generate_listops, induction_heads_batch,
-                                          listops_tokens, listops_tree, listops_value, masked_token_loss,
-                                          masked_token_metrics, psmnist_permutation, selective_copying_batch)
-from dltricks.train.task import build_task, list_tasks
+                                          listops_tokens, listops_tree, listops_value, psmnist_permutation,
+                                          selective_copying_batch)
+from dltricks.tasks.sequence import masked_token_loss, masked_token_metrics
+from dltricks.tasks.base import build_task, list_tasks
 
 
 def test_tasks_are_registered() -> None:

@@ -13,9 +13,9 @@ import torch
 from dltricks.errors import CheckpointError, ConfigError, ModelError, TrainingError
 from dltricks.train import fit, load_recipe
 from dltricks.train.checkpoint import read_metadata
-from train_helpers import strip_times, tiny_cnn, toy_task
+from train_helpers import TOY, strip_times, tiny_cnn, toy_task
 
-BASE = ["train.epochs=2", "optim.lr=0.05"]
+BASE = ["train.epochs=2", "optim.lr=0.05", *TOY]
 
 
 def _fit(overrides=(), *, model=None, task=None, **kw):
@@ -239,14 +239,14 @@ def test_overfit_batch_reaches_a_tiny_loss(tmp_path):
 
 def test_model_and_data_mismatch_is_caught_before_training(tmp_path):
     with pytest.raises(ModelError, match="takes 3-channel input but data set toy has 1 channels"):
-        fit(tiny_cnn(in_chans=3), toy_task(), load_recipe(), run_dir=tmp_path / "run", progress=False)
+        fit(tiny_cnn(in_chans=3), toy_task(), load_recipe(None, TOY), run_dir=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
     torch.manual_seed(0)
     from dltricks.models import create_model
 
     wide = create_model("small_cnn", num_classes=7, in_chans=1, widths=(4, 8))
     with pytest.raises(ModelError, match="outputs 7 classes but data set toy has 4"):
-        fit(wide, toy_task(), load_recipe(), progress=False)
+        fit(wide, toy_task(), load_recipe(None, TOY), progress=False)
 
 
 def test_fit_accepts_recipe_mappings_and_leaves_no_global_state():

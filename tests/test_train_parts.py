@@ -18,7 +18,7 @@ from dltricks.train.optim import build_optimizer, param_groups
 from dltricks.train.recipe import load_recipe
 from dltricks.train.runtime import deterministic_mode, resolve_channels_last, resolve_device, resolve_precision
 from dltricks.train.schedule import LRSchedule
-from dltricks.train.task import classification_loss
+from dltricks.tasks.base import classification_loss
 from dltricks.train.trainer import _Trainer
 from train_helpers import tiny_cnn, tiny_mlp, toy_task
 

@@ -9,7 +9,7 @@ import torch
 from dltricks.data.base import ArrayDataset
 from dltricks.data.loader import TensorLoader
 from dltricks.models import create_model
-from dltricks.train.task import Task
+from dltricks.tasks.base import Task
 
 TIME_KEYS = ("images_per_s", "train_time_s", "epoch_time_s", "time_s")
 
@@ -35,7 +35,13 @@ def toy_task(*, n_train: int = 192, n_val: int = 64, batch_size: int = 16, seed:
     return Task("toy", TensorLoader(train, batch_size=batch_size, shuffle=True, seed=seed, augment=augment,
                                     drop_last=drop_last),
                 TensorLoader(val, batch_size=eval_batch_size), num_classes=ds.num_classes, in_chans=channels,
-                classes=ds.classes, input_shape=tuple(ds.images.shape[1:]))
+                classes=ds.classes, input_shape=tuple(ds.images.shape[1:]),
+                # What build_task would record: fit checks these against the recipe.
+                options={"batch_size": batch_size, "seed": seed, "augment": augment})
+
+
+# The recipe keys that match toy_task()'s defaults (fit refuses a task built with other settings).
+TOY = ["train.batch_size=16"]
 
 
 def tiny_cnn(seed: int = 0, *, drop_rate: float = 0.0, in_chans: int = 1) -> torch.nn.Module:

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dltricks.commands.train import build_task_from_args, recipe_from_args
     from dltricks.errors import ConfigError
-    from dltricks.measure.leaderboard import COLUMNS, _cell, compare_models, disagreeing_pairs
+    from dltricks.experiments.leaderboard import COLUMNS, _cell, compare_models, disagreeing_pairs
     from dltricks.models._registry import model_entrypoint
     from dltricks.train.distributed import init_from_env, shutdown
     from dltricks.train.runtime import resolve_device

@@ -37,7 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="for a full checkpoint trained with EMA, evaluate the raw weights instead of the EMA weights "
                         "(default: the EMA weights)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
-    from dltricks.segmentation.evaluate import add_segmentation_eval_args
+    from dltricks.tasks.segmentation.evaluate import add_segmentation_eval_args
 
     add_segmentation_eval_args(p)
     p.set_defaults(func=run)
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from dltricks.train.trainer import check_compatible
 
     check_compatible(model, task, device=device)
-    from dltricks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
+    from dltricks.tasks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
 
     if is_segmentation_task(task):  # per-pixel metrics, sliding windows, saved masks
         return run_segmentation_eval(args, model, task, checkpoint=path, model_name=name)

@@ -128,7 +128,7 @@ def recipe_from_args(args: argparse.Namespace, *, extra: list[str] | None = None
 
 def build_task_from_args(args: argparse.Namespace, recipe, device, dist, *, for_training: bool = True,
                          batch_size: int | None = None, subset_split: str = "train"):
-    from dltricks.train.task import build_task, check_task_options
+    from dltricks.tasks.base import build_task, check_task_options
 
     if args.data_dir is not None and not Path(args.data_dir).exists():
         raise DataError(f"--data-dir {args.data_dir}: no such file or folder; expected the folder (or file) "

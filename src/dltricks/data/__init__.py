@@ -6,7 +6,7 @@
 * Loaders: :func:`load_mnist` (official IDX files, MD5-checked), :func:`load_mnist_embedded` (the copy
   shipped in the package), :func:`load_cifar10` (official python tarball), :func:`load_image_folder`
   (any ``train/<class>/`` + ``test/<class>/`` folder or zip).
-* Tasks for the trainer (``--data NAME``) are registered in :mod:`dltricks.data.tasks`.
+* Tasks for the trainer (``--data NAME``) are registered in :mod:`dltricks.tasks.classification`.
 
 See docs/data.md for where files are looked up and where decoded arrays are cached.
 """

@@ -78,6 +78,14 @@ class AugmentConfig:
     def active(self) -> bool:
         return (self.crop_padding > 0 or self.hflip or self.rotate_degrees > 0 or self.cutout > 0 or self.mixes)
 
+    def describe(self) -> str:
+        """The options that are on, e.g. ``"hflip, crop_padding=4"`` (``"none"`` when all are off)."""
+        from dataclasses import fields
+
+        on = [f.name if getattr(self, f.name) is True else f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+              if getattr(self, f.name) != f.default and f.name != "mix_prob"]
+        return ", ".join(on) or "none"
+
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     return torch.rand(shape, generator=generator).to(device)

@@ -28,7 +28,7 @@ identical - do not straddle it more than once): slices 0-24 train, 25-29 validat
   an EM section.
 
 **Loss weights** (``border_weight``, ``border_sigma``, ``balance_classes``): U-Net's weight map
-(:mod:`dltricks.segmentation.weights`) of every training slice, computed the first time the training loader
+(:mod:`dltricks.tasks.segmentation.weights`) of every training slice, computed the first time the training loader
 draws a sample (so evaluation-only uses of the task never pay for it); it rides along as a second target
 channel, ``(B, 2, H, W)`` = (mask, weight), warped bilinearly with the mask, and weights the cross-entropy.
 Validation batches stay ``(B, 1, H, W)``.
@@ -56,13 +56,9 @@ from dltricks.config import check_positive, field, from_dict
 from dltricks.data.files import data_roots, find_in_roots, missing_data_message
 from dltricks.data.loader import derive_seed
 from dltricks.errors import ConfigError, DataError
-from dltricks.segmentation.losses import SegmentationLoss
-from dltricks.segmentation.metrics import SegmentationMetrics
-from dltricks.segmentation.weights import unet_weight_maps
-from dltricks.train.task import Task, register_task
 
 __all__ = ["ISBI_FOLDER", "ISBIConfig", "SegmentationData", "find_isbi", "load_isbi", "isbi_split",
-           "elastic_deform", "PairAugmenter", "SegmentationLoader", "isbi2012_membrane_task"]
+           "elastic_deform", "PairAugmenter", "SegmentationLoader"]
 
 ISBI_FOLDER = "isbi2012-membrane"
 ISBI_NUM_SLICES = 30
@@ -279,7 +275,7 @@ class PairAugmenter:
 
 
 class SegmentationLoader:
-    """Batches of (image, mask) pairs following the loader protocol of :mod:`dltricks.train.task`.
+    """Batches of (image, mask) pairs following the loader protocol of :mod:`dltricks.tasks.base`.
 
     Training (``augment`` given): ``samples_per_epoch`` augmented crops per epoch; sample ``j`` crops slice
     ``perm_c[j mod N]`` where ``perm_c`` is a permutation drawn for cycle ``c = j // N`` (every slice is used
@@ -368,88 +364,3 @@ class SegmentationLoader:
         kind = "train" if self.augment is not None else "eval"
         return (f"SegmentationLoader({self.data.name}, {kind}, batch_size={self.batch_size}, batches={len(self)}, "
                 f"rank={self.rank}/{self.world_size})")
-
-
-# --- task ------------------------------------------------------------------------------------------------
-
-_CONFIG_KEYS = {f.name for f in fields(ISBIConfig)}
-
-
-def _parse_config(augment: Any, options: Mapping[str, Any]) -> ISBIConfig:
-    values: dict[str, Any] = {}
-    # ``augment`` may carry ISBI options (a mapping or an ISBIConfig); the classification AugmentConfig of a
-    # training recipe (crop padding, hflip, mixup...) does not apply to image/mask pairs and is ignored.
-    if isinstance(augment, ISBIConfig):
-        values.update({f.name: getattr(augment, f.name) for f in fields(ISBIConfig)})
-    elif isinstance(augment, Mapping):
-        values.update(augment)
-    elif augment is False or augment == "none":
-        values.update(flip=False, rot90=False, elastic=False)
-    values.update({k: v for k, v in options.items() if k in _CONFIG_KEYS})
-    return from_dict(ISBIConfig, values)
-
-
-@register_task("isbi2012-membrane", help="ISBI 2012 EM membrane segmentation: 30 slices, 25 train / 5 val "
-                                         "(--data-dir or DLTRICKS_DATA)", options=ISBIConfig)
-def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = None,
-                           data_dir: str | os.PathLike[str] | None = None, seed: int = 0, augment: Any = None,
-                           rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                           **options: Any) -> Task:
-    """ISBI 2012 EM membrane segmentation: 30 slices, 25 train / 5 val (--data-dir or DLTRICKS_DATA).
-
-    Options: the fields of :class:`ISBIConfig` (``crop_size``, ``elastic``, ``loss``, ``fold``...), ``subset`` /
-    ``val_subset`` (first N slices). The model must output one logit per pixel (``num_classes=1``) for a
-    1-channel input. ``augment`` may be an :class:`ISBIConfig` or a mapping of its fields; the classification
-    :class:`~dltricks.data.augment.AugmentConfig` of a training recipe is ignored.
-    """
-    config = _parse_config(augment, options)
-    data = load_isbi(data_dir)
-    train_idx, val_idx = isbi_split(len(data), val_size=config.val_size, fold=config.fold,
-                                    num_folds=config.num_folds)
-    # ``subset`` / ``val_subset`` (quick runs): the first N training / validation slices.
-    for key in ("subset", "val_subset"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"{key}: got {value!r}, expected a positive number of slices")
-    train_idx = train_idx[:options.get("subset") or len(train_idx)]
-    val_idx = val_idx[:options.get("val_subset") or len(val_idx)]
-    train, val = data.subset(train_idx, "isbi2012-membrane/train"), data.subset(val_idx, "isbi2012-membrane/val")
-    loss_weights = None
-    if config.border_weight > 0 or config.balance_classes:
-        if config.loss == "dice":
-            raise ConfigError("border_weight / balance_classes weight the cross-entropy, but loss is 'dice'; "
-                              "expected loss 'bce' or 'bce+dice'")
-        loss_weights = partial(unet_weight_maps, train.masks, w0=config.border_weight, sigma=config.border_sigma,
-                               balance_classes=config.balance_classes)
-    mean, std = train.stats()
-    H, W = data.images.shape[-2:]
-    crop = config.crop_size
-    crop_area = min(crop or H, H) * min(crop or W, W)
-    samples = config.samples_per_epoch or len(train) * max(1, round(H * W / crop_area))
-    train_loader = SegmentationLoader(train, batch_size=batch_size, mean=mean, std=std, augment=PairAugmenter(config),
-                                      samples_per_epoch=samples, seed=seed, rank=rank, world_size=world_size,
-                                      device=device, loss_weights=loss_weights)
-    # Evaluation batches are whole slices; more than a few at once only costs memory (`dltricks eval` asks
-    # for 500), so they are capped at MAX_EVAL_SLICES.
-    eval_batch = min(eval_batch_size or 1, MAX_EVAL_SLICES)
-    val_loader = SegmentationLoader(val, batch_size=eval_batch, mean=mean, std=std, seed=seed, rank=rank,
-                                    world_size=world_size, device=device)
-    # The training slices whole and unaugmented, for `dltricks eval --split train` (how well the labels
-    # the model learnt from are fitted).
-    train_eval_loader = SegmentationLoader(train, batch_size=eval_batch, mean=mean, std=std, seed=seed,
-                                           rank=rank, world_size=world_size, device=device)
-    loss = SegmentationLoss(config.loss)
-    return Task(
-        name="isbi2012-membrane",
-        train_loader=train_loader,
-        val_loader=val_loader,
-        num_classes=1,
-        in_chans=int(data.images.shape[1]),
-        loss=loss,
-        batch_metrics=SegmentationMetrics(loss),
-        classes=("membrane",),
-        input_shape=(int(data.images.shape[1]), min(crop or H, H), min(crop or W, W)),
-        extra={"mean": mean, "std": std, "train_slices": train.ids, "val_slices": val.ids, "foreground": "membrane",
-               "label_convention": "label PNG 0 = membrane (foreground), 255 = cell interior",
-               "config": config, "task_type": "segmentation", "train_eval_loader": train_eval_loader},
-    )

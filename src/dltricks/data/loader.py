@@ -56,7 +56,7 @@ def _as_augment(augment: AugmentConfig | Mapping[str, Any] | None) -> AugmentCon
 
 
 class TensorLoader:
-    """Batches of an :class:`ArrayDataset`, following the loader protocol of :mod:`dltricks.train.task`.
+    """Batches of an :class:`ArrayDataset`, following the loader protocol of :mod:`dltricks.tasks.base`.
 
     Args:
         dataset: the images (``uint8 (N, C, H, W)``) and labels.

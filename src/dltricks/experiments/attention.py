@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from dltricks.data.dates import (BOS_ID, EOS_ID, PAD_ID, SOURCE_VOCAB, TARGET_LEN, TARGET_VOCAB, DatesDataset,
-                                 dates_loss, decode_target, make_dates_task, translate)
+                                 decode_target)
+from dltricks.tasks.dates import dates_loss, make_dates_task, translate
 from dltricks.models import create_model
 from dltricks.utils.figures import save_figure
 

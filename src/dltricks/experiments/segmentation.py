@@ -335,9 +335,10 @@ def output_stride_tradeoff(output_strides: Sequence[int] = (8, 16, 32), *, encod
     ``macs_512`` (forward MACs for one 1x512x512 slice), ``params``, ``latency_512_s`` (median forward time)
     and ``train_seconds``.
     """
-    from dltricks.data.isbi import isbi2012_membrane_task
+    from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
     from dltricks.models.segmentation.deeplab import DeepLabV3
-    from dltricks.segmentation.train import evaluate_segmentation, fit_segmentation
+    from dltricks.experiments._segmentation_loop import fit_segmentation
+    from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 
     task = isbi2012_membrane_task(batch_size=batch_size, crop_size=crop_size, seed=seed, data_dir=data_dir)
     result: dict[str, Any] = {"encoder": encoder, "steps": steps, "batch_size": batch_size, "crop_size": crop_size,
@@ -387,9 +388,10 @@ def skip_ablation(*, base_channels: int = 16, steps: int = 300, batch_size: int 
                   amp: bool = True, log: Any = None) -> dict[str, Any]:
     """U-Net with and without skip connections, same budget; accuracy within ``band_width`` px of the true
     membrane boundaries (``boundary_accuracy``) vs elsewhere (``interior_accuracy``), boundary F1 and Dice."""
-    from dltricks.data.isbi import isbi2012_membrane_task
+    from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
     from dltricks.models.segmentation.unet import UNet
-    from dltricks.segmentation.train import evaluate_segmentation, fit_segmentation
+    from dltricks.experiments._segmentation_loop import fit_segmentation
+    from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 
     task = isbi2012_membrane_task(batch_size=batch_size, crop_size=crop_size, seed=seed, data_dir=data_dir)
     result: dict[str, Any] = {"base_channels": base_channels, "steps": steps, "batch_size": batch_size,

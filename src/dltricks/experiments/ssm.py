@@ -506,7 +506,7 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
     ``quick``: 2,000 training / 1,000 test images, 2 epochs (a smoke run: the numbers are far from
     converged and only useful to check the plumbing).
 
-    ``task``: a ready :class:`~dltricks.train.task.Task` to train and evaluate on instead of CIFAR-10, used
+    ``task``: a ready :class:`~dltricks.tasks.base.Task` to train and evaluate on instead of CIFAR-10, used
     as it is (its batch size and augmentation; ``subset``, ``val_subset`` and ``data_dir`` are ignored); the
     evidence engine's quick mode passes small models and the embedded MNIST split.
     """
@@ -545,8 +545,8 @@ def _cifar_task(*, batch_size: int, seed: int, augment: dict[str, Any], subset: 
                 data_dir: str | Path | None) -> Any:
     """CIFAR-10 with *random* training / test subsets (the image-folder copy is sorted by class, so the first N
     images would all be airplanes)."""
-    from dltricks.data.tasks import make_classification_task
-    from dltricks.train.task import build_task
+    from dltricks.tasks.classification import make_classification_task
+    from dltricks.tasks.base import build_task
 
     full = build_task("cifar10", batch_size=batch_size, seed=seed, data_dir=data_dir)
     train, val = full.train_loader.dataset, full.val_loader.dataset

@@ -11,7 +11,7 @@ Nine modules, 22 layers with weights, global average pooling instead of VGG-styl
 
 **Auxiliary classifiers** (Sec. 5) after modules 4a and 4d (5x5/3 average pool, 1x1 conv 128, FC 1024,
 dropout 0.7, linear) inject extra gradient into the middle of the net during training; their loss is added
-with weight 0.3 (``dltricks.train.task.classification_loss`` does that for ``(logits, aux1, aux2)``
+with weight 0.3 (``dltricks.tasks.base.classification_loss`` does that for ``(logits, aux1, aux2)``
 outputs). With ``aux_logits=True`` the model returns that tuple in training mode and plain logits in
 eval mode; the heads are dropped at inference, as in the paper. (We pool them adaptively to 4x4, the
 5x5/3 output at 224 px, so other input sizes work.)

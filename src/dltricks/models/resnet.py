@@ -58,7 +58,8 @@ Encoder contract (used by segmentation models):
   resnet50 at output_stride 16: channels ``[64, 256, 512, 1024, 2048]``, strides ``[2, 4, 8, 16, 16]``.
   ``forward_intermediates`` is the same method under timm's name.
 * ``forward_features(x)`` is the last map; ``forward_head(x)`` pools and classifies it;
-  ``reset_classifier(num_classes)`` replaces the head (0 gives pooled features).
+  ``get_classifier()`` is ``fc`` and ``reset_classifier(num_classes)`` replaces it (0 gives pooled features):
+  the classifier interface of :mod:`dltricks.models._classifier`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from dltricks.layers.drop import DropPath
 from dltricks.layers.init import init_cnn_
 from dltricks.layers.norm import get_norm_layer
 from dltricks.layers.se import SqueezeExcite
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "He et al., Deep Residual Learning for Image Recognition, CVPR 2016"
@@ -222,7 +224,7 @@ def stage_strides_and_dilations(stem_stride: int, strides: Sequence[int], output
     return out_strides, dilations, feature_strides
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierMixin, nn.Module):
     """ResNet / ResNeXt / Wide ResNet backbone with a global-average-pool + linear head.
 
     Args:
@@ -242,6 +244,8 @@ class ResNet(nn.Module):
         norm_layer, act_layer: names (``"batch"``, ``"group"``...; ``"relu"``, ``"silu"``...) or callables.
         attn_layer: ``"se"``, ``"cbam"`` or a callable ``channels -> module`` in every block.
     """
+
+    head_attr = "fc"
 
     def __init__(self, block: str | type[nn.Module] = "bottleneck", layers: Sequence[int] = (3, 4, 6, 3), *,
                  num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", stem_width: int = 64,
@@ -356,18 +360,13 @@ class ResNet(nn.Module):
             x = stage(x)
         return x
 
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x).flatten(1)  # (B, num_features)
         x = self.dropout(x)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier (transfer learning); 0 removes it."""
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 # ---------------------------------------------------------------------------------------------------------

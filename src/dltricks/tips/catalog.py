@@ -24,7 +24,7 @@ CONV, SEG, NORM, REG, ARCH, SSM = ("Convolutions", "Dense prediction", "Normalis
 SECTIONS = (CONV, SEG, NORM, REG, ARCH, SSM)
 LECTURE, README = "the lecture", "the README"
 X = "dltricks.tips.experiments"
-TRAIN_REQ = ("dltricks.train.trainer:fit", "dltricks.data.tasks", "dltricks.measure.calibration:expected_calibration_error")
+TRAIN_REQ = ("dltricks.train.trainer:fit", "dltricks.tasks.classification", "dltricks.measure.calibration:expected_calibration_error")
 TRAIN_EXERCISES = ("dltricks.train", "dltricks.data.loader", "dltricks.data.augment")
 
 

@@ -5,9 +5,14 @@ layer followed by batch norm (its output does not depend on the weights' scale) 
 learnable scale ``gamma`` and shift ``beta`` of the normalisation layers and every bias, which carry no
 such redundancy. Goyal et al. 2017 ("Accurate, large minibatch SGD", section 5.1) and Jia et al. 2018
 therefore apply it to conv/linear weights only; timm exposes the same choice as
-``filter_bias_and_bn``. With ``optim.skip_norm_bias: true`` every parameter with fewer than two
-dimensions (biases, norm weights and biases, layer scales) goes into a second parameter group with
-``weight_decay = 0``.
+``filter_bias_and_bn``. With ``optim.skip_norm_bias: true`` the parameters of :func:`no_weight_decay` go
+into a second parameter group with ``weight_decay = 0``. This is the project's one no-decay rule:
+
+* every parameter with fewer than two dimensions (biases, norm weights and biases, layer scales);
+* every parameter a layer marks with ``param._no_weight_decay = True`` (the SSM's ``A_log`` and ``D``,
+  as in the reference Mamba code: decaying ``A_log`` towards 0 would pull every state's decay rate to 1);
+* every parameter named by the model's ``no_weight_decay()`` (timm's convention for position embeddings
+  and class tokens).
 """
 
 from __future__ import annotations
@@ -17,18 +22,26 @@ from torch import nn
 
 from dltricks.train.recipe import OptimConfig
 
-__all__ = ["param_groups", "build_optimizer"]
+__all__ = ["param_groups", "build_optimizer", "no_weight_decay"]
+
+
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Names of the parameters that take no weight decay under ``optim.skip_norm_bias`` (module docstring)."""
+    named = getattr(model, "no_weight_decay", None)
+    listed = set(named()) if callable(named) else set()
+    return {name for name, p in model.named_parameters()
+            if p.ndim <= 1 or getattr(p, "_no_weight_decay", False) or name in listed}
 
 
 def param_groups(model: nn.Module, *, weight_decay: float, skip_norm_bias: bool) -> list[dict]:
-    """Parameter groups: one with ``weight_decay`` and, with ``skip_norm_bias``, one without for every
-    parameter of fewer than two dimensions (biases, normalisation weights). Frozen parameters are left
-    out. Empty groups are dropped."""
+    """Parameter groups: one with ``weight_decay`` and, with ``skip_norm_bias``, one without for the
+    parameters of :func:`no_weight_decay`. Frozen parameters are left out. Empty groups are dropped."""
     decay, no_decay = [], []
-    for _name, p in model.named_parameters():
+    skip = no_weight_decay(model) if skip_norm_bias else set()
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if skip_norm_bias and p.ndim <= 1 else decay).append(p)
+        (no_decay if name in skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

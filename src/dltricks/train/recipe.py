@@ -65,6 +65,10 @@ def _check_at_least_one(value: Any) -> str | None:
     return None if value >= 1 else "an integer >= 1"
 
 
+def _check_val_metric(value: Any) -> str | None:
+    return None if re.fullmatch(r"val_[a-z0-9_@]+", value) else "a validation metric name such as val_loss or val_accuracy"
+
+
 def _check_device(value: Any) -> str | None:
     if value in ("auto", "cpu", "cuda", "mps"):
         return None
@@ -106,6 +110,8 @@ class ScheduleConfig:
                      "boundaries, like torch schedulers stepped once per epoch")
     warmup_epochs: float = field(0.0, help="linear warm-up length in epochs (fractions allowed) in front of the "
                                            "schedule (Goyal et al. 2017); 0 = off", check=check_non_negative)
+    warmup_steps: int = field(0, help="linear warm-up length in optimizer steps (instead of warmup_epochs, for "
+                                       "step-based runs); 0 = off", check=check_non_negative)
     warmup_start_factor: float = field(0.0, help="warm-up starts at lr x this factor", check=_check_unit)
     step_epochs: float = field(30.0, help="step: epochs between decays", check=check_positive)
     milestones: tuple[float, ...] = field((), help="multistep: epochs at which the lr is multiplied by gamma")
@@ -123,7 +129,12 @@ class ScheduleConfig:
 class TrainConfig:
     """Loop length, batch, regularisers applied in the loop, precision and reproducibility."""
 
-    epochs: int = field(10, help="passes over the training data", check=_check_at_least_one)
+    epochs: int = field(10, help="passes over the training data (ignored when train.steps > 0)",
+                        check=_check_at_least_one)
+    steps: int = field(0, help="length of the run in optimizer steps instead of epochs (0 = use epochs): the "
+                               "schedule spans these steps and an 'epoch' becomes one evaluation period of the "
+                               "training loader's length; tasks that stream fresh batches (the synthetic "
+                               "sequence tasks) need it", check=check_non_negative)
     batch_size: int = field(128, help="samples per batch (per rank under DDP)", check=_check_at_least_one)
     eval_batch_size: int | None = field(None, help="evaluation batch size (default: 2 x batch_size)",
                                         check=check_positive)
@@ -176,8 +187,16 @@ class EarlyStopConfig:
 
     patience: int = field(0, help="epochs (evaluations) without improvement before stopping; 0 = off",
                           check=check_non_negative)
-    metric: Literal["val_loss", "val_accuracy"] = field("val_loss", help="metric watched")
+    metric: str = field("val_loss", help="metric watched: val_loss, val_accuracy or any val_<metric> the task "
+                                         "reports (e.g. val_dice); lower is better for names with 'loss' or "
+                                         "'error', higher otherwise", check=_check_val_metric)
     min_delta: float = field(0.0, help="smallest change that counts as an improvement", check=check_non_negative)
+    target: float | None = field(None, help="stop as soon as the watched metric reaches this value (e.g. "
+                                            "val_accuracy 0.999); null = off")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return "loss" in self.metric or "error" in self.metric
 
 
 @dataclass
@@ -220,6 +239,9 @@ class Recipe:
                 raise ConfigError(f"schedule.milestones: got {list(self.schedule.milestones)}, expected increasing epochs")
             if any(m <= 0 for m in self.schedule.milestones):
                 raise ConfigError(f"schedule.milestones: got {list(self.schedule.milestones)}, expected epochs > 0")
+        if self.schedule.warmup_steps and self.schedule.warmup_epochs:
+            raise ConfigError("schedule.warmup_steps: give the warm-up in epochs or in steps, not both "
+                              f"(warmup_epochs={self.schedule.warmup_epochs:g})")
         if self.train.overfit_batch and self.train.accum_steps != 1:
             raise ConfigError("train.accum_steps: overfit_batch trains on one batch; expected accum_steps 1")
 

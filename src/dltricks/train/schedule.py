@@ -18,9 +18,13 @@ Shapes of ``f`` (``T`` = total steps, ``E`` = epochs):
   first ``pct_start`` of the steps, then a cosine fall to ``1 / (div_factor * final_div_factor)``;
   the same curve as torch's ``OneCycleLR`` (two phases, cosine annealing, no momentum cycling).
 
+A step-based run (``train.steps``) passes its length as ``total``: ``T = total`` and ``E = T /
+steps_per_epoch`` (fractional), so the schedule ends exactly at the run's last step.
+
 Warm-up (Goyal et al. 2017, "Accurate, large minibatch SGD"): over the first ``W`` steps the factor is
 multiplied by ``s + (1 - s) (step + 1) / W`` (``s = warmup_start_factor``), so the first step already
-takes a small non-zero step and step ``W - 1`` reaches the full rate. The warm-up multiplies the
+takes a small non-zero step and step ``W - 1`` reaches the full rate. ``W`` is ``warmup_steps``, or
+``warmup_epochs`` times the steps per epoch. The warm-up multiplies the
 schedule instead of replacing its beginning, so the curve is continuous where the warm-up ends.
 """
 
@@ -37,19 +41,26 @@ __all__ = ["LRSchedule"]
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """``LRSchedule(config, steps_per_epoch, epochs)(step) -> factor`` multiplying the peak lr."""
+    """``LRSchedule(config, steps_per_epoch, epochs, total=0)(step) -> factor`` multiplying the peak lr
+    (``total``: the length of a step-based run, else ``steps_per_epoch * epochs``)."""
 
     config: ScheduleConfig
     steps_per_epoch: int
     epochs: int
+    total: int = 0
 
     @property
     def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
+        return self.total or self.steps_per_epoch * self.epochs
+
+    @property
+    def run_epochs(self) -> float:
+        """Length of the run in epochs (fractional for a step-based run)."""
+        return self.total / self.steps_per_epoch if self.total else float(self.epochs)
 
     @property
     def warmup_steps(self) -> int:
-        return round(self.config.warmup_epochs * self.steps_per_epoch)
+        return self.config.warmup_steps or round(self.config.warmup_epochs * self.steps_per_epoch)
 
     def progress(self, step: int) -> float:
         """Training progress in epochs at ``step`` (integer epochs with ``interval: epoch``)."""
@@ -68,7 +79,7 @@ class LRSchedule:
         if c.name == "exponential":
             return c.gamma ** t
         if c.name == "cosine":
-            frac = min(t / self.epochs, 1.0)
+            frac = min(t / self.run_epochs, 1.0)
             return c.min_lr_factor + (1.0 - c.min_lr_factor) * 0.5 * (1.0 + math.cos(math.pi * frac))
         if c.name == "onecycle":
             return self._onecycle(step)
@@ -78,7 +89,7 @@ class LRSchedule:
         c = self.config
         total = self.total_steps
         if c.interval == "epoch":  # one point per epoch
-            step, total = int(self.progress(step)), self.epochs
+            step, total = int(self.progress(step)), math.ceil(self.run_epochs)
         start = 1.0 / c.div_factor
         end = start / c.final_div_factor
         # Same phase boundaries as torch.optim.lr_scheduler.OneCycleLR: the peak is at step

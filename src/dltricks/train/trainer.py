@@ -50,8 +50,9 @@ from dltricks.train.optim import build_optimizer
 from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.train.runtime import (Precision, deterministic_mode, resolve_channels_last, resolve_device, resolve_precision,
                                     seed_everything)
+from dltricks.train.prepare import check_task_recipe
 from dltricks.train.schedule import LRSchedule
-from dltricks.train.task import Task, _logits, classification_metrics
+from dltricks.tasks.base import EvalContext, Task, _logits, classification_metrics
 from dltricks.utils.io import atomic_write_json, atomic_write_text
 from dltricks.utils.progress import ProgressBar
 
@@ -78,8 +79,8 @@ class FitResult:
         model: the evaluated model: the EMA copy when ``ema.decay > 0``, else the trained model itself
             (without DDP wrapper).
         run_dir: where logs and checkpoints went (``None`` when not written).
-        stop_reason: ``completed``, ``early_stop``, ``max_steps``, ``callback``, ``overfit_reached`` or
-            ``overfit_not_reached``.
+        stop_reason: ``completed``, ``early_stop``, ``target_reached``, ``max_steps``, ``callback``,
+            ``overfit_reached`` or ``overfit_not_reached``.
     """
 
     history: list[dict[str, Any]]
@@ -244,8 +245,9 @@ class _Trainer:
 
         if len(task.train_loader) == 0:
             raise ConfigError(f"data set {task.name}: the training loader yields no batches")
-        if recipe.early_stop.patience and task.val_loader is None:
-            raise ConfigError("early_stop.patience: early stopping needs a validation split, and this task has none")
+        if (recipe.early_stop.patience or recipe.early_stop.target is not None) and not (
+                task.val_loader is not None or task.evaluate is not None):
+            raise ConfigError("early_stop: early stopping needs a validation split, and this task has none")
 
         self.raw_model = unwrap(model).to(self.device)
         self.channels_last = resolve_channels_last(cfg.channels_last, self.raw_model)
@@ -264,10 +266,15 @@ class _Trainer:
 
         self.batches_per_epoch = len(task.train_loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accum_steps)
+        if task.stream and not cfg.steps and not cfg.overfit_batch:
+            raise ConfigError(f"train.steps: data set {task.name} streams fresh batches and has no epochs; give the "
+                              "length of the run in optimizer steps, e.g. --set train.steps=2000")
+        # A step-based run (train.steps) is cut into evaluation periods of one loader length each.
+        self.num_epochs = math.ceil(cfg.steps / self.steps_per_epoch) if cfg.steps else cfg.epochs
         if cfg.overfit_batch:
             self.schedule = LRSchedule(recipe.schedule, cfg.overfit_steps, 1)
         else:
-            self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, cfg.epochs)
+            self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, self.num_epochs, total=cfg.steps)
         self.label_smoothing = 0.0 if cfg.overfit_batch else cfg.label_smoothing
 
         # Loop position and bookkeeping (everything here goes into checkpoints).
@@ -467,7 +474,7 @@ class _Trainer:
         last_shown = 0.0
         pending = 0
         stop = None
-        with ProgressBar(n - self.batch, f"epoch {epoch + 1}/{cfg.epochs}",
+        with ProgressBar(n - self.batch, f"epoch {epoch + 1}/{self.num_epochs}",
                          enabled=self.progress if self.dist.is_main else False) as bar:
             for b, (x, y) in enumerate(loader.iter_epoch(epoch, self.batch), self.batch):
                 x = _to_device(x, self.device, self.channels_last)
@@ -481,7 +488,9 @@ class _Trainer:
                 if last_in_group:
                     self._optimizer_step()
                     self.batch = b + 1
-                    if cfg.max_steps and self.step >= cfg.max_steps:
+                    if cfg.steps and self.step >= cfg.steps:
+                        stop = "steps_done"  # the end of a step-based run: this epoch is its last
+                    elif cfg.max_steps and self.step >= cfg.max_steps:
                         stop = "max_steps"
                     elif ckpt.every_steps and self.step % ckpt.every_steps == 0 and self.batch < n:
                         self.sums["time"] = self.sums.get("time", 0.0) + time.perf_counter() - t0
@@ -542,12 +551,9 @@ class _Trainer:
             if k not in ("loss", "count"):
                 record["train_accuracy" if k == "correct" else f"train_{k}"] = v / count
         t_eval = time.perf_counter()
-        last = epoch + 1 == cfg.epochs
-        if self.task.val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or last):
-            model = self.ema.module if self.ema is not None else self.raw_model
-            val = evaluate(model, self.task.val_loader, self.task, epoch=epoch, device=self.device,
-                           precision=self.precision, channels_last=self.channels_last)
-            for k, v in val.items():
+        last = epoch + 1 >= self.num_epochs or (cfg.steps and self.step >= cfg.steps)
+        if self._can_evaluate and ((epoch + 1) % cfg.eval_every == 0 or last):
+            for k, v in self._validate(epoch).items():
                 if k != "count":
                     record[f"val_{k}"] = v
         eval_time = time.perf_counter() - t_eval
@@ -558,6 +564,27 @@ class _Trainer:
         record["time_s"] = self.elapsed + self._session_time()
         return record
 
+    @property
+    def _can_evaluate(self) -> bool:
+        return self.task.val_loader is not None or self.task.evaluate is not None
+
+    def _validate(self, epoch: int) -> dict[str, Any]:
+        """Validation metrics of the evaluated model (the EMA copy when on): the task's own evaluation when it
+        has one, else ``batch_metrics`` averaged over ``val_loader``."""
+        model = self.ema.module if self.ema is not None else self.raw_model
+        if self.task.evaluate is None:
+            return evaluate(model, self.task.val_loader, self.task, epoch=epoch, device=self.device,
+                            precision=self.precision, channels_last=self.channels_last)
+        ctx = EvalContext(device=self.device, precision=self.precision, channels_last=self.channels_last, epoch=epoch)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.task.evaluate(model, ctx)
+        finally:
+            model.train(was_training)
+        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
     def _improved(self, record: dict[str, Any]) -> bool | None:
         metric = self.recipe.early_stop.metric
         if metric not in record:
@@ -566,7 +593,7 @@ class _Trainer:
         delta = self.recipe.early_stop.min_delta
         if self.best is None:
             better = True
-        elif metric == "val_loss":
+        elif self.recipe.early_stop.lower_is_better:
             better = value < self.best - delta
         else:
             better = value > self.best + delta
@@ -577,7 +604,7 @@ class _Trainer:
         return better
 
     def _format(self, record: dict[str, Any]) -> str:
-        parts = [f"epoch {record['epoch']}/{self.recipe.train.epochs}", f"train loss {record['train_loss']:.4f}"]
+        parts = [f"epoch {record['epoch']}/{self.num_epochs}", f"train loss {record['train_loss']:.4f}"]
         if "train_accuracy" in record:
             parts[-1] += f" acc {100 * record['train_accuracy']:.2f}%"
         if "val_loss" in record:
@@ -613,7 +640,7 @@ class _Trainer:
             return self._overfit()
 
         stop = None
-        while self.epoch < cfg.epochs and stop is None:
+        while self.epoch < self.num_epochs and stop is None:
             epoch = self.epoch
             if self.batch < self.batches_per_epoch:
                 stop = self._train_epoch(epoch)
@@ -633,15 +660,26 @@ class _Trainer:
                 stop = "early_stop"
                 self._emit(f"early stop: {self.recipe.early_stop.metric} has not improved for {patience} "
                            f"evaluation(s); best {self.best:.4f} at epoch {self.best_epoch}")
+            if stop is None and self._target_reached(record):
+                stop = "target_reached"
+                self._emit(f"early stop: {self.recipe.early_stop.metric} reached the target "
+                           f"{self.recipe.early_stop.target:g} at epoch {record['epoch']}")
             if stop is None and self.on_epoch is not None and self.on_epoch(dict(record)):
                 stop = "callback"
             self._write_metrics()
             every = self.recipe.checkpoint.every_epochs
-            if (every and self.epoch % every == 0) or self.epoch == cfg.epochs or stop is not None:
+            if (every and self.epoch % every == 0) or self.epoch == self.num_epochs or stop is not None:
                 self.save_checkpoint()
         if stop == "max_steps" and self.batch:
             self.save_checkpoint()
-        return self._finish(stop or "completed")
+        return self._finish("completed" if stop in (None, "steps_done") else stop)
+
+    def _target_reached(self, record: Mapping[str, Any]) -> bool:
+        cfg = self.recipe.early_stop
+        if cfg.target is None or cfg.metric not in record:
+            return False
+        value = record[cfg.metric]
+        return value <= cfg.target if cfg.lower_is_better else value >= cfg.target
 
     def _weights_meta(self, record: Mapping[str, Any] | None) -> dict[str, Any]:
         task = self.task
@@ -710,9 +748,10 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
     Args:
         model: any ``nn.Module`` whose output the task's loss accepts; moved to the recipe's device and
             trained in place.
-        task: loaders, loss and metrics (:class:`~dltricks.train.task.Task`); build it with the recipe's
-            batch size, seed and augmentation (``build_task(name, batch_size=recipe.train.batch_size,
-            seed=recipe.train.seed, augment=recipe.augment, ...)``).
+        task: loaders, loss and metrics (:class:`~dltricks.tasks.base.Task`), built for this recipe:
+            :func:`dltricks.train.prepare` builds it (and the model) from the recipe's batch sizes, seed,
+            augmentation and data options. A task built with other settings is refused
+            (:func:`check_task_recipe`), so a recipe is never half-applied.
         recipe: a :class:`Recipe`, a mapping of its sections, a YAML path or a shipped recipe name
             (``None``: defaults).
         run_dir: where metrics, checkpoints and final weights go (rank 0 only); ``None`` writes nothing.
@@ -733,6 +772,7 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
         ConfigError, ModelError: a recipe or a model that cannot work with this task.
     """
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    check_task_recipe(task, recipe)
     if resume and run_dir is None:
         raise ConfigError("resume=True needs the run_dir whose checkpoint to continue")
     with deterministic_mode(recipe.train.deterministic):

@@ -85,7 +85,7 @@ def evaluate(model: nn.Module, loader: Any) -> tuple[float, float, float]:
 
 
 def _task(spec: TrainSpec, *, augment: Any = None) -> Any:
-    from dltricks.train.task import build_task
+    from dltricks.tasks.base import build_task
 
     return build_task(DATASET, batch_size=spec.batch_size, eval_batch_size=1000, seed=spec.seed,
                       augment=augment, subset=spec.subset)

@@ -280,7 +280,7 @@ def _h1_evidence(ctx: Context, labels: tuple[str, str], what: str) -> Evidence:
         if key not in _H2:  # in full mode shared by the H1 and the CNN-vs-ViT tips
             task = None
             if data == "mnist-embedded":
-                from dltricks.train.task import build_task
+                from dltricks.tasks.base import build_task
 
                 task = build_task("mnist-embedded", batch_size=options.get("batch_size", 64), eval_batch_size=500,
                                   seed=seed, subset=options.get("subset"), val_subset=options.get("val_subset"))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltricks.segmentation.losses import segmentation_logits
+from dltricks.tasks.segmentation.losses import segmentation_logits
 from dltricks.utils.io import atomic_write_bytes
 
 __all__ = ["tile_starts", "gaussian_window", "dihedral", "dihedral_inverse", "predict_sliding_window",

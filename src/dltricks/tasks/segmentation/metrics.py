@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dltricks.segmentation.losses import segmentation_logits
+from dltricks.tasks.segmentation.losses import segmentation_logits
 
 __all__ = ["pixel_accuracy", "iou_score", "dice_score", "tolerant_dice", "mask_boundary", "boundary_f1",
            "boundary_band", "ISBIPixelError", "isbi_pixel_error", "binary_segmentation_metrics", "SegmentationMetrics"]

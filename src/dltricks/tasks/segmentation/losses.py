@@ -14,7 +14,7 @@ Notation: ``z`` the logits, ``p = sigmoid(z)`` (binary, one output channel) or `
 * **BCE + Dice**: the sum of the two (weights ``bce_weight``, ``dice_weight``), the usual
   compromise: the BCE term gives smooth per-pixel gradients, the Dice term counters the imbalance.
 * **Pixel weights** (U-Net, Ronneberger et al. 2015, Eq. 1): ``mean_x w(x) * BCE(x)`` with a weight map
-  ``w`` (:mod:`dltricks.segmentation.weights`). A binary target may carry it as a second channel,
+  ``w`` (:mod:`dltricks.tasks.segmentation.weights`). A binary target may carry it as a second channel,
   ``(B, 2, H, W)`` = (mask, weight); :class:`SegmentationLoss` then weights the cross-entropy term (the
   Dice term stays unweighted).
 

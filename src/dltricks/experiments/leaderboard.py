@@ -193,7 +193,7 @@ def compare_models(names: Sequence[str], task: Any, recipe: Any, *, out_dir: str
 
     Args:
         names: registered model names.
-        task: a :class:`dltricks.train.task.Task` (shared by all models: the loaders are pure functions of
+        task: a :class:`dltricks.tasks.base.Task` (shared by all models: the loaders are pure functions of
             seed and epoch, so every model sees the same batches).
         recipe: the training :class:`~dltricks.train.recipe.Recipe`.
         out_dir: where ``<model>/`` run directories, the leaderboard files and the plots go.

@@ -1,11 +1,11 @@
 """Image classification tasks for the trainer: ``--data mnist | mnist-embedded | cifar10 | imagefolder``.
 
-Each builder follows :func:`dltricks.train.task.register_task`'s contract::
+Each builder follows :func:`dltricks.tasks.base.register_task`'s contract::
 
     builder(*, batch_size, eval_batch_size=None, data_dir=None, seed=0, augment=None, rank=0, world_size=1,
             device="cpu", subset=None, val_subset=None, download=False, **_) -> Task
 
-and returns a :class:`~dltricks.train.task.Task` whose loaders are :class:`TensorLoader` objects:
+and returns a :class:`~dltricks.tasks.base.Task` whose loaders are :class:`TensorLoader` objects:
 
 * training: shuffled every epoch, augmented per ``augment`` (an :class:`AugmentConfig` or a mapping of its
   fields), last incomplete batch dropped (BatchNorm cannot train on a batch of one; the dropped samples
@@ -49,7 +49,7 @@ from dltricks.data.imagefolder import load_image_folder
 from dltricks.data.loader import TensorLoader
 from dltricks.data.mnist import download_mnist, load_mnist, load_mnist_embedded
 from dltricks.errors import ConfigError, DataError
-from dltricks.train.task import Task, register_task
+from dltricks.tasks.base import Task, register_task
 
 __all__ = ["make_classification_task", "find_cifar10"]
 

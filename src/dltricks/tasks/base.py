@@ -1,9 +1,9 @@
 """What the trainer needs to know about a problem besides the model: a :class:`Task`.
 
 A task bundles the training and evaluation loaders with the loss and the per-batch metrics, so one
-trainer serves classification, segmentation and sequence problems. Data modules register task
-builders by name (``@register_task("mnist")``) and the CLI's ``--data NAME`` finds them with
-:func:`build_task`.
+trainer serves classification, segmentation and sequence problems. The modules of
+:mod:`dltricks.tasks` register task builders by name (``@register_task("mnist")``); importing the package
+registers them all, and the CLI's ``--data NAME`` finds them with :func:`build_task`.
 
 Loader protocol (what ``train_loader`` and ``val_loader`` must provide):
 
@@ -12,7 +12,15 @@ Loader protocol (what ``train_loader`` and ``val_loader`` must provide):
   a tuple of tensors (the model is called as ``model(*inputs)``); the batch order and any random
   augmentation must be a pure function of ``(seed, epoch, batch index)`` so that a resumed run sees
   exactly the batches an uninterrupted one would.
-* ``loader.num_samples``: samples per epoch on this rank (for images/s).
+* ``loader.num_samples``: samples per epoch on this rank (for images/s);
+* ``loader.batch_size`` (optional): samples per batch, checked against the recipe by ``fit``;
+* ``loader.stream`` (optional, default ``False``): ``True`` for a stream of fresh batches with no natural
+  epoch (the synthetic sequence tasks). ``len(loader)`` is then only the evaluation period, and the run
+  is measured in optimizer steps: ``fit`` needs ``train.steps`` for such a task.
+
+A task may also bring its own evaluation (``Task.evaluate``): sliding windows and flips for ISBI, greedy
+decoding for dates, accuracy at several lengths for induction heads. ``fit`` then calls it after each
+evaluation period instead of averaging ``batch_metrics`` over ``val_loader``; see :class:`EvalContext`.
 """
 
 from __future__ import annotations
@@ -26,10 +34,38 @@ import torch.nn.functional as F
 
 from dltricks.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["Loader", "Task", "register_task", "build_task", "check_task_options", "list_tasks",
+__all__ = ["Loader", "Task", "EvalContext", "TaskEvaluate", "register_task", "build_task", "check_task_options", "list_tasks",
            "classification_loss", "classification_metrics"]
 
 Batch = tuple[Any, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What a task-defined evaluation gets besides the model (already in eval mode on ``device``).
+
+    ``precision`` is the trainer's autocast policy (an object with ``autocast()``, or ``None``);
+    ``channels_last`` says whether 4-D inputs should be NHWC; ``epoch`` is the evaluation period.
+    """
+
+    device: torch.device
+    precision: Any = None
+    channels_last: bool = False
+    epoch: int = 0
+
+    def autocast(self) -> Any:
+        import contextlib
+
+        return self.precision.autocast() if self.precision is not None else contextlib.nullcontext()
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+TaskEvaluate = Callable[[torch.nn.Module, EvalContext], dict[str, float]]
 
 
 class Loader(Protocol):
@@ -92,6 +128,12 @@ class Task:
         classes: class names, when known (for per-class reports).
         input_shape: shape of one input sample, e.g. ``(1, 28, 28)``.
         extra: anything task-specific (normalisation statistics, vocabularies...).
+        evaluate: the task's own evaluation, ``fn(model, ctx: EvalContext) -> {metric: float}`` (means over
+            the validation data), or ``None`` to average ``batch_metrics`` over ``val_loader``. ``fit``
+            reports each metric as ``val_<metric>``; ``accuracy`` and ``loss`` keep their usual meaning.
+        options: how the task was built (``build_task`` records its keyword arguments: ``batch_size``,
+            ``eval_batch_size``, ``seed``, ``augment`` and the data options); ``fit`` checks them against
+            the recipe and refuses a task that contradicts it. Empty for a hand-made task.
     """
 
     name: str
@@ -104,6 +146,13 @@ class Task:
     classes: tuple[str, ...] = ()
     input_shape: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    evaluate: TaskEvaluate | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stream(self) -> bool:
+        """True when the training loader streams fresh batches (runs are measured in steps)."""
+        return bool(getattr(self.train_loader, "stream", False))
 
 
 TaskBuilder = Callable[..., Task]
@@ -130,29 +179,8 @@ def register_task(name: str, *, help: str = "", options: type | None = None) -> 
     return decorator
 
 
-TASK_MODULES = (
-    "dltricks.data.tasks",  # mnist, mnist-embedded, cifar10, imagefolder
-    "dltricks.data.isbi",  # isbi2012-membrane segmentation
-    "dltricks.data.dates",  # human-readable dates -> ISO (seq2seq)
-    "dltricks.data.sequence_tasks",  # selective copying, induction heads, sequential MNIST, ListOps
-)
-
-
-def _ensure_loaded() -> None:
-    import importlib
-
-    # Every module that registers tasks; a module that does not exist (yet) is skipped.
-    for module in TASK_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:  # the module itself missing, not something it imports
-            if err.name != module:
-                raise
-
-
 def list_tasks() -> dict[str, str]:
     """Registered task names with a one-line description."""
-    _ensure_loaded()
     return dict(sorted(_task_help.items()))
 
 
@@ -174,7 +202,6 @@ def check_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """
     from dltricks.config import from_dict
 
-    _ensure_loaded()
     if not options:
         return options
     resolved, _ = _split_name(name)
@@ -188,7 +215,6 @@ def check_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def build_task(name: str, **options: Any) -> Task:
     """Build a registered task; an unknown name lists the closest ones."""
-    _ensure_loaded()
     resolved, path = _split_name(name)
     if path is not None:
         if options.get("data_dir") not in (None, path):
@@ -198,4 +224,6 @@ def build_task(name: str, **options: Any) -> Task:
     if name not in _task_builders:
         raise DataError(f"unknown data set {name!r}.{did_you_mean(name, _task_builders)} "
                         f"Known: {', '.join(sorted(_task_builders)) or '(none)'}")
-    return _task_builders[name](**options)
+    task = _task_builders[name](**options)
+    task.options = {**options, "data": name}
+    return task

@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from dltricks.errors import ConfigError
-from dltricks.segmentation.inference import predict_sliding_window, save_mask_png
-from dltricks.segmentation.train import evaluate_segmentation
+from dltricks.tasks.segmentation.inference import predict_sliding_window, save_mask_png
+from dltricks.tasks.segmentation.losses import segmentation_logits
+from dltricks.tasks.segmentation.metrics import (ISBIPixelError, boundary_band, boundary_f1, dice_score, iou_score,
+                                                 pixel_accuracy, tolerant_dice)
 
 __all__ = ["add_segmentation_eval_args", "is_segmentation_task", "segmentation_report", "run_segmentation_eval",
            "save_predicted_masks", "print_segmentation_report"]
@@ -131,3 +133,58 @@ def print_segmentation_report(report: dict[str, Any]) -> None:
     console.print(table)
     if report.get("masks"):
         console.print(f"wrote {len(report['masks'])} masks to {Path(report['masks'][0]).parent}")
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, loader: Any, *, window: int | None = None, overlap: float = 0.5,
+                          tta: bool = False, band_width: int = 2, tolerance: int = 2) -> dict[str, float]:
+    """Metrics of a binary (one-logit) model over a loader of whole images, means over images.
+
+    ``window`` switches to :func:`predict_sliding_window` (with ``overlap`` and ``tta``); otherwise each
+    image goes through the model whole (``tta`` then averages the 8 dihedral transforms of the whole image).
+
+    Returns ``dice``, ``iou``, ``pixel_accuracy``, ``boundary_f1`` (tolerance in pixels), ``dice_background``,
+    ``dice_pooled`` (Dice of all pixels of all images at once), ``dice_tolerance1`` (:func:`tolerant_dice` with
+    one pixel of tolerance), ``boundary_accuracy`` (pixel accuracy inside the band of ``band_width`` pixels
+    around the true boundaries), ``interior_accuracy`` (outside that band), ``isbi_pixel_error`` and
+    ``isbi_threshold`` (the ISBI 2012 challenge's metric, :func:`isbi_pixel_error`: 1 - max F-score of the
+    *background* class, the cell interiors, over thresholds 0.0 ... 1.0, pooled over all images) and ``images``.
+    """
+    model.eval()
+    sums: dict[str, float] = {}
+    inter = total = 0.0
+    band_hits = band_count = rest_hits = rest_count = 0.0
+    count = 0
+    pixel_error = ISBIPixelError()
+    for x, y in loader.iter_epoch(0):
+        if window is not None:
+            logits = predict_sliding_window(model, x, window=window, overlap=overlap, tta=tta)
+        elif tta:
+            logits = predict_sliding_window(model, x, window=max(x.shape[-2:]), overlap=0.0, tta=True)
+        else:
+            logits = segmentation_logits(model(x)).float()
+        pred = logits[:, 0] > 0  # (B, H, W)
+        true = y[:, 0] > 0.5
+        for key, fn in (("dice", dice_score), ("iou", iou_score), ("pixel_accuracy", pixel_accuracy)):
+            sums[key] = sums.get(key, 0.0) + fn(pred, true).sum().item()
+        sums["dice_background"] = sums.get("dice_background", 0.0) + dice_score(~pred, ~true).sum().item()
+        sums["boundary_f1"] = sums.get("boundary_f1", 0.0) + boundary_f1(pred, true, tolerance=tolerance).sum().item()
+        sums["dice_tolerance1"] = sums.get("dice_tolerance1", 0.0) + tolerant_dice(pred, true, tolerance=1).sum().item()
+        pixel_error.update(torch.sigmoid(-logits[:, 0]), ~true)  # p(cell interior) = 1 - p(membrane), (B, H, W)
+        inter += (pred & true).sum().item()
+        total += pred.sum().item() + true.sum().item()
+        band = boundary_band(true, width=band_width)
+        correct = pred == true
+        band_hits += (correct & band).sum().item()
+        band_count += band.sum().item()
+        rest_hits += (correct & ~band).sum().item()
+        rest_count += (~band).sum().item()
+        count += pred.shape[0]
+    result = {k: v / max(count, 1) for k, v in sums.items()}
+    result["dice_pooled"] = 2 * inter / total if total else 1.0
+    result["boundary_accuracy"] = band_hits / band_count if band_count else 1.0
+    result["interior_accuracy"] = rest_hits / rest_count if rest_count else 1.0
+    if count:
+        result["isbi_pixel_error"], result["isbi_threshold"] = pixel_error.compute()
+    result["images"] = float(count)
+    return result
