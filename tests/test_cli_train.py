@@ -179,14 +179,14 @@ def test_real_entry_point_bad_input_in_a_subprocess(tmp_path):
 
 
 def test_recipe_batch_sizes_seed_and_augmentation_reach_the_data_task():
-    from dltricks.commands.train import build_task_from_args, recipe_from_args
-    from dltricks.train.distributed import DistInfo
+    from dltricks.commands._args import data_args, recipe_from_args
+    from dltricks.train.prepare import task_for_recipe
 
     args = build_parser().parse_args(["train", "small_cnn", "--data", "mnist-embedded", "--subset", "200", "--seed", "5",
                                       "--set", "train.batch_size=50", "--set", "train.eval_batch_size=70",
                                       "--set", "augment.hflip=true", "--set", "augment.cutout=4"])
     recipe = recipe_from_args(args)
-    task = build_task_from_args(args, recipe, "cpu", DistInfo())
+    task = task_for_recipe(args.data, recipe, **data_args(args))
     assert task.train_loader.batch_size == 50 and task.val_loader.batch_size == 70
     assert task.train_loader.seed == 5 and len(task.train_loader) == 4
     assert task.train_loader.augment == recipe.augment and task.train_loader.augment.cutout == 4

@@ -3,7 +3,11 @@
 For each name in ``list_models()``: output shape; one backward pass gives every parameter a finite
 gradient; no NaN; a state_dict round-trip reproduces the output; eval mode is deterministic;
 channels_last gives the same output; odd and too-small input sizes either work or raise a clear error
-naming the minimum size. Per-model tests elsewhere only check what is special about a model.
+naming the minimum size. Every model whose registry task is ``classification`` also has the classifier
+interface of :mod:`dltricks.models._classifier` (timm's names): ``forward`` equals
+``forward_head(forward_features(x))``, ``pre_logits=True`` gives ``(B, head_hidden_size)``,
+``get_classifier()`` is the last linear layer, and ``reset_classifier`` replaces it (``0`` removes it) without
+renaming parameters. Per-model tests elsewhere only check what is special about a model.
 
 Each model is built once per test (building the largest ones costs more than running them at the small
 test input), and the round-trip target is a deep copy whose every state entry has been scrambled, so a
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from dltricks import create_model, list_models, model_info
+from dltricks.models._registry import model_entrypoint
 from dltricks.errors import ModelError
 
 ALL_MODELS = list_models()
@@ -83,6 +88,54 @@ def check_size(name: str, model: nn.Module, size: int) -> None:
         assert out.shape[-2:] == (size, size)
 
 
+def check_classifier_interface(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    """The classifier contract of :mod:`dltricks.models._classifier`, on an already-built model.
+
+    Runs in eval mode at the suite's small test input; ends with the model's classifier removed.
+    """
+    batch = inputs[0].shape[0]
+    model.eval()
+    with torch.no_grad():
+        logits = model(*inputs)
+        assert isinstance(logits, torch.Tensor)
+        features = model.forward_features(*inputs)
+        # forward is forward_head(forward_features(x)): the same numbers, not merely close ones.
+        torch.testing.assert_close(model.forward_head(features), logits, rtol=0, atol=0)
+        assert model.num_features in (features.shape[1], features.shape[-1]), \
+            f"num_features {model.num_features} is not the width of forward_features' output {tuple(features.shape)}"
+        pre_logits = model.forward_head(features, pre_logits=True)
+    hidden = model.head_hidden_size
+    assert pre_logits.shape == (batch, hidden)
+
+    # get_classifier() is the last layer: a linear map from the pre-logit features to the logits.
+    head = model.get_classifier()
+    assert isinstance(head, nn.Linear)
+    assert (head.in_features, head.out_features) == (hidden, NUM_CLASSES) and model.num_classes == NUM_CLASSES
+    with torch.no_grad():
+        torch.testing.assert_close(head(pre_logits), logits, rtol=0, atol=0)
+
+    # reset_classifier(n): a fresh last layer, same parameter names; first to another size, then back.
+    keys = list(model.state_dict())
+    for num_classes in (NUM_CLASSES - 4, NUM_CLASSES):
+        model.reset_classifier(num_classes)
+        new_head = model.get_classifier()
+        assert isinstance(new_head, nn.Linear) and new_head is not head
+        assert (new_head.in_features, new_head.out_features) == (hidden, num_classes)
+        assert model.num_classes == num_classes
+        assert list(model.state_dict()) == keys, "reset_classifier changed the state_dict keys"
+        with torch.no_grad():
+            out = model(*inputs)
+        assert out.shape == (batch, num_classes) and torch.isfinite(out).all()
+
+    # reset_classifier(0): no last layer, forward returns the pre-logit features.
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0
+    with torch.no_grad():
+        out = model(*inputs)
+    assert out.shape == (batch, hidden)
+    torch.testing.assert_close(out, pre_logits, rtol=0, atol=0)
+
+
 def test_registry_is_not_empty() -> None:
     assert len(ALL_MODELS) >= 3
 
@@ -140,3 +193,50 @@ def test_model_contract(name: str) -> None:
         # untrained deep net in eval mode can reach |logits| ~ 1e4 with its initial BN running stats).
         scale = max(1.0, first.abs().max().item())
         torch.testing.assert_close(out_cl, first, rtol=1e-4, atol=1e-4 * scale)
+
+    # The classifier interface (last: it replaces the classifier).
+    if info.task == "classification":
+        check_classifier_interface(model, inputs)
+
+
+CLASSIFICATION_MODELS = list_models(task="classification")
+
+
+def test_classification_task_is_registered() -> None:
+    assert len(CLASSIFICATION_MODELS) >= 3 and set(CLASSIFICATION_MODELS) <= set(ALL_MODELS)
+
+
+# One small model per way of holding the last layer: an attribute (``fc``/``head``/``classifier``), an index
+# of an nn.Sequential, a submodule of a head module, a bias-free layer, a text model.
+@pytest.mark.parametrize("name", ["lenet5", "mnist_example_cnn", "speedrun_cnn", "mobilenet_v2", "resnet20",
+                                  "mambaout_cifar_mini", "vit_cifar_patch4_32", "mamba_cls_tiny", "bert_tiny_cls"])
+def test_num_classes_zero_at_construction(name: str) -> None:
+    """``num_classes=0`` builds the model without its last layer, like ``reset_classifier(0)``."""
+    torch.manual_seed(0)
+    model = model_entrypoint(name)(num_classes=0).eval()  # create_model accepts only num_classes >= 1
+    inputs = example_input(name, model)
+    assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0
+    with torch.no_grad():
+        out = model(*inputs)
+        pre_logits = model.forward_head(model.forward_features(*inputs), pre_logits=True)
+    assert out.shape == (inputs[0].shape[0], model.head_hidden_size)
+    torch.testing.assert_close(out, pre_logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_reset_classifier_resets_auxiliary_heads(name: str) -> None:
+    """With ``aux_logits=True`` every training-mode output follows ``reset_classifier``."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=NUM_CLASSES, aux_logits=True)
+    x = example_input(name, model)[0]
+    keys = list(model.state_dict())
+    model.reset_classifier(3)
+    assert list(model.state_dict()) == keys
+    model.train()
+    outputs = model(x)
+    assert isinstance(outputs, tuple) and len(outputs) == (3 if name == "googlenet" else 2)
+    assert all(out.shape == (x.shape[0], 3) for out in outputs)
+    # The main logits still come from forward_head(forward_features(x)) (compared in eval mode: dropout).
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x), rtol=0, atol=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dltricks.tips import Exact, Tip
+from dltricks.evidence import Exact, Tip
 from dltricks.tips.catalog import get_catalog
 from dltricks.tips.engine import TipResult, run_tips, select_tips
 from dltricks.tips.report import render_html, summary_table, write_report

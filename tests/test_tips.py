@@ -3,6 +3,7 @@ experiment errors, and real tips whose claim is made false by their settings."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import textwrap
@@ -11,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from dltricks.errors import ConfigError
-from dltricks.tips import AllOf, Effect, Evidence, Exact, NonInferior, Tip, Verdict
+from dltricks.evidence import AllOf, Effect, Evidence, Exact, NonInferior, RuleError, Tip, Verdict, summarize
 from dltricks.tips.catalog import SECTIONS, get_catalog
 from dltricks.tips.engine import run_tip, run_tips, select_tips
-from dltricks.tips.rules import RuleError, summarize
 
 
 def _ev(t: list[float], c: list[float], metric: str = "acc") -> Evidence:
@@ -108,7 +108,7 @@ def test_all_of():
 EXPERIMENT = '''
 import json
 from pathlib import Path
-from dltricks.tips.core import Evidence
+from dltricks.evidence import Evidence
 
 def experiment(ctx):
     log = Path(ctx["log"])
@@ -125,24 +125,26 @@ def experiment(ctx):
 
 @pytest.fixture
 def synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A throw-away experiment module on sys.path and a tip that uses it."""
+    """A throw-away experiment module on sys.path and a tip that uses it (and exercises a second module)."""
     pkg = tmp_path / "mods"
     pkg.mkdir()
     name = f"synth_tip_{abs(hash(str(tmp_path))) % 10**8}"
     (pkg / f"{name}.py").write_text(textwrap.dedent(EXPERIMENT))
     (pkg / f"{name}_dep.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(pkg))
+    module, dep = importlib.import_module(name), importlib.import_module(f"{name}_dep")
     log = tmp_path / "runs.log"
 
     def make(**settings) -> Tip:
         return Tip(id="test.synthetic", title="synthetic", claim="t beats c", source="test", section="Tests",
-                   experiment=f"{name}:experiment", exercises=(f"{name}_dep",),
+                   experiment=module.experiment, exercises=(dep,),
                    quick={"log": str(log), "effect": 0.5, **settings}, full={"log": str(log), "effect": 0.5, **settings},
                    rule=Effect("acc", "t", "c", min_effect=0.1))
 
     runs = lambda: len(log.read_text().splitlines()) if log.exists() else 0  # noqa: E731
     yield make, runs, pkg, name
-    sys.modules.pop(name, None)
+    for suffix in ("", "_dep", "_nodata"):
+        sys.modules.pop(name + suffix, None)
 
 
 def test_cache_hits_and_invalidates_on_config_and_code(synthetic, tmp_path):
@@ -194,7 +196,7 @@ def test_experiment_error_is_reported_not_cached_and_does_not_stop_others(synthe
 def test_missing_machinery_is_not_implemented_never_run():
     no_code = Tip(id="x.a", title="a", claim="c", source="s", section="S", rule=Exact(("k",)))
     missing_dep = Tip(id="x.b", title="b", claim="c", source="s", section="S", rule=Exact(("k",)),
-                      experiment="dltricks.tips.experiments.conv:checkerboard", requires=("dltricks.no_such_module",))
+                      pending="needs dltricks.no_such_module, which nobody has written")
     for tip, needle in ((no_code, "no experiment"), (missing_dep, "dltricks.no_such_module")):
         result, entry = run_tip(tip, mode="quick", cache_dir=Path("/nonexistent"))
         assert result.verdict == Verdict.NOT_IMPLEMENTED.value and entry is None
@@ -210,8 +212,9 @@ def test_full_mode_only_tip_and_missing_data_are_skipped(synthetic, tmp_path):
     (pkg / f"{name}_nodata.py").write_text(
         "from dltricks.errors import DataError\n"
         "def experiment(ctx):\n    raise DataError('ISBI slices not found in /nowhere')\n")
+    importlib.invalidate_caches()
     nodata = make()
-    nodata.experiment = f"{name}_nodata:experiment"
+    nodata.experiment = importlib.import_module(f"{name}_nodata").experiment
     result, _ = run_tip(nodata, mode="quick", cache_dir=tmp_path)
     assert result.verdict == "skipped" and "/nowhere" in result.reason
 

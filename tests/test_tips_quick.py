@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltricks.tips import Evidence, Tip, Verdict
+from dltricks.evidence import AllOf, Effect, Evidence, Exact, NonInferior, Tip, Verdict
 from dltricks.tips.catalog import get_catalog
 from dltricks.tips.engine import run_tip
-from dltricks.tips.rules import AllOf, Effect, Exact, NonInferior
 
 FORMERLY_FULL_ONLY = ("seg.pooling-invariance", "optim.warmup-transformers", "optim.pre-ln",
                       "arch.attention-long-range", "arch.cnn-vs-vit-small-data", "ssm.mambaout-h1",

@@ -58,8 +58,9 @@ OPTION_RUNS = {
 @pytest.mark.parametrize("name", list(OPTION_RUNS))
 def test_every_option_trains(name):
     overrides = OPTION_RUNS[name]
-    augment = load_recipe(None, overrides).augment
-    result = _fit(overrides, task=toy_task(augment=augment if augment.active else None))
+    recipe = load_recipe(None, overrides)
+    augment = recipe.augment
+    result = _fit(overrides, task=toy_task(augment=augment if augment.active else None, seed=recipe.train.seed))
     history = result.history
     assert result.stop_reason == "completed" and len(history) == load_recipe(None, [*BASE, *overrides]).train.epochs
     assert all(math.isfinite(r["train_loss"]) for r in history)

@@ -1,8 +1,11 @@
 """The ``dltricks`` command line.
 
 Each sub-command lives in ``dltricks/commands/<name>.py`` and provides ``add_parser(subparsers)``
-(which sets ``func`` on its parser). Errors a user can cause are :class:`~dltricks.errors.DltricksError`
-and are printed as one line on stderr with exit code 2; ``--debug`` shows the traceback instead.
+(which sets ``func`` on its parser); what commands share lives in ``dltricks/commands/_args.py``, and no
+command imports another. Where one command is another's job (``dltricks run`` without ``--train-demo`` is
+``dltricks verify --quick``), this module composes them. Errors a user can cause are
+:class:`~dltricks.errors.DltricksError` and are printed as one line on stderr with exit code 2; ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -55,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verify_quick(args: argparse.Namespace) -> int:
+    """``dltricks run`` (what ``make run`` calls): ``dltricks verify --quick --out REPORT``."""
+    from dltricks.commands import verify
+
+    results = verify.verify(mode="quick", out=args.report)
+    return 1 if any(r.verdict == "error" for r in results) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DLTRICKS_DEBUG") == "1"
@@ -63,13 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    func = _verify_quick if args.command == "run" and not args.train_demo else args.func
     try:
-        result = args.func(args)
+        result = func(args)
         return int(result or 0)
     except DltricksError as err:
         if debug:
             raise
-        print(f"dltricks {args.command}: error: {err}", file=sys.stderr)
+        message = str(err).replace("\n", " ")  # one line, even where the message quotes several
+        print(f"dltricks {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dltricks {args.command}: interrupted", file=sys.stderr)

@@ -2,9 +2,12 @@
 
 A config is a (nested) dataclass with type hints. :func:`from_dict` builds one from plain data and
 rejects unknown keys (naming the closest valid ones) and values of the wrong type (naming the key and
-the expected type); :func:`apply_overrides` applies ``key.sub=value`` strings such as
-``optim.lr=0.1`` from the command line, parsing each value as YAML. Field metadata may carry a
-``check`` callable for range checks and a ``help`` string used by ``--help`` output.
+the expected type); :func:`apply_overrides` applies dotted-key overrides such as ``optim.lr=0.1``. Field
+metadata may carry a ``check`` callable for range checks and a ``help`` string used by ``--help`` output.
+
+One reader serves every ``KEY=VALUE`` option of the command line (``--set``, ``--model-opt``,
+``--data-opt``) and every YAML file: :func:`parse_assignment` splits the item and :func:`parse_value`
+reads the value with YAML 1.2 scalars, so ``5e-4`` is a number wherever it is written.
 
 The idea follows nanoGPT's ``configurator.py`` (command-line overrides of typed defaults) but keeps
 only its checks: nothing is ``exec``-ed.
@@ -13,21 +16,30 @@ only its checks: nothing is ``exec``-ed.
 from __future__ import annotations
 
 import dataclasses
+import re
+import reprlib
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
-
-import re
 
 import yaml
 
 from dltricks.errors import ConfigError, did_you_mean
 
-__all__ = ["from_dict", "to_dict", "load_yaml", "apply_overrides", "field", "describe", "check_positive",
-           "check_non_negative", "check_fraction"]
+__all__ = ["from_dict", "to_dict", "load_yaml", "apply_overrides", "parse_value", "parse_assignment", "coerce",
+           "field", "describe", "check_positive", "check_non_negative", "check_fraction"]
 
 T = TypeVar("T")
+
+# Values in error messages are shortened: a message stays one line, and a value that YAML aliases made
+# huge is never printed in full.
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother, _repr.maxlevel = 80, 80, 3
+
+
+def _short(value: Any) -> str:
+    return _repr.repr(value)
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", check: Callable[[Any], str | None] | None = None,
@@ -82,7 +94,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}.{did_you_mean(str(value), [str(a) for a in get_args(tp)])}")
+        hint = did_you_mean(value, [str(a) for a in get_args(tp)]) if isinstance(value, str) else ""
+        raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}.{hint}")
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         if value is None and type(None) in args:
@@ -95,21 +108,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as err:
                 errors.append(err)
-        raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+        raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+            raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
         return from_dict(tp, value, prefix=key + ".")
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: got {value!r}, expected a mapping of keys to values")
+            raise ConfigError(f"{key}: got {_short(value)}, expected a mapping of keys to values")
         key_type, value_type = get_args(tp) or (Any, Any)
         return {_coerce(k, key_type, f"{key} (a key)"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+            raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
@@ -122,26 +135,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: got {value!r}, expected true/false")
+        raise ConfigError(f"{key}: got {_short(value)}, expected true/false")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: got {value!r}, expected an integer")
+        raise ConfigError(f"{key}: got {_short(value)}, expected an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key}: got {value!r}, expected a number")
+        raise ConfigError(f"{key}: got {_short(value)}, expected a number")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: got {value!r}, expected a string")
+        raise ConfigError(f"{key}: got {_short(value)}, expected a string")
     if tp is Path:
         if isinstance(value, (str, Path)):
             return Path(value)
-        raise ConfigError(f"{key}: got {value!r}, expected a path")
+        raise ConfigError(f"{key}: got {_short(value)}, expected a path")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
+    raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
+
+
+def coerce(value: Any, tp: Any, *, key: str) -> Any:
+    """``value`` checked against type hint ``tp`` (ints widen to floats, lists to tuples where the hint
+    says so); a mismatch is a :class:`ConfigError` that names ``key`` and the expected type."""
+    return _coerce(value, tp, key)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -153,7 +172,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, prefix: str = "")
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys to values, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys to values, got {_short(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = _hints(cls)
     kwargs = {}
@@ -181,7 +200,7 @@ def validate(obj: Any, *, prefix: str = "") -> None:
         if check is not None:
             problem = check(value)
             if problem:
-                raise ConfigError(f"{key}: got {value!r}, expected {problem}")
+                raise ConfigError(f"{key}: got {_short(value)}, expected {problem}")
         if dataclasses.is_dataclass(value):
             validate(value, prefix=key + ".")
 
@@ -201,35 +220,128 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(obj)
 
 
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1's float pattern needs a dot (``5e-4`` would be a string); accept YAML 1.2 floats."""
+class _Yaml12Loader(yaml.SafeLoader):
+    """A safe loader that types plain scalars by the YAML 1.2 core schema, as people write them.
+
+    PyYAML follows YAML 1.1, where ``5e-4`` and ``1e3`` are strings (a float needs a dot), ``yes``/``off``
+    are booleans, ``012`` is octal and ``1:30`` is a sexagesimal integer. YAML 1.2's core schema makes the
+    first two floats, ``yes``/``off`` and ``1:30`` strings and ``012`` the decimal 12. Quoted scalars stay
+    strings, and timestamps are not converted.
+    """
+
+    yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                  |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
+for _tag, _pattern, _first in [
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    ("float", r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+     "-+0123456789."),
+    ("merge", r"<<", "<"),
+]:
+    # The int pattern is registered first, so "12" is an int and only the rest of the numbers are floats.
+    _Yaml12Loader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(f"^(?:{_pattern})$"), list(_first))
 
 
-def parse_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that also reads ``5e-4`` and ``1e3`` as numbers."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    # YAML 1.2: "012" is decimal; octal and hexadecimal are spelled 0o17 and 0x1f.
+    text = str(loader.construct_scalar(node))
+    prefixes = {"0o": 8, "0x": 16}
+    try:
+        base = prefixes.get(text[:2].lower(), 10)
+        return int(text[2:] if base != 10 else text, base)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark) from None
+
+
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+# A document that expands (through aliases) to more values than this is refused: "billion laughs".
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root: Any, limit: int) -> int:
+    """How many values ``root`` holds once every alias is expanded (at most ``limit + 1``), counted
+    without expanding them: an aliased list or mapping is one shared object, so each is measured once
+    (linear time). A list or mapping that contains itself expands without end."""
+    sizes: dict[int, int] = {}
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (list, dict)):
+            return 1
+        if id(node) not in sizes:
+            sizes[id(node)] = limit + 1  # until measured: a cycle back to this node is "too many"
+            children = node.values() if isinstance(node, dict) else node
+            sizes[id(node)] = min(limit + 1, 1 + sum(size(child) for child in children))
+        return sizes[id(node)]
+
+    return size(root)
+
+
+def _load(text: str) -> Any:
+    """One YAML document (YAML 1.2 scalars), refusing alias bombs; errors are :class:`yaml.YAMLError`."""
+    try:
+        data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader
+        too_big = _expanded_size(data, MAX_YAML_VALUES) > MAX_YAML_VALUES
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    if too_big:
+        raise yaml.YAMLError(f"expands to more than {MAX_YAML_VALUES:,} values through its aliases")
+    return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The one-line gist of a YAML error (PyYAML's own message spans several lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value read as YAML 1.2: ``5e-4``, ``1e3`` and ``.5`` are floats, ``3`` an int,
+    ``true``/``false`` booleans, ``null`` None, ``[1, 2]`` a list, ``{a: 1}`` a mapping, anything else a
+    string (``''`` for an empty value). Text that YAML cannot read is a :class:`ConfigError`."""
+    if not text.strip():
+        return ""
+    try:
+        return _load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read {_short(text)} ({_yaml_problem(err)}); put a value meant as text in "
+                          "quotes") from None
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def parse_assignment(text: str, flag: str) -> tuple[str, Any]:
+    """``"optim.lr=5e-4"`` -> ``("optim.lr", 0.0005)``: the one reader of ``KEY=VALUE`` options (``--set``,
+    ``--model-opt``, ``--data-opt``). The key is a dotted name, the value is read by :func:`parse_value`;
+    ``flag`` names the option in the :class:`ConfigError` a malformed item raises."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError(f"{flag} {text!r}: expected KEY=VALUE (there is no '=')")
+    if not key:
+        raise ConfigError(f"{flag} {text!r}: the key before '=' is empty; expected KEY=VALUE")
+    if not _KEY.fullmatch(key):
+        raise ConfigError(f"{flag} {text!r}: {key!r} is not a key; expected a name such as lr or optim.lr")
+    try:
+        return key, parse_value(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{flag} {key}: {err}") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or bad YAML is a :class:`ConfigError`."""
+    """Read a YAML mapping (scalars as in :func:`parse_value`); a missing file or bad YAML is a
+    :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file {str(path)!r} does not exist (expected a YAML file)")
     try:
-        data = parse_yaml(path.read_text())
+        data = _load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from err
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -238,30 +350,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
+    *sections, last = dotted.split(".")
     node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+    for part in sections:
+        child = node.get(part, {})
+        if not isinstance(child, Mapping):
+            raise ConfigError(f"{dotted}: {part!r} is not a section (it holds {_short(child)})")
+        # A copy: never write into the caller's mapping, nor into one a YAML alias shares.
+        node[part] = child = dict(child)
         node = child
-    node[parts[-1]] = value
+    node[last] = value
 
 
-def apply_overrides(cls: type[T], base: T | Mapping[str, Any] | None, overrides: Sequence[str]) -> T:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) and re-check the whole config."""
+def apply_overrides(cls: type[T], base: T | Mapping[str, Any] | None,
+                    overrides: Iterable[str | tuple[str, Any]]) -> T:
+    """Apply dotted-key overrides and re-check the whole config.
+
+    Each override is a ``(key, value)`` pair, or ``"key=value"`` text read by :func:`parse_assignment`.
+    """
     data = to_dict(base) if dataclasses.is_dataclass(base) else dict(base or {})
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.1")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise ConfigError(f"--set {item!r}: empty key")
-        try:
-            value = parse_yaml(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        key, value = parse_assignment(item, "override") if isinstance(item, str) else item
         _set_dotted(data, key, value)
     return from_dict(cls, data)
 

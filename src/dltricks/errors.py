@@ -40,6 +40,11 @@ class TrainingError(DltricksError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or Inf)."""
 
 
+class CatalogError(DltricksError, RuntimeError):
+    """The tip catalog cannot be built: an experiment module does not import, or a declared tip does not
+    resolve to its experiment and code."""
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates closest to ``name``, best first (for 'did you mean' messages)."""
     candidates = list(candidates)

@@ -4,8 +4,9 @@ leaderboard of accuracy, parameters, MACs, latency, throughput and peak memory, 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from dltricks.commands._args import add_common_data_args, data_args, log, own_formatter, recipe_from_args
 
 EPILOG = """\
 examples:
@@ -20,8 +21,6 @@ params_vs_memory.png, and one training run directory per model.
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
-    from dltricks.commands.train import add_common_data_args, own_formatter
-
     p = subparsers.add_parser(
         "compare", help="train or evaluate several models and write a leaderboard with plots",
         formatter_class=own_formatter(formatter), epilog=EPILOG,
@@ -33,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--recipe", default=None, metavar="R",
                    help="recipe YAML file or shipped recipe name; default: the built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one recipe key, e.g. --set optim.lr=0.05 (repeatable); default: none")
+                   help="override one recipe key, e.g. --set optim.lr=0.05 (repeatable; values are YAML 1.2); "
+                        "default: none")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (overrides train.epochs); default: the recipe's")
     p.add_argument("--seed", type=int, default=None, help="seed for every model (overrides train.seed); default: the recipe's")
     p.add_argument("--eval-only", action="store_true", help="do not train: evaluate (with --weights when given); default: train")
@@ -48,21 +48,17 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.set_defaults(func=run)
 
 
-def _log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
     import datetime as _dt
 
     from rich.console import Console
     from rich.table import Table
 
-    from dltricks.commands.train import build_task_from_args, recipe_from_args
     from dltricks.errors import ConfigError
     from dltricks.experiments.leaderboard import COLUMNS, _cell, compare_models, disagreeing_pairs
     from dltricks.models._registry import model_entrypoint
     from dltricks.train.distributed import init_from_env, shutdown
+    from dltricks.train.prepare import task_for_recipe
     from dltricks.train.runtime import resolve_device
 
     for name in args.models:
@@ -82,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if weights and not args.eval_only:
         raise ConfigError("--weights only applies with --eval-only")
     recipe = recipe_from_args(args)
+    data = data_args(args)
     if args.out is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = Path("runs") / f"compare-{args.data}-{stamp}"
@@ -93,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--out {args.out}: already holds files; choose a new directory")
     dist = init_from_env(recipe.train.device)
     device = resolve_device(recipe.train.device, local_rank=dist.local_rank)
-    task = build_task_from_args(args, recipe, device, dist, for_training=not args.eval_only)
+    # Each model is built by compare_models; the task is built once, from the recipe, for all of them.
+    task = task_for_recipe(args.data, recipe, device=device, for_training=not args.eval_only, **data)
     rows = compare_models(args.models, task, recipe, out_dir=out, train=not args.eval_only, weights=weights,
-                          batch=args.batch, quick=args.quick, device=device, log=_log, progress=args.progress)
+                          batch=args.batch, quick=args.quick, device=device, log=log, progress=args.progress)
     shutdown()
     columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     table = Table(title=f"Leaderboard on {task.name}")

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dltricks.commands.train import add_common_data_args, own_formatter
+from dltricks.commands._args import add_common_data_args, data_args, own_formatter
 from dltricks.errors import CheckpointError, ConfigError, DataError, ModelError
 
 
@@ -57,13 +57,11 @@ def resolve_checkpoint(path_text: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dltricks.models import create_model
-    from dltricks.train import evaluate, load_weights, read_metadata
+    from dltricks.train import evaluate, load_weights, prepare, read_metadata
     from dltricks.train.checkpoint import CHECKPOINT_FORMAT
-    from dltricks.train.distributed import DistInfo
+    from dltricks.train.prepare import task_for_recipe
     from dltricks.train.recipe import load_recipe
     from dltricks.train.runtime import resolve_device
-    from dltricks.commands.train import build_task_from_args
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: got {args.batch_size}, expected a positive integer")
@@ -75,22 +73,19 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{path}: no model name in its metadata; expected a file written by `dltricks train`")
     model_kwargs = dict(run_meta.get("model_kwargs") or {})
     device = resolve_device(args.device or "auto")
-    recipe = load_recipe(None, [f"train.batch_size={args.batch_size}"])
-    task = build_task_from_args(args, recipe, device, DistInfo(), for_training=False, batch_size=args.batch_size,
-                                subset_split=args.split)
+    recipe = load_recipe(None, [("train.batch_size", args.batch_size)])
+    task = task_for_recipe(args.data, recipe, device=device, for_training=False, **data_args(args, split=args.split))
     num_classes = model_kwargs.get("num_classes")
     if num_classes is not None and num_classes != task.num_classes:
         raise DataError(f"the model in {path} predicts {num_classes} classes but data set {task.name} has "
                         f"{task.num_classes}; evaluate it on the data it was trained for")
     try:
-        model = create_model(name, **model_kwargs)
+        model, task = prepare(name, task, recipe, model_kwargs=model_kwargs, device=device)
     except ModelError as err:
-        raise CheckpointError(f"{path}: cannot rebuild model {name!r} from its metadata ({err})") from err
+        raise CheckpointError(f"{path}: cannot rebuild model {name!r} from its metadata for data set {task.name} "
+                              f"({err})") from err
     load_weights(model, path, use_ema=not args.raw)
     model.to(device)
-    from dltricks.train.trainer import check_compatible
-
-    check_compatible(model, task, device=device)
     from dltricks.tasks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
 
     if is_segmentation_task(task):  # per-pixel metrics, sliding windows, saved masks

@@ -9,6 +9,9 @@ and ``report/results.json``; a few minutes on two CPU cores (cached results make
 ``dltricks run --train-demo`` keeps the earlier main job: train a small batch-norm CNN on the same data
 with a progress bar, then print a per-epoch results table, the per-class validation accuracy and where
 the run was saved.
+
+Without ``--train-demo`` the CLI hands the command line to ``dltricks verify`` (see :mod:`dltricks.cli`): no
+command imports another.
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dltricks.commands.train import (_log, own_formatter, build_model_for_task, build_task_from_args, prepare_run_dir, print_history,
-                                     recipe_from_args)
+from dltricks.commands._args import data_args, log, own_formatter, print_history, recipe_from_args, run_dir_for
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
@@ -36,7 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--model", default="speedrun_cnn", help="registered model to train")
     p.add_argument("--recipe", default="quick", help="recipe file or shipped recipe name")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one recipe key, e.g. --set optim.lr=0.05 (repeatable); default: none")
+                   help="override one recipe key, e.g. --set optim.lr=0.05 (repeatable; values are YAML 1.2); "
+                        "default: none")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs; default: the recipe's")
     p.add_argument("--seed", type=int, default=None, help="random seed; default: the recipe's")
     p.add_argument("--subset", type=int, default=None, metavar="N", help="train on the first N images only; default: all 8,000")
@@ -44,37 +47,30 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="run directory; default: runs/MODEL-mnist-embedded-TIMESTAMP")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar; default: only when stderr is a terminal")
-    p.set_defaults(func=run, data="mnist-embedded", data_dir=None, overfit_batch=False)
-
-
-def run(args: argparse.Namespace) -> int:
-    if not args.train_demo:
-        from dltricks.commands.verify import verify
-
-        results = verify(mode="quick", out=args.report)
-        return 1 if any(r.verdict == "error" for r in results) else 0
-    return train_demo(args)
+    # Without --train-demo, dltricks.cli runs `dltricks verify --quick --out REPORT` instead of func.
+    p.set_defaults(func=train_demo, data="mnist-embedded", data_dir=None, overfit_batch=False)
 
 
 def train_demo(args: argparse.Namespace) -> int:
+    """``dltricks run --train-demo``: train a small CNN on the embedded MNIST split and report it."""
     from dltricks.models._registry import model_entrypoint
-    from dltricks.train import check_compatible, evaluate, fit
-    from dltricks.train.distributed import DistInfo
+    from dltricks.train import evaluate, fit, prepare
+    from dltricks.train.prepare import model_kwargs_for_task
     from dltricks.train.runtime import resolve_device
 
     recipe = recipe_from_args(args)
     model_entrypoint(args.model)
-    run_dir = prepare_run_dir(args.out, resume=False, model=args.model, data=args.data)
+    data = data_args(args)
+    run_dir = run_dir_for(args.out, resume=False, model=args.model, data=args.data)
     device = resolve_device(recipe.train.device)
-    task = build_task_from_args(args, recipe, device, DistInfo())
-    model, model_kwargs = build_model_for_task(args.model, task, {}, recipe.train.seed)
-    check_compatible(model, task)
+    model, task = prepare(args.model, args.data, recipe, device=device, **data)
     params = sum(p.numel() for p in model.parameters())
-    _log(f"dltricks run: {args.model} ({params:,} parameters) on {task.name}: {task.extra.get('train_size', '?'):,} "
-         f"training / {task.extra.get('val_size', '?'):,} validation images, {recipe.train.epochs} epochs, "
-         f"{recipe.optim.name} lr {recipe.optim.lr:g} {recipe.schedule.name}, device {device}")
-    meta = {"model": args.model, "model_kwargs": model_kwargs, "data": {"name": args.data, "subset": args.subset}}
-    result = fit(model, task, recipe, run_dir=run_dir, progress=args.progress, log=_log, meta=meta)
+    log(f"dltricks run: {args.model} ({params:,} parameters) on {task.name}: {task.extra.get('train_size', '?'):,} "
+        f"training / {task.extra.get('val_size', '?'):,} validation images, {recipe.train.epochs} epochs, "
+        f"{recipe.optim.name} lr {recipe.optim.lr:g} {recipe.schedule.name}, device {device}")
+    meta = {"model": args.model, "model_kwargs": model_kwargs_for_task(args.model, task),
+            "data": {"name": args.data, "subset": args.subset}}
+    result = fit(model, task, recipe, run_dir=run_dir, progress=args.progress, log=log, meta=meta)
     print_history(result.history, title=f"{args.model} on {task.name}")
     per_class = evaluate(result.model, task.val_loader, task, device=device, confusion=True)["per_class_accuracy"]
     print("validation accuracy per digit: " + "  ".join(f"{c}: {a:.1%}" for c, a in zip(task.classes, per_class)))

@@ -8,7 +8,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from dltricks.tips.catalog import get_catalog
+from dltricks.tips.catalog import get_catalog, markdown_table
 from dltricks.tips.engine import select_tips
 
 
@@ -20,7 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("only", nargs="*", default=None, help="tip ids, globs (conv.*) or section names to show (default: all)")
     p.add_argument("--rules", action="store_true", help="also show each tip's verdict rule and what is missing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table (used for docs/evidence.md)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the Markdown catalog table of docs/evidence.md (tests/test_tip_declarations.py checks "
+                        "that the docs hold exactly this table)")
     p.set_defaults(func=run)
 
 
@@ -29,18 +31,14 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for tip in tips:
         missing = tip.missing()
-        rows.append({"id": tip.id, "status": "implemented" if not missing else "not implemented yet",
-                     "section": tip.section, "claim": tip.claim, "source": tip.source, "rule": tip.rule.describe(),
-                     "missing": missing})
+        rows.append({"id": tip.id, "title": tip.title,
+                     "status": "implemented" if not missing else "not implemented yet", "section": tip.section, "claim": tip.claim, "source": tip.source, "rule": tip.rule.describe(),
+                     "experiment": tip.experiment_name, "exercises": tip.exercise_names(), "missing": missing})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if args.markdown:
-        print("| id | status | claim | source | verdict rule |")
-        print("| --- | --- | --- | --- | --- |")
-        for r in rows:
-            cells = [f"`{r['id']}`", r["status"], r["claim"], r["source"], r["rule"]]
-            print("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        print(markdown_table(tips))
         return 0
     done = sum(r["status"] == "implemented" for r in rows)
     table = Table(title=f"{len(rows)} tips, {done} implemented")

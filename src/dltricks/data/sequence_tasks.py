@@ -209,16 +209,21 @@ class SyntheticLoader:
     """Batches from ``generate(generator, batch_size) -> (x, y)``, following the loader protocol.
 
     Batch b of epoch e is generated from a seed derived from (seed, e, b, rank), so data are fresh every
-    epoch and reproducible; ``fixed=True`` (validation) reuses epoch 0's batches every epoch.
+    epoch and reproducible; ``fixed=True`` (validation) reuses epoch 0's batches every epoch. A training
+    loader is a *stream* (``stream = True``): its "epoch" is only an evaluation period of ``num_batches``
+    fresh batches, and a run is measured in optimizer steps (``train.steps``).
     """
 
-    def __init__(self, generate: Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]], *,
+    stream = True
+
+    def __init__(self, generate: Callable[..., tuple[torch.Tensor, torch.Tensor]], *,
                  batch_size: int, num_batches: int, seed: int = 0, rank: int = 0, device: str | torch.device = "cpu",
-                 fixed: bool = False) -> None:
+                 fixed: bool = False, indexed: bool = False) -> None:
         if batch_size < 1 or num_batches < 1:
             raise ConfigError(f"batch_size and number of batches must be >= 1, got {batch_size} and {num_batches}")
         self.generate, self.batch_size, self._num_batches = generate, batch_size, num_batches
         self.seed, self.rank, self.device, self.fixed = int(seed), rank, torch.device(device), fixed
+        self.indexed = indexed  # generate(g, n, i) also gets the running batch number i (for a curriculum)
         self.num_samples = batch_size * num_batches
 
     def __len__(self) -> int:
@@ -226,8 +231,12 @@ class SyntheticLoader:
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for b in range(start_batch, self._num_batches):
-            g = torch.Generator().manual_seed(derive_seed(self.seed, 0 if self.fixed else epoch, b, self.rank))
-            x, y = self.generate(g, self.batch_size)
+            e = 0 if self.fixed else epoch
+            g = torch.Generator().manual_seed(derive_seed(self.seed, e, b, self.rank))
+            if self.indexed:
+                x, y = self.generate(g, self.batch_size, e * self._num_batches + b)
+            else:
+                x, y = self.generate(g, self.batch_size)
             yield x.to(self.device), y.to(self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -17,7 +17,6 @@ there). Details, curves and the heat-map: docs/attention.md.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltricks.data.dates import (BOS_ID, EOS_ID, PAD_ID, SOURCE_VOCAB, TARGET_LEN, TARGET_VOCAB, DatesDataset,
-                                 decode_target)
-from dltricks.tasks.dates import dates_loss, make_dates_task, translate
-from dltricks.models import create_model
+from dltricks.config import to_dict
+from dltricks.tasks.dates import evaluate_dates, translate
+from dltricks.train import fit, prepare
+from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.utils.figures import save_figure
 
 __all__ = ["DatesConfig", "train_dates", "evaluate_dates", "attention_experiment", "plot_alignment",
@@ -43,7 +42,8 @@ EXAMPLES = ("Saturday 9 May 1998", "9 mai 1998", "09/05/98", "Samstag, 9. Mai 19
 
 @dataclass
 class DatesConfig:
-    """One training run on the dates task (units in comments)."""
+    """One training run on the dates task: the shipped recipe ``dates-seq2seq`` plus these settings (units in
+    comments). ``train_dates`` turns it into a recipe and trains with :func:`dltricks.train.fit`."""
 
     model: str = "seq2seq_gru_additive"  # registry name
     steps: int = 800  # optimiser steps (about 2 epochs of the 50,000 training samples)
@@ -58,89 +58,43 @@ class DatesConfig:
     val_size: int = 2_000  # generated validation samples (held-out days)
     seed: int = 0  # model init and batch order
     data_seed: int = 0  # generated data
-    eval_every: int = 200  # steps between validation measurements (0: only at the end)
+    eval_every: int = 1  # epochs of the training dates between greedy validations (0: only after the last step)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
-
-def _lr_at(step: int, cfg: DatesConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def evaluate_dates(model: nn.Module, dataset: DatesDataset, *, batch_size: int = 500) -> dict[str, Any]:
-    """Exact match of greedy decoding (the model's own outputs fed back), overall and per format group."""
-    was_training = model.training
-    model.eval()
-    right_by_group: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    errors = []
-    for start in range(0, len(dataset), batch_size):
-        src = dataset.src[start:start + batch_size]
-        src = src[:, :int((src != PAD_ID).sum(1).max())]
-        out = model.generate(src, max_len=TARGET_LEN - 1, bos_id=BOS_ID, eos_id=EOS_ID)
-        tokens = out[0] if isinstance(out, tuple) else out
-        for i, row in enumerate(tokens):
-            k = start + i
-            pred, gold, group = decode_target(row), dataset.isos[k], dataset.groups[k]
-            right_by_group[group][0] += pred == gold
-            right_by_group[group][1] += 1
-            if pred != gold and len(errors) < 20:
-                errors.append((dataset.texts[k], pred, gold))
-    model.train(was_training)
-    right = sum(r for r, _ in right_by_group.values())
-    total = sum(n for _, n in right_by_group.values())
-    return {"exact_match": right / total, "per_group": {g: r / n for g, (r, n) in sorted(right_by_group.items())},
-            "errors": errors, "count": total}
+    def recipe(self) -> Recipe:
+        """The ``dates-seq2seq`` recipe with this run's settings."""
+        return load_recipe("dates-seq2seq", [
+            f"train.steps={self.steps}", f"train.batch_size={self.batch_size}", f"optim.lr={self.lr!r}",
+            f"optim.weight_decay={self.weight_decay!r}", f"schedule.warmup_steps={self.warmup}",
+            f"train.grad_clip={self.clip!r}", f"train.seed={self.seed}", "train.device=cpu",
+            f"data.train_size={self.train_size}", f"data.val_size={self.val_size}", f"data.data_seed={self.data_seed}",
+            f"train.eval_every={self.eval_every or self.steps}"])
 
 
-def train_dates(cfg: DatesConfig, *, log: Callable[[str], None] | None = print) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``cfg.model`` on the dates task; returns the model and a dict of results.
+def train_dates(cfg: DatesConfig, *, log: Callable[[str], None] | None = print,
+                progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Train ``cfg.model`` on the dates task with ``fit``; returns the model and a dict of results.
 
     The results hold the final greedy exact match on the held-out days, per-group accuracies, the
-    training time (s), parameter count and the history [(step, train loss, val exact match)].
+    training time (s), parameter count and the history [(step, train loss, val exact match)], one point per
+    evaluation (the end of each epoch of the training dates and the last step).
     """
-    torch.manual_seed(cfg.seed)
-    task = make_dates_task(batch_size=cfg.batch_size, seed=cfg.seed, train_size=cfg.train_size,
-                           val_size=cfg.val_size, data_seed=cfg.data_seed)
-    model = create_model(cfg.model, num_classes=len(TARGET_VOCAB), src_vocab_size=len(SOURCE_VOCAB), pad_id=PAD_ID,
-                         **_size_kwargs(cfg), **cfg.model_kwargs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    val_set = task.val_loader.dataset
-    history: list[tuple[int, float, float | None]] = []
-    step, epoch, running, seen = 0, 0, 0.0, 0
-    start = time.perf_counter()
-    model.train()
-    while step < cfg.steps:
-        for (src, tgt_in), tgt_out in task.train_loader.iter_epoch(epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, cfg)
-            loss = dates_loss(model(src, tgt_in), tgt_out)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            running += loss.item()
-            seen += 1
-            step += 1
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                em = evaluate_dates(model, val_set)["exact_match"]
-                history.append((step, running / seen, em))
-                if log:
-                    log(f"{cfg.model} step {step:5d}  loss {running / seen:.4f}  val exact match {em:.4f}  "
-                        f"({time.perf_counter() - start:.0f} s)")
-                running, seen = 0.0, 0
-            if step >= cfg.steps:
-                break
-        epoch += 1
-    train_time = time.perf_counter() - start
-    final = evaluate_dates(model, val_set)
+    recipe = cfg.recipe()
+    model, task = prepare(cfg.model, "dates", recipe,
+                          model_kwargs={**_size_kwargs(cfg), **cfg.model_kwargs})
+    result = fit(model, task, recipe, progress=progress)
+    model = result.model or model
+    final = evaluate_dates(model, task.val_loader.dataset)
+    history = [(r["step"], r["train_loss"], r.get("val_exact_match")) for r in result.history]
+    if log:
+        for step, loss, em in history:
+            log(f"{cfg.model} step {step:5d}  loss {loss:.4f}  val exact match {em:.4f}")
     results = {
         "model": cfg.model, "exact_match": final["exact_match"], "per_group": final["per_group"],
-        "errors": final["errors"][:10], "train_time_s": train_time, "steps": cfg.steps, "epochs": epoch,
+        "errors": final["errors"][:10], "train_time_s": sum(r["train_time_s"] for r in result.history),
+        "steps": result.history[-1]["step"], "epochs": len(result.history),
         "params": sum(p.numel() for p in model.parameters()), "history": history, "config": asdict(cfg),
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "recipe": to_dict(recipe), "threads": torch.get_num_threads(), "torch": torch.__version__,
     }
     return model, results
 

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dltricks.train import fit, task_for_recipe
+from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.utils.figures import jsonable, save_figure
 from dltricks.utils.io import atomic_write_json
 
@@ -320,6 +322,25 @@ def _median_latency(model: nn.Module, x: torch.Tensor, repeats: int = 3) -> floa
     return statistics.median(times)
 
 
+# --- training runs on ISBI: the isbi-unet recipe, scaled down, trained by fit --------------------------------
+
+
+def isbi_recipe(*, steps: int, batch_size: int = 4, crop_size: int = 128, lr: float = 2e-3, seed: int = 0,
+                amp: bool = True, elastic: bool = False) -> Recipe:
+    """The ``isbi-unet`` recipe for a short comparison run: ``steps`` Adam steps of ``batch_size`` crops of
+    ``crop_size`` px (flips and rotations; elastic deformation off unless asked), ``min(20, steps / 10)``
+    warm-up steps, one evaluation of the whole held-out slices at the end (no sliding windows)."""
+    return load_recipe("isbi-unet", [
+        f"train.steps={steps}", f"train.batch_size={batch_size}", f"optim.lr={lr!r}", f"train.seed={seed}",
+        f"train.amp={str(amp).lower()}", f"schedule.warmup_steps={min(20, steps // 10)}", f"train.eval_every={steps}",
+        "train.device=cpu", f"data.crop_size={crop_size}", f"data.elastic={str(elastic).lower()}",
+        "data.final_window=null", "data.final_tta=false"])
+
+
+def _train_seconds(run: Any) -> float:
+    return sum(r["train_time_s"] for r in run.history)
+
+
 # --- (b) output stride ------------------------------------------------------------------------------------
 
 
@@ -335,12 +356,11 @@ def output_stride_tradeoff(output_strides: Sequence[int] = (8, 16, 32), *, encod
     ``macs_512`` (forward MACs for one 1x512x512 slice), ``params``, ``latency_512_s`` (median forward time)
     and ``train_seconds``.
     """
-    from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
     from dltricks.models.segmentation.deeplab import DeepLabV3
-    from dltricks.experiments._segmentation_loop import fit_segmentation
     from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 
-    task = isbi2012_membrane_task(batch_size=batch_size, crop_size=crop_size, seed=seed, data_dir=data_dir)
+    recipe = isbi_recipe(steps=steps, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed, amp=amp)
+    task = task_for_recipe("isbi2012-membrane", recipe, data_dir=data_dir)
     result: dict[str, Any] = {"encoder": encoder, "steps": steps, "batch_size": batch_size, "crop_size": crop_size,
                               "lr": lr, "seed": seed, "output_strides": list(output_strides),
                               "encoder_kwargs": dict(encoder_kwargs or {}), "runs": {}}
@@ -350,12 +370,11 @@ def output_stride_tradeoff(output_strides: Sequence[int] = (8, 16, 32), *, encod
                           **(encoder_kwargs or {}))
         macs = count_macs(model, (1, 1, 512, 512))
         latency = _median_latency(model, torch.zeros(1, 1, 512, 512))
-        fit = fit_segmentation(model, task, steps=steps, lr=lr, warmup_steps=min(20, steps // 10), amp=amp,
-                               channels_last=True, log=log)
+        run = fit(model, task, recipe, progress=False)
         model = model.to(memory_format=torch.contiguous_format)
         metrics = evaluate_segmentation(model, task.val_loader)
         result["runs"][str(os_)] = {"macs_512": macs, "params": sum(p.numel() for p in model.parameters()),
-                                    "latency_512_s": latency, "train_seconds": fit["train_seconds"], **metrics}
+                                    "latency_512_s": latency, "train_seconds": _train_seconds(run), **metrics}
         if log is not None:
             log(f"output stride {os_}: {result['runs'][str(os_)]}")
     return result
@@ -388,24 +407,22 @@ def skip_ablation(*, base_channels: int = 16, steps: int = 300, batch_size: int 
                   amp: bool = True, log: Any = None) -> dict[str, Any]:
     """U-Net with and without skip connections, same budget; accuracy within ``band_width`` px of the true
     membrane boundaries (``boundary_accuracy``) vs elsewhere (``interior_accuracy``), boundary F1 and Dice."""
-    from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
     from dltricks.models.segmentation.unet import UNet
-    from dltricks.experiments._segmentation_loop import fit_segmentation
     from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 
-    task = isbi2012_membrane_task(batch_size=batch_size, crop_size=crop_size, seed=seed, data_dir=data_dir)
+    recipe = isbi_recipe(steps=steps, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed, amp=amp)
+    task = task_for_recipe("isbi2012-membrane", recipe, data_dir=data_dir)
     result: dict[str, Any] = {"base_channels": base_channels, "steps": steps, "batch_size": batch_size,
                               "crop_size": crop_size, "lr": lr, "seed": seed, "band_width": band_width, "runs": {}}
     for skip in (True, False):
         torch.manual_seed(seed)
         model = UNet(num_classes=1, in_chans=1, base_channels=base_channels, skip=skip)
-        fit = fit_segmentation(model, task, steps=steps, lr=lr, warmup_steps=min(20, steps // 10), amp=amp,
-                               channels_last=True, log=log)
+        run = fit(model, task, recipe, progress=False)
         model = model.to(memory_format=torch.contiguous_format)
         metrics = evaluate_segmentation(model, task.val_loader, band_width=band_width)
         key = "with_skips" if skip else "without_skips"
         result["runs"][key] = {"params": sum(p.numel() for p in model.parameters()),
-                               "train_seconds": fit["train_seconds"], **metrics}
+                               "train_seconds": _train_seconds(run), **metrics}
         if log is not None:
             log(f"{key}: {result['runs'][key]}")
     return result

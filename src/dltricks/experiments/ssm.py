@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -42,12 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltricks.data.sequence_tasks import (IGNORE_INDEX, generate_listops, induction_heads_batch, ListOpsVocab,
+from dltricks.data.sequence_tasks import (ListOpsVocab, TensorPairLoader, generate_listops, induction_heads_batch,
                                           selective_copying_batch)
 from dltricks.errors import ConfigError
 from dltricks.layers.ssm.gated_cnn import GatedCNN1d
 from dltricks.layers.ssm.mamba import Mamba
 from dltricks.models.mamba import SequenceModel
+from dltricks.tasks.base import EvalContext, Task
+from dltricks.tasks.sequence import token_evaluation, token_task
+from dltricks.train import fit
+from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.utils.figures import jsonable, save_figure
 from dltricks.utils.io import atomic_write_json
 
@@ -65,18 +68,18 @@ def _environment() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# A small training loop for token tasks (fresh synthetic batches every step)
+# Runs on token tasks: one recipe (AdamW, warm-up + cosine, clipping) trained by dltricks.train.fit
 # ---------------------------------------------------------------------------------------------------
 
 @dataclass
 class SeqTrainConfig:
-    """One run on a synthetic token task (units in comments)."""
+    """One run on a sequence task (units in comments); :meth:`recipe` is the recipe ``fit`` trains with."""
 
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # sequences per step
     seq_len: int = 256  # training length (tokens)
     lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 0.1  # decoupled, on matrices only
+    weight_decay: float = 0.1  # decoupled, on matrices only (optim.skip_norm_bias)
     warmup: int = 100  # linear warm-up steps, then cosine decay to 1 % of the peak
     clip: float = 1.0  # gradient-norm clipping
     eval_every: int = 250  # steps between validation checks (0: only at the end)
@@ -85,91 +88,67 @@ class SeqTrainConfig:
     seed: int = 0
     device: str = "cpu"  # "cuda" uses the mamba_ssm kernel when installed, else the chunked scan on the GPU
 
+    def recipe(self) -> Recipe:
+        """The shipped ``ssm-tokens`` recipe with this run's settings."""
+        settings = {
+            "optim": {"lr": self.lr, "weight_decay": self.weight_decay},
+            "schedule": {"warmup_steps": min(self.warmup, self.steps)},
+            "train": {"steps": self.steps, "batch_size": self.batch_size, "eval_batch_size": self.batch_size,
+                      "grad_clip": self.clip, "seed": self.seed, "device": self.device},
+            "early_stop": {"target": self.target_accuracy},
+        }
+        return load_recipe("ssm-tokens", [f"{section}.{key}={json.dumps(value)}"
+                                          for section, values in settings.items() for key, value in values.items()])
 
-def _lr_factor(step: int, cfg: SeqTrainConfig) -> float:
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    @property
+    def period(self) -> int:
+        """Optimizer steps between two evaluations (the loader length of the stream)."""
+        return min(self.eval_every or self.steps, self.steps)
 
 
-def _optimizer(model: nn.Module, cfg: SeqTrainConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not getattr(p, "_no_weight_decay", False))]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-
-
-def _masked_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), ignore_index=IGNORE_INDEX)
-
-
-@torch.no_grad()
 def token_accuracy(model: nn.Module, generate: Generate, *, seq_len: int, batches: int = 4, batch_size: int = 32,
                    seed: int = 12345) -> dict[str, float]:
-    """Accuracy over scored tokens and over whole sequences, on fixed fresh batches of length ``seq_len``."""
-    model.eval()
+    """Token accuracy, whole-sequence accuracy and loss over the scored tokens of fixed fresh batches of
+    length ``seq_len`` (:func:`dltricks.tasks.sequence.token_evaluation`)."""
     device = next(model.parameters()).device
-    correct = total = seq_correct = seq_total = 0
-    loss_sum = 0.0
-    for b in range(batches):
-        g = torch.Generator().manual_seed(seed + b)
-        x, y = generate(batch_size, seq_len, g)
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
-        mask = y != IGNORE_INDEX
-        pred = logits.argmax(-1)
-        hit = (pred == y) & mask
-        correct += int(hit.sum())
-        total += int(mask.sum())
-        seq_correct += int((hit | ~mask).all(dim=1).sum())
-        seq_total += x.shape[0]
-        loss_sum += float(F.cross_entropy(logits[mask].float(), y[mask], reduction="sum"))
-    model.train()
-    return {"accuracy": correct / total, "seq_accuracy": seq_correct / seq_total, "loss": loss_sum / total}
+    data = (generate(batch_size, seq_len, torch.Generator().manual_seed(seed + b)) for b in range(batches))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return token_evaluation(model, data, EvalContext(device=device))
+    finally:
+        model.train(was_training)
 
 
-def train_sequence_model(model: nn.Module, generate: Generate, cfg: SeqTrainConfig, *,
-                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train on fresh batches from ``generate`` with AdamW + warm-up/cosine; returns the curve and timings.
+def _generator_task(generate: Generate, cfg: SeqTrainConfig, *, num_classes: int, name: str = "tokens",
+                    eval_lengths: Sequence[int] = (), val_batches: int | None = None) -> Task:
+    return token_task(name, lambda n, *, seq_len, generator: generate(n, seq_len, generator), num_classes=num_classes,
+                      seq_len=cfg.seq_len, batch_size=cfg.batch_size, eval_batch_size=cfg.batch_size, seed=cfg.seed,
+                      train_batches=cfg.period, val_batches=val_batches or cfg.eval_batches,
+                      eval_lengths=eval_lengths, device="cpu")
 
-    The loop stops after ``cfg.steps`` or as soon as a validation check reaches ``cfg.target_accuracy``.
+
+def train_sequence_model(model: nn.Module, data: Task | Generate, cfg: SeqTrainConfig, *,
+                         log: Callable[[str], None] | None = None, num_classes: int | None = None) -> dict[str, Any]:
+    """Train ``model`` with :func:`dltricks.train.fit` and ``cfg.recipe()``; returns the curve and timings.
+
+    ``data``: a stream task (e.g. ``build_task("induction_heads", ...)``) or a generator ``(n, L, g) -> (x, y)``
+    of token batches, made into one (``num_classes`` defaults to the model's). The run stops after
+    ``cfg.steps`` or at the first evaluation that reaches ``cfg.target_accuracy``. ``first_loss`` and
+    ``last_loss`` are the mean training losses of the first and the last evaluation period.
     """
-    torch.manual_seed(cfg.seed)
-    model.to(cfg.device)
-    optimizer = _optimizer(model, cfg)
-    curve: list[dict[str, float]] = []
-    start = time.perf_counter()
-    model.train()
-    losses: list[float] = []
-    step = 0
-    for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x, y = generate(cfg.batch_size, cfg.seq_len, g)
-        loss = _masked_loss(model(x.to(cfg.device)), y.to(cfg.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        losses.append(loss.item())
-        last = step == cfg.steps - 1
-        if (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or last:
-            val = token_accuracy(model, generate, seq_len=cfg.seq_len, batches=cfg.eval_batches,
-                                 batch_size=cfg.batch_size)
-            record = {"step": step + 1, "train_loss": statistics.fmean(losses[-cfg.eval_every or -1:]),
-                      "val_accuracy": val["accuracy"], "val_loss": val["loss"],
-                      "time_s": time.perf_counter() - start}
-            curve.append(record)
-            if log:
-                log(f"  step {step + 1:6d}  loss {record['train_loss']:.4f}  val acc {val['accuracy']:.4f}  "
-                    f"{record['time_s']:.0f}s")
-            if cfg.target_accuracy is not None and val["accuracy"] >= cfg.target_accuracy:
-                break
-    return {"curve": curve, "steps": step + 1, "train_time_s": time.perf_counter() - start,
-            "first_loss": statistics.fmean(losses[:10]), "last_loss": statistics.fmean(losses[-10:])}
+    task = data if isinstance(data, Task) else _generator_task(data, cfg, num_classes=num_classes or model.num_classes)
+    result = fit(model, task, cfg.recipe(), progress=False)
+    curve = [{"step": r["step"], "train_loss": r["train_loss"], "val_accuracy": r.get("val_accuracy"),
+              "val_loss": r.get("val_loss"), "time_s": r["time_s"]} for r in result.history]
+    if log:
+        for r in curve:
+            log(f"  step {r['step']:6d}  loss {r['train_loss']:.4f}  val acc {r['val_accuracy']:.4f}  {r['time_s']:.0f}s")
+    return {"curve": curve, "steps": result.final["steps"], "stop_reason": result.stop_reason,
+            "train_time_s": sum(r["train_time_s"] for r in result.history),
+            "first_loss": result.history[0]["train_loss"], "last_loss": result.history[-1]["train_loss"],
+            "final": {k: v for k, v in result.final.items() if k.startswith("val_")}}
 
 
 def _count(model: nn.Module) -> int:
@@ -223,23 +202,24 @@ def induction_heads(*, models: Sequence[str] = ("mamba", "attention"), d_model: 
         if log:
             log(f"induction heads: {kind} ({_count(model):,} parameters)")
         stages = []
-        for length in curriculum:
+        for length in curriculum:  # one fit per stage: each ends at its own target (an adaptive curriculum)
             if log:
                 log(f"  curriculum stage: length {length}")
             stage_cfg = replace(cfg, seq_len=length, steps=curriculum_steps, seed=cfg.seed + length,
                                 target_accuracy=curriculum_target)
-            stage = train_sequence_model(model, generate, stage_cfg, log=log)
+            stage = train_sequence_model(model, generate, stage_cfg, log=log, num_classes=vocab_size)
             stages.append({"seq_len": length, "steps": stage["steps"], "train_time_s": stage["train_time_s"],
                            "final_accuracy": stage["curve"][-1]["val_accuracy"] if stage["curve"] else None})
-        run = train_sequence_model(model, generate, cfg, log=log)
-        accuracy = {}
-        for L in eval_lengths:
-            if kind == "attention" and L > max_attention_eval_length:
-                continue
-            acc = token_accuracy(model, generate, seq_len=L, batches=eval_batches, batch_size=eval_batch_size)
-            accuracy[str(L)] = acc["accuracy"]
-            if log:
-                log(f"  {kind} at length {L}: {acc['accuracy']:.4f}")
+        lengths = [L for L in eval_lengths if kind != "attention" or L <= max_attention_eval_length]
+        task = token_task("induction_heads", lambda n, *, seq_len, generator: generate(n, seq_len, generator),
+                          num_classes=vocab_size, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                          eval_batch_size=eval_batch_size, seed=cfg.seed, train_batches=cfg.period,
+                          val_batches=eval_batches, eval_lengths=lengths, length_batch_size=eval_batch_size)
+        run = train_sequence_model(model, task, cfg, log=log)
+        accuracy = {str(L): run["final"][f"val_accuracy_{L}"] for L in lengths}
+        if log:
+            for L, value in accuracy.items():
+                log(f"  {kind} at length {L}: {value:.4f}")
         results["models"][kind] = {"params": _count(model), "accuracy": accuracy, "curriculum_stages": stages, **run}
     return results
 
@@ -293,10 +273,10 @@ def gate_ablation(*, configs: Sequence[str] = tuple(GATE_ABLATION), d_model: int
                               mixer="mamba", **GATE_ABLATION[name])
         if log:
             log(f"gate ablation: {name} ({_count(model):,} parameters)")
-        run = train_sequence_model(model, generate, cfg, log=log)
-        final = token_accuracy(model, generate, seq_len=cfg.seq_len, batches=8, batch_size=cfg.batch_size)
-        out["models"][name] = {"params": _count(model), "accuracy": final["accuracy"],
-                               "seq_accuracy": final["seq_accuracy"], **run}
+        task = _generator_task(generate, cfg, num_classes=vocab_size, name="selective_copying", val_batches=8)
+        run = train_sequence_model(model, task, cfg, log=log)
+        out["models"][name] = {"params": _count(model), "accuracy": run["final"]["val_accuracy"],
+                               "seq_accuracy": run["final"]["val_seq_accuracy"], **run}
     return out
 
 
@@ -308,35 +288,17 @@ H2_MIXERS = ("mamba", "s4d", "attention", "gated_cnn")
 
 
 def _classification_run(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-                        val_y: torch.Tensor, cfg: SeqTrainConfig) -> dict[str, Any]:
-    """Sequence classification (sMNIST, ListOps) with the same optimiser and schedule as the token tasks."""
-    torch.manual_seed(cfg.seed)
-    model.to(cfg.device)
-    optimizer = _optimizer(model, cfg)
-    start = time.perf_counter()
-    n = train_x.shape[0]
-    losses = []
-    g = torch.Generator().manual_seed(cfg.seed)
-    for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        idx = torch.randint(0, n, (cfg.batch_size,), generator=g)
-        loss = F.cross_entropy(model(train_x[idx].to(cfg.device)).float(), train_y[idx].to(cfg.device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, val_x.shape[0], 256):
-            pred = model(val_x[i:i + 256].to(cfg.device)).argmax(-1).cpu()
-            correct += int((pred == val_y[i:i + 256]).sum())
-    model.train()
-    return {"accuracy": correct / val_x.shape[0], "steps": cfg.steps, "train_time_s": time.perf_counter() - start,
-            "first_loss": statistics.fmean(losses[:10]), "last_loss": statistics.fmean(losses[-10:])}
+                        val_y: torch.Tensor, cfg: SeqTrainConfig, *, name: str = "sequences") -> dict[str, Any]:
+    """Sequence classification (sMNIST, ListOps) with ``fit`` and the recipe of the token tasks."""
+    loader = dict(batch_size=cfg.batch_size, seed=cfg.seed, device="cpu")
+    task = Task(name=name, train_loader=TensorPairLoader(train_x, train_y, shuffle=True, **loader),
+                val_loader=TensorPairLoader(val_x, val_y, shuffle=False, **{**loader, "batch_size": 256}),
+                num_classes=10, input_shape=tuple(train_x.shape[1:]))
+    recipe = load_recipe(cfg.recipe(), ["train.eval_batch_size=256", f"train.eval_every={cfg.steps}"])
+    result = fit(model, task, recipe, progress=False)
+    return {"accuracy": result.final["val_accuracy"], "steps": result.final["steps"],
+            "train_time_s": sum(r["train_time_s"] for r in result.history),
+            "first_loss": result.history[0]["train_loss"], "last_loss": result.history[-1]["train_loss"]}
 
 
 def _smnist_data(num_train: int, num_val: int, data_dir: str | Path | None, *, pool: int = 1
@@ -408,13 +370,13 @@ def h2_sequence(*, mixers: Sequence[str] = H2_MIXERS, tasks: Sequence[str] = ("s
             if task in ("selective_copying", "induction_heads"):
                 V = cfg_task["vocab_size"]
                 model = SequenceModel(num_classes=V, vocab_size=V, d_model=width, depth=depth, mixer=mixer)
-                run = train_sequence_model(model, data, cfg)
-                record = {"params": _count(model),
-                          "accuracy": token_accuracy(model, data, seq_len=cfg.seq_len, batches=8)["accuracy"],
+                lengths = [cfg_task["eval_seq_len"]] if "eval_seq_len" in cfg_task else []
+                run = train_sequence_model(model, _generator_task(data, cfg, num_classes=V, name=task, val_batches=8,
+                                                                  eval_lengths=lengths), cfg)
+                record = {"params": _count(model), "accuracy": run["final"]["val_accuracy"],
                           **{k: run[k] for k in ("steps", "train_time_s", "first_loss", "last_loss")}}
-                if "eval_seq_len" in cfg_task:
-                    L = cfg_task["eval_seq_len"]
-                    record[f"accuracy_at_{L}"] = token_accuracy(model, data, seq_len=L, batches=8, batch_size=16)["accuracy"]
+                for L in lengths:
+                    record[f"accuracy_at_{L}"] = run["final"][f"val_accuracy_{L}"]
             else:
                 train_x, train_y, val_x, val_y = data
                 if task == "smnist":
@@ -424,7 +386,7 @@ def h2_sequence(*, mixers: Sequence[str] = H2_MIXERS, tasks: Sequence[str] = ("s
                     model = SequenceModel(num_classes=10, vocab_size=ListOpsVocab.SIZE, d_model=width, depth=depth,
                                           mixer=mixer, pool="last")
                 record = {"params": _count(model), "seq_len": int(train_x.shape[1]),
-                          **_classification_run(model, train_x, train_y, val_x, val_y, cfg)}
+                          **_classification_run(model, train_x, train_y, val_x, val_y, cfg, name=task)}
             out["tasks"][task][mixer] = record
             if log:
                 log(f"h2 {task} {mixer}: accuracy {record['accuracy']:.3f} ({record['params']:,} parameters, "

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dltricks.layers.checks import check_image_input
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 from dltricks.models.vgg import linear_no_init
 
@@ -37,15 +38,22 @@ PAPER = "Krizhevsky et al., ImageNet Classification with Deep Convolutional Neur
 __all__ = ["AlexNet"]
 
 
-class AlexNet(nn.Module):
-    """The 2012 AlexNet with optional two-group convolutions and LRN."""
+class AlexNet(ClassifierMixin, nn.Module):
+    """The 2012 AlexNet with optional two-group convolutions and LRN.
 
+    Classifier interface (:mod:`dltricks.models._classifier`): ``forward_features`` is the last conv map,
+    ``forward_head`` pools to 6x6 and runs the FC stack; the pre-logit features are the 4096 outputs of
+    the second hidden FC layer, and ``get_classifier()`` is ``classifier.6``.
+    """
+
+    head_attr = "classifier.6"
     MIN_SIZE = 67  # 11x11/4 conv and three 3x3/2 pools must leave at least one pixel
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, grouped: bool = True, lrn: bool = True,
                  drop_rate: float = 0.5, init: str = "kaiming") -> None:
         super().__init__()
         self.in_chans, self.num_classes = in_chans, num_classes
+        self.num_features, self.head_hidden_size = 256, 4096
         groups = 2 if grouped else 1
 
         def norm() -> nn.Module:
@@ -65,7 +73,7 @@ class AlexNet(nn.Module):
         self.classifier = nn.Sequential(
             nn.Dropout(drop_rate), linear_no_init(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
             nn.Dropout(drop_rate), linear_no_init(4096, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
+            nn.Linear(4096, num_classes) if num_classes > 0 else nn.Identity(),
         )
         self.init_weights(init)
 
@@ -75,7 +83,7 @@ class AlexNet(nn.Module):
         layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
         for i, m in enumerate(layers):
             if init == "kaiming":
-                if isinstance(m, nn.Linear) and m is layers[-1]:
+                if m is self.classifier[6]:  # the last layer (absent when num_classes == 0)
                     nn.init.normal_(m.weight, 0, 0.01)
                 else:
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
@@ -89,9 +97,13 @@ class AlexNet(nn.Module):
         check_image_input(x, in_chans=self.in_chans, min_size=self.MIN_SIZE, model="AlexNet")
         return self.features(x)  # (B, 256, 6, 6) at 227 px
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avgpool(x).flatten(1)  # (B, 9216)
+        x = self.classifier[:6](x)  # dropout, FC 4096, ReLU, dropout, FC 4096, ReLU: (B, 4096)
+        return x if pre_logits else self.classifier[6](x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.avgpool(self.forward_features(x)).flatten(1)  # (B, 9216)
-        return self.classifier(x)
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(paper=PAPER, input_size=(3, 227, 227), test_input_size=(3, 67, 67), min_input_size=67)

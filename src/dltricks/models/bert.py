@@ -27,6 +27,7 @@ from torch import nn
 
 from dltricks.errors import ModelError
 from dltricks.layers.transformer import TransformerEncoder
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Devlin et al., BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding, NAACL 2019"
@@ -42,6 +43,7 @@ class BertModel(nn.Module):
 
     ``forward(input_ids (B, T), token_type_ids=None, key_padding_mask=None)`` returns
     ``(sequence_output (B, T, D), pooled (B, D) or None)``. Padding defaults to ``input_ids == pad_id``.
+    :meth:`encode` gives the sequence output alone and :meth:`pool` the pooler's output for it.
     """
 
     def __init__(self, *, vocab_size: int = 30522, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
@@ -72,8 +74,9 @@ class BertModel(nn.Module):
             with torch.no_grad():
                 m.weight[m.padding_idx].zero_()
 
-    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None, *, need_weights: bool = False):
+    def encode(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+               key_padding_mask: torch.Tensor | None = None, *, need_weights: bool = False):
+        """The sequence output (B, T, D), or ``(sequence_output, attention weights)`` with ``need_weights``."""
         if input_ids.dim() != 2 or input_ids.is_floating_point():
             raise ValueError(f"BERT expects input token ids of shape (B, T), got {tuple(input_ids.shape)} {input_ids.dtype}")
         B, T = input_ids.shape
@@ -86,9 +89,17 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embed_drop(self.embed_norm(x + self.token_type_embeddings(token_type_ids)))
-        x = self.encoder(x, key_padding_mask=key_padding_mask, need_weights=need_weights)
+        return self.encoder(x, key_padding_mask=key_padding_mask, need_weights=need_weights)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The pooler (dense + tanh) on the [CLS] state of a sequence output: (B, D), or None without pooler."""
+        return torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None, *, need_weights: bool = False):
+        x = self.encode(input_ids, token_type_ids, key_padding_mask, need_weights=need_weights)
         x, weights = x if need_weights else (x, None)
-        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None  # [CLS] state
+        pooled = self.pool(x)
         return (x, pooled, weights) if need_weights else (x, pooled)
 
 
@@ -113,22 +124,38 @@ class BertForMaskedLM(nn.Module):
         return x @ self.bert.word_embeddings.weight.t() + self.decoder_bias  # tied output layer: (B, T, V)
 
 
-class BertForSequenceClassification(nn.Module):
-    """BERT encoder with pooler + dropout + linear classifier; ``forward`` returns (B, num_classes)."""
+class BertForSequenceClassification(ClassifierMixin, nn.Module):
+    """BERT encoder with pooler + dropout + linear classifier; ``forward`` returns (B, num_classes).
+
+    Classifier interface (:mod:`dltricks.models._classifier`): ``forward_features`` takes the same
+    arguments as ``forward`` and returns the sequence output (B, T, D); ``forward_head`` applies the
+    pooler to the [CLS] state and dropout (the pre-logit features) and ``classifier``.
+    """
+
+    head_attr = "classifier"
 
     def __init__(self, *, num_classes: int = 2, classifier_dropout: float = 0.1, **kwargs) -> None:
         super().__init__()
         self.bert = BertModel(pooler=True, **kwargs)
         self.num_classes, self.pad_id = num_classes, self.bert.pad_id
+        self.num_features = self.bert.embed_dim
         self.drop = nn.Dropout(classifier_dropout)
-        self.classifier = nn.Linear(self.bert.embed_dim, num_classes)
-        nn.init.normal_(self.classifier.weight, std=0.02)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = nn.Linear(self.bert.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.classifier, nn.Linear):
+            nn.init.normal_(self.classifier.weight, std=0.02)
+            nn.init.zeros_(self.classifier.bias)
+
+    def forward_features(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                         key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bert.encode(input_ids, token_type_ids, key_padding_mask)  # (B, T, D)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.bert.pool(x))  # pooled [CLS] state: (B, D)
+        return x if pre_logits else self.classifier(x)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        _, pooled = self.bert(input_ids, token_type_ids, key_padding_mask)
-        return self.classifier(self.drop(pooled))
+        return self.forward_head(self.forward_features(input_ids, token_type_ids, key_padding_mask))
 
     @torch.no_grad()
     def load_pretrained(self, mlm: BertForMaskedLM) -> BertForSequenceClassification:

@@ -42,6 +42,7 @@ from dltricks.layers.checks import check_image_input
 from dltricks.layers.drop import DropPath
 from dltricks.layers.mlp import Mlp
 from dltricks.layers.norm import LayerNorm2d
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Liu et al., A ConvNet for the 2020s, CVPR 2022"
@@ -88,7 +89,7 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(ClassifierMixin, nn.Module):
     """ConvNeXt classifier.
 
     Args:
@@ -97,7 +98,11 @@ class ConvNeXt(nn.Module):
         drop_path_rate: stochastic depth at the last block, rising linearly from 0.
         layer_scale_init: initial gamma (0 disables layer scale).
         head_init_scale: multiplies the classifier's initial weights (0.001 for fine-tuning in the paper).
+
+    ``forward_head`` pools, applies the final LayerNorm and dropout (the pre-logit features) and ``head``.
     """
+
+    head_attr = "head"
 
     def __init__(self, *, depths: Sequence[int] = (3, 3, 9, 3), dims: Sequence[int] = (96, 192, 384, 768),
                  num_classes: int = 1000, in_chans: int = 3, kernel_size: int | Sequence[int] = 7,
@@ -152,17 +157,13 @@ class ConvNeXt(nn.Module):
         self._check(x)
         return self.stages(self.stem(x))  # (B, C3, H/32, W/32)
 
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(x.mean((2, 3)))  # (B, C3): global average pool, then LayerNorm
         x = self.dropout(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 _REG = dict(paper=PAPER, input_size=(3, 224, 224), test_input_size=(3, 32, 32), min_input_size=32)

@@ -30,6 +30,7 @@ from torch import nn
 
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.init import init_cnn_
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Huang et al., Densely Connected Convolutional Networks, CVPR 2017"
@@ -85,7 +86,7 @@ class Transition(nn.Sequential):
         self.pool = nn.AvgPool2d(2, stride=2)
 
 
-class DenseNet(nn.Module):
+class DenseNet(ClassifierMixin, nn.Module):
     """DenseNet-BC classifier.
 
     Args:
@@ -97,6 +98,8 @@ class DenseNet(nn.Module):
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool) or ``"cifar"`` (one 3x3 conv).
         drop_rate: dropout after each dense layer (0.2 in the paper without augmentation).
     """
+
+    head_attr = "classifier"
 
     def __init__(self, *, growth_rate: int = 32, block_config: Sequence[int] = (6, 12, 24, 16),
                  num_init_features: int = 64, bn_size: int = 4, compression: float = 0.5, drop_rate: float = 0.0,
@@ -158,16 +161,12 @@ class DenseNet(nn.Module):
         self._check(x)
         return self.features(x)  # (B, num_features, H/32, W/32) after the final BN-ReLU
 
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.global_pool(x).flatten(1)  # (B, num_features)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 @register_model(paper=PAPER, input_size=(3, 224, 224), test_input_size=(3, 32, 32), min_input_size=32)

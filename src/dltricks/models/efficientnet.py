@@ -48,6 +48,7 @@ from dltricks.layers.conv import ConvNormAct
 from dltricks.layers.init import init_cnn_
 from dltricks.layers.mbconv import FusedMBConv, MBConv
 from dltricks.layers.se import make_divisible
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019"
@@ -120,7 +121,7 @@ def scale_stages(stages: Sequence[StageSpec], *, width_mult: float, depth_mult: 
                       int(math.ceil(s.repeats * depth_mult)), s.se_ratio) for s in stages]
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(ClassifierMixin, nn.Module):
     """Stem, MBConv / Fused-MBConv stages, 1x1 head conv, pooling, dropout, linear.
 
     Args:
@@ -130,6 +131,8 @@ class EfficientNet(nn.Module):
         drop_rate: dropout before the classifier; drop_path_rate: stochastic depth at the last block.
         act_layer: SiLU (swish) in both papers.
     """
+
+    head_attr = "classifier"
 
     def __init__(self, stages: Sequence[StageSpec], *, stem_chs: int, num_features: int, num_classes: int = 1000,
                  in_chans: int = 3, drop_rate: float = 0.2, drop_path_rate: float = 0.2,
@@ -192,16 +195,12 @@ class EfficientNet(nn.Module):
         check_image_input(x, in_chans=self.in_chans, min_size=1, model=type(self).__name__)
         return self.conv_head(self.blocks(self.stem(x)))  # (B, num_features, H/32, W/32)
 
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.dropout(self.global_pool(x).flatten(1))  # (B, num_features)
         return x if pre_logits else self.classifier(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def efficientnet(*, width_mult: float = 1.0, depth_mult: float = 1.0, phi: float | None = None,

@@ -42,6 +42,7 @@ from torch import nn
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.conv import ConvNormAct
 from dltricks.layers.init import init_cnn_
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Szegedy et al., Going Deeper with Convolutions, CVPR 2015"
@@ -96,15 +97,22 @@ class InceptionAux(nn.Module):
         self.fc1 = nn.Linear(128 * 4 * 4, 1024)
         self.act = nn.ReLU(inplace=True)
         self.dropout = nn.Dropout(drop_rate)
-        self.fc2 = nn.Linear(1024, num_classes)
+        self.fc2 = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(self.pool(x)).flatten(1)  # (B, 2048)
         return self.fc2(self.dropout(self.act(self.fc1(x))))
 
 
-class GoogLeNet(nn.Module):
-    """GoogLeNet; ``aux_logits=True`` returns ``(logits, aux1, aux2)`` in training mode."""
+class GoogLeNet(ClassifierMixin, nn.Module):
+    """GoogLeNet; ``aux_logits=True`` returns ``(logits, aux1, aux2)`` in training mode.
+
+    Classifier interface: ``forward_features`` is the (B, 1024, H/32, W/32) map of module 5b,
+    ``forward_head`` pools, applies dropout and ``fc``; ``reset_classifier`` also replaces the last layer
+    of each auxiliary head so that all outputs have ``num_classes`` columns.
+    """
+
+    head_attr = "fc"
 
     MIN_SIZE = 31  # the ceil-mode 3x3/2 max-pools need at least a 2x2 map (1x1 before the last one fails)
 
@@ -143,27 +151,46 @@ class GoogLeNet(nn.Module):
         self.num_features = 1024
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(1024, num_classes)
+        self.fc = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:
         init_cnn_(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def reset_classifier(self, num_classes: int) -> None:
+        super().reset_classifier(num_classes)
+        for aux in (self.aux1, self.aux2):
+            if aux is not None:
+                aux.fc2 = self._new_classifier(num_classes, in_features=1024)
+
+    def _trunk(self, x: torch.Tensor, *, with_aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last map and, with ``with_aux``, the two auxiliary heads' outputs."""
         check_image_input(x, in_chans=self.in_chans, min_size=self.MIN_SIZE, model="GoogLeNet")
+        aux: list[torch.Tensor] = []
         x = self.lrn1(self.maxpool1(self.conv1(x)))
         x = self.maxpool2(self.lrn2(self.conv3(self.conv2(x))))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
         x = self.inception4a(x)  # (B, 512, H/16, W/16)
-        aux1 = self.aux1(x) if self.aux1 is not None and self.training else None
+        if with_aux:
+            aux.append(self.aux1(x))
         x = self.inception4d(self.inception4c(self.inception4b(x)))  # (B, 528, H/16, W/16)
-        aux2 = self.aux2(x) if self.aux2 is not None and self.training else None
+        if with_aux:
+            aux.append(self.aux2(x))
         x = self.maxpool4(self.inception4e(x))
-        x = self.inception5b(self.inception5a(x))  # (B, 1024, H/32, W/32)
-        logits = self.fc(self.dropout(self.global_pool(x).flatten(1)))
-        if aux1 is not None and aux2 is not None:
-            return logits, aux1, aux2
-        return logits
+        return self.inception5b(self.inception5a(x)), aux  # (B, 1024, H/32, W/32)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._trunk(x, with_aux=False)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(self.global_pool(x).flatten(1))  # (B, 1024)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with_aux = self.training and self.aux1 is not None and self.aux2 is not None
+        x, aux = self._trunk(x, with_aux=with_aux)
+        logits = self.forward_head(x)
+        return (logits, *aux) if with_aux else logits  # type: ignore[return-value]
 
 
 @register_model(paper=PAPER, input_size=(3, 224, 224), test_input_size=(3, 32, 32), min_input_size=GoogLeNet.MIN_SIZE)

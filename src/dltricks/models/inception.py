@@ -43,6 +43,7 @@ from torch import nn
 
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.init import init_cnn_
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016"
@@ -182,7 +183,7 @@ class InceptionAuxV3(nn.Module):
         super().__init__()
         self.conv0 = BasicConv2d(in_chs, 128, 1)
         self.conv1 = BasicConv2d(128, 768, 5)
-        self.fc = nn.Linear(768, num_classes)
+        self.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if min(x.shape[-2:]) >= 17:
@@ -194,8 +195,15 @@ class InceptionAuxV3(nn.Module):
         return self.fc(x)
 
 
-class InceptionV3(nn.Module):
-    """Inception v3 classifier; ``aux_logits=True`` returns ``(logits, aux)`` in training mode."""
+class InceptionV3(ClassifierMixin, nn.Module):
+    """Inception v3 classifier; ``aux_logits=True`` returns ``(logits, aux)`` in training mode.
+
+    Classifier interface: ``forward_features`` is the (B, 2048, H', W') map of ``Mixed_7c``,
+    ``forward_head`` pools, applies dropout and ``fc``; ``reset_classifier`` also replaces the auxiliary
+    head's ``AuxLogits.fc`` so both outputs have ``num_classes`` columns.
+    """
+
+    head_attr = "fc"
 
     MIN_SIZE = 75
 
@@ -225,22 +233,38 @@ class InceptionV3(nn.Module):
         self.num_features = 2048
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(2048, num_classes)
+        self.fc = nn.Linear(2048, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:
         init_cnn_(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def reset_classifier(self, num_classes: int) -> None:
+        super().reset_classifier(num_classes)
+        if self.AuxLogits is not None:
+            self.AuxLogits.fc = self._new_classifier(num_classes, in_features=768)
+
+    def _trunk(self, x: torch.Tensor, *, with_aux: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last map and, with ``with_aux``, the auxiliary head's output."""
         check_image_input(x, in_chans=self.in_chans, min_size=self.MIN_SIZE, model="Inception v3")
         x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
         x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
         x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
         x = self.Mixed_6a(x)
         x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))  # (B, 768, 17, 17)
-        aux = self.AuxLogits(x) if self.AuxLogits is not None and self.training else None
-        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))  # (B, 2048, 8, 8)
-        logits = self.fc(self.dropout(self.global_pool(x).flatten(1)))
+        aux = self.AuxLogits(x) if with_aux and self.AuxLogits is not None else None
+        return self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x))), aux  # (B, 2048, 8, 8)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._trunk(x, with_aux=False)[0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(self.global_pool(x).flatten(1))  # (B, 2048)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x, aux = self._trunk(x, with_aux=self.training)
+        logits = self.forward_head(x)
         return (logits, aux) if aux is not None else logits
 
 

@@ -14,15 +14,22 @@ import torch
 from torch import nn
 
 from dltricks.layers.checks import check_image_input
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "LeCun et al., Gradient-based learning applied to document recognition, Proc. IEEE 1998"
 
 
-class LeNet5(nn.Module):
+class LeNet5(ClassifierMixin, nn.Module):
+    """LeNet-5; ``forward_features`` is the (B, 16, 5, 5) map of S4, ``forward_head`` flattens it and runs
+    C5 and F6 (the 84 pre-logit features) and the output layer ``classifier.5``."""
+
+    head_attr = "classifier.5"
+
     def __init__(self, *, num_classes: int = 10, in_chans: int = 1, pad_input: bool = True) -> None:
         super().__init__()
         self.in_chans, self.min_size = in_chans, 28 if pad_input else 32
+        self.num_classes, self.num_features, self.head_hidden_size = num_classes, 16, 84
         # MNIST digits are 28x28; the paper feeds 32x32 so that strokes reach the receptive-field centre
         # of the top feature detectors. padding=2 on C1 does the same for 28x28 inputs.
         self.features = nn.Sequential(
@@ -33,15 +40,22 @@ class LeNet5(nn.Module):
             nn.Flatten(),  # (B, 400)
             nn.Linear(16 * 5 * 5, 120), nn.Tanh(),
             nn.Linear(120, 84), nn.Tanh(),
-            nn.Linear(84, num_classes),
+            nn.Linear(84, num_classes) if num_classes > 0 else nn.Identity(),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, in_chans=self.in_chans, min_size=self.min_size, model="LeNet-5")
         features = self.features(x)
         if features.shape[-2:] != (5, 5):
             raise ValueError(f"LeNet-5 expects 28x28 inputs (or 32x32 with pad_input=False), got {tuple(x.shape[-2:])}")
-        return self.classifier(features)
+        return features  # (B, 16, 5, 5)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.classifier[:5](x)  # flatten, C5 (120), tanh, F6 (84), tanh: (B, 84)
+        return x if pre_logits else self.classifier[5](x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(input_size=(1, 28, 28), test_input_size=(1, 28, 28), min_input_size=28,

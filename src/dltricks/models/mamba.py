@@ -33,6 +33,7 @@ from dltricks.layers.ssm.gated_cnn import GatedCNN1d
 from dltricks.layers.ssm.mamba import Mamba, MambaBlock, MambaState, get_seq_norm
 from dltricks.layers.ssm.s4d import S4DMixer
 from dltricks.layers.transformer import TransformerEncoderLayer
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 __all__ = ["SequenceModel", "MambaLM", "MIXERS"]
@@ -42,7 +43,7 @@ PAPER = "Gu & Dao, Mamba: Linear-Time Sequence Modeling with Selective State Spa
 MIXERS = ("mamba", "s4d", "gated_cnn", "attention")
 
 
-class SequenceModel(nn.Module):
+class SequenceModel(ClassifierMixin, nn.Module):
     """Encoder → ``depth`` residual blocks with one kind of token mixer → norm → head (module docstring).
 
     Args:
@@ -59,7 +60,15 @@ class SequenceModel(nn.Module):
         kernel_size, expansion_ratio: Gated CNN options.
         num_heads, mlp_ratio: attention options.
         tie_embeddings: share the token embedding with the output layer (needs vocab_size == num_classes).
+
+    Classifier interface (:mod:`dltricks.models._classifier`, for any ``pool``): ``forward_features`` is
+    the final-normed sequence (B, L, d_model); ``forward_head`` pools it (``"mean"``, ``"last"``) or keeps
+    every token (``pool=None``) and applies ``head``, a linear layer without bias. ``reset_classifier``
+    gives an untied head.
     """
+
+    head_attr = "head"
+    head_bias = False
 
     def __init__(self, *, num_classes: int, vocab_size: int | None = None, in_features: int | None = None,
                  d_model: int = 128, depth: int = 2, mixer: str = "mamba", pool: str | None = None,
@@ -76,6 +85,7 @@ class SequenceModel(nn.Module):
             raise ValueError(f"pool must be None, 'mean' or 'last', got {pool!r}")
         self.num_classes, self.vocab_size, self.in_features = num_classes, vocab_size, in_features
         self.d_model, self.depth, self.mixer_kind, self.pool = d_model, depth, mixer, pool
+        self.num_features = d_model
         if vocab_size is not None:
             self.encoder: nn.Module = nn.Embedding(vocab_size, d_model)
         else:
@@ -96,7 +106,7 @@ class SequenceModel(nn.Module):
             blocks.append(MambaBlock(d_model, token_mixer, norm=norm, drop_path=rates[i]))
         self.blocks = nn.ModuleList(blocks)
         self.norm_f = (nn.LayerNorm(d_model, eps=1e-6) if mixer == "attention" else get_seq_norm(norm)(d_model))
-        self.head = nn.Linear(d_model, num_classes, bias=False)
+        self.head = nn.Linear(d_model, num_classes, bias=False) if num_classes > 0 else nn.Identity()
         self._init_weights()
         if tie_embeddings:
             if vocab_size != num_classes:
@@ -135,9 +145,8 @@ class SequenceModel(nn.Module):
             h = h + pe  # (B, L, d) + (L, d)
         return h
 
-    def forward(self, x: torch.Tensor, *, state: list[MambaState | None] | None = None) -> torch.Tensor:
-        """Logits (B, L, num_classes), or (B, num_classes) with ``pool``. ``state`` (from
-        :meth:`allocate_state`, Mamba mixers only) makes the call continue a cached sequence."""
+    def forward_features(self, x: torch.Tensor, *, state: list[MambaState | None] | None = None) -> torch.Tensor:
+        """The final-normed sequence (B, L, d_model); ``state`` as in :meth:`forward`."""
         h = self._encode(x)
         for i, block in enumerate(self.blocks):
             if self.mixer_kind == "attention":
@@ -146,12 +155,21 @@ class SequenceModel(nn.Module):
                 h = block(h, state=state[i])
             else:
                 h = block(h)
-        h = self.norm_f(h)
+        return self.norm_f(h)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, num_classes) with ``pool``, per-token (B, L, num_classes) without; ``pre_logits`` stops
+        before ``head``."""
         if self.pool == "mean":
-            h = h.mean(dim=1)  # (B, d)
+            x = x.mean(dim=1)  # (B, d)
         elif self.pool == "last":
-            h = h[:, -1]
-        return self.head(h)
+            x = x[:, -1]
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor, *, state: list[MambaState | None] | None = None) -> torch.Tensor:
+        """Logits (B, L, num_classes), or (B, num_classes) with ``pool``. ``state`` (from
+        :meth:`allocate_state`, Mamba mixers only) makes the call continue a cached sequence."""
+        return self.forward_head(self.forward_features(x, state=state))
 
     def allocate_state(self, batch_size: int, *, device: torch.device | str | None = None) -> list[MambaState | None]:
         """One recurrent cache per block (Mamba mixers only)."""
@@ -222,3 +240,14 @@ def mamba_cls_tiny(*, num_classes: int = 10, in_chans: int = 1, d_model: int = 6
     sequential MNIST (L = 784, in_chans = 1); mean-pooled head."""
     return SequenceModel(num_classes=num_classes, in_features=in_chans, d_model=d_model, depth=depth, mixer="mamba",
                          pool=pool, **kwargs)
+
+
+@register_model(paper=PAPER, task="sequence", input_size=(256,), test_input_size=(12,), make_test_input=_token_input)
+def mamba_tokens_tiny(*, num_classes: int = 16, vocab_size: int | None = None, d_model: int = 64, depth: int = 2,
+                      mixer: str = "mamba", **kwargs) -> SequenceModel:
+    """The 2-layer, 64-wide token model of the Mamba paper's synthetic tasks (sec. 4.1: selective copying,
+    induction heads): per-token logits (B, L, num_classes) over a vocabulary of ``vocab_size`` (default:
+    ``num_classes``) tokens, untied head; 67,520 parameters at 16 tokens. ``mixer`` swaps the token mixer
+    (``"s4d"``, ``"gated_cnn"``, ``"attention"``) for the comparisons of ``dltricks.experiments.ssm``."""
+    return SequenceModel(num_classes=num_classes, vocab_size=vocab_size or num_classes, d_model=d_model, depth=depth,
+                         mixer=mixer, **kwargs)

@@ -35,6 +35,7 @@ from torch import nn
 
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.ssm.gated_cnn import GatedCNNBlock
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 __all__ = ["MambaOut", "MAMBAOUT_CONFIGS"]
@@ -94,14 +95,19 @@ class MlpHead(nn.Module):
         self.act = nn.GELU()
         self.norm = _LayerNorm(hidden)
         self.drop = nn.Dropout(drop_rate)
-        self.fc2 = nn.Linear(hidden, num_classes)
+        self.fc2 = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.norm(self.act(self.fc1(x))))  # (B, hidden)
+        return x if pre_logits else self.fc2(x)
 
 
-class MambaOut(nn.Module):
+class MambaOut(ClassifierMixin, nn.Module):
     """MambaOut classifier (module docstring).
+
+    ``forward_features`` returns the last stage's channels-last map (B, H', W', C₄); ``forward_head``
+    pools it, applies the final LayerNorm and the MLP head, whose hidden features (after GELU, LN and
+    dropout; ``head_hidden_size`` = 4C₄) are the pre-logit features and whose ``head.fc2`` is the last layer.
 
     Args:
         depths, dims: blocks and channels per stage.
@@ -113,6 +119,8 @@ class MambaOut(nn.Module):
         drop_rate: dropout in the head.
         stem_strides: strides of the two stem convolutions ((2, 2) for ImageNet, (1, 2) for CIFAR).
     """
+
+    head_attr = "head.fc2"
 
     def __init__(self, *, depths: Sequence[int] = (3, 3, 9, 3), dims: Sequence[int] = (96, 192, 384, 576),
                  num_classes: int = 1000, in_chans: int = 3, kernel_size: int = 7, expansion_ratio: float = 8 / 3,
@@ -136,6 +144,7 @@ class MambaOut(nn.Module):
             k += depth
         self.norm = _LayerNorm(dims[-1])
         self.head = MlpHead(dims[-1], num_classes, drop_rate=drop_rate)
+        self.head_hidden_size = self.head.fc1.out_features
         self.apply(self._init_weights)
 
     @staticmethod
@@ -147,15 +156,19 @@ class MambaOut(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled, normalised features (B, C₄)."""
+        """The last stage's channels-last map (B, H', W', C₄)."""
         check_image_input(x, in_chans=self.in_chans, min_size=1, model="MambaOut")
         x = self.stem(x)  # (B, H/4, W/4, C1), channels-last from here on
         for downsample, stage in zip(self.downsamples, self.stages):
             x = stage(downsample(x))
-        return self.norm(x.mean(dim=(1, 2)))  # global average pool: (B, C4)
+        return x  # (B, H/32, W/32, C4)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x.mean(dim=(1, 2)))  # global average pool, LayerNorm: (B, C4)
+        return self.head(x, pre_logits=pre_logits)  # (B, num_classes), or (B, 4 C4) with pre_logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 def _mambaout(variant: str, *, cifar: bool = False, **kwargs) -> MambaOut:

@@ -26,6 +26,7 @@ from torch import nn
 from dltricks.layers.drop import DropPath
 from dltricks.layers.mlp import Mlp
 from dltricks.layers.patch_embed import PatchEmbed
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Tolstikhin et al., MLP-Mixer: An all-MLP Architecture for Vision, NeurIPS 2021"
@@ -53,14 +54,21 @@ class MixerBlock(nn.Module):
         return x
 
 
-class MlpMixer(nn.Module):
-    """Patch embedding -> ``depth`` Mixer blocks -> LayerNorm -> mean over tokens -> linear head."""
+class MlpMixer(ClassifierMixin, nn.Module):
+    """Patch embedding -> ``depth`` Mixer blocks -> LayerNorm -> mean over tokens -> linear head.
+
+    ``forward_features`` returns the normed tokens (B, N, C); ``forward_head`` averages them, applies the
+    head dropout (the pre-logit features) and ``head``.
+    """
+
+    head_attr = "head"
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, patch_size: int = 16,
                  embed_dim: int = 768, depth: int = 12, mlp_ratio: tuple[float, float] = (0.5, 4.0),
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
+        self.num_features = embed_dim
         self.stem = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_tokens = self.stem.num_patches
         tokens_dim, channels_dim = int(mlp_ratio[0] * embed_dim), int(mlp_ratio[1] * embed_dim)
@@ -89,9 +97,12 @@ class MlpMixer(nn.Module):
         x = self.stem(x)  # (B, N, C)
         return self.norm(self.blocks(x))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x.mean(dim=1))  # (B, C)
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x).mean(dim=1)  # (B, C)
-        return self.head(self.head_drop(x))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(input_size=(3, 224, 224), test_input_size=(3, 224, 224), min_input_size=224)

@@ -30,6 +30,7 @@ from dltricks.layers.conv import ConvNormAct
 from dltricks.layers.init import init_cnn_
 from dltricks.layers.mbconv import MBConv
 from dltricks.layers.se import make_divisible
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Sandler et al., MobileNetV2: Inverted Residuals and Linear Bottlenecks, CVPR 2018"
@@ -48,8 +49,14 @@ MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 )
 
 
-class MobileNetV2(nn.Module):
-    """MobileNetV2 classifier; ``forward_features_list`` returns the maps at strides 2, 4, 8, 16, 32."""
+class MobileNetV2(ClassifierMixin, nn.Module):
+    """MobileNetV2 classifier; ``forward_features_list`` returns the maps at strides 2, 4, 8, 16, 32.
+
+    The classifier is ``nn.Sequential(dropout, linear)`` (torchvision's layout); ``get_classifier()`` is
+    its linear layer ``classifier.1`` and the pre-logit features are the pooled features after dropout.
+    """
+
+    head_attr = "classifier.1"
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0,
                  settings: Sequence[tuple[int, int, int, int]] = MOBILENET_V2_SETTINGS, stem_stride: int = 2,
@@ -88,7 +95,8 @@ class MobileNetV2(nn.Module):
         self.feature_strides: list[int] = strides
         self.min_size = 1
         self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(self.num_features, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(self.num_features, num_classes)
+                                        if num_classes > 0 else nn.Identity())
         self.init_weights(zero_init_residual=zero_init_residual)
 
     def init_weights(self, *, zero_init_residual: bool = False) -> None:
@@ -112,16 +120,12 @@ class MobileNetV2(nn.Module):
         check_image_input(x, in_chans=self.in_chans, min_size=self.min_size, model="MobileNetV2")
         return self.features(x)  # (B, 1280, H/32, W/32)
 
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
-        x = self.global_pool(x).flatten(1)  # (B, 1280)
-        return x if pre_logits else self.classifier(x)
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.classifier[0](self.global_pool(x).flatten(1))  # pool, dropout: (B, 1280)
+        return x if pre_logits else self.classifier[1](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier[-1] = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 @register_model(paper=PAPER, input_size=(3, 224, 224), test_input_size=(3, 32, 32))

@@ -42,6 +42,7 @@ from dltricks.layers.checks import check_image_input
 from dltricks.layers.drop import DropPath
 from dltricks.layers.init import init_cnn_
 from dltricks.layers.norm import get_norm_layer
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "He et al., Identity Mappings in Deep Residual Networks, ECCV 2016"
@@ -114,7 +115,7 @@ class PreActBottleneck(nn.Module):
         return self.drop_path(out) + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(ClassifierMixin, nn.Module):
     """Pre-activation ResNet: stem, stages of pre-activation blocks, final BN-ReLU, pooling, linear.
 
     Args:
@@ -124,6 +125,8 @@ class PreActResNet(nn.Module):
         block_dropout: dropout between the convs of each block (Wide ResNets use 0.3).
         drop_rate: dropout before the classifier; drop_path_rate: stochastic depth (linear rule).
     """
+
+    head_attr = "fc"
 
     def __init__(self, block: str = "basic", layers: Sequence[int] = (2, 2, 2, 2), *, num_classes: int = 1000,
                  in_chans: int = 3, stem: str = "imagenet", stem_width: int = 64,
@@ -192,16 +195,12 @@ class PreActResNet(nn.Module):
         check_image_input(x, in_chans=self.in_chans, min_size=1, model=type(self).__name__)
         return self.act(self.norm(self.stages(self.stem(x))))  # (B, num_features, H/s, W/s)
 
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.dropout(self.global_pool(x).flatten(1))  # (B, num_features)
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 @register_model(paper=PAPER, input_size=(3, 224, 224), test_input_size=(3, 32, 32))

@@ -7,6 +7,9 @@
   fc128-dropout-fc10, 1.2 M parameters), the baseline of ``benchmarks/mnist_speedrun.py``.
 * ``speedrun_cnn``: three conv-BN-ReLU-maxpool stages (16-32-64 channels, 1.9 M multiply-adds per
   28x28 image, 6x fewer than ``mnist_example_cnn``) for fast MNIST training on CPUs.
+
+All four have the classifier interface of :mod:`dltricks.models._classifier` (``forward_features``,
+``forward_head``, ``get_classifier``, ``reset_classifier``).
 """
 
 from __future__ import annotations
@@ -17,38 +20,49 @@ import torch
 from torch import nn
 
 from dltricks.layers.checks import check_image_input
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 
-class MLP(nn.Module):
+class MLP(ClassifierMixin, nn.Module):
     """Flatten -> [Linear -> act -> dropout] x len(hidden) -> Linear.
 
     The input size is fixed at construction (``in_chans * img_size**2``); a different input raises
-    a clear error instead of a shape mismatch deep inside ``F.linear``.
+    a clear error instead of a shape mismatch deep inside ``F.linear``. ``forward_features`` is the
+    output of the last hidden layer (B, hidden[-1]); ``get_classifier()`` is ``head``.
     """
+
+    head_attr = "head"
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
                  hidden: Sequence[int] = (256, 128), act_layer: Callable[[], nn.Module] = nn.ReLU,
                  drop_rate: float = 0.0) -> None:
         super().__init__()
-        self.in_chans, self.img_size = in_chans, img_size
+        self.in_chans, self.img_size, self.num_classes = in_chans, img_size, num_classes
         layers: list[nn.Module] = []
         width = in_chans * img_size * img_size
         for h in hidden:
             layers += [nn.Linear(width, h), act_layer(), nn.Dropout(drop_rate)]
             width = h
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(width, num_classes)
+        self.num_features = width
+        self.head = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
             raise ValueError(f"MLP expects input (B, {self.in_chans}, {self.img_size}, {self.img_size}) of exactly "
                              f"{self.img_size}x{self.img_size} pixels, got {tuple(x.shape)}; build it with in_chans=/img_size= to match")
         x = x.flatten(1)  # (B, C*H*W)
-        return self.head(self.features(x))
+        return self.features(x)  # (B, hidden[-1])
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(ClassifierMixin, nn.Module):
     """Three conv-BN-ReLU stages with max-pooling, then global average pooling and a linear head.
 
     ``widths=(32, 64, 128)`` gives 0.29 M parameters.
@@ -70,18 +84,24 @@ class SmallCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
         self.in_chans, self.min_size = in_chans, 2 ** (len(widths) - 1)
+        self.num_classes, self.num_features = num_classes, c_in
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(c_in, num_classes)
+        self.head = nn.Linear(c_in, num_classes) if num_classes > 0 else nn.Identity()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, in_chans=self.in_chans, min_size=self.min_size, model="SmallCNN")
-        x = self.features(x)  # (B, C, H/4, W/4)
-        x = self.pool(x).flatten(1)  # (B, C)
-        return self.head(self.drop(x))
+        return self.features(x)  # (B, C, H/4, W/4)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.pool(x).flatten(1))  # (B, C)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(input_size=(1, 28, 28), test_input_size=(1, 28, 28), min_input_size=28)
@@ -98,7 +118,7 @@ def small_cnn(*, num_classes: int = 10, in_chans: int = 1, widths: Sequence[int]
     return SmallCNN(num_classes=num_classes, in_chans=in_chans, widths=widths, drop_rate=drop_rate)
 
 
-class MnistExampleCNN(nn.Module):
+class MnistExampleCNN(ClassifierMixin, nn.Module):
     """The CNN of the PyTorch examples MNIST script (``examples/mnist/main.py``).
 
     conv3x3(32) -> ReLU -> conv3x3(64) -> ReLU -> maxpool 2 -> dropout 0.25 -> fc 9216->128 -> ReLU ->
@@ -106,36 +126,49 @@ class MnistExampleCNN(nn.Module):
     ``log_softmax`` and trains with NLL; we return logits and train with cross-entropy, the same loss.
     Trained with Adadelta (lr 1.0) and StepLR (gamma 0.7) it reaches about 99 % test accuracy after a
     couple of epochs (recipe ``mnist-classic``).
+
+    ``forward_features`` is the (B, 64, 24, 24) map of conv2; ``forward_head`` pools, runs fc1 (the 128
+    pre-logit features) and ``fc2``.
     """
+
+    head_attr = "fc2"
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 1) -> None:
         super().__init__()
-        self.in_chans = in_chans
+        self.in_chans, self.num_classes, self.num_features, self.head_hidden_size = in_chans, num_classes, 64, 128
         self.conv1 = nn.Conv2d(in_chans, 32, 3)
         self.conv2 = nn.Conv2d(32, 64, 3)
         self.drop1 = nn.Dropout(0.25)
         self.fc1 = nn.Linear(9216, 128)
         self.drop2 = nn.Dropout(0.5)
-        self.fc2 = nn.Linear(128, num_classes)
+        self.fc2 = nn.Linear(128, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, in_chans=self.in_chans, min_size=28, model="mnist_example_cnn")
         if x.shape[-2:] != (28, 28):
             raise ValueError(f"mnist_example_cnn expects 28x28 input (its fc1 takes 64x12x12 features), got "
                              f"{x.shape[-2]}x{x.shape[-1]}")
         x = torch.relu(self.conv1(x))  # (B, 32, 26, 26)
-        x = torch.relu(self.conv2(x))  # (B, 64, 24, 24)
+        return torch.relu(self.conv2(x))  # (B, 64, 24, 24)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop1(torch.max_pool2d(x, 2)).flatten(1)  # (B, 9216)
         x = self.drop2(torch.relu(self.fc1(x)))  # (B, 128)
-        return self.fc2(x)
+        return x if pre_logits else self.fc2(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
-class SpeedrunCNN(nn.Module):
+class SpeedrunCNN(ClassifierMixin, nn.Module):
     """``len(widths)`` stages of conv3x3-BN-ReLU-maxpool2, then flatten and one linear layer.
 
     With ``widths=(16, 32, 64)`` on 28x28 images: 28 -> 14 -> 7 -> 3 pixels, 1.9 M multiply-adds and
     29 k parameters. Batch norm (Ioffe & Szegedy 2015) is what lets it train at the large one-cycle
     learning rates of the ``mnist-speedrun`` recipe.
+
+    ``forward_features`` is the (B, C, s, s) map; ``forward_head`` flattens it (the C*s*s pre-logit
+    features, ``head_hidden_size``) and applies ``head``.
     """
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (16, 32, 64),
@@ -151,16 +184,24 @@ class SpeedrunCNN(nn.Module):
             raise ValueError(f"speedrun_cnn: img_size {img_size} is too small for {len(widths)} stages")
         self.features = nn.Sequential(*layers)
         self.in_chans, self.img_size, self.out_size = in_chans, img_size, size
-        self.head = nn.Linear(c_in * size * size, num_classes)
+        self.num_classes, self.num_features, self.head_hidden_size = num_classes, c_in, c_in * size * size
+        self.head = nn.Linear(c_in * size * size, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_image_input(x, in_chans=self.in_chans, min_size=self.img_size, model="speedrun_cnn")
         H, W = x.shape[-2:]
         x = self.features(x)  # (B, C, s, s)
         if x.shape[-2:] != (self.out_size, self.out_size):
             raise ValueError(f"speedrun_cnn was built for {self.img_size}x{self.img_size} input, got {H}x{W}; "
                              f"build it with img_size={H}")
-        return self.head(x.flatten(1))  # (B, C*s*s) -> (B, num_classes)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(1)  # (B, C*s*s)
+        return x if pre_logits else self.head(x)  # (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(input_size=(1, 28, 28), test_input_size=(1, 28, 28), min_input_size=28)

@@ -36,6 +36,7 @@ from dltricks.layers.drop import DropPath
 from dltricks.layers.mlp import Mlp
 from dltricks.layers.patch_embed import PatchEmbed
 from dltricks.layers.position import RelativePositionBias
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021"
@@ -212,7 +213,7 @@ class SwinStage(nn.Module):
         return x
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(ClassifierMixin, nn.Module):
     """Hierarchical Transformer: patch embedding, stages of (shifted) window blocks with patch merging
     between them, final LayerNorm, average pooling, linear head.
 
@@ -220,7 +221,12 @@ class SwinTransformer(nn.Module):
         embed_dim: C of the first stage (doubles at every stage), depths, num_heads per stage,
         window_size M, patch_size, mlp_ratio, drop_rate, attn_drop_rate, drop_path_rate (linear over all
         blocks, 0.2 for Swin-T in the paper).
+
+    ``forward_features`` returns the final-normed channels-last map (B, H/32, W/32, 8C); ``forward_head``
+    averages it over space (the pre-logit features) and applies ``head``.
     """
+
+    head_attr = "head"
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, img_size: int = 224, patch_size: int = 4,
                  embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
@@ -260,9 +266,12 @@ class SwinTransformer(nn.Module):
             x = stage(x)
         return self.norm(x)  # (B, H/32, W/32, 8C)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(1, 2))  # (B, 8C)
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x).mean(dim=(1, 2))  # (B, 8C)
-        return self.head(x)
+        return self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
     def get_attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ from torch import nn
 
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.init import init_cnn_
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition, ICLR 2015"
@@ -74,10 +75,13 @@ def make_vgg_features(config: Sequence[int | str], *, in_chans: int = 3, batch_n
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(ClassifierMixin, nn.Module):
     """VGG classifier: ``features`` (convs and pools), 7x7 adaptive pool, three FC layers.
 
     ``classifier="cifar"`` replaces the FC stack by one linear layer on the 512 pooled features.
+    ``get_classifier()`` is the last linear layer (``classifier.6``, or ``classifier.1`` for CIFAR) and the
+    pre-logit features are its input: the 4096 outputs of the second FC layer after ReLU and dropout
+    (the 512 pooled features after dropout for CIFAR).
     """
 
     def __init__(self, config: Sequence[int | str], *, num_classes: int = 1000, in_chans: int = 3,
@@ -87,16 +91,20 @@ class VGG(nn.Module):
         self.features = make_vgg_features(config, in_chans=in_chans, batch_norm=batch_norm)
         self.min_size = 2 ** sum(1 for item in config if item == "M")
         channels = [int(c) for c in config if c != "M"][-1]
+        self.num_features = channels
         if classifier == "imagenet":
             self.avgpool: nn.Module = nn.AdaptiveAvgPool2d(7)
             self.classifier = nn.Sequential(
                 linear_no_init(channels * 7 * 7, 4096), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
                 linear_no_init(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(drop_rate),
-                nn.Linear(4096, num_classes),
+                nn.Linear(4096, num_classes) if num_classes > 0 else nn.Identity(),
             )
+            self.head_attr, self.head_hidden_size = "classifier.6", 4096
         elif classifier == "cifar":
             self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(channels, num_classes))
+            self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(channels, num_classes)
+                                            if num_classes > 0 else nn.Identity())
+            self.head_attr = "classifier.1"
         else:
             raise ValueError(f"classifier must be 'imagenet' or 'cifar', got {classifier!r}")
         self.init_weights()
@@ -108,9 +116,10 @@ class VGG(nn.Module):
         check_image_input(x, in_chans=self.in_chans, min_size=self.min_size, model="VGG")
         return self.features(x)  # (B, 512, H/32, W/32)
 
-    def forward_head(self, x: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.avgpool(x).flatten(1)  # (B, 512*7*7) or (B, 512)
-        return x if pre_logits else self.classifier(x)
+        x = self.classifier[:-1](x)  # hidden FC layers (and dropout): (B, head_hidden_size)
+        return x if pre_logits else self.classifier[-1](x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

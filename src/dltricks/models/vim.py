@@ -30,6 +30,7 @@ from torch import nn
 from dltricks.layers.patch_embed import PatchEmbed
 from dltricks.layers.position import resample_abs_pos_embed
 from dltricks.layers.ssm.mamba import BiMamba, MambaBlock
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 __all__ = ["VisionMamba"]
@@ -38,8 +39,12 @@ PAPER = ("Zhu et al., Vision Mamba: Efficient Visual Representation Learning wit
          "Model (ICML 2024), arXiv:2401.09417")
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(ClassifierMixin, nn.Module):
     """ViM classifier (module docstring).
+
+    ``forward_features`` returns the final-normed token sequence (B, M + 1, D) with the class token at
+    index ``M // 2``; ``forward_head`` takes that token, applies the head dropout (the pre-logit
+    features) and ``head``.
 
     Args:
         img_size, patch_size, in_chans: native input and patching; other sizes that are multiples of the
@@ -50,6 +55,8 @@ class VisionMamba(nn.Module):
             rising linearly to this value.
         scan_impl: selective-scan implementation (see :func:`~dltricks.layers.ssm.selective_scan`).
     """
+
+    head_attr = "head"
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 192, depth: int = 24, d_state: int = 16, expand: float = 2,
@@ -70,14 +77,15 @@ class VisionMamba(nn.Module):
                        norm="rms", drop_path=rates[i]) for i in range(depth)])
         self.norm = nn.RMSNorm(embed_dim, eps=1e-5)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(depth)
 
     def _init_weights(self, depth: int) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
         for name, p in self.blocks.named_parameters():
             if name.endswith("out_proj.weight"):  # mamba_ssm: kaiming-uniform, then / sqrt(number of residuals)
                 nn.init.kaiming_uniform_(p, a=math.sqrt(5))
@@ -91,7 +99,7 @@ class VisionMamba(nn.Module):
         return resample_abs_pos_embed(self.pos_embed, grid, self.grid_size, num_prefix_tokens=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The final-normed middle class token (B, D)."""
+        """The final-normed tokens (B, M + 1, D), class token at index M // 2."""
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"VisionMamba expects input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.patch_size:
@@ -107,10 +115,14 @@ class VisionMamba(nn.Module):
         x = self.pos_drop(x)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x[:, middle])
+        return self.norm(x)  # RMSNorm acts per token, so this is the norm of each token alone
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(x[:, (x.shape[1] - 1) // 2])  # the middle class token: (B, D)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_drop(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 _IMAGENET = dict(paper=PAPER, input_size=(3, 224, 224), test_input_size=(3, 32, 32), min_input_size=16)

@@ -29,6 +29,7 @@ from torch import nn
 from dltricks.layers.patch_embed import ConvStem, PatchEmbed
 from dltricks.layers.position import resample_abs_pos_embed
 from dltricks.layers.transformer import TransformerEncoderLayer
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale, ICLR 2021"
@@ -36,7 +37,7 @@ PAPER = "Dosovitskiy et al., An Image is Worth 16x16 Words: Transformers for Ima
 __all__ = ["VisionTransformer"]
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ClassifierMixin, nn.Module):
     """ViT with a patch or convolutional stem, a class token (or mean pooling) and pre-LN blocks.
 
     Args:
@@ -48,7 +49,12 @@ class VisionTransformer(nn.Module):
             state) or ``"avg"`` (mean of the patch tokens).
         stem: ``"patch"`` (P×P linear projection) or ``"conv"`` (:class:`ConvStem` with ``stem_widths``;
             the token stride is 2^len(stem_widths)).
+
+    ``forward_features`` returns the final-normed tokens (B, prefix + N, D); ``forward_head`` pools them
+    (class token or mean), applies the head dropout (the pre-logit features) and ``head``.
     """
+
+    head_attr = "head"
 
     def __init__(self, *, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
@@ -61,6 +67,7 @@ class VisionTransformer(nn.Module):
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         self.num_classes, self.in_chans, self.embed_dim = num_classes, in_chans, embed_dim
+        self.num_features = embed_dim
         self.global_pool = global_pool
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         if stem == "patch":
@@ -121,9 +128,10 @@ class VisionTransformer(nn.Module):
             x = block(x)
         return self.norm(x)  # (B, prefix + N, D)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
-        return self.head(self.head_drop(x))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -30,6 +30,7 @@ from torch import nn
 from dltricks.layers.checks import check_image_input
 from dltricks.layers.conv import SeparableConv2d
 from dltricks.layers.init import init_cnn_
+from dltricks.models._classifier import ClassifierMixin
 from dltricks.models._registry import register_model
 
 PAPER = "Chollet, Xception: Deep Learning with Depthwise Separable Convolutions, CVPR 2017"
@@ -70,8 +71,10 @@ class XceptionBlock(nn.Module):
         return self.main(x) + self.shortcut(x)
 
 
-class Xception(nn.Module):
-    """Xception classifier (entry, middle and exit flows of the paper's Fig. 5)."""
+class Xception(ClassifierMixin, nn.Module):
+    """Xception classifier (entry, middle and exit flows of the paper's Fig. 5); ``get_classifier()`` is ``fc``."""
+
+    head_attr = "fc"
 
     MIN_SIZE = 7  # the two unpadded 3x3 stem convs (the first with stride 2) need 7 pixels for a 1x1 map
 
@@ -97,7 +100,7 @@ class Xception(nn.Module):
         self.num_features = 2048
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(2048, num_classes)
+        self.fc = nn.Linear(2048, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -107,9 +110,12 @@ class Xception(nn.Module):
         check_image_input(x, in_chans=self.in_chans, min_size=self.MIN_SIZE, model="Xception")
         return self.exit(self.middle(self.entry(self.stem(x))))  # (B, 2048, H/32, W/32)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(self.global_pool(x).flatten(1))  # (B, 2048)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.global_pool(self.forward_features(x)).flatten(1)  # (B, 2048)
-        return self.fc(self.dropout(x))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(paper=PAPER, input_size=(3, 299, 299), test_input_size=(3, 32, 32), min_input_size=Xception.MIN_SIZE)

@@ -45,13 +45,17 @@ class EvalContext:
     """What a task-defined evaluation gets besides the model (already in eval mode on ``device``).
 
     ``precision`` is the trainer's autocast policy (an object with ``autocast()``, or ``None``);
-    ``channels_last`` says whether 4-D inputs should be NHWC; ``epoch`` is the evaluation period.
+    ``channels_last`` says whether 4-D inputs should be NHWC; ``epoch`` is the evaluation period; ``last`` is
+    true for the evaluation of the trained model at the end of the run (after the last step, or when early
+    stopping, a reached target or a callback ends it), where a task may measure more than it does every
+    period (induction heads: the accuracy at every test length).
     """
 
     device: torch.device
     precision: Any = None
     channels_last: bool = False
     epoch: int = 0
+    last: bool = False
 
     def autocast(self) -> Any:
         import contextlib

@@ -1,17 +1,13 @@
-"""The evidence engine: each tip is a claim with an experiment and a verdict rule.
+"""The evidence engine: the catalog of tips, running them, caching their results, the report.
 
-* :mod:`dltricks.tips.core`: :class:`Tip`, :class:`Context`, :class:`Evidence`, :class:`Verdict`.
-* :mod:`dltricks.tips.rules`: verdict rules (:class:`Effect`, :class:`NonInferior`, :class:`Exact`,
-  :class:`AllOf`), fixed in the catalog before anything runs.
-* :mod:`dltricks.tips.catalog`: every tip of the seed material.
-* :mod:`dltricks.tips.engine`: runs tips, caches results by a hash of code + config.
+* :mod:`dltricks.tips.catalog`: every tip, gathered from the experiment modules of
+  :mod:`dltricks.experiments` (each tip is declared on its experiment with :func:`dltricks.evidence.tip`),
+  plus the section order and the tips planned but not implemented yet.
+* :mod:`dltricks.tips.engine`: runs tips, applies their rules, caches results by a hash of code + config.
+* :mod:`dltricks.tips.cache`: the result cache and its key.
 * :mod:`dltricks.tips.report`: ``index.html``, ``results.json`` and the summary table.
 
-``dltricks tips`` lists the catalog; ``dltricks verify --quick`` runs it (``make run``).
-See ``docs/evidence.md``.
+What a tip is (:class:`~dltricks.evidence.Tip`, :class:`~dltricks.evidence.Evidence`, the verdict rules)
+lives in :mod:`dltricks.evidence`. ``dltricks tips`` lists the catalog; ``dltricks verify --quick`` runs it
+(``make run``). See ``docs/evidence.md``.
 """
-
-from dltricks.tips.core import Context, Evidence, Tip, Verdict
-from dltricks.tips.rules import AllOf, Effect, Exact, NonInferior
-
-__all__ = ["Context", "Evidence", "Tip", "Verdict", "AllOf", "Effect", "Exact", "NonInferior"]

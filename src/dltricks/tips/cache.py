@@ -2,9 +2,10 @@
 
 The key of one tip run hashes
 
-* the source of the module that holds the experiment function (helpers it calls live there too),
-* the source files of every module the tip *exercises* (a package counts with all its ``.py`` files),
-  so editing the trainer or a layer re-runs exactly the tips that use it,
+* the tip's code, :func:`dltricks.evidence.code_files`: the source file of the module that holds the
+  experiment function (helpers it calls live there too) and the source files of every object the tip
+  *exercises* (a module's file, every ``.py`` file below a package, the defining module's file of a
+  function or class), so editing the trainer or a layer re-runs exactly the tips that use it,
 * the settings of the mode, the seed list, the verdict rule's ``repr`` and the torch version.
 
 A cached entry is a folder ``<root>/<tip id>/<key>/`` with ``result.json`` and the plot files; it is
@@ -16,7 +17,6 @@ that variable is set, else ``<report folder>/.cache``.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from dltricks.tips.core import Tip
+from dltricks.evidence import Tip, code_files
 from dltricks.utils.io import atomic_write_json
 
-__all__ = ["ENGINE_VERSION", "cache_root", "module_files", "code_fingerprint", "cache_key", "load", "store"]
+__all__ = ["ENGINE_VERSION", "cache_root", "file_digest", "code_fingerprint", "cache_key", "load", "store"]
 
 # Bump when the meaning of stored results changes (rules, evidence format).
 ENGINE_VERSION = "1"
@@ -40,32 +40,19 @@ def cache_root(out: Path) -> Path:
     return Path(env) / "tips" if env else Path(out) / ".cache"
 
 
-def module_files(name: str) -> list[Path]:
-    """Source files of module ``name`` (all ``.py`` files below a package), [] when it does not exist."""
+def file_digest(path: Path) -> str:
+    """sha256 of the bytes of ``path`` ("missing" when it cannot be read)."""
     try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return []
-    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
-        return []
-    origin = Path(spec.origin)
-    if spec.submodule_search_locations:  # a package: every source file below it
-        files: list[Path] = []
-        for location in spec.submodule_search_locations:
-            files += sorted(p for p in Path(location).rglob("*.py") if "__pycache__" not in p.parts)
-        return files
-    return [origin]
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
 
 
 def code_fingerprint(tip: Tip) -> str:
-    """sha256 over the experiment's module and every exercised module (file names and bytes)."""
+    """sha256 over the tip's code files: each file's label (``dltricks/layers/conv.py``) and content digest."""
     digest = hashlib.sha256()
-    names = ([tip.experiment.partition(":")[0]] if tip.experiment else []) + sorted(set(tip.exercises))
-    for name in names:
-        files = module_files(name)
-        digest.update(f"module {name} ({len(files)} files)\n".encode())
-        for path in files:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for label, path in code_files(tip).items():
+        digest.update(f"{label}\0{file_digest(path)}\n".encode())
     return digest.hexdigest()
 
 

@@ -22,9 +22,8 @@ from typing import Any
 import torch
 
 from dltricks.errors import ConfigError, DataError, did_you_mean
+from dltricks.evidence import Context, Evidence, RuleError, Tip, Verdict, seed_list
 from dltricks.tips import cache
-from dltricks.tips.core import Context, Evidence, Tip, Verdict, seed_list
-from dltricks.tips.rules import RuleError
 
 __all__ = ["TipResult", "select_tips", "run_tip", "run_tips"]
 
@@ -88,14 +87,14 @@ def select_tips(catalog: Sequence[Tip], only: Iterable[str] | None) -> list[Tip]
 
 def _base(tip: Tip, mode: str) -> dict[str, Any]:
     return {"id": tip.id, "title": tip.title, "claim": tip.claim, "source": tip.source, "section": tip.section,
-            "rule": tip.rule.describe(), "mode": mode, "exercises": list(tip.exercises), "budget_s": tip.budget_s}
+            "rule": tip.rule.describe(), "mode": mode, "exercises": tip.exercise_names(), "budget_s": tip.budget_s}
 
 
 def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, use_cache: bool = True,
             note: Callable[[str], None] = lambda s: None, settings: dict[str, Any] | None = None) -> tuple[TipResult, Path | None]:
     """Run (or load) one tip. Returns the result and the folder holding its plots (None if none)."""
-    missing = tip.missing()
-    if missing:
+    if tip.experiment is None:
+        missing = tip.missing()
         return TipResult(**_base(tip, mode), verdict=Verdict.NOT_IMPLEMENTED.value, status="not implemented yet",
                          reason="missing: " + "; ".join(missing), missing=missing), None
     settings = tip.settings(mode) if settings is None else dict(settings)
@@ -116,9 +115,9 @@ def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, u
     start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     try:
-        evidence = tip.function()(ctx)
+        evidence = tip.experiment(ctx)
         if not isinstance(evidence, Evidence):
-            raise RuleError(f"experiment {tip.experiment} returned {type(evidence).__name__}, expected Evidence")
+            raise RuleError(f"experiment {tip.experiment_name} returned {type(evidence).__name__}, expected Evidence")
         decision = tip.rule.decide(evidence, mode)
     except DataError as err:  # a data set that is not on this machine: nothing was measured
         shutil.rmtree(workdir, ignore_errors=True)

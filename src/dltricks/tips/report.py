@@ -114,7 +114,7 @@ def _section(r: TipResult) -> str:
                    f'{r.elapsed_s:.1f} s wall, {r.cpu_s:.1f} s CPU{", cached" if r.cached else ""})</span></p>')
     arms = ev.get("arms") or {}
     if arms:  # one row per metric, one column per arm: mean +- std (n seeds)
-        from dltricks.tips.rules import summarize
+        from dltricks.evidence import summarize
 
         decisive = {st.get("metric") for st in r.stats}
         metrics = sorted({m for a in arms.values() for m in a}, key=lambda m: (m not in decisive, m))

@@ -12,12 +12,13 @@
 """
 
 from dltricks.train.checkpoint import load_weights, read_metadata, save_weights
-from dltricks.train.prepare import check_task_recipe, prepare
+from dltricks.train.checks import check_task_recipe
+from dltricks.train.prepare import model_for_task, prepare, task_for_recipe
 from dltricks.train.recipe import Recipe, describe_recipe, list_recipes, load_recipe
 from dltricks.train.runtime import resolve_device, seed_everything
 from dltricks.tasks.base import Task, build_task, list_tasks, register_task
 from dltricks.train.trainer import FitResult, check_compatible, evaluate, fit
 
-__all__ = ["fit", "prepare", "check_task_recipe", "FitResult", "evaluate", "check_compatible", "Recipe", "load_recipe", "list_recipes",
+__all__ = ["fit", "prepare", "task_for_recipe", "model_for_task", "check_task_recipe", "FitResult", "evaluate", "check_compatible", "Recipe", "load_recipe", "list_recipes",
            "describe_recipe", "Task", "build_task", "list_tasks", "register_task", "load_weights", "save_weights",
            "read_metadata", "resolve_device", "seed_everything"]

@@ -8,41 +8,49 @@
    and the ``data`` section (the data set's own options; ``data_options`` given here win), sharded for the
    current distributed rank;
 2. a model given by name is created for the task (``num_classes``, ``in_chans`` and any option the task
-   knows the model needs, after the caller's ``model_kwargs``) with the recipe's seed set first;
+   knows the model needs, after the caller's ``model_kwargs``, which are checked against the type hints
+   of the model's constructor) with the recipe's seed set first;
 3. model and data are checked to fit together (:func:`~dltricks.train.trainer.check_compatible`).
 
-:func:`check_task_recipe` is the other half: ``fit`` calls it and refuses a task whose recorded
-settings (``Task.options``, filled in by ``build_task``) or loaders contradict the recipe, with one line
-that names the key. A task made by hand, without ``build_task``, is checked on what its loaders show
+:func:`~dltricks.train.checks.check_task_recipe` is the other half: ``fit`` calls it and refuses a task whose recorded
+settings (``Task.options``, filled in by ``build_task``) or loaders contradict what the recipe asks for,
+with one line that names the key. Batch size and seed are checked when the recipe sets them (a value that
+its source gives, or one other than the default): a recipe that leaves them alone trains the task as built. A task made by hand, without ``build_task``, is checked on what its loaders show
 (``batch_size``), and one that cannot show the recipe's augmentation is refused.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import torch
 from torch import nn
 
-from dltricks.errors import ConfigError
+from dltricks.config import coerce
+from dltricks.errors import ConfigError, DltricksError, ModelError
 from dltricks.tasks import Task, build_task, check_task_options
+from dltricks.train.checks import check_task_recipe, recipe_augment
 from dltricks.train.recipe import Recipe, load_recipe
 
-__all__ = ["prepare", "task_for_recipe", "model_for_task", "check_task_recipe", "recipe_data_options"]
+__all__ = ["prepare", "task_for_recipe", "model_for_task", "model_kwargs_for_task", "check_task_recipe",
+           "recipe_data_options"]
 
 
 def recipe_data_options(recipe: Recipe, data: str, data_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The data set's own options: the recipe's ``data`` section, then ``data_options`` on top, checked
-    against the data set's typed options (unknown keys and wrong types name the key)."""
-    return check_task_options(data, {**recipe.data, **dict(data_options or {})})
+    """The data set's own options: the recipe's ``data`` section and ``data_options``, checked against the
+    data set's typed options (unknown keys and wrong types name the key).
 
-
-def _augment(recipe: Recipe, for_training: bool) -> Any:
-    active = for_training and recipe.augment.active and not recipe.train.overfit_batch
-    return recipe.augment if active else None
+    ``data_options`` add keys the recipe leaves alone; one that contradicts the recipe is an error, since
+    ``fit`` would then refuse the task (change the recipe instead: ``load_recipe(r, ["data.KEY=VALUE"])``,
+    which is what ``--data-opt`` does)."""
+    extra = dict(data_options or {})
+    for key, value in extra.items():
+        if key in recipe.data and recipe.data[key] != value:
+            raise ConfigError(f"data.{key}: the recipe sets {recipe.data[key]!r} and data_options {value!r}; set it "
+                              f"in the recipe (e.g. --data-opt / --set data.{key}=...) so that fit trains what it says")
+    return check_task_options(data, {**recipe.data, **extra})
 
 
 def task_for_recipe(data: str, recipe: Recipe, *, data_dir: str | Path | None = None,
@@ -68,25 +76,60 @@ def task_for_recipe(data: str, recipe: Recipe, *, data_dir: str | Path | None = 
     options = recipe_data_options(recipe, data, data_options)
     counts = {k: v for k, v in (("subset", subset), ("val_subset", val_subset)) if v is not None}
     return build_task(data, batch_size=bs, eval_batch_size=cfg.eval_batch_size or 2 * bs, data_dir=data_dir,
-                      seed=cfg.seed, augment=_augment(recipe, for_training), rank=dist.rank,
+                      seed=cfg.seed, augment=recipe_augment(recipe, for_training), rank=dist.rank,
                       world_size=dist.world_size, device=str(device), **counts, **options)
 
 
-def model_for_task(name: str, task: Task, *, model_kwargs: Mapping[str, Any] | None = None,
-                   seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
-    """Create registered model ``name`` sized for ``task``; returns the model and the options it was built
-    with (the caller's first, then what the task knows the model needs, then ``num_classes``/``in_chans``)."""
-    from dltricks.models import create_model
-    from dltricks.train.runtime import seed_everything
+def _checked_model_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the type hints of model ``name``'s constructor, so that a wrong type is
+    one clear error instead of a failure deep inside the model; unknown names are left to ``create_model``."""
+    from dltricks.models._registry import model_entrypoint
 
-    kwargs = dict(model_kwargs or {})
+    try:
+        hints = get_type_hints(model_entrypoint(name))
+    except (NameError, TypeError):  # hints that do not resolve outside the model's module stay unchecked
+        hints = {}
+    # Plain data (what a command line or a YAML file gives) is checked; a layer class or a function passed
+    # by a Python caller is the constructor's to judge.
+    plain = (str, int, float, bool, list, tuple, dict, type(None))
+    return {key: coerce(value, hints[key], key=f"model {name} option {key}")
+            if key in hints and isinstance(value, plain) else value for key, value in options.items()}
+
+
+def model_kwargs_for_task(name: str, task: Task, model_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options registered model ``name`` is built with for ``task``: the caller's first (type-checked),
+    then what the task knows the model needs, then ``num_classes``/``in_chans``. Pure, so a caller can
+    record them (``dltricks eval`` rebuilds the model from them)."""
+    kwargs = _checked_model_options(name, model_kwargs or {})
     for key, value in (task.extra.get("model_kwargs") or {}).items():
         kwargs.setdefault(key, value)
     kwargs.setdefault("num_classes", task.num_classes)
     if task.in_chans is not None:
         kwargs.setdefault("in_chans", task.in_chans)
+    return kwargs
+
+
+def model_for_task(name: str, task: Task, *, model_kwargs: Mapping[str, Any] | None = None,
+                   seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """Create registered model ``name`` sized for ``task`` with ``seed`` set first; returns the model and
+    the options it was built with (:func:`model_kwargs_for_task`).
+
+    A value the constructor rejects (``ValueError``, e.g. a dropout rate of 5) among the caller's options
+    is a :class:`ModelError` naming them.
+    """
+    from dltricks.models import create_model
+    from dltricks.train.runtime import seed_everything
+
+    kwargs = model_kwargs_for_task(name, task, model_kwargs)
     seed_everything(seed)
-    return create_model(name, **kwargs), kwargs
+    try:
+        return create_model(name, **kwargs), kwargs
+    except ValueError as err:
+        if isinstance(err, DltricksError) or not model_kwargs:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in model_kwargs.items())
+        problem = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model {name} cannot be built with {given}: {problem}") from err
 
 
 def prepare(model: str | nn.Module, data: str | Task, recipe: Recipe | Mapping[str, Any] | str | Path | None = None,
@@ -119,44 +162,3 @@ def prepare(model: str | nn.Module, data: str | Task, recipe: Recipe | Mapping[s
         raise ConfigError("model_kwargs are for a model given by name; this model is already built")
     check_compatible(model, task)
     return model, task
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    return dict(value) if isinstance(value, Mapping) else value
-
-
-def check_task_recipe(task: Task, recipe: Recipe) -> None:
-    """Raise :class:`ConfigError` when ``task`` was built with settings other than ``recipe``'s."""
-    cfg, built = recipe.train, task.options
-    how = ("build it with dltricks.train.prepare(model, data, recipe) (or build_task with the recipe's "
-           "settings)")
-    batch = getattr(task.train_loader, "batch_size", None) if not built else built.get("batch_size")
-    if batch is not None and batch != cfg.batch_size and not cfg.overfit_batch:
-        raise ConfigError(f"train.batch_size: the recipe asks for {cfg.batch_size} but task {task.name} was built "
-                          f"with batch {batch}; {how}")
-    if built and cfg.eval_batch_size is not None and built.get("eval_batch_size") not in (None, cfg.eval_batch_size):
-        raise ConfigError(f"train.eval_batch_size: the recipe asks for {cfg.eval_batch_size} but task {task.name} "
-                          f"was built with {built.get('eval_batch_size')}; {how}")
-    if built and "seed" in built and built["seed"] != cfg.seed:
-        raise ConfigError(f"train.seed: the recipe's seed {cfg.seed} orders and augments the data, but task "
-                          f"{task.name} was built with seed {built['seed']}; {how}")
-    wanted = _augment(recipe, True)
-    if wanted is not None:
-        if not built:
-            raise ConfigError(f"augment: the recipe asks for augmentation ({wanted.describe()}) but task {task.name} "
-                              f"was not built by build_task, so it cannot show it applies it; {how}")
-        if _plain(built.get("augment")) != _plain(wanted):
-            raise ConfigError(f"augment: the recipe asks for {wanted.describe()} but task {task.name} was built with "
-                              f"{_describe(built.get('augment'))}; {how}")
-    for key, value in recipe.data.items():
-        if built and built.get(key) != value:
-            raise ConfigError(f"data.{key}: the recipe sets {value!r} but task {task.name} was built with "
-                              f"{built.get(key)!r}; {how}")
-
-
-def _describe(augment: Any) -> str:
-    if augment is None:
-        return "no augmentation"
-    return augment.describe() if hasattr(augment, "describe") else repr(_plain(augment))

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dltricks.config import (apply_overrides, check_fraction, check_non_negative, check_positive, describe, field,
-                             from_dict, load_yaml, to_dict)
+                             from_dict, load_yaml, parse_assignment, to_dict)
 from dltricks.data.augment import AugmentConfig
 from dltricks.errors import ConfigError, did_you_mean
 
@@ -276,37 +276,20 @@ def recipe_path(name_or_path: str | Path) -> Path:
                       f"{did_you_mean(path.stem, names)} Shipped recipes: {', '.join(names) or '(none)'}")
 
 
-# YAML 1.1 (PyYAML) reads "5e-4" as a string (it wants "5.0e-4"); a recipe means a number there.
-_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
-
-
-def _numbers(value: Any) -> Any:
-    if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
-        return float(value)
-    if isinstance(value, Mapping):
-        return {k: _numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_numbers(v) for v in value]
-    return value
-
-
-def _override_numbers(item: str) -> str:
-    key, sep, raw = item.partition("=")
-    if sep and _SCIENTIFIC.match(raw.strip()):
-        text = repr(float(raw))
-        return f"{key}={text.replace('e', '.0e') if '.' not in text else text}"
-    return item
-
-
 def load_recipe(source: str | Path | Mapping[str, Any] | Recipe | None = None,
-                overrides: Sequence[str] = ()) -> Recipe:
+                overrides: Sequence[str | tuple[str, Any]] = ()) -> Recipe:
     """Build a checked :class:`Recipe`.
+
+    Numbers in files and overrides are read as YAML 1.2 (``5e-4`` is a number, not the string YAML 1.1
+    makes of it) by the one reader of :mod:`dltricks.config`.
 
     Args:
         source: ``None`` (all defaults), a :class:`Recipe`, a mapping of sections, a YAML file path, or the
             name of a shipped recipe (``dltricks/recipes/<name>.yaml``).
-        overrides: ``"section.key=value"`` strings (values parsed as YAML), applied last.
+        overrides: ``("section.key", value)`` pairs or ``"section.key=value"`` text
+            (:func:`~dltricks.config.parse_assignment`), applied last.
     """
+    pairs = [parse_assignment(o, "override") if isinstance(o, str) else tuple(o) for o in overrides]
     if source is None:
         base: Recipe | Mapping[str, Any] = {}
     elif isinstance(source, Recipe):
@@ -314,10 +297,34 @@ def load_recipe(source: str | Path | Mapping[str, Any] | Recipe | None = None,
     elif isinstance(source, Mapping):
         base = source
     else:
-        base = _numbers(load_yaml(recipe_path(source)))
-    if overrides or not isinstance(base, Recipe):
-        return apply_overrides(Recipe, base, [_override_numbers(o) for o in overrides])
-    return from_dict(Recipe, to_dict(base))
+        base = load_yaml(recipe_path(source))
+    if pairs or not isinstance(base, Recipe):
+        recipe = apply_overrides(Recipe, base, pairs)
+    else:
+        recipe = from_dict(Recipe, to_dict(base))
+    # The keys the caller gave (file, mapping or --set), so that fit can tell "batch 128 asked for" from
+    # "batch_size left at its default" (see dltricks.train.prepare.check_task_recipe).
+    given = set(getattr(base, "_given_keys", ())) if isinstance(base, Recipe) else _leaf_keys(base)
+    given.update(key for key, _ in pairs)
+    recipe._given_keys = frozenset(given)  # type: ignore[attr-defined]
+    return recipe
+
+
+def _leaf_keys(data: Any) -> set[str]:
+    """``section.key`` for every value of a recipe mapping (``{"train": {"seed": 1}}`` -> ``{"train.seed"}``)."""
+    if not isinstance(data, Mapping):
+        return set()
+    return {f"{section}.{key}" if isinstance(values, Mapping) else str(section)
+            for section, values in data.items() for key in (values if isinstance(values, Mapping) else [None])}
+
+
+def given_keys(recipe: Recipe) -> frozenset[str]:
+    """The dotted keys set explicitly in ``recipe``: those its source gave (when it came from
+    :func:`load_recipe`) and every value that differs from the default."""
+    default, current = to_dict(Recipe()), to_dict(recipe)
+    changed = {f"{section}.{key}" for section, values in current.items() if isinstance(values, Mapping)
+               for key, value in values.items() if default.get(section, {}).get(key) != value}
+    return frozenset(changed | set(getattr(recipe, "_given_keys", ())))
 
 
 def describe_recipe() -> list[tuple[str, str, str, str]]:

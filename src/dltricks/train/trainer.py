@@ -50,7 +50,7 @@ from dltricks.train.optim import build_optimizer
 from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.train.runtime import (Precision, deterministic_mode, resolve_channels_last, resolve_device, resolve_precision,
                                     seed_everything)
-from dltricks.train.prepare import check_task_recipe
+from dltricks.train.checks import check_task_recipe
 from dltricks.train.schedule import LRSchedule
 from dltricks.tasks.base import EvalContext, Task, _logits, classification_metrics
 from dltricks.utils.io import atomic_write_json, atomic_write_text
@@ -247,7 +247,7 @@ class _Trainer:
             raise ConfigError(f"data set {task.name}: the training loader yields no batches")
         if (recipe.early_stop.patience or recipe.early_stop.target is not None) and not (
                 task.val_loader is not None or task.evaluate is not None):
-            raise ConfigError("early_stop: early stopping needs a validation split, and this task has none")
+            raise ConfigError("early_stop.patience: early stopping needs a validation split, and this task has none")
 
         self.raw_model = unwrap(model).to(self.device)
         self.channels_last = resolve_channels_last(cfg.channels_last, self.raw_model)
@@ -287,6 +287,7 @@ class _Trainer:
         self.best: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
+        self._evaluated_last = False  # whether the latest evaluation was the end-of-run one (EvalContext.last)
         self.elapsed = 0.0  # seconds of training + evaluation in earlier sessions of this run
         self.lr = recipe.optim.lr * self.schedule(0)
         self.last_checkpoint: str | None = None
@@ -552,8 +553,9 @@ class _Trainer:
                 record["train_accuracy" if k == "correct" else f"train_{k}"] = v / count
         t_eval = time.perf_counter()
         last = epoch + 1 >= self.num_epochs or (cfg.steps and self.step >= cfg.steps)
+        self._evaluated_last = bool(last)
         if self._can_evaluate and ((epoch + 1) % cfg.eval_every == 0 or last):
-            for k, v in self._validate(epoch).items():
+            for k, v in self._validate(epoch, last=bool(last)).items():
                 if k != "count":
                     record[f"val_{k}"] = v
         eval_time = time.perf_counter() - t_eval
@@ -568,14 +570,15 @@ class _Trainer:
     def _can_evaluate(self) -> bool:
         return self.task.val_loader is not None or self.task.evaluate is not None
 
-    def _validate(self, epoch: int) -> dict[str, Any]:
+    def _validate(self, epoch: int, last: bool = False) -> dict[str, Any]:
         """Validation metrics of the evaluated model (the EMA copy when on): the task's own evaluation when it
         has one, else ``batch_metrics`` averaged over ``val_loader``."""
         model = self.ema.module if self.ema is not None else self.raw_model
         if self.task.evaluate is None:
             return evaluate(model, self.task.val_loader, self.task, epoch=epoch, device=self.device,
                             precision=self.precision, channels_last=self.channels_last)
-        ctx = EvalContext(device=self.device, precision=self.precision, channels_last=self.channels_last, epoch=epoch)
+        ctx = EvalContext(device=self.device, precision=self.precision, channels_last=self.channels_last, epoch=epoch,
+                          last=last)
         was_training = model.training
         model.eval()
         try:
@@ -583,7 +586,11 @@ class _Trainer:
                 metrics = self.task.evaluate(model, ctx)
         finally:
             model.train(was_training)
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.dist.enabled:  # each rank evaluated its shard: the mean over ranks
+            summed = all_reduce_sum(metrics, device=self.device)
+            metrics = {k: v / self.dist.world_size for k, v in summed.items()}
+        return metrics
 
     def _improved(self, record: dict[str, Any]) -> bool | None:
         metric = self.recipe.early_stop.metric
@@ -666,6 +673,10 @@ class _Trainer:
                            f"{self.recipe.early_stop.target:g} at epoch {record['epoch']}")
             if stop is None and self.on_epoch is not None and self.on_epoch(dict(record)):
                 stop = "callback"
+            if stop in ("early_stop", "target_reached", "callback") and self.task.evaluate is not None \
+                    and not self._evaluated_last:
+                # The run ends here: the task's end-of-run evaluation (EvalContext.last) of the final model.
+                record.update({f"val_{k}": v for k, v in self._validate(epoch, last=True).items() if k != "count"})
             self._write_metrics()
             every = self.recipe.checkpoint.every_epochs
             if (every and self.epoch % every == 0) or self.epoch == self.num_epochs or stop is not None:

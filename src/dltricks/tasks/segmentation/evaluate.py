@@ -137,7 +137,8 @@ def print_segmentation_report(report: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def evaluate_segmentation(model: nn.Module, loader: Any, *, window: int | None = None, overlap: float = 0.5,
-                          tta: bool = False, band_width: int = 2, tolerance: int = 2) -> dict[str, float]:
+                          tta: bool = False, band_width: int = 2, tolerance: int = 2,
+                          loss_fn: Any = None, device: torch.device | str | None = None) -> dict[str, float]:
     """Metrics of a binary (one-logit) model over a loader of whole images, means over images.
 
     ``window`` switches to :func:`predict_sliding_window` (with ``overlap`` and ``tta``); otherwise each
@@ -148,7 +149,9 @@ def evaluate_segmentation(model: nn.Module, loader: Any, *, window: int | None =
     one pixel of tolerance), ``boundary_accuracy`` (pixel accuracy inside the band of ``band_width`` pixels
     around the true boundaries), ``interior_accuracy`` (outside that band), ``isbi_pixel_error`` and
     ``isbi_threshold`` (the ISBI 2012 challenge's metric, :func:`isbi_pixel_error`: 1 - max F-score of the
-    *background* class, the cell interiors, over thresholds 0.0 ... 1.0, pooled over all images) and ``images``.
+    *background* class, the cell interiors, over thresholds 0.0 ... 1.0, pooled over all images) and ``images``;
+    with ``loss_fn(logits, target)`` also ``loss``, its mean over images. ``device``: where the images go
+    (default: where the model is).
     """
     model.eval()
     sums: dict[str, float] = {}
@@ -156,13 +159,18 @@ def evaluate_segmentation(model: nn.Module, loader: Any, *, window: int | None =
     band_hits = band_count = rest_hits = rest_count = 0.0
     count = 0
     pixel_error = ISBIPixelError()
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for x, y in loader.iter_epoch(0):
+        x, y = x.to(device), y.to(device)
         if window is not None:
             logits = predict_sliding_window(model, x, window=window, overlap=overlap, tta=tta)
         elif tta:
             logits = predict_sliding_window(model, x, window=max(x.shape[-2:]), overlap=0.0, tta=True)
         else:
             logits = segmentation_logits(model(x)).float()
+        if loss_fn is not None:
+            sums["loss"] = sums.get("loss", 0.0) + float(loss_fn(logits, y)) * logits.shape[0]
         pred = logits[:, 0] > 0  # (B, H, W)
         true = y[:, 0] > 0.5
         for key, fn in (("dice", dice_score), ("iou", iou_score), ("pixel_accuracy", pixel_accuracy)):

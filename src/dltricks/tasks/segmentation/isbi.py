@@ -15,7 +15,8 @@ from dltricks.config import from_dict
 from dltricks.data.isbi import (MAX_EVAL_SLICES, ISBIConfig, PairAugmenter, SegmentationLoader, isbi_split,
                                 load_isbi)
 from dltricks.errors import ConfigError
-from dltricks.tasks.base import Task, register_task
+from dltricks.tasks.base import EvalContext, Task, register_task
+from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 from dltricks.tasks.segmentation.losses import SegmentationLoss
 from dltricks.tasks.segmentation.metrics import SegmentationMetrics
 from dltricks.tasks.segmentation.weights import unet_weight_maps
@@ -91,6 +92,17 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     train_eval_loader = SegmentationLoader(train, batch_size=eval_batch, mean=mean, std=std, seed=seed,
                                            rank=rank, world_size=world_size, device=device)
     loss = SegmentationLoss(config.loss)
+
+    def evaluate(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
+        # Every evaluation: the held-out slices whole, in float32 (val_dice, val_isbi_pixel_error, val_loss...).
+        # The end-of-run one adds sliding windows and flips as configured (val_final_dice...).
+        metrics = evaluate_segmentation(model, val_loader, loss_fn=loss, device=ctx.device)
+        if ctx.last and (config.final_window is not None or config.final_tta):
+            final = evaluate_segmentation(model, val_loader, window=config.final_window,
+                                          overlap=config.final_overlap, tta=config.final_tta, device=ctx.device)
+            metrics.update({f"final_{k}": v for k, v in final.items() if k not in ("images", "isbi_threshold")})
+        return metrics
+
     return Task(
         name="isbi2012-membrane",
         train_loader=train_loader,
@@ -99,6 +111,7 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
         in_chans=int(data.images.shape[1]),
         loss=loss,
         batch_metrics=SegmentationMetrics(loss),
+        evaluate=evaluate,
         classes=("membrane",),
         input_shape=(int(data.images.shape[1]), min(crop or H, H), min(crop or W, W)),
         extra={"mean": mean, "std": std, "train_slices": train.ids, "val_slices": val.ids, "foreground": "membrane",

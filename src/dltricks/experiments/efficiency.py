@@ -17,14 +17,22 @@ import math
 import torch
 from torch import nn
 
+from dltricks.evidence import Context, Effect, Evidence, Exact, plots, tip
+from dltricks.layers.conv import SeparableConv2d
 from dltricks.measure import count_macs, count_params, peak_memory, time_function
-from dltricks.tips import plots
-from dltricks.tips.core import Context, Evidence
+
+ARCH, LECTURE = "Architectures", "the lecture"
 
 
+@tip(id="arch.flops-vs-latency", title="FLOPs are not latency",
+     claim="At MobileNet's first-stage shape (32 channels, 112x112) a depthwise-separable 3x3 block needs 7x fewer "
+           "MACs than a full 3x3 convolution but runs far less than 7x faster: MACs overestimate the real speed-up.",
+     source=f"{LECTURE} (efficiency); Ma et al., ShuffleNet v2 2018", section=ARCH,
+     exercises=(SeparableConv2d, count_macs, time_function),
+     quick={"channels": 32, "size": 112, "batch": 1, "repeats": 5, "min_time": 0.02},
+     full={"channels": 32, "size": 112, "batch": 1, "repeats": 9, "min_time": 0.05}, seeds={"quick": 3, "full": 5},
+     budget_s=5, rule=Effect("log2_speedup", "predicted by MACs", "measured", min_effect=0.5))
 def flops_vs_latency(ctx: Context) -> Evidence:
-    from dltricks.layers.conv import SeparableConv2d
-
     channels, size, batch = ctx.get("channels", 128), ctx.get("size", 28), ctx.get("batch", 8)
     dense = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
     separable = SeparableConv2d(channels, channels, 3).eval()
@@ -54,6 +62,12 @@ def flops_vs_latency(ctx: Context) -> Evidence:
     return ev
 
 
+@tip(id="arch.params-vs-memory", title="Parameters are not memory",
+     claim="A small conv net with 300x fewer parameters than an MLP can still need more memory for a training "
+           "step (batch 64, 64x64 inputs), because activations at high resolution dominate.",
+     source=f"{LECTURE} (efficiency)", section=ARCH, exercises=(nn.Conv2d, peak_memory),
+     seeds={"quick": 1, "full": 1}, budget_s=1,
+     rule=Exact(checks=("the conv net has fewer parameters", "...but needs more training memory")))
 def params_vs_memory(ctx: Context) -> Evidence:
     """Two networks: few parameters + large activations vs many parameters + small activations."""
     size, batch = ctx.get("size", 64), ctx.get("batch", 64)

@@ -5,19 +5,54 @@ Every experiment trains the compared arms with the same seeds (seed i: same init
 architectures match, same data order), so the rule can pair them. Quick settings keep each arm to a
 few seconds on 2 cores: tiny CNNs (``width`` 8-16, about 10-20 k weights) or small MLPs, 1,000-2,000
 training images and 1-4 epochs.
+
+Each experiment declares its tips with :func:`train_tip`, which is :func:`dltricks.evidence.tip` with the
+training code (the harness, the trainer, the loaders, augmentation and calibration) added to what the tip
+exercises, so editing the trainer re-runs every training tip.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
+from typing import Any
 
+import torch
 from torch import nn
 
-from dltricks.tips import plots
-from dltricks.tips.core import Context, Evidence
-from dltricks.tips.experiments._harness import TrainOutcome, TrainSpec, train
+import dltricks.data.augment
+import dltricks.data.loader
+import dltricks.measure.calibration
+import dltricks.tasks.classification
+import dltricks.train
+from dltricks.evidence import AllOf, Context, Effect, Evidence, Exact, NonInferior, plots, tip
+from dltricks.experiments import _harness
+from dltricks.experiments._harness import TrainOutcome, TrainSpec, train
+from dltricks.experiments.conv import count_weights
+from dltricks.layers import multiscale as multiscale_layers
+from dltricks.layers import norm as norm_layers
+from dltricks.layers import se as se_layers
+from dltricks.layers.conv import ConvBottleneck, ConvNormAct
+from dltricks.layers.multiscale import TwoPathwayBlock, _pathway
+from dltricks.layers.se import SqueezeExcite
+from dltricks.measure import count_macs, count_params
+from dltricks.models import create_model
+from dltricks.models.simple import mlp as mlp_model
 
 ModelFn = Callable[[], nn.Module]
+
+CONV, NORM, REG = "Convolutions", "Normalisation and optimisation", "Regularisation"
+LECTURE, README = "the lecture", "the README"
+# What every training tip runs: the harness, the trainer and its recipe, the MNIST loader and augmentation,
+# and the calibration measure of the evaluation.
+TRAINING_CODE = (_harness, dltricks.train, dltricks.tasks.classification, dltricks.data.loader, dltricks.data.augment,
+                 dltricks.measure.calibration)
+
+
+def train_tip(*, exercises: tuple[Any, ...] = (), **declaration: Any) -> Callable:
+    """:func:`dltricks.evidence.tip` for a tip trained with the harness: the training code counts as exercised."""
+    return tip(exercises=(*exercises, *TRAINING_CODE), **declaration)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -35,8 +70,6 @@ class TinyCNN(nn.Module):
                  order: str = "cna", se: bool = False, drop_rate: float = 0.0, num_classes: int = 10,
                  in_chans: int = 1, constant_width: bool = False) -> None:
         super().__init__()
-        from dltricks.layers.conv import ConvNormAct
-
         norm_layer: object = None
         if norm == "batch":
             norm_layer = "batch"
@@ -53,8 +86,6 @@ class TinyCNN(nn.Module):
                 layers.append(ConvNormAct(c_in, c_out, kernel, norm_layer=norm_layer, act_layer="relu", order=order))
                 c_in = c_out
             if se:
-                from dltricks.layers.se import SqueezeExcite
-
                 layers.append(SqueezeExcite(c_out, rd_ratio=1 / 4))
             layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
@@ -65,8 +96,6 @@ class TinyCNN(nn.Module):
 
 
 def mlp(hidden: tuple[int, ...] = (256, 256), drop_rate: float = 0.0) -> nn.Module:
-    from dltricks.models import create_model
-
     return create_model("mlp", num_classes=10, in_chans=1, hidden=hidden, drop_rate=drop_rate)
 
 
@@ -108,8 +137,6 @@ def run_arms(ctx: Context, ev: Evidence, arms: dict[str, tuple[ModelFn, TrainSpe
     for seed in ctx.seeds:
         for name, (make_model, spec) in arms.items():
             ctx.report(f"{name}, seed {seed}")
-            import torch
-
             torch.manual_seed(seed)
             model = make_model()
             spec.seed = seed
@@ -150,12 +177,16 @@ def _spec(ctx: Context, **kw) -> TrainSpec:
 
 
 # --------------------------------------------------------------------------------------------- experiments
+@train_tip(id="conv.small-vs-large-kernels", title="Small vs large kernels",
+           claim="At the same receptive field, a CNN of stacked 3x3 convolutions has fewer weights and MACs than "
+                 "one of 5x5 convolutions and is at least as accurate.",
+           source=f"{README} (small vs large kernels); {LECTURE} (VGG)", section=CONV,
+           exercises=(ConvNormAct, count_weights, count_macs),
+           quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 16},
+           budget_s=12, metrics={"val_acc": "validation accuracy", "weights": "conv weights"},
+           rule=AllOf((Exact(checks=("3x3 net has fewer weights", "3x3 net has fewer MACs")),
+                       NonInferior("val_acc", "3x3 stacks", "5x5 kernels", margin=0.01))))
 def kernel_size(ctx: Context) -> Evidence:
-    import torch
-
-    from dltricks.measure import count_macs
-    from dltricks.tips.experiments.conv import count_weights
-
     w = ctx.get("width", 8)
     small = lambda: TinyCNN(width=w, kernel=3, convs_per_stage=2, constant_width=True)  # noqa: E731
     large = lambda: TinyCNN(width=w, kernel=5, convs_per_stage=1, constant_width=True)  # noqa: E731
@@ -172,6 +203,12 @@ def kernel_size(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="conv.squeeze-excitation", title="Squeeze-and-excitation",
+           claim="Adding squeeze-and-excitation channel attention to a small CNN improves accuracy for a few extra "
+                 "weights.",
+           source=f"{README}; Hu et al., SENet 2018", section=CONV, exercises=(se_layers, ConvNormAct),
+           quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 8},
+           budget_s=10, rule=Effect("val_acc", "with SE", "without SE", min_effect=0.003))
 def squeeze_excitation(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
@@ -190,10 +227,6 @@ def _bn_sweep(ctx: Context) -> dict[str, dict[float, list[TrainOutcome]]]:
 
     Both batch-norm tips use the same sweep; it is memoised per (settings, seeds) within one process.
     """
-    import json
-
-    import torch
-
     key = json.dumps([ctx.settings, ctx.seeds], sort_keys=True)
     if key in _SWEEPS:
         return _SWEEPS[key]
@@ -211,8 +244,6 @@ def _bn_sweep(ctx: Context) -> dict[str, dict[float, list[TrainOutcome]]]:
 
 
 def _sweep_evidence(ctx: Context, what: str) -> Evidence:
-    import math
-
     sweep = _bn_sweep(ctx)
     lrs = sorted(next(iter(sweep.values())))
     threshold = ctx.get("trains_if_val_acc", 0.5)
@@ -242,16 +273,37 @@ def _sweep_evidence(ctx: Context, what: str) -> Evidence:
     return ev
 
 
+@train_tip(id="norm.batchnorm-convergence", title="Batch norm speeds convergence",
+           claim="Each at its best learning rate of a grid, a CNN with batch norm reaches a lower mean training "
+                 "loss in the same number of steps than without.",
+           source=f"{LECTURE}; Ioffe & Szegedy 2015", section=NORM, exercises=(ConvNormAct,),
+           quick={"subset": 2000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0]},
+           full={"subset": 8000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, budget_s=12,
+           metrics={"best_train_loss_auc": "lowest mean training loss over the LR grid"},
+           rule=Effect("best_train_loss_auc", "batch norm", "no norm", higher_is_better=False, min_effect=0.05))
 def batchnorm_convergence(ctx: Context) -> Evidence:
     """Best (over the LR grid) mean training loss with vs without batch norm."""
     return _sweep_evidence(ctx, "convergence")
 
 
+@train_tip(id="norm.batchnorm-large-lr", title="Batch norm allows a larger learning rate",
+           claim="The largest learning rate at which a CNN still trains is higher with batch norm than without "
+                 "(by at least a factor 2.5 on the grid).",
+           source=f"{LECTURE}; Ioffe & Szegedy 2015, Sec. 3.3", section=NORM, exercises=(ConvNormAct,),
+           quick={"subset": 2000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0]},
+           full={"subset": 8000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, budget_s=1,
+           metrics={"log10_max_lr": "log10 of the largest grid LR reaching 50 % validation accuracy"},
+           rule=Effect("log10_max_lr", "batch norm", "no norm", min_effect=0.4))
 def batchnorm_large_lr(ctx: Context) -> Evidence:
     """Largest learning rate of the grid at which each variant still trains."""
     return _sweep_evidence(ctx, "largest trainable learning rate")
 
 
+@train_tip(id="norm.placement", title="Norm before vs after the activation",
+           claim="Putting batch norm before or after the ReLU makes little difference to accuracy (within 1 point).",
+           source=f"{README} (BN placement)", section=NORM, exercises=(ConvNormAct,),
+           quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=8,
+           rule=NonInferior("val_acc", "BN after ReLU", "BN before ReLU", margin=0.01))
 def norm_placement(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
@@ -262,6 +314,11 @@ def norm_placement(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="norm.small-batch", title="Group norm for small batches",
+           claim="With tiny batches (2 images), group norm trains better than batch norm, whose statistics get noisy.",
+           source=f"{README}; Wu & He, Group Normalization 2018", section=NORM, exercises=(norm_layers, ConvNormAct),
+           quick={"subset": 600, "epochs": 1, "batch_size": 2}, full={"subset": 2000, "epochs": 1, "batch_size": 2},
+           budget_s=12, rule=Effect("val_acc", "group norm", "batch norm", min_effect=0.01))
 def small_batch_norm(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
     spec = lambda: _spec(ctx, optimizer="momentum", lr=ctx.get("lr", 0.01))  # noqa: E731
@@ -273,6 +330,12 @@ def small_batch_norm(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="arch.residual-degradation", title="Residual connections fix degradation",
+           claim="A deep plain network (16 two-layer blocks) trains worse than a shallow one, and the same deep "
+                 "network with identity shortcuts reaches a lower training loss than the plain one.",
+           source=f"{LECTURE}; He et al., ResNet 2016, Fig. 1", section=NORM,
+           quick={"subset": 2000, "epochs": 2, "depth": 16}, full={"subset": 8000, "epochs": 3, "depth": 20},
+           budget_s=6, rule=Effect("final_train_loss", "residual", "plain", higher_is_better=False, min_effect=0.05))
 def residual_degradation(ctx: Context) -> Evidence:
     depth, width = ctx.get("depth", 16), ctx.get("width", 64)
     spec = lambda: _spec(ctx, optimizer="momentum", lr=ctx.get("lr", 0.05))  # noqa: E731
@@ -286,6 +349,14 @@ def residual_degradation(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="optim.adaptive-vs-sgd", title="Adam / RMSProp / momentum vs plain SGD",
+           claim="At their usual learning rates, Adam, RMSProp and SGD with momentum reach a lower training loss "
+                 "than plain SGD in the same number of steps.",
+           source=f"{LECTURE} (optimizers)", section=NORM, exercises=(mlp_model,),
+           quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=16,
+           rule=AllOf((Effect("train_loss_auc", "adam", "sgd", higher_is_better=False, min_effect=0.05),
+                       Effect("train_loss_auc", "rmsprop", "sgd", higher_is_better=False, min_effect=0.05),
+                       Effect("train_loss_auc", "sgd+momentum", "sgd", higher_is_better=False, min_effect=0.05))))
 def optimizers(ctx: Context) -> Evidence:
     hidden = tuple(ctx.get("hidden", (256, 256)))
     arms = {"sgd": TrainSpec(optimizer="sgd", lr=0.05), "sgd+momentum": TrainSpec(optimizer="momentum", lr=0.05),
@@ -299,6 +370,13 @@ def optimizers(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="optim.lr-annealing", title="LR annealing beats a constant LR",
+           claim="Annealing the learning rate (cosine, one-cycle) ends at a lower validation loss than keeping it "
+                 "constant.",
+           source=f"{LECTURE} (learning-rate schedules)", section=NORM, exercises=(ConvNormAct,),
+           quick={"subset": 2000, "epochs": 2, "lr": 0.05}, full={"subset": 8000, "epochs": 4, "lr": 0.05}, budget_s=12,
+           rule=AllOf((Effect("val_loss", "cosine", "constant", higher_is_better=False, min_effect=0.01),
+                       Effect("val_loss", "one-cycle", "constant", higher_is_better=False, min_effect=0.01))))
 def lr_annealing(ctx: Context) -> Evidence:
     w, lr = ctx.get("width", 8), ctx.get("lr", 0.05)
     arms = {name: _spec(ctx, optimizer="momentum", lr=lr, schedule=schedule)
@@ -310,6 +388,13 @@ def lr_annealing(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="optim.gradient-clipping", title="Gradient clipping prevents explosion",
+           claim="At a learning rate where an unnormalised MLP blows up (NaN loss), clipping the gradient norm "
+                 "keeps training finite and ends at a lower loss.",
+           source=f"{LECTURE}; Pascanu et al. 2013", section=NORM, exercises=(mlp_model,),
+           quick={"subset": 2000, "epochs": 1, "lr": 2.0, "clip": 1.0},
+           full={"subset": 8000, "epochs": 1, "lr": 2.0, "clip": 1.0}, budget_s=2,
+           rule=Effect("final_train_loss", "clipped", "no clipping", higher_is_better=False, min_effect=0.1))
 def gradient_clipping(ctx: Context) -> Evidence:
     lr, clip, hidden = ctx.get("lr", 2.0), ctx.get("clip", 1.0), tuple(ctx.get("hidden", (256, 256)))
     spec = lambda c: _spec(ctx, optimizer="sgd", lr=lr, clip_norm=c)  # noqa: E731
@@ -323,6 +408,11 @@ def gradient_clipping(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="optim.mixed-precision", title="Mixed precision keeps accuracy",
+           claim="Training with bf16 autocast reaches the same accuracy as fp32 (within 1 point).",
+           source=f"{LECTURE}; Micikevicius et al. 2018", section=NORM, exercises=(ConvNormAct,),
+           quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=12,
+           rule=NonInferior("val_acc", "bf16 autocast", "fp32", margin=0.01))
 def mixed_precision(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
     spec = lambda amp: _spec(ctx, optimizer="momentum", lr=0.05, amp=amp)  # noqa: E731
@@ -334,6 +424,16 @@ def mixed_precision(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="reg.dropout", title="Dropout against overfitting",
+           claim="On a small training set, dropout narrows the gap between training and validation loss.",
+           source=f"{LECTURE}; Srivastava et al. 2014", section=REG, exercises=(mlp_model,),
+           quick={"subset": 1000, "epochs": 20, "p": 0.5}, full={"subset": 1000, "epochs": 40, "p": 0.5}, budget_s=12,
+           rule=Effect("generalization_gap", "dropout 0.5", "no dropout", higher_is_better=False, min_effect=0.02))
+@train_tip(id="reg.too-much-dropout", title="Too much dropout underfits",
+           claim="With dropout 0.9 the network underfits: its training loss stays well above the one without dropout.",
+           source=f"{LECTURE}", section=REG, exercises=(mlp_model,),
+           quick={"subset": 1000, "epochs": 20, "p": 0.9}, full={"subset": 1000, "epochs": 40, "p": 0.9}, budget_s=12,
+           rule=Effect("train_loss", "no dropout", "dropout 0.9", higher_is_better=False, min_effect=0.05))
 def dropout(ctx: Context) -> Evidence:
     p, hidden = ctx.get("p", 0.5), tuple(ctx.get("hidden", (512, 512)))
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
@@ -345,6 +445,12 @@ def dropout(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="reg.weight-decay", title="Weight decay against overfitting",
+           claim="On a small training set, L2 weight decay lowers the validation loss.",
+           source=f"{LECTURE}; Loshchilov & Hutter 2019", section=REG, exercises=(mlp_model,),
+           quick={"subset": 1000, "epochs": 20, "wd": 5e-3}, full={"subset": 1000, "epochs": 40, "wd": 5e-3},
+           budget_s=10,
+           rule=Effect("val_loss", "weight decay", "no weight decay", higher_is_better=False, min_effect=0.01))
 def weight_decay(ctx: Context) -> Evidence:
     wd, hidden = ctx.get("wd", 5e-3), tuple(ctx.get("hidden", (512, 512)))
     spec = lambda d: _spec(ctx, optimizer="momentum", lr=0.05, weight_decay=d)  # noqa: E731
@@ -354,6 +460,12 @@ def weight_decay(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="reg.augmentation", title="Data augmentation",
+           claim="On a small training set, random crops and small rotations raise validation accuracy.",
+           source=f"{LECTURE}; {README}", section=REG, exercises=(ConvNormAct,),
+           quick={"subset": 1000, "epochs": 12, "crop_padding": 2, "rotate_degrees": 10.0},
+           full={"subset": 1000, "epochs": 24, "crop_padding": 2, "rotate_degrees": 10.0}, budget_s=12,
+           rule=Effect("val_acc", "augmented", "no augmentation", min_effect=0.005))
 def augmentation(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
     aug = {k: ctx[k] for k in ("crop_padding", "rotate_degrees", "cutout") if k in ctx.settings}
@@ -364,6 +476,15 @@ def augmentation(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="reg.label-smoothing", title="Label smoothing: accuracy and calibration",
+           claim="Label smoothing (eps 0.1) does not hurt accuracy and lowers the expected calibration error of an "
+                 "over-confident network.",
+           source=f"{README}; Szegedy et al. 2016; Mueller, Kornblith & Hinton 2019", section=REG,
+           exercises=(mlp_model,),
+           quick={"subset": 1000, "epochs": 20, "eps": 0.1}, full={"subset": 1000, "epochs": 40, "eps": 0.1},
+           budget_s=10,
+           rule=AllOf((Effect("val_ece", "label smoothing", "hard labels", higher_is_better=False, min_effect=0.005),
+                       NonInferior("val_acc", "label smoothing", "hard labels", margin=0.01))))
 def label_smoothing(ctx: Context) -> Evidence:
     eps, hidden = ctx.get("eps", 0.1), tuple(ctx.get("hidden", (512, 512)))
     spec = lambda e: _spec(ctx, optimizer="momentum", lr=0.05, label_smoothing=e)  # noqa: E731
@@ -381,9 +502,6 @@ class MultiScaleCNN(nn.Module):
 
     def __init__(self, *, width: int = 8, two_pathways: bool, num_classes: int = 10) -> None:
         super().__init__()
-        from dltricks.layers.conv import ConvNormAct
-        from dltricks.layers.multiscale import TwoPathwayBlock, _pathway
-
         first = (TwoPathwayBlock(1, width, scale_factor=2, depth=2) if two_pathways
                  else _pathway(1, width, 2, 3, "batch", "relu"))
         self.features = nn.Sequential(first, nn.MaxPool2d(2), ConvNormAct(width, 2 * width, 3), nn.MaxPool2d(2))
@@ -393,9 +511,14 @@ class MultiScaleCNN(nn.Module):
         return self.head(self.features(x))  # (B, num_classes)
 
 
+@train_tip(id="conv.multiscale-input", title="Multi-scale two-pathway input",
+           claim="Adding a downsampled pathway to the full-resolution one and fusing them (the README's two-pathway "
+                 "input) improves accuracy over the full-resolution pathway alone (the extra pathway's weights "
+                 "are reported).",
+           source=f"{README} (multi-scale input)", section=CONV, exercises=(multiscale_layers, ConvNormAct),
+           quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 8},
+           budget_s=8, rule=Effect("val_acc", "two pathways", "one pathway", min_effect=0.005))
 def multiscale_input(ctx: Context) -> Evidence:
-    from dltricks.measure import count_params
-
     w = ctx.get("width", 8)
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
     two, one = (lambda: MultiScaleCNN(width=w, two_pathways=True)), (lambda: MultiScaleCNN(width=w, two_pathways=False))
@@ -420,7 +543,6 @@ class BlockCNN(nn.Module):
     def __init__(self, *, width: int, blocks: int, kind: str = "residual", mid: int | None = None, groups: int = 1,
                  num_classes: int = 10) -> None:
         super().__init__()
-        from dltricks.layers.conv import ConvBottleneck, ConvNormAct
 
         def block() -> nn.Module:
             if kind == "bottleneck":
@@ -444,9 +566,16 @@ class BlockCNN(nn.Module):
         return self.head(x.flatten(1))  # (B, num_classes)
 
 
+@train_tip(id="conv.group-cardinality", title="Cardinality at equal parameters",
+           claim="At equal parameters (11,610 each), bottlenecks whose 3x3 convolution is split into 8 groups and "
+                 "made twice as wide (higher cardinality, ResNeXt) are more accurate than plain narrow bottlenecks.",
+           source=f"{README}; Xie et al., ResNeXt 2017", section=CONV, exercises=(ConvBottleneck, ConvNormAct),
+           quick={"subset": 2000, "epochs": 1, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
+                  "mid_grouped": 16, "lr": 0.02},
+           full={"subset": 8000, "epochs": 3, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
+                 "mid_grouped": 16, "lr": 0.02},
+           budget_s=10, rule=Effect("val_acc", "grouped", "plain", min_effect=0.005))
 def group_cardinality(ctx: Context) -> Evidence:
-    from dltricks.measure import count_params
-
     w, g, blocks = ctx.get("width", 16), ctx.get("groups", 8), ctx.get("blocks", 2)
     mid_plain, mid_group = ctx.get("mid_plain", 8), ctx.get("mid_grouped", 16)
     plain = lambda: BlockCNN(width=w, blocks=blocks, kind="bottleneck", mid=mid_plain)  # noqa: E731
@@ -462,9 +591,14 @@ def group_cardinality(ctx: Context) -> Evidence:
     return ev
 
 
+@train_tip(id="conv.wide-vs-deep", title="Wide vs deep at equal parameters",
+           claim="At (nearly) equal parameters, a wide shallow residual CNN (1 block per stage, width 14) is at "
+                 "least as accurate as a deep thin one (4 blocks per stage, width 8).",
+           source=f"{README}; Zagoruyko & Komodakis, Wide ResNets 2016", section=CONV, exercises=(ConvNormAct,),
+           quick={"subset": 2000, "epochs": 1, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1},
+           full={"subset": 8000, "epochs": 3, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1},
+           budget_s=10, rule=NonInferior("val_acc", "wide", "deep", margin=0.01))
 def wide_vs_deep(ctx: Context) -> Evidence:
-    from dltricks.measure import count_params
-
     deep_w, deep_b = ctx.get("deep_width", 8), ctx.get("deep_blocks", 4)
     wide_w, wide_b = ctx.get("wide_width", 16), ctx.get("wide_blocks", 1)
     deep = lambda: BlockCNN(width=deep_w, blocks=deep_b)  # noqa: E731

@@ -3,8 +3,10 @@ trainer (:func:`dltricks.train.fit`) and evaluates it.
 
 :class:`TrainSpec` names the few recipe options tips vary (optimizer, LR, schedule, weight decay,
 label smoothing, clipping, bf16 autocast, augmentation, subset size, epochs); :func:`train` turns it
-into the trainer's recipe, fits, and then evaluates the trained model in eval mode on the validation
-split and on the training subset itself (loss, accuracy, expected calibration error).
+into the trainer's recipe, builds the task from that recipe with :func:`dltricks.train.prepare` (batch
+sizes, seed and augmentation come from the recipe, so the task cannot disagree with it), fits, and then
+evaluates the trained model in eval mode on the validation split and on the training subset itself
+(loss, accuracy, expected calibration error).
 
 ECE (Guo et al. 2017, computed by :mod:`dltricks.measure.calibration`): split predictions into 15
 equal-width confidence bins and average ``|accuracy(bin) - confidence(bin)|`` weighted by the fraction
@@ -21,6 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dltricks.errors import TrainingError
+from dltricks.measure.calibration import expected_calibration_error as _ece
+from dltricks.train import Recipe, fit, load_recipe, prepare
+from dltricks.train.prepare import task_for_recipe
 
 __all__ = ["TrainSpec", "TrainOutcome", "train", "evaluate", "expected_calibration_error", "DATASET"]
 
@@ -61,9 +68,7 @@ class TrainOutcome:
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE of softmax probabilities ``(N, K)`` against integer labels ``(N,)`` (:mod:`dltricks.measure.calibration`)."""
-    from dltricks.measure.calibration import expected_calibration_error as ece
-
-    return float(ece(probs, labels, n_bins=bins, from_logits=False))
+    return float(_ece(probs, labels, n_bins=bins, from_logits=False))
 
 
 @torch.no_grad()
@@ -84,22 +89,13 @@ def evaluate(model: nn.Module, loader: Any) -> tuple[float, float, float]:
     return loss, acc, expected_calibration_error(p, t)
 
 
-def _task(spec: TrainSpec, *, augment: Any = None) -> Any:
-    from dltricks.tasks.base import build_task
-
-    return build_task(DATASET, batch_size=spec.batch_size, eval_batch_size=1000, seed=spec.seed,
-                      augment=augment, subset=spec.subset)
-
-
 _OPTIMIZERS = {"sgd": {"name": "sgd", "momentum": 0.0}, "momentum": {"name": "sgd"},
                "nesterov": {"name": "sgd", "nesterov": True}, "adam": {"name": "adam"}, "adamw": {"name": "adamw"},
                "rmsprop": {"name": "rmsprop", "momentum": 0.0}}
 
 
-def recipe(spec: TrainSpec) -> Any:
+def recipe(spec: TrainSpec) -> Recipe:
     """The trainer's :class:`~dltricks.train.recipe.Recipe` for ``spec`` (CPU, no checkpoints, one final evaluation)."""
-    from dltricks.train.recipe import load_recipe
-
     optim = {"momentum": spec.momentum, **_OPTIMIZERS[spec.optimizer], "lr": spec.lr, "weight_decay": spec.weight_decay}
     return load_recipe({
         "optim": optim,
@@ -114,12 +110,9 @@ def recipe(spec: TrainSpec) -> Any:
 
 def train(model: nn.Module, spec: TrainSpec) -> TrainOutcome:
     """Fit ``model`` with :func:`dltricks.train.fit` per ``spec``; a NaN/Inf loss counts as divergence."""
-    from dltricks.errors import TrainingError
-    from dltricks.train.trainer import fit
-
     torch.manual_seed(spec.seed)
     rec = recipe(spec)
-    task = _task(spec, augment=rec.augment)
+    model, task = prepare(model, DATASET, rec, subset=spec.subset)
     start = time.perf_counter()
     diverged = False
     epoch_losses: list[float] = []
@@ -137,7 +130,8 @@ def train(model: nn.Module, spec: TrainSpec) -> TrainOutcome:
                             epoch_train_loss=epoch_losses, val_loss=bad, val_acc=0.0, val_ece=1.0, train_eval_loss=bad,
                             train_eval_acc=0.0, diverged=True, seconds=seconds)
     val_loss, val_acc, val_ece = evaluate(model, task.val_loader)
-    plain = _task(spec)  # the training subset without augmentation, for the generalisation gap
+    # The training subset without augmentation, for the generalisation gap.
+    plain = task_for_recipe(DATASET, rec, subset=spec.subset, for_training=False)
     tr_loss, tr_acc, _ = evaluate(model, plain.train_loader)
     if not math.isfinite(val_loss):
         val_loss, diverged = math.log(task.num_classes) * 10, True

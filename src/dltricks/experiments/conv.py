@@ -7,6 +7,9 @@ checkerboard patterns. Every number comes from building the layers and measuring
   its input gradient through a copy of the network with positive weights (max-pooling traced as average
   pooling of the same window), so no path can cancel and a pixel has a non-zero gradient exactly when
   it lies in the receptive field.
+
+Each experiment declares its tips with :func:`dltricks.evidence.tip`: the claim, the settings and the
+verdict rule sit on the function that measures them.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dltricks.evidence import Context, Evidence, Exact, plots, tip
+from dltricks.layers import conv as conv_layers
+from dltricks.layers.conv import ConvBottleneck, FactorizedConv2d, SeparableConv2d
+from dltricks.layers.spp import SpatialPyramidPooling
 from dltricks.measure import count_macs, gradient_support, support_box
-from dltricks.tips import plots
-from dltricks.tips.core import Context, Evidence
+from dltricks.measure.receptive_field import theoretical_receptive_field
 
 __all__ = ["count_weights", "centre_support", "stacked_small_kernels", "padding_border", "downsampling_vs_dilation",
-           "conv_savings", "checkerboard"]
+           "conv_savings", "checkerboard", "spp_fixed_length"]
+
+CONV, LECTURE, README = "Convolutions", "the lecture", "the README"
 
 
 def count_weights(module: nn.Module) -> int:
@@ -50,6 +58,18 @@ def _stack(channels: int, kernel: int, depth: int, *, stride: int = 1, dilations
     return nn.Sequential(*layers[:-1] if not pool else layers)  # no trailing ReLU on plain stacks
 
 
+@tip(id="conv.stacked-3x3", title="Stacked 3x3 = one large kernel",
+     claim="Two stacked 3x3 convolutions see the same 5x5 receptive field as one 5x5 convolution, and three see "
+           "7x7, with fewer weights and MACs.",
+     source=f"{LECTURE} (VGG); Simonyan & Zisserman 2015, Sec. 2.3", section=CONV,
+     exercises=(nn.Conv2d, gradient_support, theoretical_receptive_field, count_macs),
+     quick={"channels": 64, "size": 32, "depths": [2, 3]}, full={"channels": 64, "size": 32, "depths": [2, 3, 4]},
+     seeds={"quick": 1, "full": 1}, budget_s=1,
+     metrics={"rf": "receptive field (px) from the input-gradient support", "weights": "conv weights",
+              "MACs": "multiply-accumulates"},
+     rule=Exact(checks=("same receptive field (2 stacked vs 5x5)", "fewer weights (2 stacked vs 5x5)",
+                        "same receptive field (3 stacked vs 7x7)", "fewer weights (3 stacked vs 7x7)",
+                        "fewer MACs (2 stacked vs 5x5)", "fewer MACs (3 stacked vs 7x7)")))
 def stacked_small_kernels(ctx: Context) -> Evidence:
     """n stacked 3x3 convs vs one (2n+1)x(2n+1) conv: receptive field, weights and MACs."""
     channels, size = ctx.get("channels", 64), ctx.get("size", 32)
@@ -66,9 +86,7 @@ def stacked_small_kernels(ctx: Context) -> Evidence:
         x = torch.randn(1, channels, size, size)
         w_s, w_b = count_weights(stack), count_weights(big)
         m_s, m_b = count_macs(stack, x), count_macs(big, x)
-        analytic = _analytic_rf(stack, channels, size)
-        if analytic is not None:
-            ev.values[f"rf {depth}x{small}x{small}, analytic (dltricks.measure)"] = analytic
+        ev.values[f"rf {depth}x{small}x{small}, analytic (dltricks.measure)"] = _analytic_rf(stack, channels, size)
         ev.values.update({f"rf {depth}x{small}x{small}": rf_s, f"rf {big_k}x{big_k}": rf_b,
                           f"weights {depth}x{small}x{small}": w_s, f"weights {big_k}x{big_k}": w_b,
                           f"weight ratio {depth}x{small}/{big_k}": round(w_s / w_b, 4),
@@ -85,13 +103,9 @@ def stacked_small_kernels(ctx: Context) -> Evidence:
     return ev
 
 
-def _analytic_rf(net: nn.Module, channels: int, size: int) -> int | None:
+def _analytic_rf(net: nn.Module, channels: int, size: int) -> int:
     """Receptive-field size from :func:`dltricks.measure.receptive_field.theoretical_receptive_field` (a graph
-    trace of kernel, stride, dilation and padding), as a cross-check of the gradient support; None if absent."""
-    try:
-        from dltricks.measure.receptive_field import theoretical_receptive_field
-    except ImportError:
-        return None
+    trace of kernel, stride, dilation and padding), as a cross-check of the gradient support."""
     return int(theoretical_receptive_field(net, (channels, size, size), layer="").size[0])
 
 
@@ -106,6 +120,14 @@ def _mask_plot(ctx: Context, name: str, masks: dict[str, torch.Tensor], title: s
     return plots.save(fig, ctx.path(name))
 
 
+@tip(id="conv.padding", title="Padding keeps size and borders",
+     claim="'Same' zero padding keeps the feature-map size through a conv stack and lets border pixels reach "
+           "more output units; without it every 3x3 layer trims 2 pixels and the borders fade out.",
+     source=f"{README} (padding)", section=CONV, exercises=(nn.Conv2d,),
+     quick={"depth": 5, "size": 28}, full={"depth": 5, "size": 28}, seeds={"quick": 1, "full": 1}, budget_s=1,
+     rule=Exact(checks=("padding keeps the spatial size", "no padding shrinks the map by 10 px",
+                        "the corner pixel reaches more output units with padding",
+                        "the corner pixel's share of the output gradient is larger with padding")))
 def padding_border(ctx: Context) -> Evidence:
     """'Same' padding keeps the map size and lets border pixels reach more output units."""
     depth, size, channels = ctx.get("depth", 5), ctx.get("size", 28), ctx.get("channels", 8)
@@ -155,6 +177,20 @@ def _reach_count(size: int, depth: int, pad: int) -> torch.Tensor:
     return counts
 
 
+@tip(id="conv.striding-pooling", title="Striding/pooling: bigger RF, less compute, less detail",
+     claim="Striding or pooling enlarges the receptive field of a conv stack and cuts its compute, but the output "
+           "loses spatial resolution.",
+     source=f"{README} (striding and pooling)", section=CONV,
+     exercises=(nn.Conv2d, nn.MaxPool2d, gradient_support, theoretical_receptive_field, count_macs),
+     quick={"depth": 4, "size": 64}, full={"depth": 4, "size": 64}, seeds={"quick": 1, "full": 1}, budget_s=1,
+     rule=Exact(checks=("striding enlarges the receptive field", "pooling enlarges the receptive field",
+                        "striding cuts compute", "striding loses resolution")))
+@tip(id="conv.dilation", title="Dilation: bigger RF at full resolution",
+     claim="Dilated (atrous) convolutions grow the receptive field as fast as striding without losing resolution.",
+     source="the Dilated Convolution README; Yu & Koltun 2016", section=CONV,
+     exercises=(nn.Conv2d, gradient_support, theoretical_receptive_field),
+     quick={"depth": 4, "size": 64}, full={"depth": 4, "size": 64}, seeds={"quick": 1, "full": 1}, budget_s=1,
+     rule=Exact(checks=("dilation enlarges the receptive field", "dilation keeps full resolution")))
 def downsampling_vs_dilation(ctx: Context) -> Evidence:
     """Receptive field, output size and MACs of plain, strided, pooled and dilated 3x3 stacks."""
     depth, size, channels = ctx.get("depth", 4), ctx.get("size", 64), ctx.get("channels", 16)
@@ -178,9 +214,7 @@ def downsampling_vs_dilation(ctx: Context) -> Evidence:
         rows[label] = (rf, out, macs)
         masks[f"{label}\nRF {rf}, out {out}x{out}"] = mask
         ev.values.update({f"{label}: receptive field": rf, f"{label}: output size": out, f"{label}: MACs": macs})
-        analytic = _analytic_rf(net, channels, size)
-        if analytic is not None:
-            ev.values[f"{label}: receptive field, analytic (dltricks.measure)"] = analytic
+        ev.values[f"{label}: receptive field, analytic (dltricks.measure)"] = _analytic_rf(net, channels, size)
     plain, strided, pooled, dilated = (rows[k] for k in nets)
     ev.headline = "RF / output size: " + ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in rows.items())
     ev.check("striding enlarges the receptive field", strided[0] > plain[0])
@@ -193,11 +227,28 @@ def downsampling_vs_dilation(ctx: Context) -> Evidence:
     return ev
 
 
+@tip(id="conv.bottleneck", title="Bottleneck and depthwise-separable savings",
+     claim="A 1x1 bottleneck and depthwise-separable convolutions cut weights by the lecture's figures: 737,280 "
+           "(two 3x3) -> 180,224 (bottleneck) -> 84,800 (depthwise separable) on a 64-channel input, and ten "
+           "3x3 depthwise-separable filters on 3 channels have 57 weights.",
+     source=f"{LECTURE} (bottleneck, MobileNet); He et al. 2016; Howard et al. 2017", section=CONV,
+     exercises=(conv_layers,), seeds={"quick": 1, "full": 1}, budget_s=1,
+     rule=Exact(checks=("two 3x3 convs has the lecture's 737,280 weights",
+                        "1x1-3x3-1x1 bottleneck has the lecture's 180,224 weights",
+                        "two depthwise-separable 3x3 has the lecture's 84,800 weights",
+                        "ten DS 3x3 filters on 3 channels has the lecture's 57 weights",
+                        "bottleneck saves weights over two 3x3", "depthwise-separable saves weights over the bottleneck",
+                        "ResNet bottleneck saves weights over two 3x3 at 256")))
+@tip(id="conv.factorized", title="Factorized k x 1 + 1 x k convolutions",
+     claim="Replacing a 7x7 convolution 64->256 (802,816 weights) by 1x7 then 7x1 (573,440) keeps the 7x7 "
+           "receptive field with 29 % fewer weights and MACs.",
+     source=f"{LECTURE}; Szegedy et al., Inception v3, 2016", section=CONV,
+     exercises=(conv_layers,), seeds={"quick": 1, "full": 1}, budget_s=1,
+     rule=Exact(checks=("7x7 conv has the lecture's 802,816 weights", "1x7 then 7x1 has the lecture's 573,440 weights",
+                        "factorized 1x7+7x1 saves weights over 7x7", "savings carry over to MACs")))
 def conv_savings(ctx: Context) -> Evidence:
     """The lecture's weight counts for bottleneck, depthwise-separable and factorized convolutions,
     measured on the blocks of :mod:`dltricks.layers.conv`."""
-    from dltricks.layers.conv import ConvBottleneck, FactorizedConv2d, SeparableConv2d
-
     c_in, c = ctx.get("in_chans", 64), ctx.get("width", 256)
     plain = nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.Conv2d(c, c, 3, padding=1, bias=False))
     # The lecture's bottleneck: 1x1 64->256, 3x3 256->64, 1x1 64->256.
@@ -245,6 +296,15 @@ def conv_savings(ctx: Context) -> Evidence:
     return ev
 
 
+@tip(id="conv.transposed-checkerboard", title="Transposed-conv checkerboard",
+     claim="A transposed convolution whose kernel is not divisible by its stride paints a checkerboard on a "
+           "constant input; a divisible kernel overlaps evenly, and resize + convolution never does.",
+     source=f"{LECTURE} (deconvolution); Odena et al., Distill 2016", section=CONV,
+     exercises=(nn.ConvTranspose2d,), seeds={"quick": 1, "full": 1},
+     quick={"size": 16, "random_trials": 8, "uneven_kernel": 3, "even_kernel": 4, "stride": 2},
+     full={"size": 32, "random_trials": 32, "uneven_kernel": 3, "even_kernel": 4, "stride": 2}, budget_s=1,
+     rule=Exact(checks=("the uneven kernel gives a checkerboard", "the even kernel gives an even overlap",
+                        "resize + conv gives no checkerboard for any weights")))
 def checkerboard(ctx: Context) -> Evidence:
     """Transposed conv with kernel not divisible by stride vs divisible vs resize + conv, on a constant input."""
     size, stride = ctx.get("size", 16), ctx.get("stride", 2)
@@ -310,4 +370,30 @@ def checkerboard(ctx: Context) -> Evidence:
     ev.plots.append(plots.save(fig, ctx.path("checkerboard.png")))
     ev.notes = ("A divisible kernel only removes the uneven overlap; with learned (random) weights its four output "
                 "phases still differ, which is why resize + conv is the robust fix (Odena et al., Distill 2016).")
+    return ev
+
+
+@tip(id="conv.spp", title="Spatial pyramid pooling for any input size",
+     claim="Spatial pyramid pooling gives a fixed-length vector from inputs of any size, so one classifier serves "
+           "all sizes.",
+     source=f"{README}; He et al., SPP-net 2014", section=CONV, exercises=(SpatialPyramidPooling,),
+     seeds={"quick": 1, "full": 1}, budget_s=1,
+     rule=Exact(checks=("same output length for every input size", "output length = C x sum of bins^2")))
+def spp_fixed_length(ctx: Context) -> Evidence:
+    """Spatial pyramid pooling (:mod:`dltricks.layers.spp`) on inputs of several sizes."""
+    levels = tuple(ctx.get("levels", (1, 2, 4)))
+    channels = ctx.get("channels", 8)
+    layer = SpatialPyramidPooling(levels)
+    sizes = list(ctx.get("sizes", (7, 13, 24, 33, 64)))
+    lengths = {}
+    for s in sizes:
+        with torch.no_grad():
+            y = layer(torch.randn(2, channels, s, s + 3))  # (2, C * sum(bins^2))
+        lengths[s] = tuple(y.shape)
+    expected = channels * sum(n * n for n in levels)
+    ev = Evidence(setup=f"SpatialPyramidPooling{levels} on a {channels}-channel map of sizes {sizes} (width = size + 3)")
+    ev.values.update({f"output shape at {s}x{s + 3}": str(v) for s, v in lengths.items()})
+    ev.check("same output length for every input size", len(set(lengths.values())) == 1)
+    ev.check("output length = C x sum of bins^2", all(v[-1] == expected for v in lengths.values()))
+    ev.headline = f"output {next(iter(lengths.values()))} for inputs {sizes[0]}..{sizes[-1]} px"
     return ev

@@ -1,7 +1,8 @@
 """Verdict rules: how measured evidence becomes confirmed / refuted / inconclusive.
 
-Rules are fixed in the catalog before an experiment runs and are plain frozen dataclasses, so their
-``repr`` (which is part of the cache key) says exactly what was decided in advance.
+Rules are fixed in a tip's declaration before its experiment runs and are plain frozen dataclasses, so
+their ``repr`` (which is part of the cache key) says exactly what was decided in advance. ``describe()``
+states a rule in a sentence (the report); ``brief()`` in a few words (the catalog table of the docs).
 
 **Effect** (a claimed improvement). The experiment runs a *treatment* arm and a *control* arm with
 the same seeds; the paired effect of seed i is ``d_i = treatment_i - control_i`` (negated when lower
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dltricks.tips.core import Evidence, Verdict
+from dltricks.evidence.core import Evidence, Verdict
 
 __all__ = ["Decision", "Rule", "RuleError", "Effect", "NonInferior", "Exact", "AllOf", "summarize"]
 
@@ -55,6 +56,8 @@ class Rule(Protocol):
     def decide(self, evidence: Evidence, mode: str) -> Decision: ...
 
     def describe(self) -> str: ...
+
+    def brief(self) -> str: ...
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -143,6 +146,10 @@ class Effect:
                 f"seeds; refuted if < -{self.z:g} SE. Quick: consistent with if effect > max({self.min_effect:g}, "
                 f"{self.quick_z:g} SE).")
 
+    def brief(self) -> str:
+        better = "higher" if self.higher_is_better else "lower"
+        return f"Effect({self.metric}: {self.treatment} vs {self.control}, {better} better, min {self.min_effect:g})"
+
 
 @dataclass(frozen=True)
 class NonInferior:
@@ -183,6 +190,9 @@ class NonInferior:
                 f"{self.margin:g}. Full: confirmed if mean - {self.z:g} SE > -{self.margin:g} (>= {self.min_seeds} "
                 f"seeds), refuted if mean + {self.z:g} SE < -{self.margin:g}. Quick: consistent with if mean > -{self.margin:g}.")
 
+    def brief(self) -> str:
+        return f"NonInferior({self.metric}: {self.treatment} vs {self.control}, margin {self.margin:g})"
+
 
 @dataclass(frozen=True)
 class Exact:
@@ -204,6 +214,9 @@ class Exact:
     def describe(self) -> str:
         return (f"exact (deterministic, any mode): confirmed iff all of {', '.join(self.checks)} hold; refuted if any "
                 f"fails. {self.meaning}").strip()
+
+    def brief(self) -> str:
+        return f"Exact ({len(self.checks)} checks)"
 
 
 @dataclass(frozen=True)
@@ -230,3 +243,6 @@ class AllOf:
 
     def describe(self) -> str:
         return "all of: " + " AND ".join(f"({rule.describe()})" for rule in self.rules)
+
+    def brief(self) -> str:
+        return " AND ".join(rule.brief() for rule in self.rules)

@@ -1,4 +1,4 @@
-"""Small matplotlib helpers shared by tip experiments (Agg backend; each writes one PNG)."""
+"""Small matplotlib helpers for the plots of tip experiments (Agg backend; each writes one PNG)."""
 
 from __future__ import annotations
 
