@@ -6,10 +6,11 @@ Two modes:
 measured side by side for float32 / bf16 autocast and NCHW / NHWC (channels_last): median of
 ``--repeats`` after a warm-up step, printed as seconds per step and ratios to float32 NCHW.
 
-default: the full recipe of ``docs/segmentation.md``: ``unet_small`` (16 base channels, 1.9 M parameters)
-trained for ``--steps`` Adam steps (cosine schedule, warm-up) on random 256 px crops of the 25 training
-slices (flips, 90-degree rotations, elastic deformation), bf16 + channels_last, then evaluated on the 5
-held-out slices: whole 512x512 slices, 256 px sliding windows (overlap 0.5, Gaussian blending), and
+default: the shipped ``isbi-unet`` recipe trained by :func:`dltricks.train.fit` (what ``dltricks train unet_small
+--data isbi2012-membrane --recipe isbi-unet`` runs): ``unet`` with ``--base-channels`` (16 = ``unet_small``,
+1.9 M parameters) trained for ``--steps`` Adam steps (cosine schedule, warm-up) on random 256 px crops of the
+25 training slices (flips, 90-degree rotations, elastic deformation), bf16 + channels_last, then evaluated on
+the 5 held-out slices: whole 512x512 slices, 256 px sliding windows (overlap 0.5, Gaussian blending), and
 sliding windows + 8 flips. Writes ``results.json``, the weights (safetensors) and the predicted masks
 (PNG, membrane black as in the labels) to ``--out``. Training time is reported as wall-clock seconds of the
 training loop (data loading included, evaluation excluded) and as the CPU seconds of the process: on a shared
@@ -35,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
 from dltricks.models import create_model
-from dltricks.tasks.segmentation.evaluate import save_predicted_masks
+from dltricks.tasks.segmentation.evaluate import evaluate_segmentation, save_predicted_masks
+from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
 from dltricks.tasks.segmentation.losses import bce_dice_loss
-from dltricks.experiments._segmentation_loop import fit_segmentation
-from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
+from dltricks.train import fit, prepare
+from dltricks.train.recipe import load_recipe
 from dltricks.utils.io import atomic_write_json, atomic_write_with
 
 
@@ -93,19 +94,21 @@ def speed(args: argparse.Namespace) -> dict[str, float]:
 def train_and_evaluate(args: argparse.Namespace, fold: int | None = None) -> dict[str, object]:
     out = Path(args.out) if fold is None else Path(args.out) / f"fold{fold}"
     out.mkdir(parents=True, exist_ok=True)
-    task = isbi2012_membrane_task(batch_size=args.batch_size, crop_size=args.crop_size, elastic=args.elastic,
-                                  seed=args.seed, data_dir=args.data_dir, fold=fold, num_folds=args.num_folds,
-                                  border_weight=args.border_weight, border_sigma=args.border_sigma,
-                                  balance_classes=args.balance_classes)
+    data = {"crop_size": args.crop_size, "elastic": args.elastic, "fold": fold, "num_folds": args.num_folds,
+            "border_weight": args.border_weight, "border_sigma": args.border_sigma,
+            "balance_classes": args.balance_classes, "final_window": None, "final_tta": False}
+    recipe = load_recipe("isbi-unet", [f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
+                                       f"optim.lr={args.lr!r}", f"schedule.warmup_steps={args.warmup}",
+                                       f"train.seed={args.seed}", "train.device=cpu", f"train.eval_every={args.steps}",
+                                       *(f"data.{k}={json.dumps(v)}" for k, v in data.items())])
+    model, task = prepare("unet", "isbi2012-membrane", recipe, data_dir=args.data_dir,
+                          model_kwargs={"base_channels": args.base_channels})
     print(f"validation slices {', '.join(task.extra['val_slices'])}", flush=True)
-    torch.manual_seed(args.seed)
-    model = create_model("unet", num_classes=1, in_chans=1, base_channels=args.base_channels)
     params = sum(p.numel() for p in model.parameters())
     print(f"unet base {args.base_channels} ({params:,} parameters), {args.steps} steps of {args.batch_size} x "
           f"{args.crop_size}^2 crops, elastic={args.elastic}, {torch.get_num_threads()} threads", flush=True)
     wall, cpu = time.perf_counter(), time.process_time()
-    fit = fit_segmentation(model, task, steps=args.steps, lr=args.lr, warmup_steps=args.warmup, amp=True,
-                           channels_last=True, log=lambda s: print(s, flush=True))
+    run = fit(model, task, recipe, log=lambda s: print(s, flush=True), progress=False)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     model = model.to(memory_format=torch.contiguous_format).eval()
     from safetensors.torch import save_file
@@ -127,11 +130,11 @@ def train_and_evaluate(args: argparse.Namespace, fold: int | None = None) -> dic
           flush=True)
     save_predicted_masks(model, task, out / "masks", window=256, tta=True)
     result = {"machine": machine(), "config": {**vars(args), "fold": fold}, "val_slices": list(task.extra["val_slices"]),
-              "params": params, "train_seconds": fit["train_seconds"],
-              "train_wall_seconds": wall, "train_cpu_seconds": cpu, "steps": fit["steps"], "final_loss": statistics.fmean(fit["losses"][-50:]),
-              "eval": evals}
+              "params": params, "train_seconds": sum(r["train_time_s"] for r in run.history),
+              "train_wall_seconds": wall, "train_cpu_seconds": cpu, "steps": run.final["steps"],
+              "final_loss": run.history[-1]["train_loss"], "eval": evals}
     atomic_write_json(out / "results.json", result, indent=1)
-    print(json.dumps({"train_seconds": round(fit["train_seconds"], 1), "wall": round(wall, 1), "cpu": round(cpu, 1),
+    print(json.dumps({"train_seconds": round(result["train_seconds"], 1), "wall": round(wall, 1), "cpu": round(cpu, 1),
                       "dice_tta": round(evals["sliding_256_tta"]["dice"], 4)}))
     return result
 

@@ -153,7 +153,7 @@ def test_missing_or_broken_data_is_a_data_error(tmp_path: Path) -> None:
 def test_data_options_from_the_command_line(shared_data: Path) -> None:
     import argparse
 
-    from dltricks.commands._args import data_args
+    from dltricks.commands._args import data_args, data_overrides
     from dltricks.train.prepare import task_for_recipe
     from dltricks.train.recipe import load_recipe
 
@@ -161,7 +161,7 @@ def test_data_options_from_the_command_line(shared_data: Path) -> None:
 
     def task_for(data: str, *options: str):
         args = argparse.Namespace(data=data, data_dir=str(shared_data), subset=None, data_opts=list(options))
-        return task_for_recipe(data, recipe, **data_args(args))
+        return task_for_recipe(data, load_recipe(recipe, data_overrides(args)), **data_args(args))
 
     task = task_for("isbi2012-membrane", "fold=1", "num_folds=5", "crop_size=64", "elastic=true")
     assert task.extra["val_slices"] == ("6", "7", "8", "9", "10", "11")

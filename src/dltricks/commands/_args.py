@@ -5,9 +5,10 @@ options, turns them into the arguments of library functions with the helpers her
 command imports another; what two of them need lives in this module.
 
 * options: :func:`own_formatter`, :func:`add_common_data_args`;
-* reading them: :func:`recipe_from_args` (recipe file < ``--set`` < the dedicated flags),
-  :func:`parse_options` (``--model-opt``/``--data-opt``), :func:`data_args` (the data keywords of
-  :func:`dltricks.train.prepare`), :func:`run_dir_for` (a new or resumable run directory);
+* reading them: :func:`recipe_from_args` (recipe file < ``--set`` < ``--data-opt`` < the dedicated
+  flags), :func:`parse_options` (``--model-opt``), :func:`data_overrides` (``--data-opt`` as the recipe's
+  ``data.KEY``), :func:`data_args` (the data keywords of :func:`dltricks.train.prepare`),
+  :func:`run_dir_for` (a new or resumable run directory);
 * output: :func:`print_history`, :func:`log`.
 
 Every ``KEY=VALUE`` item is read once, by :func:`dltricks.config.parse_assignment`; the dedicated flags
@@ -65,9 +66,17 @@ def parse_options(items: list[str], flag: str) -> dict[str, Any]:
     return dict(parse_assignment(item, flag) for item in items)
 
 
+def data_overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """``--data-opt KEY=VALUE`` as the recipe override ``("data.KEY", value)``: the data set's options are
+    part of the recipe, so that ``fit`` trains on what the recipe says."""
+    return [(f"data.{key}", value) for key, value in parse_options(getattr(args, "data_opts", None) or [],
+                                                                     "--data-opt").items()]
+
+
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """The recipe of a command line: file < ``--set`` < the dedicated flags."""
+    """The recipe of a command line: file < ``--set`` < ``--data-opt`` < the dedicated flags."""
     overrides = [parse_assignment(item, "--set") for item in getattr(args, "overrides", None) or []]
+    overrides += data_overrides(args)
     flags = {"train.epochs": getattr(args, "epochs", None), "train.seed": getattr(args, "seed", None),
              "train.device": getattr(args, "device", None)}
     overrides += [(key, value) for key, value in flags.items() if value is not None]
@@ -77,8 +86,9 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 
 def data_args(args: argparse.Namespace, *, split: str = "train") -> dict[str, Any]:
-    """``data_dir``, ``data_options`` and the sample count of ``--subset`` (on ``split``) as keywords of
-    :func:`dltricks.train.prepare` and :func:`~dltricks.train.prepare.task_for_recipe`."""
+    """``data_dir`` and the sample count of ``--subset`` (on ``split``) as keywords of
+    :func:`dltricks.train.prepare` and :func:`~dltricks.train.prepare.task_for_recipe` (``--data-opt`` is
+    in the recipe: :func:`data_overrides`)."""
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None and not Path(data_dir).exists():
         raise DataError(f"--data-dir {data_dir}: no such file or folder; expected the folder (or file) holding "
@@ -86,8 +96,7 @@ def data_args(args: argparse.Namespace, *, split: str = "train") -> dict[str, An
     subset = getattr(args, "subset", None)
     if subset is not None and subset < 1:
         raise ConfigError(f"--subset: got {subset}, expected a positive number of samples")
-    return {"data_dir": data_dir, "data_options": parse_options(getattr(args, "data_opts", None) or [], "--data-opt"),
-            "val_subset" if split == "val" else "subset": subset}
+    return {"data_dir": data_dir, "val_subset" if split == "val" else "subset": subset}
 
 
 def run_dir_for(out: str | None, *, resume: bool, model: str, data: str) -> Path:

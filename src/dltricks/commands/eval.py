@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dltricks.commands._args import add_common_data_args, data_args, own_formatter
+from dltricks.commands._args import add_common_data_args, data_args, data_overrides, own_formatter
 from dltricks.errors import CheckpointError, ConfigError, DataError, ModelError
 
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{path}: no model name in its metadata; expected a file written by `dltricks train`")
     model_kwargs = dict(run_meta.get("model_kwargs") or {})
     device = resolve_device(args.device or "auto")
-    recipe = load_recipe(None, [("train.batch_size", args.batch_size)])
+    recipe = load_recipe(None, [("train.batch_size", args.batch_size), *data_overrides(args)])
     task = task_for_recipe(args.data, recipe, device=device, for_training=False, **data_args(args, split=args.split))
     num_classes = model_kwargs.get("num_classes")
     if num_classes is not None and num_classes != task.num_classes:

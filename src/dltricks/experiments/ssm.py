@@ -43,6 +43,7 @@ from torch import nn
 
 from dltricks.data.sequence_tasks import (ListOpsVocab, TensorPairLoader, generate_listops, induction_heads_batch,
                                           selective_copying_batch)
+from dltricks.config import to_dict
 from dltricks.errors import ConfigError
 from dltricks.layers.ssm.gated_cnn import GatedCNN1d
 from dltricks.layers.ssm.mamba import Mamba
@@ -483,6 +484,10 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
                   "grad_clip": 1.0},
         "augment": {"crop_padding": 4, "hflip": True},
     }
+    if task is not None:  # used as it is: its batch size and its augmentation (none, unless it records one)
+        recipe["train"]["batch_size"] = getattr(task.train_loader, "batch_size", batch_size)
+        augment = task.options.get("augment")
+        recipe["augment"] = to_dict(augment) if hasattr(augment, "__dataclass_fields__") else dict(augment or {})
     out: dict[str, Any] = {"recipe": recipe, "subset": subset, "val_subset": val_subset, "environment": _environment(),
                            "models": {}}
     if task is None:  # loaded once; every model sees the same batches
