@@ -19,8 +19,9 @@ outputs:
   training mode): the union over the mixed dimension. When that union merges different positions
   and reaches the whole extent of the op's input, the axis is flagged *global*.
 
-The geometry of a tensor is a float32 tensor ``g`` (integer pixel coordinates are exact below 2**24) of shape ``(6, *s)`` where ``s`` is broadcastable
-to the data's shape (size-1 dimensions where the geometry is constant keep it small). The six
+The geometry of a tensor is a float32 tensor ``g`` (integer pixel coordinates are exact below 2**24)
+of shape ``(6, *s)`` where ``s`` is broadcastable to the data's shape (size-1 dimensions where the
+geometry is constant keep it small). The six
 components are all "min-type" so that a union is one ``torch.minimum``:
 ``(top, -bottom, left, -right, -global_h, -global_w)``. An element with no dependency on the input
 (a constant, padding) has ``+inf`` everywhere.
@@ -43,7 +44,8 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from dltricks.errors import DltricksError
 
-__all__ = ["UntraceableError", "DataDependentError", "TooLargeError", "GeometryTracer", "input_geometry", "INF", "NCOMP"]
+__all__ = ["UntraceableError", "DataDependentError", "TooLargeError", "GeometryTracer", "input_geometry", "INF",
+           "NCOMP"]
 
 aten = torch.ops.aten
 INF = math.inf
@@ -141,7 +143,8 @@ def _mix(g: torch.Tensor, dims: Sequence[int], ndim: int) -> torch.Tensor:
         lo, nhi, flag = 2 * axis, 2 * axis + 1, 4 + axis
         varies = (low[lo] != high[lo]) | (low[nhi] != high[nhi])
         whole = (low[lo] <= extent[lo]) & (low[nhi] <= extent[nhi]) & torch.isfinite(low[lo])
-        out[flag] = torch.where(varies & whole, torch.minimum(out[flag], torch.tensor(-1.0, dtype=out.dtype)), out[flag])
+        flagged = torch.minimum(out[flag], torch.tensor(-1.0, dtype=out.dtype))
+        out[flag] = torch.where(varies & whole, flagged, out[flag])
     return out
 
 
@@ -374,8 +377,9 @@ class GeometryTracer(TorchDispatchMode):
     def _write(self, t: torch.Tensor, g: torch.Tensor | None) -> None:
         """``t`` was written in place and now carries ``g``; through a view, so does that part of its base."""
         old = self.geom.get(t)
-        same = (old is None and g is None) or (old is not None and g is not None and old.shape == _align(g, t.dim()).shape
-                                                and torch.equal(old, _align(g, t.dim())))
+        same = (old is None and g is None) or (
+            old is not None and g is not None and old.shape == _align(g, t.dim()).shape
+            and torch.equal(old, _align(g, t.dim())))
         base = t._base
         self.set(t, g)
         if same:
@@ -492,7 +496,6 @@ def _adaptive_rule(n_sp: int):
 
 def _reduction_rule(tr, func, args, kwargs, out):
     x = args[0]
-    name = func.overloadpacket.__name__
     values = _values(func, args, kwargs)
     if "other" in values:  # max.other / min.other: elementwise
         return _union([tr.get(x), tr.get(values["other"])], out.dim())
@@ -542,7 +545,7 @@ def _layer_norm_rule(tr, func, args, kwargs, out):
 
 def _group_norm_rule(tr, func, args, kwargs, out):
     x = args[0]
-    n, c, hw, groups = args[3], args[4], args[5], args[6]
+    n, c, groups = args[3], args[4], args[6]
     g = _full(tr.get(x), x.shape).reshape(NCOMP, n, groups, -1)  # (6, N, G, C/G * HW)
     g = _mix(g, [2], 3)  # union inside each group: (6, N, G, 1)
     stats = g.squeeze(-1)  # (6, N, G)
@@ -817,7 +820,8 @@ _RULES: dict[str, Callable] = {
     "_adaptive_avg_pool3d": _adaptive_rule(3), "adaptive_avg_pool1d": _adaptive_rule(1),
     "adaptive_max_pool2d": _adaptive_rule(2), "adaptive_max_pool1d": _adaptive_rule(1),
     "adaptive_max_pool3d": _adaptive_rule(3),
-    "_softmax": _softmax_rule, "_safe_softmax": _softmax_rule, "_log_softmax": _softmax_rule, "softmax": _softmax_rule, "log_softmax": _softmax_rule,
+    "_softmax": _softmax_rule, "_safe_softmax": _softmax_rule, "_log_softmax": _softmax_rule,
+    "softmax": _softmax_rule, "log_softmax": _softmax_rule,
     "cumsum": _cumulative_rule, "cumprod": _cumulative_rule, "logcumsumexp": _cumulative_rule,
     "glu": _glu_rule,
     "native_layer_norm": _layer_norm_rule, "native_group_norm": _group_norm_rule,

@@ -13,7 +13,7 @@ position table), so the sums still equal the totals.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,16 +55,23 @@ def _shape_of(out: Any) -> tuple[int, ...] | None:
     return None
 
 
-def layer_table(model: nn.Module, inputs: Sequence[torch.Tensor], *, depth: int | None = None) -> list[LayerRow]:
-    """Rows in execution order (modules never called come last, with no shape).
+@dataclass
+class _ForwardRecord:
+    """What one forward pass saw: each module's last output shape and call count, the order of first calls,
+    and the FLOPs :class:`FlopCounterMode` attributed to each called module (children included)."""
 
-    Args:
-        model: the model (run once in its current train/eval mode under ``torch.no_grad()``).
-        inputs: the positional inputs of ``model``.
-        depth: ``None``: leaf modules and containers with their own parameters or MACs; an integer: the
-            modules that many levels below the root, with their whole subtree.
-    """
-    modules = dict(model.named_modules())
+    shapes: dict[str, tuple[int, ...] | None]
+    calls: dict[str, int]
+    order: list[str]
+    flops: dict[str, int]
+
+
+def _child_names(name: str, module: nn.Module) -> list[str]:
+    return [f"{name}.{c}" if name else c for c, _ in module.named_children()]
+
+
+def _record_forward(model: nn.Module, modules: dict[str, nn.Module], inputs: Sequence[torch.Tensor]) -> _ForwardRecord:
+    """Run ``model(*inputs)`` once under ``torch.no_grad()`` with a forward hook on every submodule."""
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}
     order: list[str] = []
@@ -87,66 +94,82 @@ def layer_table(model: nn.Module, inputs: Sequence[torch.Tensor], *, depth: int 
     finally:
         for h in handles:
             h.remove()
-    tracked = _module_names(model, counter.get_flop_counts())  # each called module, incl. children
+    return _ForwardRecord(shapes, calls, order, _module_names(model, counter.get_flop_counts()))
+
+
+def _subtree_flops(modules: dict[str, nn.Module], tracked: dict[str, int]) -> dict[str, int]:
+    """FLOPs of every module with its whole subtree."""
     total_flops: dict[str, int] = {}
 
-    def subtree_flops(name: str) -> int:
+    def visit(name: str) -> int:
         # A container never called itself (blocks iterated in a loop) gets the sum of its children.
         if name not in total_flops:
             if name in tracked:
                 total_flops[name] = tracked[name]
             else:
-                kids = [f"{name}.{c}" if name else c for c, _ in modules[name].named_children()]
-                total_flops[name] = sum(subtree_flops(k) for k in kids)
+                total_flops[name] = sum(visit(k) for k in _child_names(name, modules[name]))
         return total_flops[name]
 
     for name in modules:
-        subtree_flops(name)
+        visit(name)
+    return total_flops
 
-    def subtree_params(module: nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
 
-    # Execution order; a container never called itself sits where its first descendant ran.
+def _execution_order(modules: dict[str, nn.Module], order: list[str]) -> list[str]:
+    """Submodule names in execution order; a container never called itself sits where its first descendant
+    ran, and modules never called come last."""
     first: dict[str, int] = {}
     for index, name in enumerate(order):
         parts = name.split(".")
         for k in range(1, len(parts) + 1):
             first.setdefault(".".join(parts[:k]), index)
-    names = sorted((n for n in modules if n), key=lambda n: first.get(n, len(order)))
+    return sorted((n for n in modules if n), key=lambda n: first.get(n, len(order)))
+
+
+def _unseen_params(params: Iterable[nn.Parameter], seen: set[int]) -> int:
+    """Elements of the parameters not counted in an earlier row (a shared tensor counts once); marks them seen."""
+    total = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def _rows(modules: dict[str, nn.Module], names: list[str], record: _ForwardRecord, total_flops: dict[str, int],
+          depth: int | None) -> list[LayerRow]:
+    """One row per module at ``depth`` (whole subtree) or, above it, per module with its own params or MACs."""
     rows: list[LayerRow] = []
     seen: set[int] = set()
-
-    def own(name: str) -> tuple[int, int, bool]:
-        """Own parameters (each shared tensor once), own FLOPs, and whether the module is a leaf."""
-        module = modules[name]
-        children = [f"{name}.{c}" if name else c for c, _ in module.named_children()]
-        flops = total_flops.get(name, 0) - sum(total_flops.get(c, 0) for c in children)
-        params = 0
-        for p in module.parameters(recurse=False):
-            if id(p) not in seen:
-                seen.add(id(p))
-                params += p.numel()
-        return params, max(flops, 0), not children
-
-    def subtree(name: str) -> int:
-        total = 0
-        for p in modules[name].parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-        return total
-
     for name in [""] + names:
+        module = modules[name]
         level = 0 if name == "" else name.count(".") + 1
-        label = name or "(model)"
-        shape = shapes.get(name) if name else None
-        count = calls.get(name, 1 if name == "" else 0)
+        shape = record.shapes.get(name) if name else None
+        count = record.calls.get(name, 1 if name == "" else 0)
         if depth is not None and level == depth:
-            rows.append(LayerRow(name, type(modules[name]).__name__, shape, subtree(name),
+            rows.append(LayerRow(name, type(module).__name__, shape, _unseen_params(module.parameters(), seen),
                                  total_flops.get(name, 0) // 2, count))
         elif depth is None or level < depth:
             # Leaves, and containers that hold parameters or run counted ops in their own forward.
-            params, flops, is_leaf = own(name)
-            if (is_leaf and name) or params or flops:
-                rows.append(LayerRow(label, type(modules[name]).__name__, shape, params, flops // 2, count))
+            children = _child_names(name, module)
+            flops = max(total_flops.get(name, 0) - sum(total_flops.get(c, 0) for c in children), 0)
+            params = _unseen_params(module.parameters(recurse=False), seen)
+            if (not children and name) or params or flops:
+                rows.append(LayerRow(name or "(model)", type(module).__name__, shape, params, flops // 2, count))
     return rows
+
+
+def layer_table(model: nn.Module, inputs: Sequence[torch.Tensor], *, depth: int | None = None) -> list[LayerRow]:
+    """Rows in execution order (modules never called come last, with no shape).
+
+    Args:
+        model: the model (run once in its current train/eval mode under ``torch.no_grad()``).
+        inputs: the positional inputs of ``model``.
+        depth: ``None``: leaf modules and containers with their own parameters or MACs; an integer: the
+            modules that many levels below the root, with their whole subtree.
+    """
+    modules = dict(model.named_modules())
+    record = _record_forward(model, modules, inputs)
+    total_flops = _subtree_flops(modules, record.flops)
+    names = _execution_order(modules, record.order)
+    return _rows(modules, names, record, total_flops, depth)

@@ -134,7 +134,8 @@ def profiled_peak_bytes(fn: Callable[[], Any]) -> int:
     while stack:
         node = stack.pop()
         if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            events.append((node.start_time_ns, int(node.extra_fields.alloc_size), int(node.extra_fields.total_allocated)))
+            alloc = node.extra_fields
+            events.append((node.start_time_ns, int(alloc.alloc_size), int(alloc.total_allocated)))
         stack.extend(node.children)
     if not events:
         return 0

@@ -54,8 +54,8 @@ from dltricks.measure._rf_trace import (NCOMP, DataDependentError, GeometryTrace
 from dltricks.utils.figures import save_figure
 
 __all__ = ["ReceptiveField", "RFTrace", "TheoreticalRF", "UntraceableError", "DataDependentError",
-           "TooLargeError", "trace_receptive_fields", "receptive_field", "theoretical_receptive_field", "gradient_support",
-           "support_box", "effective_receptive_field", "ERFResult", "erf_growth", "conv_stack",
+           "TooLargeError", "trace_receptive_fields", "receptive_field", "theoretical_receptive_field",
+           "gradient_support", "support_box", "effective_receptive_field", "ERFResult", "erf_growth", "conv_stack",
            "plot_erf", "plot_erf_growth", "path_preserving"]
 
 
@@ -402,50 +402,41 @@ def _margin_ok(rf: ReceptiveField) -> bool:
     return min(top, H - 1 - bottom) >= 2 * jh and min(left, W - 1 - right) >= 2 * jw
 
 
-def theoretical_receptive_field(model: nn.Module, input_size: Sequence[int], *, layer: str | None = None,
-                                max_size: int = 1024) -> TheoreticalRF:
-    """Unclipped receptive field (size, jump, centre of unit 0) of ``layer``.
-
-    Traces at ``input_size`` and then on canvases twice as large (on the meta device: no arithmetic)
-    until the centre unit's box stays off the border and its size stops changing, up to ``max_size``
-    pixels. Models that only accept one input size stop there and report a lower bound.
-    """
-    C, H, W = input_size
-    chosen = layer
-    size = max(H, W)
-    rf: ReceptiveField | None = None
-    previous: ReceptiveField | None = None
-    canvas = size
-    while True:
-        try:
-            shape = (C, canvas, canvas) if canvas != size else (C, H, W)
-            trace = trace_receptive_fields(model, shape, layers=None if chosen in (None, "") else [chosen])
-        except TooLargeError:
-            if rf is None:
-                raise
-            break
-        except UntraceableError:
+def _trace_or_stop(model: nn.Module, shape: tuple[int, int, int], chosen: str | None, *,
+                   have_result: bool) -> RFTrace | None:
+    """Trace at ``shape``; ``None`` when a larger canvas fails after an earlier size succeeded (keep that result)."""
+    try:
+        return trace_receptive_fields(model, shape, layers=None if chosen in (None, "") else [chosen])
+    except TooLargeError:
+        if not have_result:
             raise
-        except Exception:  # noqa: BLE001 - the model refuses this canvas size: keep the last result
-            if rf is None:
-                raise
-            break
-        current = trace.feature_layer() if chosen is None else (trace.output if chosen == "" else trace.layers.get(chosen))
-        if current is None:
-            break
-        chosen = current.layer if chosen is None else chosen
-        previous, rf = rf, current
-        if rf.box is None or rf.is_global:
-            break
-        # Unclipped once the box is off the border and a larger canvas no longer changes its size (a field
-        # can be cut by padding without touching the last pixel).
-        if not rf.clipped and ((previous is not None and previous.size == rf.size) or _margin_ok(rf)):
-            break
-        if canvas * 2 > max_size:
-            break
-        canvas *= 2
-    if rf is None:
-        raise UntraceableError(f"could not trace layer {layer!r}")
+        return None
+    except UntraceableError:
+        raise
+    except Exception:  # noqa: BLE001 - the model refuses this canvas size: keep the last result
+        if not have_result:
+            raise
+        return None
+
+
+def _pick_layer(trace: RFTrace, chosen: str | None) -> ReceptiveField | None:
+    """The feature layer when none is chosen, the model output for ``""``, else the named layer (if traced)."""
+    if chosen is None:
+        return trace.feature_layer()
+    return trace.output if chosen == "" else trace.layers.get(chosen)
+
+
+def _settled(rf: ReceptiveField, previous: ReceptiveField | None) -> bool:
+    """No larger canvas can change the answer: no box, a global field, or an unclipped one."""
+    if rf.box is None or rf.is_global:
+        return True
+    # Unclipped once the box is off the border and a larger canvas no longer changes its size (a field
+    # can be cut by padding without touching the last pixel).
+    return not rf.clipped and ((previous is not None and previous.size == rf.size) or _margin_ok(rf))
+
+
+def _to_theoretical(rf: ReceptiveField, previous: ReceptiveField | None) -> TheoreticalRF:
+    """Size, jump and centre of unit 0 from the last trace; a lower bound when the border may still clip."""
     lower = not rf.is_global and rf.box is not None and (
         rf.clipped or (previous is not None and previous.size != rf.size and not _margin_ok(rf)))
     if rf.is_global:
@@ -461,6 +452,38 @@ def theoretical_receptive_field(model: nn.Module, input_size: Sequence[int], *, 
     return TheoreticalRF(rf.layer, sizes, rf.jump, tuple(starts), rf.input_size[0], lower_bound=lower)
 
 
+def theoretical_receptive_field(model: nn.Module, input_size: Sequence[int], *, layer: str | None = None,
+                                max_size: int = 1024) -> TheoreticalRF:
+    """Unclipped receptive field (size, jump, centre of unit 0) of ``layer``.
+
+    Traces at ``input_size`` and then on canvases twice as large (on the meta device: no arithmetic)
+    until the centre unit's box stays off the border and its size stops changing, up to ``max_size``
+    pixels. Models that only accept one input size stop there and report a lower bound.
+    """
+    C, H, W = input_size
+    chosen = layer
+    size = max(H, W)
+    rf: ReceptiveField | None = None
+    previous: ReceptiveField | None = None
+    canvas = size
+    while True:
+        shape = (C, canvas, canvas) if canvas != size else (C, H, W)
+        trace = _trace_or_stop(model, shape, chosen, have_result=rf is not None)
+        if trace is None:
+            break
+        current = _pick_layer(trace, chosen)
+        if current is None:
+            break
+        chosen = current.layer if chosen is None else chosen
+        previous, rf = rf, current
+        if _settled(rf, previous) or canvas * 2 > max_size:
+            break
+        canvas *= 2
+    if rf is None:
+        raise UntraceableError(f"could not trace layer {layer!r}")
+    return _to_theoretical(rf, previous)
+
+
 # ----------------------------------------------------------------------------------------------
 # Ground truth: support of the input gradient
 
@@ -473,7 +496,8 @@ _MAX_POOLS = {"max_pool1d": F.avg_pool1d, "max_pool2d": F.avg_pool2d, "max_pool3
               "max_pool1d_with_indices": F.avg_pool1d, "max_pool2d_with_indices": F.avg_pool2d,
               "max_pool3d_with_indices": F.avg_pool3d}
 _ADAPTIVE_MAX = {"adaptive_max_pool1d": F.adaptive_avg_pool1d, "adaptive_max_pool2d": F.adaptive_avg_pool2d,
-                 "adaptive_max_pool3d": F.adaptive_avg_pool3d, "adaptive_max_pool1d_with_indices": F.adaptive_avg_pool1d,
+                 "adaptive_max_pool3d": F.adaptive_avg_pool3d,
+                 "adaptive_max_pool1d_with_indices": F.adaptive_avg_pool1d,
                  "adaptive_max_pool2d_with_indices": F.adaptive_avg_pool2d,
                  "adaptive_max_pool3d_with_indices": F.adaptive_avg_pool3d}
 
@@ -512,7 +536,8 @@ class path_preserving(TorchFunctionMode):  # noqa: N801 - used as a context mana
             keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
             values = args[0].mean(dim=dim, keepdim=keep)
             indices = torch.zeros(values.shape, dtype=torch.long, device=values.device)
-            return torch.return_types.max((values, indices)) if name == "max" else torch.return_types.min((values, indices))
+            result_type = torch.return_types.max if name == "max" else torch.return_types.min
+            return result_type((values, indices))
         if name in ("maximum", "minimum", "fmax", "fmin"):
             return (args[0] + args[1]) / 2
         return func(*args, **kwargs)
