@@ -158,15 +158,16 @@ def main() -> None:
             fh.write(table)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": machine, "results": {m: {str(t): r for t, r in v.items()} for m, v in results.items()}},
+            json.dump({"machine": machine,
+                       "results": {m: {str(t): r for t, r in v.items()} for m, v in results.items()}},
                       fh, indent=2)
     if args.plot:
         plot(results, lengths, methods, args.plot, machine)
 
 
 def markdown_table(results, lengths, methods, machine: str) -> str:
-    lines = [f"B={B}, heads={HEADS}, head_dim={HEAD_DIM}, forward only; local window ±{WINDOW}; Linformer k={PROJ_LEN}. "
-             f"{machine}.", "",
+    lines = [f"B={B}, heads={HEADS}, head_dim={HEAD_DIM}, forward only; local window ±{WINDOW}; "
+             f"Linformer k={PROJ_LEN}. {machine}.", "",
              "| T | " + " | ".join(f"{m} ms" for m in methods) + " | " + " | ".join(f"{m} MiB" for m in methods)
              + " | sdpa / local time |",
              "|---:|" + "---:|" * (2 * len(methods) + 1)]

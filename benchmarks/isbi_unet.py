@@ -129,8 +129,9 @@ def train_and_evaluate(args: argparse.Namespace, fold: int | None = None) -> dic
     print("train_whole_slice", json.dumps({k: round(v, 4) for k, v in evals["train_whole_slice"].items()}),
           flush=True)
     save_predicted_masks(model, task, out / "masks", window=256, tta=True)
-    result = {"machine": machine(), "config": {**vars(args), "fold": fold}, "val_slices": list(task.extra["val_slices"]),
-              "params": params, "train_seconds": sum(r["train_time_s"] for r in run.history),
+    result = {"machine": machine(), "config": {**vars(args), "fold": fold},
+              "val_slices": list(task.extra["val_slices"]), "params": params,
+              "train_seconds": sum(r["train_time_s"] for r in run.history),
               "train_wall_seconds": wall, "train_cpu_seconds": cpu, "steps": run.final["steps"],
               "final_loss": run.history[-1]["train_loss"], "eval": evals}
     atomic_write_json(out / "results.json", result, indent=1)

@@ -107,7 +107,8 @@ def main() -> None:
         fast, slow = rows[0], rows[1]
         print(f"speed-up of tricks over classic (training time to {args.target:.1%}): "
               f"{slow['train_time'] / fast['train_time']:.1f}x "
-              f"(lower bound, classic's epochs before the crossing: {slow['train_time_before_last'] / fast['train_time']:.1f}x)")
+              "(lower bound, classic's epochs before the crossing: "
+              f"{slow['train_time_before_last'] / fast['train_time']:.1f}x)")
 
 
 if __name__ == "__main__":

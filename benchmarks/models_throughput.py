@@ -35,7 +35,8 @@ MODELS = ("resnet50", "convnext_tiny", "efficientnet_b0", "densenet121", "mobile
 SETTINGS = ("default", "channels_last", "compile", "compile+cl")
 
 
-def make_setting(name: str, setting: str, *, num_classes: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+def make_setting(name: str, setting: str, *,
+                 num_classes: int) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     torch.manual_seed(0)
     model = create_model(name, num_classes=num_classes)
     channels_last = setting in ("channels_last", "compile+cl")

@@ -140,7 +140,8 @@ def main() -> None:
     for m in methods:
         ratio = f"{med[best] / med[m]:.2f}x" if best else "-"
         ratio_cpu = f"{med_cpu[best_cpu] / med_cpu[m]:.2f}x" if best_cpu else "-"
-        print(f"{m:10s} {med[m]:9.3f} {min(times[m]):8.3f} {med_cpu[m]:8.3f} {peaks[m]:9.1f} {ratio:>16s} {ratio_cpu:>15s}")
+        print(f"{m:10s} {med[m]:9.3f} {min(times[m]):8.3f} {med_cpu[m]:8.3f} {peaks[m]:9.1f} "
+              f"{ratio:>16s} {ratio_cpu:>15s}")
     if best and "chunked" in med:
         print(f"\nchunked vs best of (ref, blelloch): {med[best] / med['chunked']:.2f}x faster in wall time [{best}], "
               f"{med_cpu[best_cpu] / med_cpu['chunked']:.2f}x in CPU time [{best_cpu}]; "

@@ -133,7 +133,7 @@ def test_resume_from_start_batch_gives_the_tail_of_the_epoch(augment):
 def test_augmentation_changes_between_epochs_and_soft_targets_under_mixup():
     ds = make_dataset()
     loader = TensorLoader(ds, batch_size=8, augment=AugmentConfig(hflip=True, crop_padding=2, mixup_alpha=1.0))
-    (x0, y0), (x1, y1) = next(loader.iter_epoch(0)), next(loader.iter_epoch(1))
+    (x0, y0), (x1, _) = next(loader.iter_epoch(0)), next(loader.iter_epoch(1))
     assert not torch.equal(x0, x1)  # same samples (no shuffle), different augmentation
     assert y0.shape == (8, 5) and y0.dtype == torch.float32
     assert_close(y0.sum(1), torch.ones(8))

@@ -111,7 +111,8 @@ def test_segmentation_eval_branch_writes_masks(shared_data: Path, tmp_path: Path
 
     from dltricks.tasks.segmentation.isbi import isbi2012_membrane_task
     from dltricks.models.segmentation.unet import UNet
-    from dltricks.tasks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
+    from dltricks.commands.eval import _run_segmentation_eval as run_segmentation_eval
+    from dltricks.tasks.segmentation.evaluate import is_segmentation_task
 
     task = isbi2012_membrane_task(batch_size=500, data_dir=shared_data, val_subset=2)  # eval-sized batch is fine
     assert is_segmentation_task(task)

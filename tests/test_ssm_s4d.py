@@ -28,7 +28,7 @@ def test_kernel_is_the_vandermonde_sum_in_float64() -> None:
     A_bar, B_bar, C, scale = (t.detach().to(torch.complex128) if isinstance(t, torch.Tensor) else t
                               for t in kernel.discretize())
     L = 20
-    ref = torch.stack([scale * (C * B_bar * A_bar ** l).sum(-1).real for l in range(L)], dim=-1)
+    ref = torch.stack([scale * (C * B_bar * A_bar ** ell).sum(-1).real for ell in range(L)], dim=-1)
     torch.testing.assert_close(kernel.kernel(L).double(), ref, rtol=1e-4, atol=1e-5)
 
 

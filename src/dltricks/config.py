@@ -83,7 +83,8 @@ def _type_name(tp: Any) -> str:
         return "null"
     if dataclasses.is_dataclass(tp):
         return f"a mapping ({tp.__name__})"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -92,69 +93,100 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Any:
         return value
     if origin is Literal:
-        if value in get_args(tp):
-            return value
-        hint = did_you_mean(value, [str(a) for a in get_args(tp)]) if isinstance(value, str) else ""
-        raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}.{hint}")
+        return _coerce_literal(value, tp, key)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
+        return _coerce_union(value, tp, key)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
-        return from_dict(tp, value, prefix=key + ".")
+        return _coerce_dataclass(value, tp, key)
     if origin in (dict, Mapping) or tp is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: got {_short(value)}, expected a mapping of keys to values")
-        key_type, value_type = get_args(tp) or (Any, Any)
-        return {_coerce(k, key_type, f"{key} (a key)"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+        return _coerce_mapping(value, tp, key)
     if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: got {len(value)} values, expected {len(args)}")
-            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            inner = args[0] if args else Any
-            items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple or tp is tuple else list(items)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: got {_short(value)}, expected true/false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: got {_short(value)}, expected an integer")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: got {_short(value)}, expected a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: got {_short(value)}, expected a string")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ConfigError(f"{key}: got {_short(value)}, expected a path")
+        return _coerce_sequence(value, tp, key)
+    return _coerce_scalar(value, tp, key)
+
+
+def _mismatch(value: Any, tp: Any, key: str) -> ConfigError:
+    return ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
+
+
+def _coerce_literal(value: Any, tp: Any, key: str) -> Any:
+    """``Literal[...]``: the value must be one of the listed ones; a near-miss string gets a suggestion."""
+    if value in get_args(tp):
+        return value
+    hint = did_you_mean(value, [str(a) for a in get_args(tp)]) if isinstance(value, str) else ""
+    raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}.{hint}")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """``A | B`` and ``Optional[A]``: ``None`` where allowed, else the first member type that accepts the value."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key)
+        except ConfigError:
+            continue
+    raise _mismatch(value, tp, key)
+
+
+def _coerce_dataclass(value: Any, tp: Any, key: str) -> Any:
+    """A nested config: an instance as is, or a mapping built (and checked) with :func:`from_dict`."""
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, Mapping):
+        raise _mismatch(value, tp, key)
+    return from_dict(tp, value, prefix=key + ".")
+
+
+def _coerce_mapping(value: Any, tp: Any, key: str) -> dict[Any, Any]:
+    """``dict[K, V]`` (or a bare ``dict``): every key and every value checked."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: got {_short(value)}, expected a mapping of keys to values")
+    key_type, value_type = get_args(tp) or (Any, Any)
+    return {_coerce(k, key_type, f"{key} (a key)"): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+
+
+def _coerce_sequence(value: Any, tp: Any, key: str) -> list[Any] | tuple[Any, ...]:
+    """``list[X]``, ``Sequence[X]``, ``tuple[X, ...]`` or a fixed-length ``tuple[A, B]``; a tuple hint gives a tuple."""
+    if not isinstance(value, (list, tuple)):
+        raise _mismatch(value, tp, key)
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: got {len(value)} values, expected {len(args)}")
+        items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+    else:
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple or tp is tuple else list(items)
+
+
+# The scalar hints: which values each accepts (bools are not numbers here), how an accepted value is
+# converted, and the phrase an error message uses.
+_SCALARS: dict[type, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v, "true/false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v, "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), float, "a number"),
+    str: (lambda v: isinstance(v, str), lambda v: v, "a string"),
+    Path: (lambda v: isinstance(v, (str, Path)), Path, "a path"),
+}
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """``bool``, ``int``, ``float``, ``str``, ``Path``, or any other class the value is an instance of."""
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    if scalar is not None:
+        accepts, convert, expected = scalar
+        if accepts(value):
+            return convert(value)
+        raise ConfigError(f"{key}: got {_short(value)}, expected {expected}")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{key}: got {_short(value)}, expected {_type_name(tp)}")
+    raise _mismatch(value, tp, key)
 
 
 def coerce(value: Any, tp: Any, *, key: str) -> Any:

@@ -57,7 +57,8 @@ def add_common_data_args(p: argparse.ArgumentParser, *, data_required: bool = Tr
                         "locations listed in docs/data.md")
     p.add_argument("--subset", type=int, default=None, metavar="N", help=subset_help)
     p.add_argument("--device", default=None, metavar="DEVICE",
-                   help="auto, cpu, cuda, cuda:N or mps; default: the recipe's train.device (auto: cuda, then mps, then cpu)")
+                   help="auto, cpu, cuda, cuda:N or mps; default: the recipe's train.device "
+                        "(auto: cuda, then mps, then cpu)")
 
 
 def parse_options(items: list[str], flag: str) -> dict[str, Any]:

@@ -34,9 +34,12 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one recipe key, e.g. --set optim.lr=0.05 (repeatable; values are YAML 1.2); "
                         "default: none")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per model (overrides train.epochs); default: the recipe's")
-    p.add_argument("--seed", type=int, default=None, help="seed for every model (overrides train.seed); default: the recipe's")
-    p.add_argument("--eval-only", action="store_true", help="do not train: evaluate (with --weights when given); default: train")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per model (overrides train.epochs); default: the recipe's")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed for every model (overrides train.seed); default: the recipe's")
+    p.add_argument("--eval-only", action="store_true",
+                   help="do not train: evaluate (with --weights when given); default: train")
     p.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
                    help="weights file for a model with --eval-only (repeatable); default: none")
     p.add_argument("--batch", type=int, default=None, metavar="N",

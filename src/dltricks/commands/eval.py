@@ -37,9 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="for a full checkpoint trained with EMA, evaluate the raw weights instead of the EMA weights "
                         "(default: the EMA weights)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
-    from dltricks.tasks.segmentation.evaluate import add_segmentation_eval_args
-
-    add_segmentation_eval_args(p)
+    _add_segmentation_args(p)
     p.set_defaults(func=run)
 
 
@@ -52,7 +50,8 @@ def resolve_checkpoint(path_text: str) -> Path:
         raise CheckpointError(f"{path}: no model.safetensors or checkpoints/last.safetensors in this directory; "
                               "expected a run directory written by `dltricks train`")
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path_text!r} does not exist; expected a run directory or a .safetensors file")
+        raise CheckpointError(f"checkpoint {path_text!r} does not exist; "
+                              "expected a run directory or a .safetensors file")
     return path
 
 
@@ -86,10 +85,10 @@ def run(args: argparse.Namespace) -> int:
                               f"({err})") from err
     load_weights(model, path, use_ema=not args.raw)
     model.to(device)
-    from dltricks.tasks.segmentation.evaluate import is_segmentation_task, run_segmentation_eval
+    from dltricks.tasks.segmentation.evaluate import is_segmentation_task
 
     if is_segmentation_task(task):  # per-pixel metrics, sliding windows, saved masks
-        return run_segmentation_eval(args, model, task, checkpoint=path, model_name=name)
+        return _run_segmentation_eval(args, model, task, checkpoint=path, model_name=name)
     loader = task.val_loader if args.split == "val" else task.train_loader
     if loader is None:
         raise DataError(f"data set {task.name} has no validation split; use --split train")
@@ -111,7 +110,8 @@ def print_report(report: dict[str, Any], classes: list[str]) -> None:
     from rich.table import Table
 
     console = Console()
-    console.print(f"[bold]{report['model']}[/bold] on {report['data']} ({report['split']}, {report['samples']:,} samples): "
+    console.print(f"[bold]{report['model']}[/bold] on {report['data']} "
+                  f"({report['split']}, {report['samples']:,} samples): "
                   f"loss {report['loss']:.4f}, accuracy {report['accuracy']:.2%}")
     per_class = Table(title="per-class accuracy")
     per_class.add_column("class")
@@ -128,3 +128,59 @@ def print_report(report: dict[str, Any], classes: list[str]) -> None:
     for i, c in enumerate(classes):
         matrix.add_row(c, *(str(v) if v else "." for v in report["confusion"][i]))
     console.print(matrix)
+
+
+# --- segmentation data sets: per-pixel metrics, sliding windows, flips, PNG masks ----------------------------
+
+def _add_segmentation_args(p: argparse.ArgumentParser) -> None:
+    """The options of a segmentation evaluation (for ``dltricks eval``'s parser)."""
+    g = p.add_argument_group("segmentation")
+    g.add_argument("--window", type=int, default=None, metavar="PX",
+                   help="sliding-window inference with PX x PX tiles; default: whole images")
+    g.add_argument("--overlap", type=float, default=0.5, help="overlap of neighbouring tiles, in [0, 1)")
+    g.add_argument("--tta", action="store_true", help="average the 8 flips / 90-degree rotations; default: off")
+    g.add_argument("--save-masks", default=None, metavar="DIR",
+                   help="write the predicted masks as PNG files to DIR; default: none")
+
+
+def _run_segmentation_eval(args: argparse.Namespace, model: Any, task: Any, *, checkpoint: str | Path,
+                          model_name: str) -> int:
+    """The segmentation branch of ``dltricks eval`` (reads ``--window/--overlap/--tta/--save-masks/--json``)."""
+    from dltricks.tasks.segmentation.evaluate import save_predicted_masks, segmentation_report
+
+    window = getattr(args, "window", None)
+    overlap = getattr(args, "overlap", 0.5)
+    tta = bool(getattr(args, "tta", False))
+    report = {"checkpoint": str(checkpoint), "model": model_name,
+              **segmentation_report(model, task, split=getattr(args, "split", "val"), window=window, overlap=overlap,
+                                    tta=tta)}
+    if getattr(args, "save_masks", None):
+        paths = save_predicted_masks(model, task, args.save_masks, window=window, overlap=overlap, tta=tta,
+                                     split=getattr(args, "split", "val"))
+        report["masks"] = [str(p) for p in paths]
+    if getattr(args, "json", False):
+        print(json.dumps(report, indent=2))
+    else:
+        _print_segmentation_report(report)
+    return 0
+
+
+def _print_segmentation_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    how = "whole images" if not report.get("window") else f"{report['window']} px windows, overlap {report['overlap']}"
+    how += ", 8-fold flips" if report.get("tta") else ""
+    console.print(f"[bold]{report['model']}[/bold] on {report['data']} ({report['split']}, {int(report['images'])} "
+                  f"images, {how}); foreground: {report['foreground']}")
+    table = Table(title="segmentation metrics (means over images)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("dice", "iou", "pixel_accuracy", "boundary_f1", "dice_background", "dice_pooled",
+                "dice_tolerance1", "boundary_accuracy", "interior_accuracy", "isbi_pixel_error"):
+        if key in report:
+            table.add_row(key, f"{report[key]:.4f}")
+    console.print(table)
+    if report.get("masks"):
+        console.print(f"wrote {len(report['masks'])} masks to {Path(report['masks'][0]).parent}")

@@ -16,7 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                               description="List registered models, optionally filtered by a glob pattern.")
     p.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'resnet*' (default: all)")
     p.add_argument("--params", action="store_true", help="build each model and show its parameter count (slower)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size used with --params (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier size used with --params (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

@@ -42,9 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                         "default: none")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs; default: the recipe's")
     p.add_argument("--seed", type=int, default=None, help="random seed; default: the recipe's")
-    p.add_argument("--subset", type=int, default=None, metavar="N", help="train on the first N images only; default: all 8,000")
+    p.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="train on the first N images only; default: all 8,000")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps; default: the recipe's (auto)")
-    p.add_argument("--out", default=None, metavar="DIR", help="run directory; default: runs/MODEL-mnist-embedded-TIMESTAMP")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="run directory; default: runs/MODEL-mnist-embedded-TIMESTAMP")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar; default: only when stderr is a terminal")
     # Without --train-demo, dltricks.cli runs `dltricks verify --quick --out REPORT` instead of func.

@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                               formatter_class=formatter,
                               description="List every tip of the catalog: id, status (implemented / not implemented "
                                           "yet), claim and, with --rules, the verdict rule fixed before running.")
-    p.add_argument("only", nargs="*", default=None, help="tip ids, globs (conv.*) or section names to show (default: all)")
+    p.add_argument("only", nargs="*", default=None,
+                   help="tip ids, globs (conv.*) or section names to show (default: all)")
     p.add_argument("--rules", action="store_true", help="also show each tip's verdict rule and what is missing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--markdown", action="store_true",
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     for tip in tips:
         missing = tip.missing()
         rows.append({"id": tip.id, "title": tip.title,
-                     "status": "implemented" if not missing else "not implemented yet", "section": tip.section, "claim": tip.claim, "source": tip.source, "rule": tip.rule.describe(),
+                     "status": "implemented" if not missing else "not implemented yet", "section": tip.section,
+                     "claim": tip.claim, "source": tip.source, "rule": tip.rule.describe(),
                      "experiment": tip.experiment_name, "exercises": tip.exercise_names(), "missing": missing})
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -34,19 +34,21 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
         epilog=EPILOG,
         description="Train MODEL on a data set following a recipe (YAML + --set overrides). Writes metrics, "
                     "checkpoints and final weights to --out, and prints a results table.")
-    p.add_argument("model", nargs="?", metavar="MODEL", help="registered model name (see `dltricks models`); required unless --recipe-help")
+    p.add_argument("model", nargs="?", metavar="MODEL",
+                   help="registered model name (see `dltricks models`); required unless --recipe-help")
     add_common_data_args(p, data_required=False)
     p.add_argument("--recipe", default=None, metavar="R",
                    help="recipe YAML file, or the name of a shipped recipe (mnist-classic, mnist-speedrun, isbi-unet, "
                         "cifar10-resnet, quick); default: the built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one recipe key, e.g. --set optim.weight_decay=5e-4 (repeatable; values are YAML 1.2); "
-                        "default: none")
+                   help="override one recipe key, e.g. --set optim.weight_decay=5e-4 "
+                        "(repeatable; values are YAML 1.2); default: none")
     p.add_argument("--model-opt", dest="model_opts", action="append", default=[], metavar="KEY=VALUE",
-                   help="model constructor option, e.g. --model-opt drop_rate=0.1 (repeatable; values are YAML, checked "
-                        "against the constructor's type hints); num_classes and "
-                        "in_chans default to the data set's; default: the model's own defaults")
-    p.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides train.epochs); default: the recipe's")
+                   help="model constructor option, e.g. --model-opt drop_rate=0.1 "
+                        "(repeatable; values are YAML, checked against the constructor's type hints); "
+                        "num_classes and in_chans default to the data set's; default: the model's own defaults")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="number of epochs (overrides train.epochs); default: the recipe's")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of initialisation, data order, augmentation and dropout (overrides train.seed); "
                         "default: the recipe's (0)")
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         print_history(result.history, title=f"{args.model} on {task.name} ({result.stop_reason})")
         best = result.final.get(f"best_{recipe.early_stop.metric}")
         summary = [f"final val accuracy {result.final['val_accuracy']:.2%}" if "val_accuracy" in result.final else "",
-                   f"best {recipe.early_stop.metric} {best:.4f} (epoch {result.final['best_epoch']})" if best is not None else "",
+                   (f"best {recipe.early_stop.metric} {best:.4f} (epoch {result.final['best_epoch']})"
+                    if best is not None else ""),
                    f"{result.final['steps']} steps in {result.final['time_s']:.1f} s", f"run directory: {run_dir}"]
         print("; ".join(s for s in summary if s))
     return 0

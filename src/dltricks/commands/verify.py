@@ -33,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.set_defaults(mode="quick")
     p.add_argument("--only", action="append", default=None, metavar="IDS",
                    help="comma-separated tip ids, globs (conv.*) or section names; repeatable (default: all tips)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per tip (default: the tip's own, 1-3 quick, >= 3 full)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per tip (default: the tip's own, 1-3 quick, >= 3 full)")
     p.add_argument("--out", type=Path, default=Path("report"), help="report folder (index.html, results.json, plots/)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="result cache (default: $DLTRICKS_CACHE/tips, else OUT/.cache)")

@@ -117,7 +117,8 @@ class ArrayDataset:
                 f"std={tuple(round(s, 4) for s in self.std)})")
 
 
-def channel_stats(images: torch.Tensor | np.ndarray, *, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(images: torch.Tensor | np.ndarray, *,
+                  chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (population) standard deviation of ``uint8`` images ``(N, C, H, W)`` in
     ``[0, 1]`` units, accumulated in float64 over chunks so large sets need little extra memory.
 

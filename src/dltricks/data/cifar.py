@@ -172,13 +172,15 @@ def find_cifar10_python(data_dir: str | os.PathLike[str] | None = None) -> Path 
     """The official tarball or extracted folder, if any, per the lookup order of :mod:`dltricks.data.files`."""
 
     def accept(p: Path) -> bool:
-        return (p.is_dir() and (p / "data_batch_1").is_file()) or (p.is_file() and p.name.endswith((".tar.gz", ".tgz", ".tar")))
+        return ((p.is_dir() and (p / "data_batch_1").is_file())
+                or (p.is_file() and p.name.endswith((".tar.gz", ".tgz", ".tar"))))
 
     roots = data_roots(data_dir)
     for root in roots:
         if root.is_file() and accept(root):
             return root
-        for candidate in (root / CIFAR10_TARBALL, root / CIFAR10_FOLDER, *(root / s / CIFAR10_TARBALL for s in _SUBDIRS),
+        for candidate in (root / CIFAR10_TARBALL, root / CIFAR10_FOLDER,
+                          *(root / s / CIFAR10_TARBALL for s in _SUBDIRS),
                           *(root / s / CIFAR10_FOLDER for s in _SUBDIRS)):
             if candidate.exists() and accept(candidate):
                 return candidate

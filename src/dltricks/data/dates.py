@@ -41,7 +41,6 @@ import functools
 import math
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import torch
 
@@ -82,7 +81,8 @@ LANGUAGES: dict[str, dict[str, tuple[str, ...]]] = {
     "es": {
         "months": ("enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre", "octubre",
                    "noviembre", "diciembre"),
-        "months_abbr": ("ene.", "feb.", "mar.", "abr.", "may.", "jun.", "jul.", "ago.", "sept.", "oct.", "nov.", "dic."),
+        "months_abbr": ("ene.", "feb.", "mar.", "abr.", "may.", "jun.", "jul.", "ago.", "sept.", "oct.", "nov.",
+                        "dic."),
         "weekdays": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
         "weekdays_abbr": ("lun.", "mar.", "mié.", "jue.", "vie.", "sáb.", "dom."),
     },
@@ -278,7 +278,8 @@ class DatesLoader:
     def __iter__(self) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
         return self.iter_epoch(self.epoch)
 
-    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    def iter_epoch(self, epoch: int,
+                   start_batch: int = 0) -> Iterator[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} is outside [0, {len(self)}]")
         order = self.order(epoch)

@@ -258,7 +258,8 @@ def load_image_folder(path: str | os.PathLike[str], *, image_size: int | Sequenc
         if use_cache:
             save_cached_arrays(f"imagefolder-{name}", path, arrays, info, options)
     classes, mean, std = tuple(info["classes"]), tuple(info["mean"]), tuple(info["std"])
-    return {split: ArrayDataset(torch.from_numpy(arrays[f"{split}_images"]), torch.from_numpy(arrays[f"{split}_labels"]),
+    return {split: ArrayDataset(torch.from_numpy(arrays[f"{split}_images"]),
+                                torch.from_numpy(arrays[f"{split}_labels"]),
                                 classes, f"{name}/{split}", mean, std)
             for split in ("train", "test") if f"{split}_images" in arrays}
 

@@ -42,9 +42,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
-from functools import partial
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dltricks.config import check_positive, field, from_dict
+from dltricks.config import check_positive, field
 from dltricks.data.files import data_roots, find_in_roots, missing_data_message
 from dltricks.data.loader import derive_seed
 from dltricks.errors import ConfigError, DataError
@@ -173,7 +172,8 @@ def load_isbi(data_dir: str | os.PathLike[str] | None = None) -> SegmentationDat
         raise DataError(f"{folder / 'image'} holds no PNG files; expected image/0.png ... image/29.png")
     missing = [n for n in names if not (folder / "label" / f"{n}.png").is_file()]
     if missing:
-        raise DataError(f"{folder}: no label for image(s) {', '.join(missing[:5])}; expected label/N.png for every image/N.png")
+        raise DataError(f"{folder}: no label for image(s) {', '.join(missing[:5])}; "
+                        "expected label/N.png for every image/N.png")
     images, masks = [], []
     for n in names:
         img = _read_png(folder / "image" / f"{n}.png")
@@ -285,7 +285,8 @@ class SegmentationLoader:
     Training (``augment`` given): ``samples_per_epoch`` augmented crops per epoch; sample ``j`` crops slice
     ``perm_c[j mod N]`` where ``perm_c`` is a permutation drawn for cycle ``c = j // N`` (every slice is used
     equally often), rank ``r`` takes samples ``r, r + world_size, ...`` and the last incomplete batch is
-    dropped (unless there are fewer samples than one batch). Evaluation (``augment=None``): whole slices in order, rank ``r`` takes slices ``r::world_size``.
+    dropped (unless there are fewer samples than one batch). Evaluation (``augment=None``): whole slices in
+    order, rank ``r`` takes slices ``r::world_size``.
 
     Yields ``(x, y)``: ``x`` float32 ``(B, C, H, W)`` normalised with ``mean`` / ``std``; ``y`` float32
     ``(B, 1, H, W)`` in ``{0, 1}`` (1 = foreground). With ``loss_weights`` (training only: a function returning

@@ -225,8 +225,10 @@ def load_mnist_embedded(split: str = "train", *, verify: bool = True) -> ArrayDa
         raise DataError(f"unknown split {split!r} of mnist-embedded; expected 'train', 'val' or 'all'")
     names = MNIST_FILES["test", "images"], MNIST_FILES["test", "labels"]
     sources = [f"dltricks/data/embedded/{n}.gz" for n in names]
-    images = decode_idx(_embedded_bytes(names[0]), source=sources[0], ndim=3, md5=MNIST_MD5[names[0]] if verify else None)
-    labels = decode_idx(_embedded_bytes(names[1]), source=sources[1], ndim=1, md5=MNIST_MD5[names[1]] if verify else None)
+    images = decode_idx(_embedded_bytes(names[0]), source=sources[0], ndim=3,
+                        md5=MNIST_MD5[names[0]] if verify else None)
+    labels = decode_idx(_embedded_bytes(names[1]), source=sources[1], ndim=1,
+                        md5=MNIST_MD5[names[1]] if verify else None)
     full = _to_dataset(images, labels, "mnist-embedded", sources[0], sources[1], MNIST_MEAN, MNIST_STD)
     train_idx, val_idx = embedded_split(len(full))
     mean, std = channel_stats(full.images.index_select(0, train_idx))

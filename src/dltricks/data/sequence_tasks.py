@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from dltricks.data.loader import derive_seed
 from dltricks.errors import ConfigError
@@ -257,7 +256,8 @@ class TensorPairLoader:
 
     def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
+            order = torch.randperm(self.num_samples,
+                                   generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch)))
         else:
             order = torch.arange(self.num_samples)
         for b in range(start_batch, len(self)):

@@ -188,7 +188,8 @@ class NonInferior:
         better = "higher" if self.higher_is_better else "lower"
         return (f"{self.treatment} no worse than {self.control} on {self.metric} ({better} is better) by more than "
                 f"{self.margin:g}. Full: confirmed if mean - {self.z:g} SE > -{self.margin:g} (>= {self.min_seeds} "
-                f"seeds), refuted if mean + {self.z:g} SE < -{self.margin:g}. Quick: consistent with if mean > -{self.margin:g}.")
+                f"seeds), refuted if mean + {self.z:g} SE < -{self.margin:g}. "
+                f"Quick: consistent with if mean > -{self.margin:g}.")
 
     def brief(self) -> str:
         return f"NonInferior({self.metric}: {self.treatment} vs {self.control}, margin {self.margin:g})"

@@ -47,7 +47,8 @@ def _slope(lengths: list[int], times: list[float]) -> float:
                  Effect("slope", "full attention", "Linformer k=64", min_effect=0.5))))
 def attention_scaling(ctx: Context) -> Evidence:
     lengths = list(ctx.get("lengths", (512, 1024, 2048, 4096)))
-    dim, heads, window, proj = ctx.get("embed_dim", 64), ctx.get("num_heads", 4), ctx.get("window", 32), ctx.get("proj_len", 64)
+    dim, heads = ctx.get("embed_dim", 64), ctx.get("num_heads", 4)
+    window, proj = ctx.get("window", 32), ctx.get("proj_len", 64)
     layers = {
         "full attention": MultiHeadAttention(dim, heads),
         f"local window {window}": LocalSelfAttention(dim, heads, window=window),

@@ -148,14 +148,16 @@ def padding_border(ctx: Context) -> Evidence:
         reach = _reach_count(size, depth, pad)
         y.sum().backward()
         grad = x.grad[0, 0]
-        results[label] = {"out": y.shape[-1], "corner_reach": int(reach[0, 0]), "centre_reach": int(reach[size // 2, size // 2]),
+        results[label] = {"out": y.shape[-1], "corner_reach": int(reach[0, 0]),
+                          "centre_reach": int(reach[size // 2, size // 2]),
                           "corner_share": float(grad[0, 0] / grad[size // 2, size // 2])}
         ev.values.update({f"{label}: output size": y.shape[-1],
                           f"{label}: output units reached by the corner pixel": int(reach[0, 0]),
                           f"{label}: output units reached by the centre pixel": int(reach[size // 2, size // 2]),
                           f"{label}: corner/centre gradient share": round(results[label]["corner_share"], 6)})
-    ev.headline = (f"{size}px -> {results['padded']['out']}px padded vs {results['valid']['out']}px valid; corner pixel "
-                   f"reaches {results['padded']['corner_reach']} vs {results['valid']['corner_reach']} output units")
+    ev.headline = (f"{size}px -> {results['padded']['out']}px padded vs {results['valid']['out']}px valid; "
+                   f"corner pixel reaches {results['padded']['corner_reach']} vs {results['valid']['corner_reach']} "
+                   "output units")
     ev.check("padding keeps the spatial size", results["padded"]["out"] == size)
     ev.check(f"no padding shrinks the map by {2 * depth} px", results["valid"]["out"] == size - 2 * depth)
     ev.check("the corner pixel reaches more output units with padding",
@@ -237,7 +239,8 @@ def downsampling_vs_dilation(ctx: Context) -> Evidence:
                         "1x1-3x3-1x1 bottleneck has the lecture's 180,224 weights",
                         "two depthwise-separable 3x3 has the lecture's 84,800 weights",
                         "ten DS 3x3 filters on 3 channels has the lecture's 57 weights",
-                        "bottleneck saves weights over two 3x3", "depthwise-separable saves weights over the bottleneck",
+                        "bottleneck saves weights over two 3x3",
+                        "depthwise-separable saves weights over the bottleneck",
                         "ResNet bottleneck saves weights over two 3x3 at 256")))
 @tip(id="conv.factorized", title="Factorized k x 1 + 1 x k convolutions",
      claim="Replacing a 7x7 convolution 64->256 (802,816 weights) by 1x7 then 7x1 (573,440) keeps the 7x7 "
@@ -278,7 +281,8 @@ def conv_savings(ctx: Context) -> Evidence:
         ev.values[f"weights: {name}"] = n
         ev.values[f"lecture figure: {name}"] = expected[name]
         ev.check(f"{name} has the lecture's {expected[name]:,} weights", n == expected[name])
-    ev.values["weights: ResNet bottleneck 256-64-256 (dltricks.layers.conv.ConvBottleneck)"] = count_weights(resnet_bottleneck)
+    ev.values["weights: ResNet bottleneck 256-64-256 (dltricks.layers.conv.ConvBottleneck)"] = count_weights(
+        resnet_bottleneck)
     ev.values["weights: two 3x3 convs at 256"] = count_weights(resnet_plain)
     ev.check("ResNet bottleneck saves weights over two 3x3 at 256",
              count_weights(resnet_bottleneck) < count_weights(resnet_plain))
@@ -391,7 +395,8 @@ def spp_fixed_length(ctx: Context) -> Evidence:
             y = layer(torch.randn(2, channels, s, s + 3))  # (2, C * sum(bins^2))
         lengths[s] = tuple(y.shape)
     expected = channels * sum(n * n for n in levels)
-    ev = Evidence(setup=f"SpatialPyramidPooling{levels} on a {channels}-channel map of sizes {sizes} (width = size + 3)")
+    ev = Evidence(setup=f"SpatialPyramidPooling{levels} on a {channels}-channel map of sizes {sizes} "
+                        "(width = size + 3)")
     ev.values.update({f"output shape at {s}x{s + 3}": str(v) for s, v in lengths.items()})
     ev.check("same output length for every input size", len(set(lengths.values())) == 1)
     ev.check("output length = C x sum of bins^2", all(v[-1] == expected for v in lengths.values()))

@@ -44,7 +44,8 @@ def flops_vs_latency(ctx: Context) -> Evidence:
                         f"channels, input {batch}x{channels}x{size}x{size}, inference; latency = CPU time on one "
                         f"thread, median of timed blocks (dltricks.measure.time_function, robust to other processes); "
                         f"one round of both blocks per seed.")
-    ev.values.update({"MACs dense": macs_dense, "MACs separable": macs_sep, "MAC ratio dense/separable": macs_dense / macs_sep})
+    ev.values.update({"MACs dense": macs_dense, "MACs separable": macs_sep,
+                      "MAC ratio dense/separable": macs_dense / macs_sep})
 
     def seconds(layer: nn.Module) -> float:
         return time_function(lambda: layer(x), min_run_time=ctx.get("min_time", 0.03) * ctx.get("repeats", 5),
@@ -57,8 +58,10 @@ def flops_vs_latency(ctx: Context) -> Evidence:
             ev.add("predicted by MACs", log2_speedup=math.log2(macs_dense / macs_sep))
             ev.add("measured", log2_speedup=math.log2(t_dense / t_sep), latency_dense_ms=t_dense * 1e3,
                    latency_separable_ms=t_sep * 1e3)
-    ev.plots.append(plots.bar_plot(ctx.path("speedup.png"), {k: [2 ** v for v in a["log2_speedup"]] for k, a in ev.arms.items()},
-                                   ylabel="speed-up of separable over dense", title="MAC ratio vs measured latency ratio"))
+    ev.plots.append(plots.bar_plot(ctx.path("speedup.png"),
+                                   {k: [2 ** v for v in a["log2_speedup"]] for k, a in ev.arms.items()},
+                                   ylabel="speed-up of separable over dense",
+                                   title="MAC ratio vs measured latency ratio"))
     return ev
 
 
@@ -97,5 +100,6 @@ def params_vs_memory(ctx: Context) -> Evidence:
     ev.plots.append(plots.bar_plot(ctx.path("params_memory.png"),
                                    {"params conv": [p_conv], "params MLP": [p_fc],
                                     "memory conv (B/4)": [m_conv / 4], "memory MLP (B/4)": [m_fc / 4]},
-                                   ylabel="count (memory in 4-byte words)", title="parameters vs training memory", log=True))
+                                   ylabel="count (memory in 4-byte words)", title="parameters vs training memory",
+                                   log=True))
     return ev

@@ -67,7 +67,8 @@ def row_from_report(report: ProfileReport, metrics: Mapping[str, Any] | None = N
     return row
 
 
-def disagreeing_pairs(rows: Sequence[Mapping[str, Any]], x: str = "macs", y: str = "latency_ms") -> list[tuple[str, str]]:
+def disagreeing_pairs(rows: Sequence[Mapping[str, Any]], x: str = "macs",
+                      y: str = "latency_ms") -> list[tuple[str, str]]:
     """Pairs ``(a, b)`` where ``a`` has more ``x`` than ``b`` but less ``y``: the orders disagree."""
     pairs = []
     for a, b in itertools.combinations(rows, 2):
@@ -203,9 +204,7 @@ def compare_models(names: Sequence[str], task: Any, recipe: Any, *, out_dir: str
     Returns:
         the leaderboard rows.
     """
-    from dltricks.models._registry import create_model
-    from dltricks.train import check_compatible, evaluate, fit, load_weights
-    from dltricks.train.runtime import seed_everything
+    from dltricks.train import check_compatible, evaluate, fit, load_weights, model_for_task
 
     out = Path(out_dir)
     weights = dict(weights or {})
@@ -214,12 +213,8 @@ def compare_models(names: Sequence[str], task: Any, recipe: Any, *, out_dir: str
     batch = batch or recipe.train.batch_size
     rows: list[dict[str, Any]] = []
     for name in names:
-        kwargs = dict(model_opts or {})
-        kwargs.setdefault("num_classes", task.num_classes)
-        if task.in_chans is not None:
-            kwargs.setdefault("in_chans", task.in_chans)
-        seed_everything(seed)
-        model = create_model(name, **kwargs)
+        # Built as prepare builds it (sized for the task, seeded), then checked against the data.
+        model, kwargs = model_for_task(name, task, model_kwargs=model_opts, seed=seed)
         check_compatible(model, task)
         metrics: dict[str, Any] = {}
         if train:

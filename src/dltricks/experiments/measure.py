@@ -124,7 +124,8 @@ def params_vs_memory(models: Sequence[str] = DEFAULT_MODELS, *, input_size: Sequ
         train = peak_memory(model, (x,), mode="train", optimizer=optimizer)
         infer = peak_memory(model, (x,), mode="inference")
         persistent = train.parts.get("params", 0) + train.parts.get("optimizer_state", 0) + p.param_bytes  # + grads
-        activation = max(train.peak_bytes - persistent - train.parts.get("buffers", 0) - train.parts.get("inputs", 0), 0)
+        activation = max(train.peak_bytes - persistent - train.parts.get("buffers", 0) - train.parts.get("inputs", 0),
+                         0)
         rows.append({"model": name, "params": p.total, "param_mib": p.param_bytes / 2**20,
                      "train_peak_mib": train.peak_bytes / 2**20, "inference_peak_mib": infer.peak_bytes / 2**20,
                      "activation_mib": activation / 2**20, "activation_share": activation / train.peak_bytes,

@@ -45,9 +45,10 @@ from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.utils.figures import jsonable, save_figure
 from dltricks.utils.io import atomic_write_json
 
-__all__ = ["plot_error_map", "plot_weight_map", "aspp_degeneration", "valid_taps_formula", "receptive_field_growth", "dilated_stack",
-           "checkerboard_artifacts", "output_stride_tradeoff", "skip_ablation", "count_macs", "plot_aspp_degeneration",
-           "plot_receptive_field_growth", "plot_checkerboard", "plot_output_stride", "plot_skip_ablation", "main"]
+__all__ = ["plot_error_map", "plot_weight_map", "aspp_degeneration", "valid_taps_formula", "receptive_field_growth",
+           "dilated_stack", "checkerboard_artifacts", "output_stride_tradeoff", "skip_ablation", "count_macs",
+           "plot_aspp_degeneration", "plot_receptive_field_growth", "plot_checkerboard", "plot_output_stride",
+           "plot_skip_ablation", "main"]
 
 
 # --- (a) ASPP degeneration -------------------------------------------------------------------------------

@@ -57,8 +57,9 @@ def aspp_degeneration(ctx: Context) -> Evidence:
                       f"3x3 at rate {rate}: input pixels seen by one output": int(conv_mask.sum())})
     ev.check("image pooling sees the whole map", bool(pool_mask.all()))
     ev.check("the degenerate 3x3 branch sees a single pixel", int(conv_mask.sum()) == 1)
-    ev.headline = (f"mean valid fraction {frac[0]:.2f} at rate 1 -> {frac[rates.index(24)] if 24 in rates else frac[-1]:.2f} "
-                   f"at 24; only the centre tap from rate {degenerate}; image pooling sees {int(pool_mask.sum()):,} px")
+    ev.headline = (f"mean valid fraction {frac[0]:.2f} at rate 1 -> "
+                   f"{frac[rates.index(24)] if 24 in rates else frac[-1]:.2f} at 24; "
+                   f"only the centre tap from rate {degenerate}; image pooling sees {int(pool_mask.sum()):,} px")
     ev.plots.append(segmentation.plot_aspp_degeneration(res, ctx.path("aspp_degeneration.png")).name)
     return ev
 
@@ -83,7 +84,8 @@ def skip_connections(ctx: Context) -> Evidence:
         last = segmentation.skip_ablation(seed=seed, amp=False, **options)
         for key, name in (("with_skips", "with skips"), ("without_skips", "without skips")):
             run = last["runs"][key]
-            ev.add(name, **{m: run[m] for m in ("boundary_accuracy", "interior_accuracy", "boundary_f1", "dice") if m in run})
+            ev.add(name, **{m: run[m] for m in ("boundary_accuracy", "interior_accuracy", "boundary_f1", "dice")
+                            if m in run})
     ev.plots.append(segmentation.plot_skip_ablation(last, ctx.path("skips.png")).name)
     return ev
 

@@ -145,7 +145,8 @@ def train_sequence_model(model: nn.Module, data: Task | Generate, cfg: SeqTrainC
               "val_loss": r.get("val_loss"), "time_s": r["time_s"]} for r in result.history]
     if log:
         for r in curve:
-            log(f"  step {r['step']:6d}  loss {r['train_loss']:.4f}  val acc {r['val_accuracy']:.4f}  {r['time_s']:.0f}s")
+            log(f"  step {r['step']:6d}  loss {r['train_loss']:.4f}  val acc {r['val_accuracy']:.4f}  "
+                f"{r['time_s']:.0f}s")
     return {"curve": curve, "steps": result.final["steps"], "stop_reason": result.stop_reason,
             "train_time_s": sum(r["train_time_s"] for r in result.history),
             "first_loss": result.history[0]["train_loss"], "last_loss": result.history[-1]["train_loss"],
@@ -191,7 +192,8 @@ def induction_heads(*, models: Sequence[str] = ("mamba", "attention"), d_model: 
     cfg = train or SeqTrainConfig(steps=8000, batch_size=32, seq_len=256, lr=1e-3, eval_every=250,
                                   target_accuracy=0.999)
     if any(L >= cfg.seq_len or L < 4 for L in curriculum):
-        raise ConfigError(f"curriculum lengths must be in [4, {cfg.seq_len}) (the training length); got {list(curriculum)}")
+        raise ConfigError(f"curriculum lengths must be in [4, {cfg.seq_len}) (the training length); "
+                          f"got {list(curriculum)}")
     generate = _induction_gen(vocab_size)
     results: dict[str, Any] = {"config": asdict(cfg), "d_model": d_model, "depth": depth, "vocab_size": vocab_size,
                                "curriculum": list(curriculum), "curriculum_steps": curriculum_steps,
@@ -362,8 +364,9 @@ def h2_sequence(*, mixers: Sequence[str] = H2_MIXERS, tasks: Sequence[str] = ("s
         if task not in table:
             raise ValueError(f"unknown H2 task {task!r}; choose from {', '.join(k for k in table if k != 'd_model')}")
         cfg_task = table[task]
-        cfg = SeqTrainConfig(steps=steps or cfg_task["steps"], batch_size=32, lr=cfg_task["lr"], warmup=20 if quick else 100,
-                             eval_every=0, seq_len=cfg_task.get("seq_len", 0), seed=seed, device=device)
+        cfg = SeqTrainConfig(steps=steps or cfg_task["steps"], batch_size=32, lr=cfg_task["lr"],
+                             warmup=20 if quick else 100, eval_every=0, seq_len=cfg_task.get("seq_len", 0),
+                             seed=seed, device=device)
         out["tasks"][task] = {}
         data = _h2_data(task, cfg_task, data_dir, seed)
         for mixer in mixers:
@@ -500,11 +503,12 @@ def h1_vision(*, models: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]
         macs = _macs(model, (1, *(task.input_shape or (3, 32, 32))))  # on the CPU, before fit moves the model
         start = time.perf_counter()
         result = fit(model, task, recipe, log=log)
-        out["models"][label] = {"settings": {k: str(v) for k, v in settings.items()}, "params": _count(model), "macs": macs,
-                                "val_accuracy": result.val_accuracy, "train_time_s": time.perf_counter() - start,
-                                "history": result.history}
+        out["models"][label] = {"settings": {k: str(v) for k, v in settings.items()}, "params": _count(model),
+                                "macs": macs, "val_accuracy": result.val_accuracy,
+                                "train_time_s": time.perf_counter() - start, "history": result.history}
         if log:
-            log(f"h1 {label}: {out['models'][label]['val_accuracy']} ({_count(model):,} params, {macs / 1e6:.1f} M MACs)")
+            log(f"h1 {label}: {out['models'][label]['val_accuracy']} "
+                f"({_count(model):,} params, {macs / 1e6:.1f} M MACs)")
     return out
 
 
@@ -588,8 +592,8 @@ def scaling(*, lengths: Sequence[int] = (256, 1024, 4096, 16384), d_model: int =
             out["layers"][name]["latency_min_ms"].append(1e3 * min(times))
             out["layers"][name]["peak_mib"].append(peak / 2**20)
             if log:
-                log(f"scaling L={L} {name}: median {1e3 * statistics.median(times):.1f} ms, min {1e3 * min(times):.1f} ms, "
-                    f"{peak / 2**20:.1f} MiB")
+                log(f"scaling L={L} {name}: median {1e3 * statistics.median(times):.1f} ms, "
+                    f"min {1e3 * min(times):.1f} ms, {peak / 2**20:.1f} MiB")
     return out
 
 

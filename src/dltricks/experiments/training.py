@@ -62,8 +62,9 @@ class TinyCNN(nn.Module):
 
     ``kernel=3, convs_per_stage=2`` and ``kernel=5, convs_per_stage=1`` have the same receptive field;
     with ``constant_width=True`` (a shared 3x3 stem, then width -> width convs) the pair of 3x3 convs also
-    has 18/25 of the 5x5 conv's weights, as in the lecture. ``norm``: "batch", "group" (2 groups), or None (conv bias instead); ``order``: "cna" (BN before ReLU)
-    or "can" (after); ``se``: squeeze-and-excitation after each stage.
+    has 18/25 of the 5x5 conv's weights, as in the lecture. ``norm``: "batch", "group" (2 groups), or None
+    (conv bias instead); ``order``: "cna" (BN before ReLU) or "can" (after); ``se``: squeeze-and-excitation
+    after each stage.
     """
 
     def __init__(self, *, width: int = 8, kernel: int = 3, convs_per_stage: int = 1, norm: str | None = "batch",
@@ -191,7 +192,8 @@ def kernel_size(ctx: Context) -> Evidence:
     small = lambda: TinyCNN(width=w, kernel=3, convs_per_stage=2, constant_width=True)  # noqa: E731
     large = lambda: TinyCNN(width=w, kernel=5, convs_per_stage=1, constant_width=True)  # noqa: E731
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
-    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w} (3x3 stem, then {w}->{w} convs): two 3x3 convs per stage vs one 5x5 (same receptive field)"))
+    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w} (3x3 stem, then {w}->{w} convs): "
+                                       "two 3x3 convs per stage vs one 5x5 (same receptive field)"))
     x = torch.randn(1, 1, 28, 28)
     ws, wl = count_weights(small()), count_weights(large())
     ms, ml = count_macs(small(), x), count_macs(large(), x)
@@ -212,7 +214,8 @@ def kernel_size(ctx: Context) -> Evidence:
 def squeeze_excitation(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
-    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w} with vs without SqueezeExcite (reduction 4) after each stage"))
+    ev = Evidence(setup=_setup(spec(), f"TinyCNN width {w} with vs without SqueezeExcite (reduction 4) "
+                                       "after each stage"))
     run_arms(ctx, ev, {"with SE": (lambda: TinyCNN(width=w, se=True), spec()),
                        "without SE": (lambda: TinyCNN(width=w, se=False), spec())})
     _bars(ctx, ev, "val_acc", "validation accuracy")
@@ -256,7 +259,8 @@ def _sweep_evidence(ctx: Context, what: str) -> Evidence:
         for arm, runs in sweep.items():
             best_auc = min(runs[lr][i].train_loss_auc for lr in lrs)
             ok = [lr for lr in lrs if runs[lr][i].val_acc >= threshold and not runs[lr][i].diverged]
-            ev.add(arm, best_train_loss_auc=best_auc, log10_max_lr=math.log10(max(ok)) if ok else math.log10(lrs[0]) - 1,
+            ev.add(arm, best_train_loss_auc=best_auc,
+                   log10_max_lr=math.log10(max(ok)) if ok else math.log10(lrs[0]) - 1,
                    best_val_acc=max(runs[lr][i].val_acc for lr in lrs))
     for arm, runs in sweep.items():
         for lr in lrs:
@@ -344,7 +348,8 @@ def residual_degradation(ctx: Context) -> Evidence:
                                "Metric: training loss of the trained model (eval mode) on its training images."))
     run_arms(ctx, ev, {"residual": (lambda: DeepMLP(depth=depth, width=width, residual=True), spec()),
                        "plain": (lambda: DeepMLP(depth=depth, width=width, residual=False), spec()),
-                       "shallow plain": (lambda: DeepMLP(depth=ctx.get("shallow", 2), width=width, residual=False), spec())})
+                       "shallow plain": (lambda: DeepMLP(depth=ctx.get("shallow", 2), width=width, residual=False),
+                                         spec())})
     _bars(ctx, ev, "train_loss", "training loss after training")
     return ev
 
@@ -418,7 +423,8 @@ def mixed_precision(ctx: Context) -> Evidence:
     spec = lambda amp: _spec(ctx, optimizer="momentum", lr=0.05, amp=amp)  # noqa: E731
     ev = Evidence(setup=_setup(spec(False), f"TinyCNN width {w}", "bf16 autocast on CPU vs fp32; the time per arm "
                                "is reported (bf16 speed depends on the CPU's bf16 support)."))
-    run_arms(ctx, ev, {"bf16 autocast": (lambda: TinyCNN(width=w), spec(True)), "fp32": (lambda: TinyCNN(width=w), spec(False))})
+    run_arms(ctx, ev, {"bf16 autocast": (lambda: TinyCNN(width=w), spec(True)),
+                       "fp32": (lambda: TinyCNN(width=w), spec(False))})
     _bars(ctx, ev, "val_acc", "validation accuracy")
     _bars(ctx, ev, "seconds", "training time (s)")
     return ev
@@ -439,7 +445,8 @@ def dropout(ctx: Context) -> Evidence:
     spec = lambda: _spec(ctx, optimizer="momentum", lr=0.05)  # noqa: E731
     ev = Evidence(setup=_setup(spec(), f"MLP {hidden} with dropout {p:g} vs none",
                                "generalization_gap = validation loss - training loss (both in eval mode)."))
-    run_arms(ctx, ev, {f"dropout {p:g}": (lambda: mlp(hidden, p), spec()), "no dropout": (lambda: mlp(hidden, 0.0), spec())})
+    run_arms(ctx, ev, {f"dropout {p:g}": (lambda: mlp(hidden, p), spec()),
+                       "no dropout": (lambda: mlp(hidden, 0.0), spec())})
     _bars(ctx, ev, "generalization_gap", "validation - training loss")
     _bars(ctx, ev, "train_loss", "training loss (eval mode)")
     return ev
@@ -455,7 +462,8 @@ def weight_decay(ctx: Context) -> Evidence:
     wd, hidden = ctx.get("wd", 5e-3), tuple(ctx.get("hidden", (512, 512)))
     spec = lambda d: _spec(ctx, optimizer="momentum", lr=0.05, weight_decay=d)  # noqa: E731
     ev = Evidence(setup=_setup(spec(0.0), f"MLP {hidden}", f"L2 weight decay {wd:g} vs none."))
-    run_arms(ctx, ev, {"weight decay": (lambda: mlp(hidden), spec(wd)), "no weight decay": (lambda: mlp(hidden), spec(0.0))})
+    run_arms(ctx, ev, {"weight decay": (lambda: mlp(hidden), spec(wd)),
+                       "no weight decay": (lambda: mlp(hidden), spec(0.0))})
     _bars(ctx, ev, "val_loss", "validation loss")
     return ev
 
@@ -471,7 +479,8 @@ def augmentation(ctx: Context) -> Evidence:
     aug = {k: ctx[k] for k in ("crop_padding", "rotate_degrees", "cutout") if k in ctx.settings}
     spec = lambda a: _spec(ctx, optimizer="momentum", lr=0.05, augment=a)  # noqa: E731
     ev = Evidence(setup=_setup(spec({}), f"TinyCNN width {w}", f"augmentation {aug or 'none'} vs none."))
-    run_arms(ctx, ev, {"augmented": (lambda: TinyCNN(width=w), spec(aug)), "no augmentation": (lambda: TinyCNN(width=w), spec({}))})
+    run_arms(ctx, ev, {"augmented": (lambda: TinyCNN(width=w), spec(aug)),
+                       "no augmentation": (lambda: TinyCNN(width=w), spec({}))})
     _bars(ctx, ev, "val_acc", "validation accuracy")
     return ev
 
@@ -490,7 +499,8 @@ def label_smoothing(ctx: Context) -> Evidence:
     spec = lambda e: _spec(ctx, optimizer="momentum", lr=0.05, label_smoothing=e)  # noqa: E731
     ev = Evidence(setup=_setup(spec(0.0), f"MLP {hidden}", f"label smoothing eps {eps:g} vs hard labels; ECE with "
                                f"15 equal-width bins on the validation set."))
-    run_arms(ctx, ev, {"label smoothing": (lambda: mlp(hidden), spec(eps)), "hard labels": (lambda: mlp(hidden), spec(0.0))})
+    run_arms(ctx, ev, {"label smoothing": (lambda: mlp(hidden), spec(eps)),
+                       "hard labels": (lambda: mlp(hidden), spec(0.0))})
     _bars(ctx, ev, "val_ece", "expected calibration error (validation)")
     _bars(ctx, ev, "val_acc", "validation accuracy")
     return ev
@@ -524,7 +534,8 @@ def multiscale_input(ctx: Context) -> Evidence:
     two, one = (lambda: MultiScaleCNN(width=w, two_pathways=True)), (lambda: MultiScaleCNN(width=w, two_pathways=False))
     ev = Evidence(setup=_setup(spec(), f"small CNN whose first stage is a two-pathway block (full + 2x-downsampled "
                                        f"input, width {w}) vs its full-resolution pathway alone"))
-    ev.values.update({"params, two pathways": count_params(two()).total, "params, one pathway": count_params(one()).total})
+    ev.values.update({"params, two pathways": count_params(two()).total,
+                      "params, one pathway": count_params(one()).total})
     run_arms(ctx, ev, {"two pathways": (two, spec()), "one pathway": (one, spec())})
     _bars(ctx, ev, "val_acc", "validation accuracy")
     return ev
@@ -581,8 +592,9 @@ def group_cardinality(ctx: Context) -> Evidence:
     plain = lambda: BlockCNN(width=w, blocks=blocks, kind="bottleneck", mid=mid_plain)  # noqa: E731
     grouped = lambda: BlockCNN(width=w, blocks=blocks, kind="bottleneck", mid=mid_group, groups=g)  # noqa: E731
     spec = lambda: _spec(ctx, optimizer="momentum", lr=ctx.get("lr", 0.02))  # noqa: E731
-    ev = Evidence(setup=_setup(spec(), f"CNN with {blocks} residual bottleneck blocks per stage (width {w}): 1x1-3x3-1x1 at {mid_plain} "
-                                       f"channels vs a wider {mid_group}-channel 3x3 in {g} groups (ResNeXt-style)"))
+    ev = Evidence(setup=_setup(spec(), f"CNN with {blocks} residual bottleneck blocks per stage (width {w}): "
+                                       f"1x1-3x3-1x1 at {mid_plain} channels vs a wider {mid_group}-channel 3x3 "
+                                       f"in {g} groups (ResNeXt-style)"))
     p_plain, p_group = count_params(plain()).total, count_params(grouped()).total
     ev.values.update({"params plain": p_plain, "params grouped": p_group,
                       "params ratio grouped/plain": round(p_group / p_plain, 3)})
@@ -607,7 +619,8 @@ def wide_vs_deep(ctx: Context) -> Evidence:
     ev = Evidence(setup=_setup(spec(), f"residual CNN: {deep_b} blocks per stage at width {deep_w} (deep) vs {wide_b} "
                                        f"at width {wide_w} (wide)"))
     p_deep, p_wide = count_params(deep()).total, count_params(wide()).total
-    ev.values.update({"params deep": p_deep, "params wide": p_wide, "params ratio wide/deep": round(p_wide / p_deep, 3)})
+    ev.values.update({"params deep": p_deep, "params wide": p_wide,
+                      "params ratio wide/deep": round(p_wide / p_deep, 3)})
     run_arms(ctx, ev, {"wide": (wide, spec()), "deep": (deep, spec())})
     _bars(ctx, ev, "val_acc", "validation accuracy")
     _bars(ctx, ev, "seconds", "training time (s)")

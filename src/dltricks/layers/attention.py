@@ -401,7 +401,8 @@ class StructuredSelfAttention(nn.Module):
         self.ws1 = nn.Linear(embed_dim, attn_dim, bias=False)
         self.ws2 = nn.Linear(attn_dim, num_hops, bias=False)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.ws2(torch.tanh(self.ws1(x))).transpose(1, 2)  # (B, T, r) -> (B, r, T)
         mask = None if key_padding_mask is None else ~key_padding_mask[:, None, :]  # (B, 1, T)
         weights = masked_softmax(scores, mask)  # A: (B, r, T)
@@ -446,7 +447,8 @@ class KeyValueAttention(nn.Module):
 
     PARTS = {"attention": 1, "key_value": 2, "key_value_predict": 3}
 
-    def __init__(self, dim: int, *, window: int = 5, mode: str = "key_value_predict", attn_dim: int | None = None) -> None:
+    def __init__(self, dim: int, *, window: int = 5, mode: str = "key_value_predict",
+                 attn_dim: int | None = None) -> None:
         super().__init__()
         if mode not in self.PARTS:
             raise ValueError(f"mode must be one of {', '.join(self.PARTS)}, got {mode!r}")
@@ -459,7 +461,8 @@ class KeyValueAttention(nn.Module):
         self.read_proj = nn.Linear(dim, dim, bias=False)  # W^r
         self.out_proj = nn.Linear(dim, dim, bias=True)  # W^x
 
-    def forward(self, h: torch.Tensor, *, need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, *,
+                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         B, T, F_ = h.shape
         if F_ != self.parts * self.dim:
             raise ValueError(f"{self.mode} attention expects {self.parts} x {self.dim} = {self.parts * self.dim} "
@@ -487,7 +490,8 @@ class KeyValueAttention(nn.Module):
 # Local (restricted) attention, computed in overlapping blocks
 # ----------------------------------------------------------------------------------------------
 
-def local_attention_mask(t: int, window: int, *, causal: bool = False, device: torch.device | None = None) -> torch.Tensor:
+def local_attention_mask(t: int, window: int, *, causal: bool = False,
+                         device: torch.device | None = None) -> torch.Tensor:
     """Dense boolean (T, T) mask of local attention: True where j - i is in [-window, window]
     ([-window, 0] if causal). Only for references and plots: :func:`local_attention` never builds it."""
     i = torch.arange(t, device=device)[:, None]
@@ -546,7 +550,8 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     offset = c - r - a  # j - i, (b, span)
     in_band = (offset >= -r) & (offset <= right)
     # Keys outside [0, T) (the padding we added) or marked as padding are never attended.
-    key_ok = torch.ones(B, T, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask.bool()
+    key_ok = (torch.ones(B, T, dtype=torch.bool, device=q.device) if key_padding_mask is None
+              else ~key_padding_mask.bool())
     key_ok = F.pad(key_ok, (r, pad + right), value=False).unfold(1, span, b)  # (B, nb, span)
     n_off = r + right + 1
     # Band form: offset o (key i - r + o) of query a sits in slot c = a + o.
@@ -629,7 +634,8 @@ def strided_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, stri
         # (B, h, T, d) -> (B, h, m, s, d) -> (B, h, s, m, d): position i = row*s + col
         return F.pad(x, (0, 0, 0, pad)).view(B, H, m, s, x.shape[-1]).transpose(2, 3)
 
-    key_ok = torch.ones(B, T, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask.bool()
+    key_ok = (torch.ones(B, T, dtype=torch.bool, device=q.device) if key_padding_mask is None
+              else ~key_padding_mask.bool())
     key_ok = F.pad(key_ok, (0, pad), value=False).view(B, m, s).transpose(1, 2)  # (B, s, m)
     mask = key_ok[:, None, :, None, :]  # (B, 1, s, 1, m)
     if causal:
@@ -663,7 +669,8 @@ class SparseAttention(MultiHeadAttention):
 
     def __init__(self, embed_dim: int, num_heads: int, *, stride: int, causal: bool = True, **kwargs) -> None:
         if num_heads < 2 or num_heads % 2:
-            raise ValueError(f"SparseAttention splits heads between two patterns: num_heads must be even, got {num_heads}")
+            raise ValueError("SparseAttention splits heads between two patterns: "
+                             f"num_heads must be even, got {num_heads}")
         super().__init__(embed_dim, num_heads, **kwargs)
         self.stride, self.causal = stride, causal
 

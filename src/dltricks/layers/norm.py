@@ -66,5 +66,6 @@ def get_norm_layer(name: str | Callable[[int], nn.Module] | None) -> Callable[[i
         return name
     key = name.lower()
     if key not in NORM_LAYERS:
-        raise ConfigError(f"unknown norm layer {name!r}.{did_you_mean(key, NORM_LAYERS)} Choose from: {', '.join(NORM_LAYERS)}")
+        raise ConfigError(f"unknown norm layer {name!r}.{did_you_mean(key, NORM_LAYERS)} "
+                          f"Choose from: {', '.join(NORM_LAYERS)}")
     return NORM_LAYERS[key]

@@ -37,7 +37,8 @@ def _frequencies(dim: int, base: float, device: torch.device | None = None) -> t
 
 
 def sinusoidal_position_encoding(num_positions: int, dim: int, *, base: float = 10000.0, offset: int = 0,
-                                 device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                                 device: torch.device | None = None,
+                                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The (num_positions, dim) sinusoidal table of Vaswani et al.; even columns sin, odd columns cos.
 
     Computed in float64 and then cast, so large positions keep their precision.
@@ -50,7 +51,8 @@ def sinusoidal_position_encoding(num_positions: int, dim: int, *, base: float = 
     return pe.flatten(1).to(dtype)  # (T, d): sin, cos, sin, cos...
 
 
-def sinusoidal_shift_matrix(phi: float, dim: int, *, base: float = 10000.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def sinusoidal_shift_matrix(phi: float, dim: int, *, base: float = 10000.0,
+                            dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """M(φ) with PE(pos + φ) = M(φ) PE(pos) for every pos: one 2×2 rotation per frequency.
 
     sin((p+φ)ω) =  cos(φω) sin(pω) + sin(φω) cos(pω)
@@ -159,7 +161,8 @@ class RelativePositionBias(nn.Module):
         if window is None or tuple(window) == self.window_size:
             index = self.relative_position_index
         else:
-            index = relative_position_index(tuple(window), self.window_size, device=self.relative_position_bias_table.device)
+            index = relative_position_index(tuple(window), self.window_size,
+                                            device=self.relative_position_bias_table.device)
         N = index.shape[0]
         bias = self.relative_position_bias_table[index.reshape(-1)].view(N, N, -1)  # (N, N, heads)
         return bias.permute(2, 0, 1).contiguous()  # (heads, N, N)

@@ -47,7 +47,8 @@ class SqueezeExcite(nn.Module):
     """
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, *, rd_channels: int | None = None, rd_divisor: int = 1,
-                 act_layer: str | type[nn.Module] | None = "relu", gate_layer: str | type[nn.Module] = "sigmoid") -> None:
+                 act_layer: str | type[nn.Module] | None = "relu",
+                 gate_layer: str | type[nn.Module] = "sigmoid") -> None:
         super().__init__()
         if rd_channels is None:
             rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0) if rd_divisor > 1 \

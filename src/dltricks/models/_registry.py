@@ -82,7 +82,8 @@ def register_model(
         module = sys.modules.get(constructor.__module__)
         family = constructor.__module__.rsplit(".", 1)[-1]
         if test_input_size is None:
-            small = input_size if len(input_size) != 3 else (input_size[0], min(64, input_size[1]), min(64, input_size[2]))
+            small = (input_size if len(input_size) != 3
+                     else (input_size[0], min(64, input_size[1]), min(64, input_size[2])))
         else:
             small = test_input_size
         _model_entrypoints[name] = constructor

@@ -78,7 +78,8 @@ class BertModel(nn.Module):
                key_padding_mask: torch.Tensor | None = None, *, need_weights: bool = False):
         """The sequence output (B, T, D), or ``(sequence_output, attention weights)`` with ``need_weights``."""
         if input_ids.dim() != 2 or input_ids.is_floating_point():
-            raise ValueError(f"BERT expects input token ids of shape (B, T), got {tuple(input_ids.shape)} {input_ids.dtype}")
+            raise ValueError(f"BERT expects input token ids of shape (B, T), "
+                             f"got {tuple(input_ids.shape)} {input_ids.dtype}")
         B, T = input_ids.shape
         if T > self.max_len:
             raise ValueError(f"input of {T} tokens is longer than the {self.max_len} learned positions")
@@ -227,21 +228,24 @@ _CLS = dict(task="classification", input_size=(128,), test_input_size=(8,), make
 
 
 @register_model(**_MLM)
-def bert_tiny(*, num_classes: int = 30522, max_len: int = 512, drop_rate: float = 0.1, pad_id: int = 0) -> BertForMaskedLM:
+def bert_tiny(*, num_classes: int = 30522, max_len: int = 512, drop_rate: float = 0.1,
+              pad_id: int = 0) -> BertForMaskedLM:
     """BERT-Tiny (L=2, H=128, A=2) with the MLM head; ``num_classes`` is the vocabulary size."""
     return _mlm("tiny", vocab_size=num_classes, max_len=max_len, drop_rate=drop_rate, attn_drop_rate=drop_rate,
                 pad_id=pad_id)
 
 
 @register_model(**_MLM)
-def bert_mini(*, num_classes: int = 30522, max_len: int = 512, drop_rate: float = 0.1, pad_id: int = 0) -> BertForMaskedLM:
+def bert_mini(*, num_classes: int = 30522, max_len: int = 512, drop_rate: float = 0.1,
+              pad_id: int = 0) -> BertForMaskedLM:
     """BERT-Mini (L=4, H=256, A=4) with the MLM head."""
     return _mlm("mini", vocab_size=num_classes, max_len=max_len, drop_rate=drop_rate, attn_drop_rate=drop_rate,
                 pad_id=pad_id)
 
 
 @register_model(**_MLM)
-def bert_base(*, num_classes: int = 30522, max_len: int = 512, drop_rate: float = 0.1, pad_id: int = 0) -> BertForMaskedLM:
+def bert_base(*, num_classes: int = 30522, max_len: int = 512, drop_rate: float = 0.1,
+              pad_id: int = 0) -> BertForMaskedLM:
     """BERT-Base (L=12, H=768, A=12) with the MLM head: 109,514,298 parameters (tied output layer)."""
     return _mlm("base", vocab_size=num_classes, max_len=max_len, drop_rate=drop_rate, attn_drop_rate=drop_rate,
                 pad_id=pad_id)

@@ -14,8 +14,8 @@ initialised to 1e-6 (Touvron et al., CaiT 2021) so every block starts close to t
 Numbers at 1000 classes (tested exactly, identical to torchvision and timm): convnext_tiny 28,589,128
 (4.46 G MACs at 224, tested; paper Table 1: 28 M and 4.5 G - the paper's 28 M is 2 % below our count,
 the same network as the released checkpoint: its table drops the decimals for T while it rounds B's
-88.59 M up); convnext_small 50,223,688 (50 M); convnext_base 88,591,464 (89 M). ImageNet-1K top-1 in the paper: 82.1 / 83.1 /
-83.8 %.
+88.59 M up); convnext_small 50,223,688 (50 M); convnext_base 88,591,464 (89 M). ImageNet-1K top-1 in the
+paper: 82.1 / 83.1 / 83.8 %.
 
 **Large kernels.** ``convnext_tiny_lk31`` uses a 31x31 depthwise kernel in every block, in the spirit of
 RepLKNet (Ding et al., "Scaling Up Your Kernels to 31x31", CVPR 2022: a few very large depthwise kernels

@@ -108,7 +108,8 @@ class DenseNet(ClassifierMixin, nn.Module):
         self.in_chans, self.num_classes = in_chans, num_classes
         if stem == "imagenet":
             self.features = nn.Sequential()
-            self.features.add_module("conv0", nn.Conv2d(in_chans, num_init_features, 7, stride=2, padding=3, bias=False))
+            self.features.add_module("conv0",
+                                     nn.Conv2d(in_chans, num_init_features, 7, stride=2, padding=3, bias=False))
             self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
             self.features.add_module("relu0", nn.ReLU(inplace=True))
             self.features.add_module("pool0", nn.MaxPool2d(3, stride=2, padding=1))

@@ -25,9 +25,9 @@ Parameter counts at 1000 classes (tested exactly; the same as torchvision's and 
 released checkpoints): b0 5,288,548 (paper Table 2: 5.3 M); b1 7,794,184 (7.8 M); b2 9,109,994 (9.2 M:
 0.98 % above ours; the paper gives no finer figure, and every port of the released B2 counts 9.11 M);
 b3 12,233,232 (12 M). efficientnetv2_s 21,458,488 (the authors' release README: 21.5 M; the paper's
-Table 7 rounds it to 22 M). MACs (convs + linears, ``torch.utils.flop_counter``): b0 0.39 G at 224, b1 0.69 G at 240, b2 0.99 G at
-260, b3 1.83 G at 300, v2_s 8.37 G at 384; the papers' "FLOPs" are multiply-adds: 0.39, 0.70, 1.0, 1.8 B
-and 8.4 B (release README).
+Table 7 rounds it to 22 M). MACs (convs + linears, ``torch.utils.flop_counter``): b0 0.39 G at 224,
+b1 0.69 G at 240, b2 0.99 G at 260, b3 1.83 G at 300, v2_s 8.37 G at 384; the papers' "FLOPs" are
+multiply-adds: 0.39, 0.70, 1.0, 1.8 B and 8.4 B (release README).
 
 BatchNorm uses eps = 1e-3, momentum 0.01 as the TensorFlow reference. Weight init: Kaiming normal
 (fan-out) convs, BN 1/0, classifier uniform(+-1/sqrt(fan_out)) as the reference code.

@@ -90,7 +90,8 @@ class InceptionModule(nn.Module):
 class InceptionAux(nn.Module):
     """Auxiliary classifier: 4x4 average pool, 1x1 conv 128, FC 1024 + ReLU, dropout 0.7, linear."""
 
-    def __init__(self, in_chs: int, num_classes: int, *, norm_layer: NormLayer = "batch", drop_rate: float = 0.7) -> None:
+    def __init__(self, in_chs: int, num_classes: int, *, norm_layer: NormLayer = "batch",
+                 drop_rate: float = 0.7) -> None:
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.conv = _conv(in_chs, 128, 1, norm_layer)
@@ -146,8 +147,10 @@ class GoogLeNet(ClassifierMixin, nn.Module):
         self.maxpool4 = nn.MaxPool2d(3, stride=2, ceil_mode=True)  # (B, 832, 7, 7)
         self.inception5a = InceptionModule(832, *m["5a"], norm_layer=norm_layer)
         self.inception5b = InceptionModule(832, *m["5b"], norm_layer=norm_layer)
-        self.aux1 = InceptionAux(512, num_classes, norm_layer=norm_layer, drop_rate=aux_drop_rate) if aux_logits else None
-        self.aux2 = InceptionAux(528, num_classes, norm_layer=norm_layer, drop_rate=aux_drop_rate) if aux_logits else None
+        self.aux1 = (InceptionAux(512, num_classes, norm_layer=norm_layer, drop_rate=aux_drop_rate)
+                     if aux_logits else None)
+        self.aux2 = (InceptionAux(528, num_classes, norm_layer=norm_layer, drop_rate=aux_drop_rate)
+                     if aux_logits else None)
         self.num_features = 1024
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(drop_rate)

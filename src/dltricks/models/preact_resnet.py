@@ -55,8 +55,9 @@ class PreActBasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, *, stride: int = 1, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
-                 act_layer: Callable[[], nn.Module] = nn.ReLU, drop_path: float = 0.0, block_dropout: float = 0.0) -> None:
+    def __init__(self, in_chs: int, planes: int, *, stride: int = 1,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, act_layer: Callable[[], nn.Module] = nn.ReLU,
+                 drop_path: float = 0.0, block_dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = norm_layer(in_chs)
         self.act1 = act_layer()
@@ -85,8 +86,9 @@ class PreActBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_chs: int, planes: int, *, stride: int = 1, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
-                 act_layer: Callable[[], nn.Module] = nn.ReLU, drop_path: float = 0.0, block_dropout: float = 0.0) -> None:
+    def __init__(self, in_chs: int, planes: int, *, stride: int = 1,
+                 norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d, act_layer: Callable[[], nn.Module] = nn.ReLU,
+                 drop_path: float = 0.0, block_dropout: float = 0.0) -> None:
         super().__init__()
         out_chs = planes * self.expansion
         self.bn1 = norm_layer(in_chs)

@@ -12,9 +12,9 @@ A residual block learns the change to its input instead of the whole mapping:
 
 The identity path lets gradients reach early layers unattenuated: He et al. report a 34-layer plain net
 with *higher* training error than its 18-layer version (degradation, Fig. 4; top-1 error 28.54 % vs
-27.94 %), while with shortcuts the 34-layer net is the better one (25.03 % vs 27.88 %, Table 2). When a stage changes width or stride
-the shortcut is a strided 1x1 conv + BN (option "B"); the CIFAR nets of Sec. 4.2 use the parameter-free
-option "A" (subsample and zero-pad channels).
+27.94 %), while with shortcuts the 34-layer net is the better one (25.03 % vs 27.88 %, Table 2). When a
+stage changes width or stride the shortcut is a strided 1x1 conv + BN (option "B"); the CIFAR nets of
+Sec. 4.2 use the parameter-free option "A" (subsample and zero-pad channels).
 
 Layout (torchvision-compatible state-dict names: ``conv1 bn1 layer1..layer4 fc``, blocks ``conv1 bn1 conv2
 bn2 [conv3 bn3] downsample.0/1``):
@@ -283,13 +283,15 @@ class ResNet(ClassifierMixin, nn.Module):
         strides, dilations, stage_feature_strides = stage_strides_and_dilations(
             stem_stride * pool_stride, base_strides, output_stride)
         if multi_grid is not None and len(multi_grid) != layers[-1]:
-            raise ValueError(f"multi_grid needs one rate per block of the last stage ({layers[-1]}), got {tuple(multi_grid)}")
+            raise ValueError(f"multi_grid needs one rate per block of the last stage ({layers[-1]}), "
+                             f"got {tuple(multi_grid)}")
         total_blocks = sum(layers)
         block_idx = 0
         in_chs, prev_dilation = stem_width, 1
         self.stage_names: list[str] = []
         channels = [stem_width]
-        for stage_idx, (num_blocks, planes, stride, dilation) in enumerate(zip(layers, stage_widths, strides, dilations)):
+        stages = zip(layers, stage_widths, strides, dilations)
+        for stage_idx, (num_blocks, planes, stride, dilation) in enumerate(stages):
             out_chs = planes * block_cls.expansion
             downsample: nn.Module | None = None
             if stride != 1 or in_chs != out_chs:

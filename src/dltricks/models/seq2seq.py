@@ -55,8 +55,8 @@ class Seq2Seq(nn.Module):
         pad_id: padding id of the source (masked out of attention and of the encoder via packing).
     """
 
-    def __init__(self, *, num_classes: int = 128, src_vocab_size: int = 128, embed_dim: int = 64, hidden_size: int = 128,
-                 cell: str = "gru", attention: str = "additive", bidirectional: bool = True, num_layers: int = 1,
+    def __init__(self, *, num_classes: int = 128, src_vocab_size: int = 128, embed_dim: int = 64,
+                 hidden_size: int = 128, cell: str = "gru", attention: str = "additive", bidirectional: bool = True, num_layers: int = 1,
                  drop_rate: float = 0.0, pad_id: int = 0) -> None:
         super().__init__()
         if cell not in ("gru", "lstm"):
@@ -133,7 +133,8 @@ class Seq2Seq(nn.Module):
             feat = torch.tanh(self.combine(torch.cat([s, context, e], -1)))
         return self.head(self.drop(feat)), state, weights
 
-    def forward_with_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_with_attention(self, src: torch.Tensor,
+                               tgt_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher-forced logits (B, T, V) and attention weights (B, T, S) (None without attention)."""
         memory, src_pad, state = self.encode(src)
         summary = self._top(state)
@@ -241,7 +242,8 @@ def seq2seq_lstm_general(*, num_classes: int = 128, src_vocab_size: int = 128, e
                     hidden_size=hidden_size, drop_rate=drop_rate, pad_id=pad_id)
 
 
-@register_model(**_REG, paper="Sutskever, Vinyals & Le, Sequence to Sequence Learning with Neural Networks, NeurIPS 2014")
+@register_model(**_REG,
+                paper="Sutskever, Vinyals & Le, Sequence to Sequence Learning with Neural Networks, NeurIPS 2014")
 def seq2seq_lstm_noattn(*, num_classes: int = 128, src_vocab_size: int = 128, embed_dim: int = 64,
                         hidden_size: int = 128, drop_rate: float = 0.0, pad_id: int = 0) -> Seq2Seq:
     """Bi-LSTM encoder, LSTM decoder reading one fixed summary vector (no attention)."""

@@ -51,7 +51,8 @@ class MLP(ClassifierMixin, nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != (self.in_chans, self.img_size, self.img_size):
             raise ValueError(f"MLP expects input (B, {self.in_chans}, {self.img_size}, {self.img_size}) of exactly "
-                             f"{self.img_size}x{self.img_size} pixels, got {tuple(x.shape)}; build it with in_chans=/img_size= to match")
+                             f"{self.img_size}x{self.img_size} pixels, got {tuple(x.shape)}; "
+                             "build it with in_chans=/img_size= to match")
         x = x.flatten(1)  # (B, C*H*W)
         return self.features(x)  # (B, hidden[-1])
 

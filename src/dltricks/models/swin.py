@@ -116,8 +116,8 @@ class WindowAttention(nn.Module):
             # Group windows per image so the (nW, 1, N, N) mask broadcasts: (B, nW, heads, N, d)
             q, k, v = (t.view(Bw // nW, nW, self.num_heads, N, self.head_dim) for t in (q, k, v))
             bias = bias[None] + mask[:, None]  # (nW, heads, N, N)
-        out, weights = attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0,
-                                 need_weights=need_weights)
+        out, weights = attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                 dropout_p=self.attn_drop if self.training else 0.0, need_weights=need_weights)
         out = out.reshape(Bw, self.num_heads, N, self.head_dim).transpose(1, 2).reshape(Bw, N, C)
         out = self.proj_drop(self.proj(out))
         if need_weights:
@@ -203,7 +203,8 @@ class SwinStage(nn.Module):
         self.downsample = PatchMerging(dim // 2) if downsample else nn.Identity()
         self.blocks = nn.ModuleList([
             SwinTransformerBlock(dim, num_heads, window_size=window_size,
-                                 shift_size=0 if i % 2 == 0 else window_size // 2, drop_path=drop_path[i], **block_kwargs)
+                                 shift_size=0 if i % 2 == 0 else window_size // 2, drop_path=drop_path[i],
+                                 **block_kwargs)
             for i in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

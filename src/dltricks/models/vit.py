@@ -107,7 +107,8 @@ class VisionTransformer(ClassifierMixin, nn.Module):
 
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"VisionTransformer expects input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"VisionTransformer expects input of shape (B, {self.in_chans}, H, W), "
+                             f"got {tuple(x.shape)}")
         H, W = x.shape[-2:]
         if isinstance(self.patch_embed, PatchEmbed) and (H % self.stride or W % self.stride):
             raise ValueError(f"VisionTransformer needs input height and width that are multiples of the patch size "

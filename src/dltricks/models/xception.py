@@ -83,7 +83,8 @@ class Xception(ClassifierMixin, nn.Module):
         super().__init__()
         self.in_chans, self.num_classes = in_chans, num_classes
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, 32, 3, stride=2, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),  # (B, 32, 149, 149)
+            # (B, 32, 149, 149)
+            nn.Conv2d(in_chans, 32, 3, stride=2, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),  # (B, 64, 147, 147)
         )
         self.entry = nn.Sequential(

@@ -25,9 +25,10 @@ Implementations:
   chunk's Ā and B̄u are formed in a time-major (T, B, D, N) buffer, the recurrence runs in place with
   one fused multiply-add per step over the whole (B, D, N) slab, and y comes from one batched
   reduction over N. With ``layout="bld"`` it reads and writes the (B, L, D) tensors of a Mamba block
-  directly (strided per-chunk views, no whole-tensor transposes). A custom :class:`torch.autograd.Function` keeps only the state entering each chunk
-  (L/T · B·D·N numbers instead of L · B·D·N) and the backward pass recomputes a chunk's states from
-  its checkpoint, then runs the adjoint recurrence backwards in time:
+  directly (strided per-chunk views, no whole-tensor transposes). A custom
+  :class:`torch.autograd.Function` keeps only the state entering each chunk (L/T · B·D·N numbers instead
+  of L · B·D·N) and the backward pass recomputes a chunk's states from its checkpoint, then runs the
+  adjoint recurrence backwards in time:
 
       G_t = C_t ⊗ ∂y_t + Ā_{t+1} ⊙ G_{t+1}          (∂L/∂h_t, the reversed scan)
       ∂B̄u_t = G_t,   ∂(Δ_t A) = G_t ⊙ h_{t-1} ⊙ Ā_t,   ∂C_t = Σ_d h_t ∂y_t
@@ -87,7 +88,8 @@ def _check_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torc
     state = A.shape[1]
     for name, t in (("B", B), ("C", C)):
         if t.shape != (batch, state, length):
-            raise ValueError(f"selective scan: {name} must be (B, N, L) = {(batch, state, length)}, got {tuple(t.shape)}")
+            raise ValueError(f"selective scan: {name} must be (B, N, L) = {(batch, state, length)}, "
+                             f"got {tuple(t.shape)}")
     if initial_state is not None and initial_state.shape != (batch, dim, state):
         raise ValueError(f"selective scan: initial_state must be (B, D, N) = {(batch, dim, state)}, "
                          f"got {tuple(initial_state.shape)}")
@@ -304,7 +306,8 @@ def selective_scan_chunked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor
 # 3. Blelloch's work-efficient parallel scan
 # ----------------------------------------------------------------------------------------------------------
 
-def _combine(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _combine(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor,
+             b2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(a₁, b₁) then (a₂, b₂): h ↦ a₂(a₁h + b₁) + b₂ = (a₁a₂)h + (a₂b₁ + b₂). Associative, not commutative."""
     return a1 * a2, torch.addcmul(b2, a2, b1)
 

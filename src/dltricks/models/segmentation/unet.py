@@ -49,7 +49,8 @@ PAPER = "Ronneberger et al., U-Net: Convolutional Networks for Biomedical Image 
 class DoubleConv(nn.Sequential):
     """Two 3x3 conv -> norm -> ReLU layers (the unit of every U-Net level)."""
 
-    def __init__(self, in_chs: int, out_chs: int, *, mid_chs: int | None = None, norm_layer: NormLayer = "batch") -> None:
+    def __init__(self, in_chs: int, out_chs: int, *, mid_chs: int | None = None,
+                 norm_layer: NormLayer = "batch") -> None:
         mid_chs = mid_chs or out_chs
         super().__init__(ConvNormAct(in_chs, mid_chs, 3, norm_layer=norm_layer),
                          ConvNormAct(mid_chs, out_chs, 3, norm_layer=norm_layer))

@@ -1,17 +1,14 @@
-"""``dltricks eval`` for segmentation tasks: metrics with sliding windows and flips, masks saved as PNG.
+"""Evaluating a binary segmentation model: metrics with sliding windows and flips, masks saved as PNG.
 
-The classification report of ``dltricks eval`` (per-class accuracy, confusion matrix) means nothing for a
-per-pixel binary task. For a task whose ``extra["task_type"]`` is ``"segmentation"`` the command hands over
-to :func:`run_segmentation_eval`, which reports the membrane (foreground) Dice, IoU, pixel accuracy,
-boundary F1 and the accuracy near boundaries, optionally with sliding-window inference (``--window``,
-``--overlap``) and test-time flips (``--tta``), and writes the predicted masks as PNG files
-(``--save-masks DIR``, in the data set's own convention: for ISBI 2012 membrane black, interior white).
+:func:`evaluate_segmentation` is what the ISBI task's own evaluation (``Task.evaluate``, run by ``fit``) and
+the segmentation report of ``dltricks eval`` compute: the membrane (foreground) Dice, IoU, pixel accuracy,
+boundary F1, the accuracy near boundaries and the ISBI pixel error, optionally with sliding-window inference
+and test-time flips. :func:`save_predicted_masks` writes the predictions as PNG files in the data set's own
+convention (for ISBI 2012 membrane black, interior white).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +21,7 @@ from dltricks.tasks.segmentation.losses import segmentation_logits
 from dltricks.tasks.segmentation.metrics import (ISBIPixelError, boundary_band, boundary_f1, dice_score, iou_score,
                                                  pixel_accuracy, tolerant_dice)
 
-__all__ = ["add_segmentation_eval_args", "is_segmentation_task", "segmentation_report", "run_segmentation_eval",
-           "save_predicted_masks", "print_segmentation_report"]
-
-
-def add_segmentation_eval_args(p: argparse.ArgumentParser) -> None:
-    """The options of a segmentation evaluation (for ``dltricks eval``'s parser)."""
-    g = p.add_argument_group("segmentation")
-    g.add_argument("--window", type=int, default=None, metavar="PX",
-                   help="sliding-window inference with PX x PX tiles; default: whole images")
-    g.add_argument("--overlap", type=float, default=0.5, help="overlap of neighbouring tiles, in [0, 1)")
-    g.add_argument("--tta", action="store_true", help="average the 8 flips / 90-degree rotations; default: off")
-    g.add_argument("--save-masks", default=None, metavar="DIR",
-                   help="write the predicted masks as PNG files to DIR; default: none")
+__all__ = ["is_segmentation_task", "segmentation_report", "save_predicted_masks", "evaluate_segmentation"]
 
 
 def is_segmentation_task(task: Any) -> bool:
@@ -92,47 +77,6 @@ def save_predicted_masks(model: nn.Module, task: Any, folder: str | Path, *, win
             written.append(path)
             index += 1
     return written
-
-
-def run_segmentation_eval(args: argparse.Namespace, model: nn.Module, task: Any, *, checkpoint: str | Path,
-                          model_name: str) -> int:
-    """The segmentation branch of ``dltricks eval`` (reads ``--window/--overlap/--tta/--save-masks/--json``)."""
-    window = getattr(args, "window", None)
-    overlap = getattr(args, "overlap", 0.5)
-    tta = bool(getattr(args, "tta", False))
-    report = {"checkpoint": str(checkpoint), "model": model_name,
-              **segmentation_report(model, task, split=getattr(args, "split", "val"), window=window, overlap=overlap,
-                                    tta=tta)}
-    if getattr(args, "save_masks", None):
-        paths = save_predicted_masks(model, task, args.save_masks, window=window, overlap=overlap, tta=tta,
-                                     split=getattr(args, "split", "val"))
-        report["masks"] = [str(p) for p in paths]
-    if getattr(args, "json", False):
-        print(json.dumps(report, indent=2))
-    else:
-        print_segmentation_report(report)
-    return 0
-
-
-def print_segmentation_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    how = "whole images" if not report.get("window") else f"{report['window']} px windows, overlap {report['overlap']}"
-    how += ", 8-fold flips" if report.get("tta") else ""
-    console.print(f"[bold]{report['model']}[/bold] on {report['data']} ({report['split']}, {int(report['images'])} "
-                  f"images, {how}); foreground: {report['foreground']}")
-    table = Table(title="segmentation metrics (means over images)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("dice", "iou", "pixel_accuracy", "boundary_f1", "dice_background", "dice_pooled",
-                "dice_tolerance1", "boundary_accuracy", "interior_accuracy", "isbi_pixel_error"):
-        if key in report:
-            table.add_row(key, f"{report[key]:.4f}")
-    console.print(table)
-    if report.get("masks"):
-        console.print(f"wrote {len(report['masks'])} masks to {Path(report['masks'][0]).parent}")
 
 
 @torch.no_grad()

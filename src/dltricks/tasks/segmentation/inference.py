@@ -107,7 +107,7 @@ def predict_sliding_window(model: nn.Module, image: torch.Tensor, *, window: int
         norm[..., top:top + window, left:left + window] += weight
     for start in range(0, len(positions), batch_size):
         chunk = positions[start:start + batch_size]
-        tiles = torch.cat([image[:, :, t:t + window, l:l + window] for t, l in chunk])  # (n * B, C, win, win)
+        tiles = torch.cat([image[:, :, top:top + window, left:left + window] for top, left in chunk])  # (n * B, C, win, win)
         logits = 0
         for k in transforms:
             z = segmentation_logits(model(dihedral(tiles, k)))  # (n * B, K, win, win)
@@ -115,8 +115,8 @@ def predict_sliding_window(model: nn.Module, image: torch.Tensor, *, window: int
         logits = logits / len(transforms)
         if out is None:
             out = torch.zeros(B, logits.shape[1], Hp, Wp, device=image.device)
-        for i, (t, l) in enumerate(chunk):
-            out[:, :, t:t + window, l:l + window] += logits[i * B:(i + 1) * B] * weight
+        for i, (top, left) in enumerate(chunk):
+            out[:, :, top:top + window, left:left + window] += logits[i * B:(i + 1) * B] * weight
     assert out is not None
     return (out / norm)[:, :, :H, :W]
 
