@@ -21,7 +21,8 @@ LABELS = torch.tensor([0, 1, 1, 0, 1, 1])
 
 def test_ece_by_hand() -> None:
     # confidences: .95 .90 .65 .70 .55 .80; correct: 1 0 1 0 1 1.
-    # 5 bins of width 0.2: (0.4,0.6]: {.55: right}; (0.6,0.8]: {.65 right, .70 wrong, .80 right}; (0.8,1]: {.95 right, .90 wrong}
+    # 5 bins of width 0.2: (0.4,0.6]: {.55: right}; (0.6,0.8]: {.65 right, .70 wrong, .80 right};
+    # (0.8,1]: {.95 right, .90 wrong}
     # gaps: |1-.55| = .45 (1 sample); |2/3 - .7167| = .05 (3); |.5 - .925| = .425 (2)
     expected = (1 * 0.45 + 3 * abs(2 / 3 - (0.65 + 0.70 + 0.80) / 3) + 2 * abs(0.5 - 0.925)) / 6
     assert expected_calibration_error(PROBS, LABELS, n_bins=5, from_logits=False) == pytest.approx(expected)
@@ -50,7 +51,8 @@ def test_ece_matches_a_loop_reference() -> None:
         in_bin = [(c > lo or (m == 0 and c == 0)) and c <= hi for c in conf.tolist()]
         idx = torch.tensor(in_bin)
         if idx.any():
-            total += idx.sum().item() / 500 * abs((pred[idx] == labels[idx]).float().mean().item() - conf[idx].mean().item())
+            total += idx.sum().item() / 500 * abs((pred[idx] == labels[idx]).float().mean().item()
+                                                  - conf[idx].mean().item())
     assert expected_calibration_error(logits, labels) == pytest.approx(total, abs=1e-6)
 
 
@@ -74,7 +76,8 @@ def test_nll_and_brier() -> None:
     p = logits.softmax(1)
     brier = ((p[0] - torch.tensor([1.0, 0, 0])).square().sum() + (p[1] - torch.tensor([0, 0, 1.0])).square().sum()) / 2
     assert brier_score(logits, labels) == pytest.approx(float(brier))
-    assert negative_log_likelihood(p, labels, from_logits=False) == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
+    assert negative_log_likelihood(p, labels, from_logits=False) == pytest.approx(
+        float(F.cross_entropy(logits, labels)), rel=1e-5)
 
 
 def test_report_and_reliability_diagram(tmp_path) -> None:
@@ -102,7 +105,8 @@ def test_bad_inputs_raise() -> None:
 
 def test_collect_logits() -> None:
     model = torch.nn.Linear(3, 2)
-    batches = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])), (torch.randn(2, 3), torch.tensor([[0.2, 0.8], [1.0, 0.0]]))]
+    batches = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])),
+               (torch.randn(2, 3), torch.tensor([[0.2, 0.8], [1.0, 0.0]]))]
     logits, labels = collect_logits(model, batches)
     assert logits.shape == (6, 2) and labels.tolist() == [0, 1, 0, 1, 1, 0]
     assert np.isfinite(logits.numpy()).all()

@@ -76,7 +76,8 @@ def test_malicious_checkpoint_in_a_run_dir_is_refused_by_resume(tmp_path):
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.safetensors").write_bytes(files[0].read_bytes())
     with pytest.raises(CheckpointError, match="pickle"):
-        fit(tiny_cnn(), toy_task(), load_recipe(None, ["train.epochs=1", *TOY]), run_dir=run_dir, resume=True, progress=False)
+        fit(tiny_cnn(), toy_task(), load_recipe(None, ["train.epochs=1", *TOY]), run_dir=run_dir, resume=True,
+            progress=False)
     assert not marker.exists()
 
 

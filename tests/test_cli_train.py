@@ -80,7 +80,8 @@ def test_resume_continues_and_overfit_batch(tmp_path, capsys):
 
 
 def test_run_main_job_on_a_subset(tmp_path, capsys):
-    assert main(["run", "--train-demo", "--subset", "256", "--epochs", "1", "--out", str(tmp_path / "main"), "--no-progress"]) == 0
+    assert main(["run", "--train-demo", "--subset", "256", "--epochs", "1", "--out", str(tmp_path / "main"),
+                 "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "speedrun_cnn on mnist-embedded" in out and "final validation accuracy" in out and "per digit" in out
     assert (tmp_path / "main" / "model.safetensors").exists()
@@ -89,10 +90,12 @@ def test_run_main_job_on_a_subset(tmp_path, capsys):
 BAD_TRAIN_INPUTS = {
     "unknown model": (["train", "resnet_99"], "unknown model 'resnet_99'"),
     "unknown recipe key": (["train", "small_cnn", "--set", "optim.lrr=0.1"], "unknown key 'optim.lrr'"),
-    "wrong type": (["train", "small_cnn", "--set", "train.epochs=many"], "train.epochs: got 'many', expected an integer"),
+    "wrong type": (["train", "small_cnn", "--set", "train.epochs=many"],
+                   "train.epochs: got 'many', expected an integer"),
     "zero lr": (["train", "small_cnn", "--set", "optim.lr=0"], "optim.lr: got 0.0, expected a number > 0"),
     "negative lr": (["train", "small_cnn", "--set", "optim.lr=-0.1"], "optim.lr: got -0.1"),
-    "unknown recipe": (["train", "small_cnn", "--recipe", "no-such-recipe"], "neither a YAML file nor a shipped recipe"),
+    "unknown recipe": (["train", "small_cnn", "--recipe", "no-such-recipe"],
+                       "neither a YAML file nor a shipped recipe"),
     "missing data dir": (["train", "small_cnn", "--data", "mnist", "--data-dir", "/no/such/dir"], "/no/such/dir"),
     "unknown data set": (["train", "small_cnn", "--data", "mnits"], "unknown data set 'mnits'"),
     "channel mismatch": (["train", "small_cnn", "--model-opt", "in_chans=3"], "takes 3-channel input but data set"),
@@ -182,8 +185,9 @@ def test_recipe_batch_sizes_seed_and_augmentation_reach_the_data_task():
     from dltricks.commands._args import data_args, recipe_from_args
     from dltricks.train.prepare import task_for_recipe
 
-    args = build_parser().parse_args(["train", "small_cnn", "--data", "mnist-embedded", "--subset", "200", "--seed", "5",
-                                      "--set", "train.batch_size=50", "--set", "train.eval_batch_size=70",
+    args = build_parser().parse_args(["train", "small_cnn", "--data", "mnist-embedded", "--subset", "200",
+                                      "--seed", "5", "--set", "train.batch_size=50",
+                                      "--set", "train.eval_batch_size=70",
                                       "--set", "augment.hflip=true", "--set", "augment.cutout=4"])
     recipe = recipe_from_args(args)
     task = task_for_recipe(args.data, recipe, **data_args(args))

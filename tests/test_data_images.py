@@ -310,7 +310,8 @@ def make_tarball(path: Path, n: int = 4, *, evil: bytes | None = None) -> dict[s
         info = tarfile.TarInfo("cifar-10-batches-py/batches.meta")
         info.size = len(meta)
         tar.addfile(info, io.BytesIO(meta))
-    return {split: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for split, v in arrays.items()}
+    return {split: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v]))
+            for split, v in arrays.items()}
 
 
 def test_python_tarball_layout_is_parsed(tmp_path):
@@ -344,7 +345,8 @@ class _Exploit:
 def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     evil = pickle.dumps({"data": _Exploit(marker), "labels": []}, protocol=2)
-    with pytest.raises(DataError, match=r"data_batch_3: refused to unpickle \(global (posix|os)\.system is not allowed\)"):
+    with pytest.raises(DataError,
+                       match=r"data_batch_3: refused to unpickle \(global (posix|os)\.system is not allowed\)"):
         safe_unpickle(evil, source="cifar-10-batches-py/data_batch_3")
     path = tmp_path / "evil.tar.gz"
     make_tarball(path, evil=evil)

@@ -122,7 +122,8 @@ def test_resume_from_start_batch_gives_the_tail_of_the_epoch(augment):
     full = list(loader.iter_epoch(2))
     for k in (0, 1, 4, len(loader) - 1, len(loader)):
         # A fresh loader, as after a restart, must replay the same batches.
-        resumed = list(TensorLoader(ds, batch_size=10, shuffle=True, augment=augment, seed=3).iter_epoch(2, start_batch=k))
+        resumed = list(TensorLoader(ds, batch_size=10, shuffle=True, augment=augment, seed=3)
+                       .iter_epoch(2, start_batch=k))
         assert len(resumed) == len(full) - k
         for (x1, y1), (x2, y2) in zip(full[k:], resumed):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
@@ -137,7 +138,8 @@ def test_augmentation_changes_between_epochs_and_soft_targets_under_mixup():
     assert not torch.equal(x0, x1)  # same samples (no shuffle), different augmentation
     assert y0.shape == (8, 5) and y0.dtype == torch.float32
     assert_close(y0.sum(1), torch.ones(8))
-    assert TensorLoader(ds, batch_size=8, augment={"mixup_alpha": 1.0}, num_classes=7).iter_epoch(0).__next__()[1].shape == (8, 7)
+    assert TensorLoader(ds, batch_size=8, augment={"mixup_alpha": 1.0},
+                        num_classes=7).iter_epoch(0).__next__()[1].shape == (8, 7)
 
 
 @pytest.mark.parametrize("N,world_size", [(100, 4), (103, 4), (7, 3), (2, 4)])

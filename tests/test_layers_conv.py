@@ -82,7 +82,8 @@ def test_conv_norm_act_orders_and_bias() -> None:
         ConvNormAct(4, 8, order="acn")
 
 
-@pytest.mark.parametrize("kernel_size,stride,dilation", [(3, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 1), (3, 1, 4), (1, 2, 1)])
+@pytest.mark.parametrize("kernel_size,stride,dilation",
+                         [(3, 1, 1), (3, 2, 1), (5, 1, 2), (7, 2, 1), (3, 1, 4), (1, 2, 1)])
 def test_get_padding_gives_ceil_h_over_s(kernel_size: int, stride: int, dilation: int) -> None:
     conv = ConvNormAct(2, 2, kernel_size, stride=stride, dilation=dilation, norm_layer=None, act_layer=None)
     for size in (15, 16):

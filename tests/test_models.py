@@ -37,7 +37,8 @@ def build(name: str) -> nn.Module:
     return create_model(name, **kwargs)
 
 
-def example_input(name: str, model: nn.Module, batch: int = 2, size: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
+def example_input(name: str, model: nn.Module, batch: int = 2,
+                  size: tuple[int, ...] | None = None) -> tuple[torch.Tensor, ...]:
     info = model_info(name)
     if info.make_test_input is not None and size is None:
         return tuple(info.make_test_input(model, batch))
@@ -81,7 +82,8 @@ def check_size(name: str, model: nn.Module, size: int) -> None:
         message = str(err)
         assert "input" in message.lower(), f"error for {size}x{size} does not say what input was expected: {message}"
         if info.min_input_size is not None:
-            assert str(info.min_input_size) in message, f"error does not name the minimum size {info.min_input_size}: {message}"
+            assert str(info.min_input_size) in message, \
+                f"error does not name the minimum size {info.min_input_size}: {message}"
         return
     assert torch.isfinite(out).all()
     if info.task == "segmentation":

@@ -105,7 +105,8 @@ def test_save_mask_png_round_trip(tmp_path: Path) -> None:
         save_mask_png(torch.zeros(1, 2, 2), tmp_path / "bad.png")
 
 
-def test_segmentation_eval_branch_writes_masks(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_segmentation_eval_branch_writes_masks(shared_data: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
     import argparse
     import json
 

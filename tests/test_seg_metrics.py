@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dltricks.tasks.segmentation.metrics import (ISBIPixelError, binary_segmentation_metrics, boundary_band, boundary_f1,
-                                           dice_score, iou_score, isbi_pixel_error, mask_boundary, pixel_accuracy,
-                                           tolerant_dice)
+from dltricks.tasks.segmentation.metrics import (ISBIPixelError, binary_segmentation_metrics, boundary_band,
+                                                 boundary_f1, dice_score, iou_score, isbi_pixel_error, mask_boundary,
+                                                 pixel_accuracy, tolerant_dice)
 
 
 def _mask(rows: list[str]) -> torch.Tensor:
@@ -113,8 +113,8 @@ def test_isbi_pixel_error_is_one_minus_the_best_f_score_over_thresholds() -> Non
     true = torch.tensor([[[True, True, True, True], [False, False, False, False]]])
     prob = torch.tensor([[[0.95, 0.55, 0.25, 0.05], [0.45, 0.0, 0.0, 0.0]]])
     # Longhand F1 at each challenge threshold t (pixel positive when prob > t):
-    #   t = 0.0: P = 5 px, TP = 4 -> 8 / 9; t = 0.1 or 0.2: P = 4, TP = 3 -> 6 / 8; t = 0.3, 0.4: P = 3, TP = 2 -> 4 / 7;
-    #   t = 0.5: P = 2, TP = 2 -> 4 / 6; ... -> best 8 / 9 at t = 0.0.
+    #   t = 0.0: P = 5 px, TP = 4 -> 8 / 9; t = 0.1 or 0.2: P = 4, TP = 3 -> 6 / 8;
+    #   t = 0.3, 0.4: P = 3, TP = 2 -> 4 / 7; t = 0.5: P = 2, TP = 2 -> 4 / 6; ... -> best 8 / 9 at t = 0.0.
     error, threshold = isbi_pixel_error(prob, true)
     assert error == pytest.approx(1 - 8 / 9) and threshold == 0.0
     # The streaming form pools pixels over batches exactly like one call on the whole stack.

@@ -165,7 +165,8 @@ def test_cuda_kernel_is_optional() -> None:
     """Without mamba_ssm or a GPU, 'auto' falls back to the chunked scan; forcing 'cuda' explains why it fails."""
     x = {k: v.detach() for k, v in make_inputs(1, 2, 6, 3).items()}
     out = selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"])
-    torch.testing.assert_close(out, selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"]), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(out, selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"]),
+                               rtol=RTOL, atol=ATOL)
     if not cuda_selective_scan_available():
         with pytest.raises(RuntimeError, match="mamba_ssm"):
             selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], impl="cuda")

@@ -111,7 +111,8 @@ def _ids_and_titles(table: str) -> list[tuple[str, str]]:
 def test_docs_catalog_table_is_the_catalog():
     docs, expected = _docs_table(), markdown_table(CATALOG)
     assert _ids_and_titles(docs) == [(t.id, t.title) for t in CATALOG], \
-        "the ids or titles of the docs' tip table differ from the catalog; regenerate it with `dltricks tips --markdown`"
+        ("the ids or titles of the docs' tip table differ from the catalog; "
+         "regenerate it with `dltricks tips --markdown`")
     assert docs == expected, "docs/evidence.md's tip table is stale; regenerate it with `dltricks tips --markdown`"
 
 

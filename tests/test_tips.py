@@ -25,7 +25,7 @@ def _ev(t: list[float], c: list[float], metric: str = "acc") -> Evidence:
     return ev
 
 
-# ------------------------------------------------------------------------------------------------ rules
+# -------------------------------------------------------------------------------- rules
 class TestEffect:
     rule = Effect("acc", "t", "c", min_effect=0.01)
 
@@ -104,7 +104,7 @@ def test_all_of():
     assert AllOf((good, Effect("acc", "c", "t"))).decide(ev, "quick").verdict is Verdict.NOT_CONSISTENT
 
 
-# ------------------------------------------------------------------------------------------------ engine with synthetic tips
+# -------------------------------------------------------------------------------- engine with synthetic tips
 EXPERIMENT = '''
 import json
 from pathlib import Path
@@ -138,7 +138,8 @@ def synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     def make(**settings) -> Tip:
         return Tip(id="test.synthetic", title="synthetic", claim="t beats c", source="test", section="Tests",
                    experiment=module.experiment, exercises=(dep,),
-                   quick={"log": str(log), "effect": 0.5, **settings}, full={"log": str(log), "effect": 0.5, **settings},
+                   quick={"log": str(log), "effect": 0.5, **settings},
+                   full={"log": str(log), "effect": 0.5, **settings},
                    rule=Effect("acc", "t", "c", min_effect=0.1))
 
     runs = lambda: len(log.read_text().splitlines()) if log.exists() else 0  # noqa: E731
@@ -219,7 +220,7 @@ def test_full_mode_only_tip_and_missing_data_are_skipped(synthetic, tmp_path):
     assert result.verdict == "skipped" and "/nowhere" in result.reason
 
 
-# ------------------------------------------------------------------------------------------------ catalog and selection
+# -------------------------------------------------------------------------------- catalog and selection
 def test_catalog_is_well_formed():
     catalog = get_catalog()
     assert len(catalog) >= 40
@@ -243,7 +244,7 @@ def test_unknown_tip_id_suggests_close_ones():
         select_tips(get_catalog(), ["conv.paddng"])
 
 
-# ------------------------------------------------------------------------------------------------ real tips, claim made false
+# -------------------------------------------------------------------------------- real tips, claim made false
 def _tip(tip_id: str) -> Tip:
     return next(t for t in get_catalog() if t.id == tip_id)
 
@@ -279,12 +280,13 @@ def test_results_round_trip_through_json(tmp_path):
     assert data["verdict"] == "confirmed" and data["evidence"]["values"]["padded: output size"] == 28
 
 
-# ------------------------------------------------------------------------------------------------ training tips (trainer + data)
+# -------------------------------------------------------------------------------- training tips (trainer + data)
 def _trainer_available() -> bool:
     return _tip("reg.label-smoothing").implemented
 
 
-needs_trainer = pytest.mark.skipif(not _trainer_available(), reason="dltricks.train.trainer / dltricks.data not available")
+needs_trainer = pytest.mark.skipif(not _trainer_available(),
+                                   reason="dltricks.train.trainer / dltricks.data not available")
 
 
 @needs_trainer

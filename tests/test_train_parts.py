@@ -53,7 +53,8 @@ def test_step_multistep_exponential_match_torch_at_epoch_boundaries(interval):
         (["schedule.name=multistep", "schedule.milestones=[2, 5]", "schedule.gamma=0.1"],
          lambda o: S.MultiStepLR(o, [2, 5], 0.1)),
         (["schedule.name=exponential", "schedule.gamma=0.8"], lambda o: S.ExponentialLR(o, 0.8)),
-        (["schedule.name=cosine", "schedule.min_lr_factor=0.1"], lambda o: S.CosineAnnealingLR(o, epochs, eta_min=0.01)),
+        (["schedule.name=cosine", "schedule.min_lr_factor=0.1"],
+         lambda o: S.CosineAnnealingLR(o, epochs, eta_min=0.01)),
         (["schedule.name=constant"], lambda o: S.ConstantLR(o, factor=1.0)),
     ]
     for overrides, make in cases:

@@ -67,7 +67,8 @@ def test_shipped_recipes_load():
     for name in names:
         assert isinstance(load_recipe(name), Recipe)
     classic = load_recipe("mnist-classic")
-    assert (classic.optim.name, classic.optim.lr, classic.schedule.gamma, classic.train.batch_size) == ("adadelta", 1.0, 0.7, 64)
+    assert ((classic.optim.name, classic.optim.lr, classic.schedule.gamma, classic.train.batch_size)
+            == ("adadelta", 1.0, 0.7, 64))
 
 
 def test_describe_lists_every_option_with_help():

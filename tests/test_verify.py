@@ -47,7 +47,7 @@ def test_verify_rejects_zero_seeds(tmp_path, capsys):
 
 def test_run_is_verify_quick(tmp_path, monkeypatch):
     """`dltricks run` (what `make run` calls) is `verify --quick` into the report folder."""
-    import dltricks.commands.verify as verify_module
+    import dltricks.tips.verify as verify_module
 
     calls = []
     monkeypatch.setattr(verify_module, "verify", lambda **kw: calls.append(kw) or [])

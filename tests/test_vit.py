@@ -8,7 +8,8 @@ import torch
 
 from dltricks import create_model
 from dltricks.layers.position import relative_position_index
-from dltricks.models.swin import PatchMerging, SwinTransformerBlock, shifted_window_mask, window_partition, window_reverse
+from dltricks.models.swin import (PatchMerging, SwinTransformerBlock, shifted_window_mask, window_partition,
+                                  window_reverse)
 
 
 def count(name: str, **kwargs) -> int:

@@ -2,8 +2,8 @@
 
 Each sub-command lives in ``dltricks/commands/<name>.py`` and provides ``add_parser(subparsers)``
 (which sets ``func`` on its parser); what commands share lives in ``dltricks/commands/_args.py``, and no
-command imports another. Where one command is another's job (``dltricks run`` without ``--train-demo`` is
-``dltricks verify --quick``), this module composes them. Errors a user can cause are
+command imports another (what two commands share, such as ``dltricks run`` being ``dltricks verify --quick``,
+is a library function: :func:`dltricks.tips.verify.verify`). Errors a user can cause are
 :class:`~dltricks.errors.DltricksError` and are printed as one line on stderr with exit code 2; ``--debug``
 shows the traceback instead.
 """
@@ -58,14 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _verify_quick(args: argparse.Namespace) -> int:
-    """``dltricks run`` (what ``make run`` calls): ``dltricks verify --quick --out REPORT``."""
-    from dltricks.commands import verify
-
-    results = verify.verify(mode="quick", out=args.report)
-    return 1 if any(r.verdict == "error" for r in results) else 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("DLTRICKS_DEBUG") == "1"
@@ -74,9 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    func = _verify_quick if args.command == "run" and not args.train_demo else args.func
     try:
-        result = func(args)
+        result = args.func(args)
         return int(result or 0)
     except DltricksError as err:
         if debug:

@@ -10,8 +10,7 @@ and ``report/results.json``; a few minutes on two CPU cores (cached results make
 with a progress bar, then print a per-epoch results table, the per-class validation accuracy and where
 the run was saved.
 
-Without ``--train-demo`` the CLI hands the command line to ``dltricks verify`` (see :mod:`dltricks.cli`): no
-command imports another.
+Without ``--train-demo`` it calls :func:`dltricks.tips.verify.verify`, the function behind ``dltricks verify``.
 """
 
 from __future__ import annotations
@@ -49,8 +48,16 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="run directory; default: runs/MODEL-mnist-embedded-TIMESTAMP")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar; default: only when stderr is a terminal")
-    # Without --train-demo, dltricks.cli runs `dltricks verify --quick --out REPORT` instead of func.
-    p.set_defaults(func=train_demo, data="mnist-embedded", data_dir=None, overfit_batch=False)
+    p.set_defaults(func=run, data="mnist-embedded", data_dir=None, overfit_batch=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``dltricks run``: ``dltricks verify --quick --out REPORT``, or the training demo with ``--train-demo``."""
+    if args.train_demo:
+        return train_demo(args)
+    from dltricks.tips.verify import exit_code, verify
+
+    return exit_code(verify(mode="quick", out=args.report))
 
 
 def train_demo(args: argparse.Namespace) -> int:

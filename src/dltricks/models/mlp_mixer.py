@@ -92,8 +92,8 @@ class MlpMixer(ClassifierMixin, nn.Module):
         expected = (self.in_chans, self.img_size, self.img_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"MlpMixer's token-mixing MLPs are built for input of exactly "
-                             f"{self.img_size}x{self.img_size} pixels (B, {self.in_chans}, {self.img_size}, {self.img_size}), got {tuple(x.shape)}; "
-                             f"build it with img_size= to change")
+                             f"{self.img_size}x{self.img_size} pixels (B, {self.in_chans}, {self.img_size}, "
+                             f"{self.img_size}), got {tuple(x.shape)}; build it with img_size= to change")
         x = self.stem(x)  # (B, N, C)
         return self.norm(self.blocks(x))
 

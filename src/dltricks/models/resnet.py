@@ -290,8 +290,8 @@ class ResNet(ClassifierMixin, nn.Module):
         in_chs, prev_dilation = stem_width, 1
         self.stage_names: list[str] = []
         channels = [stem_width]
-        stages = zip(layers, stage_widths, strides, dilations)
-        for stage_idx, (num_blocks, planes, stride, dilation) in enumerate(stages):
+        for stage_idx, (num_blocks, planes, stride, dilation) in enumerate(
+                zip(layers, stage_widths, strides, dilations)):
             out_chs = planes * block_cls.expansion
             downsample: nn.Module | None = None
             if stride != 1 or in_chs != out_chs:

@@ -56,8 +56,8 @@ class Seq2Seq(nn.Module):
     """
 
     def __init__(self, *, num_classes: int = 128, src_vocab_size: int = 128, embed_dim: int = 64,
-                 hidden_size: int = 128, cell: str = "gru", attention: str = "additive", bidirectional: bool = True, num_layers: int = 1,
-                 drop_rate: float = 0.0, pad_id: int = 0) -> None:
+                 hidden_size: int = 128, cell: str = "gru", attention: str = "additive", bidirectional: bool = True,
+                 num_layers: int = 1, drop_rate: float = 0.0, pad_id: int = 0) -> None:
         super().__init__()
         if cell not in ("gru", "lstm"):
             raise ValueError(f"cell must be 'gru' or 'lstm', got {cell!r}")

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from dltricks.errors import ConfigError, DataError, did_you_mean
 
-__all__ = ["Loader", "Task", "EvalContext", "TaskEvaluate", "register_task", "build_task", "check_task_options", "list_tasks",
-           "classification_loss", "classification_metrics"]
+__all__ = ["Loader", "Task", "EvalContext", "TaskEvaluate", "register_task", "build_task", "check_task_options",
+           "list_tasks", "classification_loss", "classification_metrics"]
 
 Batch = tuple[Any, torch.Tensor]
 

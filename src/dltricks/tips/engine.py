@@ -4,8 +4,9 @@
 implemented yet" (naming what is missing), reuses a cached result whose key matches, or runs the
 experiment in a fresh work folder, applies the tip's rule and stores the result. An experiment that
 raises is reported as ``error`` with its message and is not cached; one that cannot find its data set
-(:class:`~dltricks.errors.DataError`), or a tip without a setting for the mode, is ``skipped``. :func:`select_tips` resolves
-``--only`` (ids, ``section.*`` globs or section names) and rejects unknown ids with suggestions.
+(:class:`~dltricks.errors.DataError`), or a tip without a setting for the mode, is ``skipped``.
+:func:`select_tips` resolves ``--only`` (ids, ``section.*`` globs or section names) and rejects unknown ids
+with suggestions.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _base(tip: Tip, mode: str) -> dict[str, Any]:
 
 
 def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, use_cache: bool = True,
-            note: Callable[[str], None] = lambda s: None, settings: dict[str, Any] | None = None) -> tuple[TipResult, Path | None]:
+            note: Callable[[str], None] = lambda s: None,
+            settings: dict[str, Any] | None = None) -> tuple[TipResult, Path | None]:
     """Run (or load) one tip. Returns the result and the folder holding its plots (None if none)."""
     if tip.experiment is None:
         missing = tip.missing()

@@ -29,8 +29,8 @@ __all__ = ["write_report", "render_html", "summary_table", "key_numbers", "machi
 VERDICT_ORDER = ["confirmed", "consistent with", "inconclusive", "not consistent with", "refuted", "error",
                  "skipped", "not implemented yet"]
 RICH_STYLE = {"confirmed": "bold white on green", "consistent with": "green", "refuted": "bold white on red",
-              "not consistent with": "dark_orange", "inconclusive": "grey62", "not implemented yet": "dim", "skipped": "dim",
-              "error": "bold magenta"}
+              "not consistent with": "dark_orange", "inconclusive": "grey62", "not implemented yet": "dim",
+              "skipped": "dim", "error": "bold magenta"}
 
 
 def machine_info() -> dict[str, Any]:
@@ -39,7 +39,8 @@ def machine_info() -> dict[str, Any]:
     from dltricks import __version__
 
     return {"dltricks": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
+                       f"torch threads {torch.get_num_threads()}",
             "cuda": torch.cuda.is_available()}
 
 
@@ -103,7 +104,8 @@ def _section(r: TipResult) -> str:
            f'<p class="claim">{e(r.claim)}</p>',
            f'<p class="small"><span class="label">Source:</span> {e(r.source)} &middot; '
            f'<span class="label">Section:</span> {e(r.section)}'
-           + (f' &middot; <span class="label">Code exercised:</span> {", ".join("<code>" + e(m) + "</code>" for m in r.exercises)}'
+           + (' &middot; <span class="label">Code exercised:</span> '
+              f'{", ".join("<code>" + e(m) + "</code>" for m in r.exercises)}'
               if r.exercises else "") + "</p>",
            f'<p class="rule"><span class="label">Verdict rule (fixed before running):</span> {e(r.rule)}</p>',
            f'<p class="reason"><span class="label">Outcome:</span> {e(r.reason)}</p>']
@@ -129,8 +131,9 @@ def _section(r: TipResult) -> str:
         if st.get("kind") in ("effect", "non-inferiority"):
             eff = st["effect"]
             out.append(f'<p class="small">Paired effect on <code>{e(st["metric"])}</code> ({e(st["treatment"])} vs '
-                       f'{e(st["control"])}, {e(st["better"])} is better): mean {_num(eff["mean"])}, std {_num(eff["std"])}, '
-                       f'SE {_num(eff["se"])}, n={eff["n"]}, 2-SE interval [{_num(eff["lo"])}, {_num(eff["hi"])}]</p>')
+                       f'{e(st["control"])}, {e(st["better"])} is better): mean {_num(eff["mean"])}, '
+                       f'std {_num(eff["std"])}, SE {_num(eff["se"])}, n={eff["n"]}, '
+                       f'2-SE interval [{_num(eff["lo"])}, {_num(eff["hi"])}]</p>')
     checks = ev.get("checks") or {}
     values = ev.get("values") or {}
     if checks or values:

@@ -93,7 +93,8 @@ def _sniff(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; expected a .safetensors file or a run directory")
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; "
+                              "expected a .safetensors file or a run directory")
     with open(path, "rb") as handle:
         head = handle.read(16)
     size = path.stat().st_size
@@ -132,7 +133,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def read_tensors(path: str | Path, *, prefix: str | None = None, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_tensors(path: str | Path, *, prefix: str | None = None,
+                 device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(tensors, meta)`` of a safetensors file; with ``prefix`` only the tensors under it (prefix removed)."""
     path = Path(path)
     meta = read_metadata(path)
@@ -163,7 +165,8 @@ def _jsonable(value: Any, where: str) -> Any:
     raise CheckpointError(f"cannot store {type(value).__name__} in {where} as JSON")
 
 
-def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str = "optim/") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_flat(optimizer: torch.optim.Optimizer,
+                      prefix: str = "optim/") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into tensors and a JSON-able remainder."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -179,7 +182,8 @@ def optimizer_to_flat(optimizer: torch.optim.Optimizer, prefix: str = "optim/") 
     return tensors, {"state": plain_state, "param_groups": groups}
 
 
-def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor],
+                        meta: Mapping[str, Any]) -> None:
     """Inverse of :func:`optimizer_to_flat` (``tensors`` without the prefix)."""
     state: dict[int, dict[str, Any]] = {int(i): dict(s) for i, s in meta["state"].items()}
     for key, value in tensors.items():
@@ -244,7 +248,8 @@ def restore_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, An
 # Weights only
 
 
-def save_weights(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> None:
+def save_weights(path: str | Path, model: nn.Module | Mapping[str, torch.Tensor],
+                 meta: Mapping[str, Any] | None = None) -> None:
     """Write a model's ``state_dict`` (or a given one) as safetensors, with JSON ``meta`` (model name and
     options, classes, metrics...) so ``dltricks eval`` can rebuild the model."""
     state = unwrap(model).state_dict() if isinstance(model, nn.Module) else dict(model)

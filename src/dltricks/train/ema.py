@@ -33,9 +33,11 @@ class ModelEma:
         self.decay = decay
         self.warmup = warmup
         self.num_updates = 0
-        self._pairs: tuple[int, list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        self._pairs: tuple[int, list[torch.Tensor], list[torch.Tensor],
+                           list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
-    def _tensor_pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _tensor_pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                       list[tuple[torch.Tensor, torch.Tensor]]]:
         # state_dict() tensors share storage with the live parameters and buffers, so the pairing is
         # computed once per model (load_state_dict copies in place and keeps it valid).
         if self._pairs is None or self._pairs[0] != id(model):

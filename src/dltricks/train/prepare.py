@@ -15,8 +15,9 @@
 :func:`~dltricks.train.checks.check_task_recipe` is the other half: ``fit`` calls it and refuses a task whose recorded
 settings (``Task.options``, filled in by ``build_task``) or loaders contradict what the recipe asks for,
 with one line that names the key. Batch size and seed are checked when the recipe sets them (a value that
-its source gives, or one other than the default): a recipe that leaves them alone trains the task as built. A task made by hand, without ``build_task``, is checked on what its loaders show
-(``batch_size``), and one that cannot show the recipe's augmentation is refused.
+its source gives, or one other than the default): a recipe that leaves them alone trains the task as built.
+A task made by hand, without ``build_task``, is checked on what its loaders show (``batch_size``), and one
+that cannot show the recipe's augmentation is refused.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def _check_at_least_one(value: Any) -> str | None:
 
 
 def _check_val_metric(value: Any) -> str | None:
-    return None if re.fullmatch(r"val_[a-z0-9_@]+", value) else "a validation metric name such as val_loss or val_accuracy"
+    return (None if re.fullmatch(r"val_[a-z0-9_@]+", value)
+            else "a validation metric name such as val_loss or val_accuracy")
 
 
 def _check_device(value: Any) -> str | None:
@@ -236,7 +237,8 @@ class Recipe:
                 raise ConfigError("schedule.milestones: the multistep schedule needs at least one milestone (epochs), "
                                   "e.g. [30, 60, 80]")
             if any(b <= a for a, b in zip(self.schedule.milestones, self.schedule.milestones[1:])):
-                raise ConfigError(f"schedule.milestones: got {list(self.schedule.milestones)}, expected increasing epochs")
+                raise ConfigError(f"schedule.milestones: got {list(self.schedule.milestones)}, "
+                                  "expected increasing epochs")
             if any(m <= 0 for m in self.schedule.milestones):
                 raise ConfigError(f"schedule.milestones: got {list(self.schedule.milestones)}, expected epochs > 0")
         if self.schedule.warmup_steps and self.schedule.warmup_epochs:

@@ -48,8 +48,8 @@ from dltricks.train.distributed import DistInfo, all_reduce_sum
 from dltricks.train.ema import ModelEma
 from dltricks.train.optim import build_optimizer
 from dltricks.train.recipe import Recipe, load_recipe
-from dltricks.train.runtime import (Precision, deterministic_mode, resolve_channels_last, resolve_device, resolve_precision,
-                                    seed_everything)
+from dltricks.train.runtime import (Precision, deterministic_mode, resolve_channels_last, resolve_device,
+                                    resolve_precision, seed_everything)
 from dltricks.train.checks import check_task_recipe
 from dltricks.train.schedule import LRSchedule
 from dltricks.tasks.base import EvalContext, Task, _logits, classification_metrics
@@ -262,7 +262,8 @@ class _Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
-        self.ema = ModelEma(self.raw_model, decay=recipe.ema.decay, warmup=recipe.ema.warmup) if recipe.ema.decay > 0 else None
+        self.ema = (ModelEma(self.raw_model, decay=recipe.ema.decay, warmup=recipe.ema.warmup)
+                    if recipe.ema.decay > 0 else None)
 
         self.batches_per_epoch = len(task.train_loader)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accum_steps)
@@ -362,8 +363,8 @@ class _Trainer:
     def load_checkpoint(self, path: Path) -> None:
         tensors, meta = read_tensors(path)
         if meta.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: not a dltricks training checkpoint (format {meta.get('format')!r}, expected "
-                                  f"{CHECKPOINT_FORMAT!r})")
+            raise CheckpointError(f"{path}: not a dltricks training checkpoint "
+                                  f"(format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
         differences = [k for k in _recipe_differences(meta.get("recipe", {}), to_dict(self.recipe))
                        if not any(k == a or (a.endswith(".") and k.startswith(a)) for a in RESUMABLE_KEYS)]
         if differences:
@@ -376,8 +377,8 @@ class _Trainer:
                 raise CheckpointError(f"cannot resume {path}: it was trained with {what} {saved_run[key]!r}, not "
                                       f"{self.meta[key]!r}")
         if meta.get("world_size", 1) != self.dist.world_size:
-            raise CheckpointError(f"cannot resume {path}: written by {meta.get('world_size')} process(es), resumed with "
-                                  f"{self.dist.world_size}; the data shards would differ")
+            raise CheckpointError(f"cannot resume {path}: written by {meta.get('world_size')} process(es), "
+                                  f"resumed with {self.dist.world_size}; the data shards would differ")
         groups: dict[str, dict[str, torch.Tensor]] = {"model/": {}, "ema/": {}, "optim/": {}}
         for key, value in tensors.items():
             for prefix, bucket in groups.items():
@@ -739,7 +740,8 @@ class _Trainer:
                     break
                 self._optimizer_step()
         last = self.history[-1]
-        self._emit(f"overfit one batch of {int(metrics['count'])}: loss {last['loss']:.4g} after {last['step']} step(s) "
+        self._emit(f"overfit one batch of {int(metrics['count'])}: loss {last['loss']:.4g} "
+                   f"after {last['step']} step(s) "
                    f"({'reached' if stop == 'overfit_reached' else 'did not reach'} {cfg.overfit_loss:g})")
         self._write_metrics()
         final = dict(last)

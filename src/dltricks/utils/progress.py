@@ -65,6 +65,7 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.update(self._task, description=description)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if self._progress is not None:
             self._progress.__exit__(exc_type, exc, tb)

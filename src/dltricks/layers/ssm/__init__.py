@@ -18,5 +18,5 @@ from dltricks.layers.ssm.selective_scan import (SCAN_IMPLEMENTATIONS, blelloch_s
 
 __all__ = ["GatedCNN1d", "GatedCNNBlock", "BiMamba", "Mamba", "MambaBlock", "MambaState", "dt_rank_for",
            "get_seq_norm", "S4D", "S4DMixer", "S4D_INITS", "S4DKernel", "s4d_init_A", "SCAN_IMPLEMENTATIONS",
-           "blelloch_scan", "cuda_selective_scan_available", "selective_scan", "selective_scan_blelloch", "selective_scan_chunked",
-           "selective_scan_ref", "selective_state_update"]
+           "blelloch_scan", "cuda_selective_scan_available", "selective_scan", "selective_scan_blelloch",
+           "selective_scan_chunked", "selective_scan_ref", "selective_state_update"]

@@ -115,9 +115,9 @@ class Mamba(nn.Module):
     """
 
     def __init__(self, d_model: int, *, d_state: int = 16, d_conv: int = 4, expand: float = 2,
-                 dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0,
-                 conv_bias: bool = True, bias: bool = False, gate: bool = True, selective: bool = True,
-                 s4d_init: str = "lin", scan_impl: str = "auto") -> None:
+                 dt_rank: int | str = "auto", dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4,
+                 dt_scale: float = 1.0, conv_bias: bool = True, bias: bool = False, gate: bool = True,
+                 selective: bool = True, s4d_init: str = "lin", scan_impl: str = "auto") -> None:
         super().__init__()
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = int(expand * d_model)

@@ -51,7 +51,8 @@ def gaussian_window(window: int, *, sigma_scale: float = 1 / 8, dtype: torch.dty
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k``-th of the 8 dihedral transforms of the last two dims: ``k % 4`` quarter turns, flipped if ``k >= 4``."""
+    """The ``k``-th of the 8 dihedral transforms of the last two dims: ``k % 4`` quarter turns, flipped if
+    ``k >= 4``."""
     x = torch.rot90(x, k % 4, dims=(-2, -1))
     return torch.flip(x, dims=(-1,)) if k >= 4 else x
 
@@ -107,7 +108,8 @@ def predict_sliding_window(model: nn.Module, image: torch.Tensor, *, window: int
         norm[..., top:top + window, left:left + window] += weight
     for start in range(0, len(positions), batch_size):
         chunk = positions[start:start + batch_size]
-        tiles = torch.cat([image[:, :, top:top + window, left:left + window] for top, left in chunk])  # (n * B, C, win, win)
+        # (n * B, C, win, win)
+        tiles = torch.cat([image[:, :, top:top + window, left:left + window] for top, left in chunk])
         logits = 0
         for k in transforms:
             z = segmentation_logits(model(dihedral(tiles, k)))  # (n * B, K, win, win)
