@@ -142,6 +142,25 @@ def print_history(history: list[dict[str, Any]], *, title: str) -> None:
     Console().print(table)
 
 
+def print_final_metrics(final: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """The validation metrics of the last evaluation that the history table has no column for (a task's own:
+    ``val_exact_match``, ``val_isbi_pixel_error``, ``val_final_dice``, ``val_accuracy_<L>``...), as one table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shown = {"val_loss", "val_accuracy", "val_dice", "val_boundary_f1"}
+    extra = {k: v for k, v in (history[-1] if history else {}).items()
+             if k.startswith("val_") and k not in shown and isinstance(v, (int, float))}
+    if not extra:
+        return
+    table = Table(title="last evaluation")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in extra.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
 def log(text: str) -> None:
     """A progress line on stderr (stdout holds the results)."""
     print(text, file=sys.stderr, flush=True)

@@ -12,7 +12,8 @@ import argparse
 import sys
 
 from dltricks.commands._args import (add_common_data_args, data_args, log, own_formatter, parse_options,
-                                     print_history, recipe_from_args, run_dir_for)
+                                     print_final_metrics, print_history, recipe_from_args,
+                                     run_dir_for)
 from dltricks.errors import ConfigError
 
 EPILOG = """\
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{'reached' if reached else 'NOT reached'} target {recipe.train.overfit_loss:g}")
             return 0 if reached else 1
         print_history(result.history, title=f"{args.model} on {task.name} ({result.stop_reason})")
+        print_final_metrics(result.final, result.history)
         best = result.final.get(f"best_{recipe.early_stop.metric}")
         summary = [f"final val accuracy {result.final['val_accuracy']:.2%}" if "val_accuracy" in result.final else "",
                    (f"best {recipe.early_stop.metric} {best:.4f} (epoch {result.final['best_epoch']})"
