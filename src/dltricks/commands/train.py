@@ -15,6 +15,7 @@ from dltricks.commands._args import (add_common_data_args, data_args, log, own_f
                                      print_final_metrics, print_history, recipe_from_args,
                                      run_dir_for)
 from dltricks.errors import ConfigError
+from dltricks.train.recipe import list_recipes
 
 EPILOG = """\
 examples:
@@ -39,8 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="registered model name (see `dltricks models`); required unless --recipe-help")
     add_common_data_args(p, data_required=False)
     p.add_argument("--recipe", default=None, metavar="R",
-                   help="recipe YAML file, or the name of a shipped recipe (mnist-classic, mnist-speedrun, isbi-unet, "
-                        "cifar10-resnet, quick); default: the built-in defaults")
+                   help=f"recipe YAML file, or the name of a shipped recipe ({', '.join(list_recipes())}); default: "
+                        "the built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one recipe key, e.g. --set optim.weight_decay=5e-4 "
                         "(repeatable; values are YAML 1.2); default: none")
