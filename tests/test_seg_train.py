@@ -21,7 +21,8 @@ def test_short_unet_training_learns_membranes(shared_data: Path) -> None:
     recipe = load_recipe("isbi-unet", ["train.steps=40", "train.batch_size=8", "optim.lr=3e-3",
                                        "schedule.warmup_steps=5", "train.amp=false", "train.channels_last=false",
                                        "train.eval_every=40", "train.device=cpu", "data.crop_size=64",
-                                       "data.samples_per_epoch=80", "data.elastic=false"])
+                                       "data.samples_per_epoch=80", "data.elastic=false", "data.final_window=null",
+                                       "data.final_tta=false"])
     task = task_for_recipe("isbi2012-membrane", recipe, data_dir=shared_data)
     # Held-out: the central 128x128 of the 5 validation slices.
     xs, ys = zip(*[(x[..., 192:320, 192:320], y[..., 192:320, 192:320]) for x, y in task.val_loader.iter_epoch(0)])

@@ -95,11 +95,11 @@ class ISBIConfig:
     fold: int | None = field(None, help="k-fold split: hold out contiguous block `fold` (0-based) of num_folds "
                                         "instead of the fixed split")
     num_folds: int = field(5, help="number of folds of the k-fold split", check=_check_odd_grid)
-    final_window: int | None = field(256, help="end-of-run evaluation (fit's last one): sliding windows of this "
+    final_window: int | None = field(None, help="end-of-run evaluation (fit's last one): sliding windows of this "
                                                "many pixels (null: whole slices)", check=check_positive)
     final_overlap: float = field(0.5, help="overlap of neighbouring windows in the end-of-run evaluation",
                                  check=lambda v: None if 0 <= v < 1 else "a number in [0, 1)")
-    final_tta: bool = field(True, help="end-of-run evaluation averages the 8 flips / 90-degree rotations")
+    final_tta: bool = field(False, help="end-of-run evaluation averages the 8 flips / 90-degree rotations")
 
 
 @dataclass
