@@ -178,7 +178,7 @@ def test_data_options_from_the_command_line(shared_data: Path) -> None:
 
     # A recipe's `data` section sets the same options; --data-opt wins over it.
     recipe = load_recipe("isbi-unet", ["train.batch_size=2", "data.crop_size=96"])
-    assert recipe.data == {"elastic": True, "crop_size": 96}
+    assert recipe.data == {"elastic": True, "final_window": 256, "final_tta": True, "crop_size": 96}
     config = task_for("isbi2012-membrane").extra["config"]
     assert config.elastic is True and config.crop_size == 96
     assert task_for("isbi2012-membrane", "crop_size=32").extra["config"].crop_size == 32
