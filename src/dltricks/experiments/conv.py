@@ -22,6 +22,7 @@ from dltricks.layers import conv as conv_layers
 from dltricks.layers.conv import ConvBottleneck, FactorizedConv2d, SeparableConv2d
 from dltricks.layers.spp import SpatialPyramidPooling
 from dltricks.measure import count_macs, gradient_support, support_box
+from dltricks.measure.gradients import input_gradient
 from dltricks.measure.receptive_field import theoretical_receptive_field
 
 __all__ = ["count_weights", "centre_support", "stacked_small_kernels", "padding_border", "downsampling_vs_dilation",
@@ -123,7 +124,7 @@ def _mask_plot(ctx: Context, name: str, masks: dict[str, torch.Tensor], title: s
 @tip(id="conv.padding", title="Padding keeps size and borders",
      claim="'Same' zero padding keeps the feature-map size through a conv stack and lets border pixels reach "
            "more output units; without it every 3x3 layer trims 2 pixels and the borders fade out.",
-     source=f"{README} (padding)", section=CONV, exercises=(nn.Conv2d,),
+     source=f"{README} (padding)", section=CONV, exercises=(nn.Conv2d, input_gradient),
      quick={"depth": 5, "size": 28}, full={"depth": 5, "size": 28}, seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("padding keeps the spatial size", "no padding shrinks the map by 10 px",
                         "the corner pixel reaches more output units with padding",
@@ -140,14 +141,13 @@ def padding_border(ctx: Context) -> Evidence:
         with torch.no_grad():
             for p in net.parameters():
                 p.copy_(p.abs() + 0.01)
-        x = torch.ones(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+        x = torch.ones(1, 1, size, size, dtype=torch.float64)
         y = net(x)  # (1, C, H', W')
         # How many output positions does each input pixel reach? Count per pixel via one backward per
         # output would be slow; the gradient of the summed output weights pixels by path counts, so we
         # also count reached positions exactly with a binary propagation through the kernel footprint.
         reach = _reach_count(size, depth, pad)
-        y.sum().backward()
-        grad = x.grad[0, 0]
+        grad = input_gradient(net, x)[0, 0]  # (H, W): path-weighted reach of each pixel
         results[label] = {"out": y.shape[-1], "corner_reach": int(reach[0, 0]),
                           "centre_reach": int(reach[size // 2, size // 2]),
                           "corner_share": float(grad[0, 0] / grad[size // 2, size // 2])}

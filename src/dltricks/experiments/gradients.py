@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dltricks.evidence import AllOf, Context, Effect, Evidence, plots, tip
+from dltricks.measure.gradients import layer_gradient_norms
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.01), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -43,17 +43,11 @@ def deep_mlp(act: str, *, depth: int, width: int, in_features: int, num_classes:
     return nn.Sequential(*layers, head)
 
 
-def layer_gradient_norms(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    model.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    return [m.weight.grad.norm().item() for m in model if isinstance(m, nn.Linear)]
-
-
 @tip(id="optim.activations", title="ReLU keeps gradients alive, sigmoid kills them",
      claim="In a 20-layer network at initialisation, ReLU and LeakyReLU keep the per-layer gradient norm of the "
            "first layer within an order of magnitude of the last layer's, while sigmoid's shrinks by many orders.",
      source="the lecture (activations); Glorot & Bengio 2010; He et al. 2015", section="Normalisation and optimisation",
-     exercises=(nn.ReLU, nn.Sigmoid, nn.init.kaiming_normal_),
+     exercises=(nn.ReLU, nn.Sigmoid, nn.init.kaiming_normal_, layer_gradient_norms),
      quick={"depth": 20, "width": 256}, full={"depth": 20, "width": 256}, seeds={"quick": 3, "full": 5}, budget_s=2,
      metrics={"log10_grad_ratio": "log10(||grad W_1|| / ||grad W_L||)"},
      rule=AllOf((Effect("log10_grad_ratio", "relu", "sigmoid", min_effect=1.0),
