@@ -233,6 +233,7 @@ def test_layout_errors(tmp_path):
 
 # --- the real CIFAR-10 JPEG zip, decoded once ----------------------------------------------------------
 
+@pytest.mark.xdist_group("cifar10-zip")  # one worker decodes the zip once; the next test reads its cache
 def test_full_cifar10_zip_and_cache(shared_data):
     path = shared_data / "cifar10-jpg.zip"
     start = time.perf_counter()
@@ -251,6 +252,24 @@ def test_full_cifar10_zip_and_cache(shared_data):
     assert time.perf_counter() - start < first_load  # the second load reads the .npy cache
     task = build_task("cifar10", batch_size=256, data_dir=shared_data)  # found among the default names
     assert task.extra["source"].endswith("cifar10-jpg.zip") and task.extra["train_size"] == 50000
+
+
+@pytest.mark.xdist_group("cifar10-zip")
+def test_cifar10_subset_draws_every_class(shared_data):
+    # The zip lists its images class by class: the first 2,000 would all be airplanes. `--subset 2000` (what
+    # `dltricks train resnet18_cifar --data cifar10 --subset 2000` passes to prepare) draws every class.
+    from dltricks.train import prepare
+
+    _, task = prepare("resnet18_cifar", "cifar10", {"train": {"batch_size": 64}}, data_dir=shared_data / "cifar10-jpg.zip",
+                      subset=2000, device="cpu")
+    counts = task.train_loader.dataset.labels.bincount(minlength=10).tolist()
+    assert sum(counts) == 2000 and all(160 <= c <= 240 for c in counts), counts
+    assert task.extra["subset"] == {"size": 2000, "of": 50000, "seed": 0}
+    again = build_task("cifar10", batch_size=64, data_dir=shared_data / "cifar10-jpg.zip", subset=2000)
+    assert torch.equal(again.train_loader.dataset.images, task.train_loader.dataset.images)  # the seed fixes it
+    other = build_task("cifar10", batch_size=64, data_dir=shared_data / "cifar10-jpg.zip", subset=2000,
+                       subset_seed=1)
+    assert not torch.equal(other.train_loader.dataset.images, task.train_loader.dataset.images)
 
 
 def test_cifar10_task_from_a_small_zip(shared_data, tmp_path):

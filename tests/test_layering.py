@@ -4,8 +4,8 @@ Each top-level package (or module) of dltricks sits on a layer and may import on
 below it (and from itself)::
 
     errors, config, utils  <-  layers  <-  models  <-  measure
-                                                   <-  data  <-  tasks  <-  train  <-  evidence
-    <-  experiments  <-  tips  <-  commands  <-  cli
+                                                   <-  data  <-  tasks  <-  train  <-  compress  <-  search
+    <-  evidence  <-  experiments  <-  tips  <-  serve  <-  commands  <-  cli
 
 ``measure`` depends only on models and layers; ``data`` only on the base modules (reading files and
 batching tensors knows nothing about models or losses); ``tasks`` adds losses, metrics and evaluation on
@@ -35,10 +35,13 @@ ALLOWED: dict[str, set[str]] = {
     "tasks": BASE | {"data", "layers", "models", "measure", "__init__"},
 }
 ALLOWED["train"] = ALLOWED["tasks"] | {"tasks"}
-ALLOWED["evidence"] = ALLOWED["train"] | {"train"}
+ALLOWED["compress"] = ALLOWED["train"] | {"train"}
+ALLOWED["search"] = ALLOWED["compress"] | {"compress"}  # hyper-parameter search: its trials are fit runs
+ALLOWED["evidence"] = ALLOWED["search"] | {"search"}
 ALLOWED["experiments"] = ALLOWED["evidence"] | {"evidence"}
 ALLOWED["tips"] = ALLOWED["experiments"] | {"experiments"}
-ALLOWED["commands"] = ALLOWED["tips"] | {"tips"}
+ALLOWED["serve"] = ALLOWED["tips"] | {"tips"}  # the web app shows runs and the evidence report
+ALLOWED["commands"] = ALLOWED["serve"] | {"serve"}
 ALLOWED["cli"] = ALLOWED["commands"] | {"commands"}
 
 

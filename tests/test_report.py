@@ -17,7 +17,7 @@ from dltricks.tips.engine import TipResult, run_tips, select_tips
 from dltricks.tips.report import render_html, summary_table, write_report
 
 TIPS = ["conv.stacked-3x3", "conv.transposed-checkerboard", "optim.activations"]
-# A tip without an experiment: it must be listed as "not implemented yet", never faked.
+# A tip without an experiment: it must be listed as "not yet tested", never faked.
 PENDING = Tip(id="test.pending", title="pending", claim="something nobody has measured yet", source="test",
               section="Tests", rule=Exact(("never",)))
 IDS = TIPS + [PENDING.id]
@@ -50,7 +50,7 @@ def test_report_files(report):
     for r in results:
         for plot in r.plots:
             assert (out / plot).is_file() and (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert data["tips"][-1]["verdict"] == "not implemented yet" and not data["tips"][-1]["evidence"]
+    assert data["tips"][-1]["verdict"] == "not yet tested" and not data["tips"][-1]["evidence"]
 
 
 def test_html_escapes_user_text():
@@ -86,7 +86,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     html = dom.stdout
     assert '<table id="summary">' in html
     rows = re.findall(r'<tr class="row" data-verdict="([^"]+)"', html)
-    assert len(rows) == len(IDS) and "confirmed" in rows and "not implemented yet" in rows
+    assert len(rows) == len(IDS) and "confirmed" in rows and "not yet tested" in rows
     images = re.findall(r"<img [^>]*>", html)
     expected = sum(len(r.plots) for r in results)
     assert expected >= 3 and len(images) == expected

@@ -126,3 +126,56 @@ def test_isbi_pixel_error_is_one_minus_the_best_f_score_over_thresholds() -> Non
     assert isbi_pixel_error(true.float(), true) == (0.0, 0.0)
     with pytest.raises(ValueError, match="shape"):
         isbi_pixel_error(prob[:, :1], true)
+
+
+def test_evaluate_segmentation_on_an_imperfect_prediction_by_hand() -> None:
+    """Every metric of evaluate_segmentation (what the ISBI task reports) on two 8x8 images, worked out by hand.
+
+    Image 1: the membrane (foreground) is the 2x2 block at the top-left; the prediction misses its pixel
+    (1, 1) and adds a false membrane pixel at (7, 7). Image 2: no membrane, none predicted. Each image is
+    one batch. Logits: -3 everywhere except the five pixels listed below.
+    """
+    from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
+
+    logits = torch.full((2, 1, 8, 8), -3.0)
+    for (r, c), value in {(0, 0): 3.0, (0, 1): 1.0, (1, 0): 2.0, (1, 1): -2.0, (7, 7): 0.5}.items():
+        logits[0, 0, r, c] = value
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, 0, :2, :2] = 1.0
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return logits[x[:, 0, 0, 0].long()]  # the input's pixels hold its image index
+
+    class Batches:
+        def iter_epoch(self, epoch: int):
+            for i in range(2):
+                yield torch.full((1, 1, 8, 8), float(i)), target[i:i + 1]
+
+    m = evaluate_segmentation(Fixed(), Batches(), loss_fn=lambda z, y: z.mean())
+    # Image 1: |P| = |G| = 4, |P n G| = 3, |P u G| = 5, 2 of 64 pixels wrong; background: |~P n ~G| = 59 of 60 + 60.
+    # Image 2: both masks empty, which scores 1 everywhere.
+    assert m["images"] == 2.0
+    assert m["dice"] == pytest.approx((6 / 8 + 1) / 2)
+    assert m["iou"] == pytest.approx((3 / 5 + 1) / 2)
+    assert m["pixel_accuracy"] == pytest.approx((62 / 64 + 1) / 2)
+    assert m["dice_background"] == pytest.approx((118 / 120 + 1) / 2)
+    assert m["dice_pooled"] == pytest.approx(6 / 8)  # pooled over both images, unlike the mean of 0.875
+    # Boundaries (8-neighbours, the image border does not count): B_G = {(0,1), (1,0), (1,1)},
+    # B_P = {(0,0), (0,1), (1,0), (7,7)}. Within 2 px: 3 of the 4 predicted, all 3 true -> F1 = 6/7.
+    assert m["boundary_f1"] == pytest.approx((6 / 7 + 1) / 2)
+    # One pixel of tolerance: P within 1 px of G: 3 of 4; G within 1 px of P: 4 of 4 -> F1 = 6/7.
+    assert m["dice_tolerance1"] == pytest.approx((6 / 7 + 1) / 2)
+    # The band within 2 px of the true edges is rows 0-4 x columns 0-4 (25 px, holding the miss at (1, 1)); the
+    # rest is 39 px of image 1 (holding the false pixel at (7, 7)) and all 64 of image 2 (which has no edges).
+    assert m["boundary_accuracy"] == pytest.approx(24 / 25)
+    assert m["interior_accuracy"] == pytest.approx((38 + 64) / (39 + 64))
+    # ISBI pixel error, scored on the cell interiors (the non-membrane class, 60 + 64 = 124 true pixels) with
+    # p = sigmoid(-logit): 0.953 on the 123 well-predicted interior pixels, 0.378 at (7, 7), and on the membrane
+    # pixels 0.047, 0.269, 0.119 and 0.881 (the missed one). F1 at t = 0.3: 125 predicted, 124 right -> 248/249,
+    # the best of the 11 thresholds (t = 0.9: 246/247; t = 0.4 ... 0.8: 246/248; t = 0.0: 248/252).
+    # Scored on the membrane class instead it would be 1 - 8/9 (t = 0.1).
+    assert m["isbi_pixel_error"] == pytest.approx(1 / 249)
+    assert m["isbi_threshold"] == 0.3
+    # The loss is the mean over images of loss_fn per batch: mean logit -2.6953125 (image 1) and -3 (image 2).
+    assert m["loss"] == pytest.approx((-172.5 / 64 - 3) / 2)

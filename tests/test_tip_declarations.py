@@ -21,7 +21,7 @@ import dltricks.experiments
 import dltricks.train
 from dltricks.cli import main
 from dltricks.errors import CatalogError
-from dltricks.evidence import Exact, Tip, code_files, declared_tips, problems, source_files
+from dltricks.evidence import README, Exact, Tip, code_files, declared_tips, problems, source_files
 from dltricks.layers import conv as conv_layers
 from dltricks.layers.conv import ConvNormAct
 from dltricks.tips import cache
@@ -157,17 +157,19 @@ def test_an_experiment_module_that_fails_to_import_breaks_the_catalog(monkeypatc
 MODULE = '''
 from torch import nn
 
-from dltricks.evidence import Evidence, Exact, tip
+from dltricks.evidence import README, Evidence, Exact, tip
+
+CITE = README.at(12)
 
 
 @tip(id="test.kept", title="kept", claim="c", source="s", section="Convolutions", rule=Exact(("k",)),
-     exercises=(nn.Conv2d,))
+     exercises=(nn.Conv2d,), cite=CITE)
 def kept(ctx):
     return Evidence()
 
 
-@tip(id="test.second", title="second", claim="c", source="s", section="Convolutions", rule=Exact(("k",)))
-@tip(id="test.first", title="first", claim="c", source="s", section="Convolutions", rule=Exact(("k",)))
+@tip(id="test.second", title="second", claim="c", source="s", section="Convolutions", rule=Exact(("k",)), cite=CITE)
+@tip(id="test.first", title="first", claim="c", source="s", section="Convolutions", rule=Exact(("k",)), cite=CITE)
 def stacked(ctx):
     return Evidence()
 '''
@@ -195,15 +197,17 @@ def test_build_catalog_from_a_module_with_a_missing_function(experiment_module, 
 
 def test_planned_tips_need_a_reason_a_known_section_and_a_unique_id(experiment_module):
     planned = Tip(id="conv.pruning", title="pruning", claim="c", source="s", section="Convolutions",
-                  rule=Exact(("k",)), pending="needs a pruning toolkit")
+                  rule=Exact(("k",)), pending="needs a pruning toolkit", cite=README.at(133, 136))
     catalog = build_catalog([experiment_module], planned=[planned])
     assert catalog[-1] is planned and not planned.implemented and planned.missing() == ["needs a pruning toolkit"]
-    no_reason = Tip(id="conv.nas", title="nas", claim="c", source="s", section="Convolutions", rule=Exact(("k",)))
+    no_reason = Tip(id="conv.nas", title="nas", claim="c", source="s", section="Convolutions", rule=Exact(("k",)),
+                    cite=README.at(128))
     with pytest.raises(CatalogError, match="conv.nas: no experiment and no `pending` reason"):
         build_catalog([], planned=[no_reason])
     with pytest.raises(CatalogError, match="unknown section 'Pruning'"):
         build_catalog([], planned=[Tip(id="p.x", title="t", claim="c", source="s", section="Pruning",
-                                       rule=Exact(("k",)), pending="later")])
+                                       rule=Exact(("k",)), pending="later", cite=README.at(133))])
     with pytest.raises(CatalogError, match="test.kept: declared twice"):
         build_catalog([experiment_module], planned=[Tip(id="test.kept", title="t", claim="c", source="s",
-                                                        section="Convolutions", rule=Exact(("k",)), pending="x")])
+                                                        section="Convolutions", rule=Exact(("k",)), pending="x",
+                                                        cite=README.at(12))])

@@ -21,7 +21,7 @@ from dltricks.tips.engine import run_tip
 
 FORMERLY_FULL_ONLY = ("seg.pooling-invariance", "optim.warmup-transformers", "optim.pre-ln",
                       "arch.attention-long-range", "arch.cnn-vs-vit-small-data", "ssm.mambaout-h1",
-                      "ssm.mambaout-h2", "ssm.selective-copying")
+                      "ssm.mamba-long-causal", "ssm.selective-copying")
 QUICK_VERDICTS = {"consistent with", "not consistent with", "inconclusive"}
 
 # Each tip's quick setting made smaller still: same code path, a handful of steps.
@@ -32,7 +32,7 @@ TINY = {
     "arch.attention-long-range": {"steps": 4},
     "arch.cnn-vs-vit-small-data": {"epochs": 1, "subset": 128, "val_subset": 64},
     "ssm.mambaout-h1": {"epochs": 1, "subset": 64, "val_subset": 64},
-    "ssm.mambaout-h2": {"steps": 4},
+    "ssm.mamba-long-causal": {"steps": 4},
     "ssm.selective-copying": {"steps": 4},
 }
 

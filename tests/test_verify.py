@@ -12,8 +12,9 @@ def test_tips_lists_the_catalog(capsys):
     assert main(["tips", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     status = {r["id"]: r["status"] for r in rows}
-    assert status["conv.stacked-3x3"] == "implemented"
-    assert set(status.values()) <= {"implemented", "not implemented yet"}
+    assert status["conv.stacked-3x3"] == "implemented" and status["ssm.mamba-adaptive-depth"] == "doc-check"
+    assert set(status.values()) == {"implemented", "doc-check", "not yet tested"}
+    assert all(r["cite"] for r in rows)  # every tip names a document and lines
     assert main(["tips", "conv.*"]) == 0
     assert "conv.padding" in capsys.readouterr().out
 

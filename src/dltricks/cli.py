@@ -5,7 +5,11 @@ Each sub-command lives in ``dltricks/commands/<name>.py`` and provides ``add_par
 command imports another (what two commands share, such as ``dltricks run`` being ``dltricks verify --quick``,
 is a library function: :func:`dltricks.tips.verify.verify`). Errors a user can cause are
 :class:`~dltricks.errors.DltricksError` and are printed as one line on stderr with exit code 2; ``--debug``
-shows the traceback instead.
+shows the traceback instead. So is every ``OSError`` (a read-only folder, a path under a regular file, a
+full disk, no permission): one line that names the path, says what is wrong and what to do
+(:func:`~dltricks.errors.os_error_message`), exit code 2. A closed stdout (``dltricks ... | head -1``)
+ends the command quietly with exit code 141 (128 + SIGPIPE, as other Unix tools), after the work it was
+printing is done.
 """
 
 from __future__ import annotations
@@ -16,18 +20,22 @@ import os
 import sys
 from collections.abc import Sequence
 
-from dltricks.errors import DltricksError
+from dltricks.errors import DltricksError, os_error_message
 
 # Sub-commands in the order ``dltricks --help`` lists them.
 COMMAND_MODULES = [
     "dltricks.commands.run",
     "dltricks.commands.train",
+    "dltricks.commands.search",
     "dltricks.commands.eval",
     "dltricks.commands.models",
     "dltricks.commands.profile",
     "dltricks.commands.compare",
+    "dltricks.commands.compress",
     "dltricks.commands.tips",
     "dltricks.commands.verify",
+    "dltricks.commands.runs",
+    "dltricks.commands.serve",
 ]
 
 
@@ -73,11 +81,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         message = str(err).replace("\n", " ")  # one line, even where the message quotes several
-        print(f"dltricks {args.command}: error: {message}", file=sys.stderr)
+        _error_line(f"dltricks {args.command}: error: {message}")
+        return 2
+    except BrokenPipeError:  # the reader of stdout went away (`| head -1`): nothing left to say to it
+        _silence(sys.stdout)
+        return 141
+    except OSError as err:
+        if debug:
+            raise
+        _error_line(f"dltricks {args.command}: error: {os_error_message(err)}".replace("\n", " "))
         return 2
     except KeyboardInterrupt:
         print(f"dltricks {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _error_line(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):  # stderr is closed too
+        _silence(sys.stderr)
+
+
+def _silence(stream: object) -> None:
+    """Point a closed standard stream at /dev/null, so that the interpreter's final flush stays quiet."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (pytest's capture): nothing to flush
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,6 +11,12 @@ reads the value with YAML 1.2 scalars, so ``5e-4`` is a number wherever it is wr
 
 The idea follows nanoGPT's ``configurator.py`` (command-line overrides of typed defaults) but keeps
 only its checks: nothing is ``exec``-ed.
+
+A recipe may come from anyone, so the YAML reader refuses, each with one line: files above
+:data:`MAX_YAML_BYTES`, bytes that are not UTF-8, more than :data:`MAX_YAML_ALIASES` alias uses and
+documents that expand (through aliases) to more than :data:`MAX_YAML_VALUES` values (a "billion laughs"
+of a few hundred bytes is refused in milliseconds, before anything is expanded), and a key given twice
+in one mapping (YAML says keys are unique; PyYAML would keep the last silently).
 """
 
 from __future__ import annotations
@@ -291,6 +297,41 @@ _Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 # A document that expands (through aliases) to more values than this is refused: "billion laughs".
 MAX_YAML_VALUES = 100_000
+# Uses of aliases (``*name``) in one document: a recipe needs a few, a bomb needs them by the dozen.
+MAX_YAML_ALIASES = 64
+# Size of a recipe or search-space file; ours are below 4 KB.
+MAX_YAML_BYTES = 1024 * 1024
+
+
+def _compose_node(loader: Any, parent: Any, index: Any) -> Any:
+    """PyYAML's ``compose_node``, counting alias uses (refused beyond :data:`MAX_YAML_ALIASES`)."""
+    if loader.check_event(yaml.AliasEvent):
+        loader.alias_count = getattr(loader, "alias_count", 0) + 1
+        if loader.alias_count > MAX_YAML_ALIASES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_ALIASES} aliases (*name)",
+                                              loader.peek_event().start_mark)
+    return yaml.composer.Composer.compose_node(loader, parent, index)
+
+
+def _construct_unique_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    """A mapping whose keys are unique (keys merged in with ``<<`` may be overridden, as YAML allows)."""
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key: PyYAML's own constructor says so
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_short(key)}", key_node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_Yaml12Loader.compose_node = _compose_node  # type: ignore[method-assign]
+_Yaml12Loader.construct_mapping = _construct_unique_mapping  # type: ignore[method-assign]
 
 
 def _expanded_size(root: Any, limit: int) -> int:
@@ -369,9 +410,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe file {str(path)!r} does not exist (expected a YAML file)")
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"recipe file {str(path)!r} {what} (expected a YAML file)")
     try:
-        data = _load(path.read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror}); expected a readable YAML file") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES // 1024} KiB; a recipe is a small YAML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); expected a "
+                          "YAML text file") from None
+    try:
+        data = _load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(err)})") from None
     if data is None:

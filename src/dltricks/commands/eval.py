@@ -1,20 +1,26 @@
-"""``dltricks eval CHECKPOINT --data NAME``: loss, accuracy, per-class accuracy and confusion matrix.
+"""``dltricks eval CHECKPOINT [--data NAME]``: loss, accuracy, per-class accuracy and confusion matrix.
 
 ``CHECKPOINT`` is a run directory (its ``model.safetensors``, else ``checkpoints/last.safetensors``), a
 weights file or a full checkpoint written by ``dltricks train``. The model is rebuilt from the name and
 options stored in the file's metadata; nothing is unpickled.
+
+The data default to what the run recorded (``meta.data`` of its ``config.json`` and weight files): the data
+set, its folder, its data options (an ISBI ``fold``...) and, for ``--split train``, its training subset. An
+override (``--data-opt``, ``--data-dir``) is applied on top of them, with a warning on stderr when the
+evaluated samples include some the run was trained on, or when the files differ from those it read.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from dltricks.commands._args import add_common_data_args, data_args, data_overrides, own_formatter
+from dltricks.commands._args import (add_common_data_args, data_args, data_overrides, json_text, log, own_formatter,
+                                     resolve_checkpoint)
 from dltricks.errors import CheckpointError, ConfigError, DataError, ModelError
+from dltricks.utils.io import check_writable_dir
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
@@ -23,13 +29,18 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
         description="Evaluate the weights of a dltricks run on a data set: loss, accuracy, per-class accuracy "
                     "and the confusion matrix; for segmentation data sets (isbi2012-membrane) Dice, IoU, boundary "
                     "F1 and the ISBI pixel error, with optional sliding windows, flips and PNG masks.",
-        epilog="examples:\n  dltricks eval runs/small_cnn-mnist-embedded-20250101-120000 --data mnist-embedded\n"
-               "  dltricks eval runs/a/checkpoints/best.safetensors --data mnist --data-dir ../shared/data --json\n"
-               "  dltricks eval runs/unet --data isbi2012-membrane --window 256 --tta --save-masks masks/")
+        epilog="examples:\n  dltricks eval runs/a                    # on the data the run was trained on\n"
+               "  dltricks eval runs/a/checkpoints/best.safetensors --split train --json\n"
+               "  dltricks eval runs/unet --window 256 --tta --save-masks masks/\n"
+               "  dltricks eval runs/a --data mnist --data-dir ../shared/data   # another data set\n")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="run directory, weights file (model.safetensors, best.safetensors) or full checkpoint "
                         "(checkpoints/last.safetensors); required")
-    add_common_data_args(p, subset_help="evaluate only the first N samples of the split; default: all")
+    add_common_data_args(p, data_required=False,
+                         subset_help="evaluate N samples of the split drawn at random, every class keeping its share; "
+                                     "default: all (with --split train: the run's training subset)",
+                         data_help="data set to evaluate on; default: the one the run was trained on, with its "
+                                   "data options and folder (see `dltricks train --help` for the names)")
     p.add_argument("--split", choices=("val", "train"), default="val",
                    help="which split to evaluate: the validation/test split or the training split (no augmentation)")
     p.add_argument("--batch-size", type=int, default=500, help="evaluation batch size")
@@ -37,43 +48,152 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="for a full checkpoint trained with EMA, evaluate the raw weights instead of the EMA weights "
                         "(default: the EMA weights)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of tables")
+    p.add_argument("--image", default=None, metavar="FILE",
+                   help="classify one image file instead of evaluating a data set: the top-5 classes with their "
+                        "probabilities, as the playground of `dltricks serve` shows them; default: none")
     _add_segmentation_args(p)
     p.set_defaults(func=run)
 
 
-def resolve_checkpoint(path_text: str) -> Path:
-    path = Path(path_text)
-    if path.is_dir():
-        for candidate in (path / "model.safetensors", path / "checkpoints" / "last.safetensors"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{path}: no model.safetensors or checkpoints/last.safetensors in this directory; "
-                              "expected a run directory written by `dltricks train`")
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path_text!r} does not exist; "
-                              "expected a run directory or a .safetensors file")
-    return path
+def recorded_data(run_meta: dict[str, Any]) -> dict[str, Any]:
+    """The run's data record (``meta.data``, see :func:`dltricks.commands._args.data_record`); runs written by
+    ``fit`` without one record only the data set's name."""
+    data = run_meta.get("data")
+    if isinstance(data, str):
+        data = {"name": data}
+    if not isinstance(data, dict):
+        return {}
+    types = {"name": str, "data_dir": str, "options": dict, "subset": int, "subset_seed": int}
+    for key, kind in types.items():  # a hand-edited or hostile record is refused, not half-used
+        if data.get(key) is not None and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            raise CheckpointError(f"its data record has {key}={data[key]!r}; expected a {kind.__name__} or null")
+    return {key: data.get(key) for key in types}
+
+
+def _data_to_evaluate(args: argparse.Namespace, recorded: dict[str, Any],
+                      path: Path) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """``(data set, data options, keywords of task_for_recipe)``: the command line on top of what the run
+    recorded, when it names the same data set (or none)."""
+    data = args.data or recorded.get("name")
+    if not data:
+        raise ConfigError(f"--data NAME is required: {path} does not record the data set it was trained on")
+    same = data == recorded.get("name")
+    options = dict(recorded.get("options") or {}) if same else {}
+    given = {key[len("data."):]: value for key, value in data_overrides(args)}
+    options.update(given)
+    data_kw = data_args(args, split=args.split)
+    if same:
+        saved_dir = recorded.get("data_dir")
+        if data_kw["data_dir"] is None and saved_dir:
+            if Path(saved_dir).exists():
+                data_kw["data_dir"] = saved_dir
+            else:
+                log(f"warning: the run read its data from {saved_dir}, which does not exist here; looking in the "
+                    "default places (pass --data-dir)")
+        if args.split == "train" and args.subset is None and recorded.get("subset"):
+            data_kw["subset"] = recorded["subset"]
+            if args.subset_seed is None and recorded.get("subset_seed") is not None:
+                data_kw["subset_seed"] = recorded["subset_seed"]
+        if not args.data:
+            shown = ", ".join(f"{k}={v}" for k, v in (recorded.get("options") or {}).items())
+            log(f"evaluating on {data}{f' ({shown})' if shown else ''}, the data the run was trained on"
+                + (f"; --data-opt: {', '.join(f'{k}={v}' for k, v in given.items())}" if given else ""))
+    return data, options, data_kw
+
+
+def _sample_ids(task: Any, split: str) -> list[Any] | None:
+    """Identifiers of the samples of ``split``, for the tasks that expose them (ISBI: slice names)."""
+    ids = task.extra.get(f"{split}_slices")
+    return list(ids) if ids is not None else None
+
+
+def _training_data_warnings(args: argparse.Namespace, task: Any, recorded: dict[str, Any], options: dict[str, Any],
+                            data_kw: dict[str, Any], run_meta: dict[str, Any], device: Any) -> list[str]:
+    """What could make this evaluation mean less than the user thinks: evaluated samples that the run trained
+    on (data options other than the run's, e.g. another ``fold``) and data files other than those it read."""
+    from dltricks.data.files import source_fingerprint
+    from dltricks.train.prepare import task_for_recipe
+    from dltricks.train.recipe import load_recipe
+
+    warnings = []
+    trained = dict(recorded.get("options") or {})
+    if args.split == "val" and options != trained:
+        changed = ", ".join(f"{k}={options.get(k)!r} (run: {trained.get(k)!r})"
+                            for k in sorted(set(options) | set(trained)) if options.get(k) != trained.get(k))
+        evaluated = _sample_ids(task, "val")
+        overlap: list[Any] | None = None
+        if evaluated is not None:
+            recipe = load_recipe(None, [("train.batch_size", args.batch_size),
+                                        *((f"data.{k}", v) for k, v in trained.items())])
+            run_task = task_for_recipe(recorded["name"], recipe, device=device, for_training=False,
+                                       data_dir=data_kw.get("data_dir"))
+            trained_ids = set(_sample_ids(run_task, "train") or [])
+            overlap = [i for i in evaluated if i in trained_ids]
+        if overlap:
+            warnings.append(f"evaluating on training data: {len(overlap)} of the {len(evaluated or [])} samples "
+                            f"evaluated ({', '.join(map(str, overlap[:8]))}{'...' if len(overlap) > 8 else ''}) "
+                            f"were in the run's training split; data options differ from the run's: {changed}")
+        elif overlap is None:
+            warnings.append(f"data options differ from the run's ({changed}); the evaluated split may hold "
+                            "samples the run was trained on")
+    source, saved = task.extra.get("source"), run_meta.get("data_source")
+    if isinstance(saved, dict) and isinstance(source, str) and Path(source).exists():
+        now = source_fingerprint(source)
+        if now != saved:
+            warnings.append(f"the data files differ from those the run was trained on ({saved.get('path')} then, "
+                            f"{now.get('path')} now, or their sizes/dates changed)")
+    return warnings
+
+
+def _run_image(args: argparse.Namespace, path: Path) -> int:
+    """``--image FILE``: the top-5 classes of one image (the same function as the serve playground)."""
+    from dltricks.serve.predict import Limits, classify_image, decode_image, load_run_model
+
+    try:
+        data = Path(args.image).read_bytes()
+    except OSError as err:
+        raise DataError(f"--image {args.image}: cannot read it ({err.strerror or err})") from err
+    loaded = load_run_model(path)
+    top = classify_image(loaded, decode_image(data, Limits(max_bytes=max(len(data), 1))))
+    if args.json:
+        print(json_text({"checkpoint": str(path), "model": loaded.name, "image": args.image, "top": top}))
+        return 0
+    print(f"{loaded.name} on {args.image}:")
+    for t in top:
+        print(f"  {t['label']:>12s}  {t['probability']:7.2%}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from dltricks.train import evaluate, load_weights, prepare, read_metadata
-    from dltricks.train.checkpoint import CHECKPOINT_FORMAT
+    from dltricks.train.checkpoint import CHECKPOINT_FORMAT, check_run_meta
     from dltricks.train.prepare import task_for_recipe
     from dltricks.train.recipe import load_recipe
     from dltricks.train.runtime import resolve_device
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: got {args.batch_size}, expected a positive integer")
+    if getattr(args, "save_masks", None):
+        check_writable_dir(args.save_masks)  # before minutes of inference, not after
     path = resolve_checkpoint(args.checkpoint)
+    if args.image:
+        return _run_image(args, path)
     meta = read_metadata(path)  # refuses pickles and non-safetensors files
     run_meta = meta.get("run", meta) if meta.get("format") == CHECKPOINT_FORMAT else meta
+    check_run_meta(run_meta, path)
     name = run_meta.get("model")
     if not name:
         raise CheckpointError(f"{path}: no model name in its metadata; expected a file written by `dltricks train`")
     model_kwargs = dict(run_meta.get("model_kwargs") or {})
     device = resolve_device(args.device or "auto")
-    recipe = load_recipe(None, [("train.batch_size", args.batch_size), *data_overrides(args)])
-    task = task_for_recipe(args.data, recipe, device=device, for_training=False, **data_args(args, split=args.split))
+    recorded = recorded_data(run_meta)
+    data, options, data_kw = _data_to_evaluate(args, recorded, path)
+    recipe = load_recipe(None, [("train.batch_size", args.batch_size),
+                                *((f"data.{k}", v) for k, v in options.items())])
+    task = task_for_recipe(data, recipe, device=device, for_training=False, **data_kw)
+    if data == recorded.get("name"):
+        for warning in _training_data_warnings(args, task, recorded, options, data_kw, run_meta, device):
+            log(f"warning: {warning}")
     num_classes = model_kwargs.get("num_classes")
     if num_classes is not None and num_classes != task.num_classes:
         raise DataError(f"the model in {path} predicts {num_classes} classes but data set {task.name} has "
@@ -88,18 +208,19 @@ def run(args: argparse.Namespace) -> int:
     from dltricks.tasks.segmentation.evaluate import is_segmentation_task
 
     if is_segmentation_task(task):  # per-pixel metrics, sliding windows, saved masks
-        return _run_segmentation_eval(args, model, task, checkpoint=path, model_name=name)
+        return _run_segmentation_eval(args, model, task, checkpoint=path, model_name=name, data_options=options)
     loader = task.val_loader if args.split == "val" else task.train_loader
     if loader is None:
         raise DataError(f"data set {task.name} has no validation split; use --split train")
     metrics = evaluate(model, loader, task, device=device, confusion=True)
     classes = list(task.classes) or [str(i) for i in range(task.num_classes)]
-    report: dict[str, Any] = {"checkpoint": str(path), "model": name, "data": task.name, "split": args.split,
+    report: dict[str, Any] = {"checkpoint": str(path), "model": name, "data": task.name, "data_options": options,
+                              "split": args.split,
                               "samples": metrics["count"], "loss": metrics["loss"], "accuracy": metrics.get("accuracy"),
                               "per_class_accuracy": dict(zip(classes, metrics["per_class_accuracy"])),
                               "confusion": metrics["confusion"].tolist()}
     if args.json:
-        print(json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v))
+        print(json_text(report))
         return 0
     print_report(report, classes)
     return 0
@@ -144,22 +265,23 @@ def _add_segmentation_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_segmentation_eval(args: argparse.Namespace, model: Any, task: Any, *, checkpoint: str | Path,
-                          model_name: str) -> int:
+                          model_name: str, data_options: dict[str, Any] | None = None) -> int:
     """The segmentation branch of ``dltricks eval`` (reads ``--window/--overlap/--tta/--save-masks/--json``)."""
     from dltricks.tasks.segmentation.evaluate import save_predicted_masks, segmentation_report
 
     window = getattr(args, "window", None)
     overlap = getattr(args, "overlap", 0.5)
     tta = bool(getattr(args, "tta", False))
+    split = getattr(args, "split", "val")
     report = {"checkpoint": str(checkpoint), "model": model_name,
-              **segmentation_report(model, task, split=getattr(args, "split", "val"), window=window, overlap=overlap,
-                                    tta=tta)}
+              **segmentation_report(model, task, split=split, window=window, overlap=overlap, tta=tta),
+              "data_options": dict(data_options or {}), "slices": _sample_ids(task, split)}
     if getattr(args, "save_masks", None):
         paths = save_predicted_masks(model, task, args.save_masks, window=window, overlap=overlap, tta=tta,
                                      split=getattr(args, "split", "val"))
         report["masks"] = [str(p) for p in paths]
     if getattr(args, "json", False):
-        print(json.dumps(report, indent=2))
+        print(json_text(report))
     else:
         _print_segmentation_report(report)
     return 0

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.console import Console
 from rich.table import Table
 
+from dltricks.commands._args import json_text
 from dltricks.models._registry import create_model, list_models, model_info
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             row["params"] = sum(p.numel() for p in model.parameters())
         rows.append(row)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows))
         return 0
     table = Table(title=f"{len(rows)} models" + (f" matching {args.pattern!r}" if args.pattern else ""))
     for column in rows[0] if rows else ["name"]:

@@ -4,7 +4,8 @@ receptive field of one model, as a table or JSON."""
 from __future__ import annotations
 
 import argparse
-import json
+
+from dltricks.commands._args import json_text
 
 EPILOG = """\
 examples:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{args.model} cannot run on input {args.input or 'of its design size'}: {message}") from err
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, default=str))
+        print(json_text(report.to_dict()))
         return 0
     print_report(report)
     return 0

@@ -1,13 +1,18 @@
-"""``dltricks tips``: list the catalog of tips with their status and claim."""
+"""``dltricks tips``: list the catalog of tips with their status and claim.
+
+A tip's status is ``implemented`` (an experiment decides its verdict), ``doc-check`` (a documentation check: what
+a source document says, compared with the other sources) or ``not yet tested`` (a topic of the sources without an
+experiment); the table's title counts the three apart.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 
 from rich.console import Console
 from rich.table import Table
 
+from dltricks.commands._args import json_text
 from dltricks.tips.catalog import get_catalog, markdown_table
 from dltricks.tips.engine import select_tips
 
@@ -15,8 +20,9 @@ from dltricks.tips.engine import select_tips
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p = subparsers.add_parser("tips", help="list the catalog of tips the evidence engine can verify",
                               formatter_class=formatter,
-                              description="List every tip of the catalog: id, status (implemented / not implemented "
-                                          "yet), claim and, with --rules, the verdict rule fixed before running.")
+                              description="List every tip of the catalog: id, status (implemented / doc-check / "
+                                          "not yet tested), claim, the source passages it cites and, with --rules, "
+                                          "the verdict rule fixed before running.")
     p.add_argument("only", nargs="*", default=None,
                    help="tip ids, globs (conv.*) or section names to show (default: all)")
     p.add_argument("--rules", action="store_true", help="also show each tip's verdict rule and what is missing")
@@ -32,26 +38,37 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for tip in tips:
         missing = tip.missing()
-        rows.append({"id": tip.id, "title": tip.title,
-                     "status": "implemented" if not missing else "not implemented yet", "section": tip.section,
-                     "claim": tip.claim, "source": tip.source, "rule": tip.rule.describe(),
+        rows.append({"id": tip.id, "title": tip.title, "status": tip.status, "kind": tip.kind, "section": tip.section,
+                     "claim": tip.claim, "source": tip.reference,
+                     "cite": [{"file": c.file, "first": c.first, "last": c.last, "topic": c.topic} for c in tip.cite],
+                     "references": tip.source, "finding": tip.finding, "rule": tip.rule.describe(),
                      "experiment": tip.experiment_name, "exercises": tip.exercise_names(), "missing": missing})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows))
         return 0
     if args.markdown:
         print(markdown_table(tips))
         return 0
-    done = sum(r["status"] == "implemented" for r in rows)
-    table = Table(title=f"{len(rows)} tips, {done} implemented")
+    table = Table(title=count_line(tips))
     table.add_column("id", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("claim")
     if args.rules:
         table.add_column("verdict rule / missing")
     for r in rows:
-        status = "[green]implemented[/]" if r["status"] == "implemented" else "[dim]not implemented yet[/]"
-        extra = [r["rule"] + ("\nmissing: " + "; ".join(r["missing"]) if r["missing"] else "")] if args.rules else []
+        status = STATUS_STYLE.get(r["status"], "{}").format(r["status"])
+        decided_by = f"finding: {r['finding']}" if r["finding"] else r["rule"]
+        extra = [decided_by + ("\nmissing: " + "; ".join(r["missing"]) if r["missing"] else "")] if args.rules else []
         table.add_row(r["id"], status, r["claim"], *extra)
     Console().print(table)
     return 0
+
+
+STATUS_STYLE = {"implemented": "[green]{}[/]", "doc-check": "[cyan]{}[/]", "not yet tested": "[dim]{}[/]"}
+
+
+def count_line(tips: list) -> str:
+    """"N tips: X implemented experiments, Y documentation checks, Z not yet tested"."""
+    counts = {status: sum(t.status == status for t in tips) for status in STATUS_STYLE}
+    return (f"{len(tips)} tips: {counts['implemented']} implemented experiments, {counts['doc-check']} "
+            f"documentation checks, {counts['not yet tested']} not yet tested")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from dltricks.commands._args import (add_common_data_args, data_args, log, own_formatter, parse_options,
-                                     print_final_metrics, print_history, recipe_from_args,
-                                     run_dir_for)
+from dltricks.commands._args import (add_common_data_args, claimed_run_dir, data_args, data_record, log, own_formatter,
+                                     parse_options, print_final_metrics, print_history, print_metrics,
+                                     recipe_from_args, resolve_checkpoint, run_dir_for)
 from dltricks.errors import ConfigError
 from dltricks.train.recipe import list_recipes
 
@@ -58,6 +59,12 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="run directory for metrics, checkpoints and weights; default: runs/MODEL-DATA-TIMESTAMP")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out exactly where its last checkpoint stopped; default: start a new run")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="start from the weights of another run (its directory or a .safetensors file) instead of a "
+                        "random initialisation; optimizer, schedule and step count start afresh; default: off")
+    p.add_argument("--log", choices=("none", "tensorboard"), default=None,
+                   help="run tracking: 'tensorboard' writes event files to OUT/tensorboard (overrides train.log; "
+                        "docs/serve.md); default: the recipe's (none)")
     p.add_argument("--overfit-batch", action="store_true",
                    help="sanity mode: train on one batch until its loss is ~0 (exit status 1 if it is not reached); "
                         "default: off")
@@ -94,26 +101,52 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(recipe.train.device, local_rank=dist.local_rank)
     # 2. The data, the model sized for it and whether they fit together: once, by the library.
     model, task = prepare(args.model, args.data, recipe, model_kwargs=model_opts, device=device, **data)
+    init_from = _init_weights(model, args.init_from)
     barrier()  # every rank has checked --out before rank 0 creates it
     # 3. Train (the run directory is created by fit).
+    data_meta, data_source = data_record(args, task, recipe)
     meta = {"model": args.model, "model_kwargs": model_kwargs_for_task(args.model, task, model_opts),
-            "data": {"name": args.data, "data_dir": args.data_dir, "subset": args.subset},
+            "data": data_meta, "data_source": data_source, "init_from": init_from,
             "command": "dltricks " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("dltricks") else None}
-    result = fit(model, task, recipe, run_dir=run_dir, resume=args.resume, progress=args.progress, log=log,
-                 meta=meta)
+    # The run directory is held from here to the end (a second writer is refused), and checked again under
+    # its lock: another command may have used it while the data was being read.
+    with claimed_run_dir(run_dir, resume=args.resume, model=args.model, data=args.data, enabled=dist.is_main):
+        result = fit(model, task, recipe, run_dir=run_dir, resume=args.resume, progress=args.progress, log=log,
+                     meta=meta)
     shutdown()  # every rank has finished before the processes exit
-    if dist.is_main:
-        if recipe.train.overfit_batch:
-            reached = result.stop_reason == "overfit_reached"
-            print(f"overfit_batch: loss {result.final['loss']:.4g} after {result.final['step']} step(s): "
-                  f"{'reached' if reached else 'NOT reached'} target {recipe.train.overfit_loss:g}")
-            return 0 if reached else 1
+    return _print_result(args, result, task, recipe, run_dir) if dist.is_main else 0
+
+
+def _init_weights(model: Any, init_from: str | None) -> str | None:
+    """Load the weights of ``--init-from`` into ``model``; returns the file read (recorded in the run)."""
+    if init_from is None:
+        return None
+    from dltricks.train import load_weights
+
+    path = resolve_checkpoint(init_from)
+    load_weights(model, path)  # the EMA weights of a full checkpoint trained with EMA, as eval uses
+    log(f"initialised from the weights in {path}")
+    return str(path.resolve())
+
+
+def _print_result(args: argparse.Namespace, result: Any, task: Any, recipe: Any, run_dir: Any) -> int:
+    """The results table and summary line on stdout; the exit status."""
+    final = result.final
+    if recipe.train.overfit_batch:
+        reached = result.stop_reason == "overfit_reached"
+        print(f"overfit_batch: loss {final['loss']:.4g} after {final['step']} step(s): "
+              f"{'reached' if reached else 'NOT reached'} target {recipe.train.overfit_loss:g}")
+        return 0 if reached else 1
+    if result.history:
         print_history(result.history, title=f"{args.model} on {task.name} ({result.stop_reason})")
-        print_final_metrics(result.final, result.history)
-        best = result.final.get(f"best_{recipe.early_stop.metric}")
-        summary = [f"final val accuracy {result.final['val_accuracy']:.2%}" if "val_accuracy" in result.final else "",
-                   (f"best {recipe.early_stop.metric} {best:.4f} (epoch {result.final['best_epoch']})"
-                    if best is not None else ""),
-                   f"{result.final['steps']} steps in {result.final['time_s']:.1f} s", f"run directory: {run_dir}"]
-        print("; ".join(s for s in summary if s))
+        print_final_metrics(final, result.history)
+    if result.stop_reason == "max_steps" and (not result.history or result.history[-1]["step"] != final["steps"]):
+        print_metrics(final, title=f"at step {final['steps']} (train.max_steps)")
+    best = final.get(f"best_{recipe.early_stop.metric}")
+    summary = [f"final val accuracy {final['val_accuracy']:.2%}" if "val_accuracy" in final else "",
+               (f"best {recipe.early_stop.metric} {best:.4f} (epoch {final['best_epoch']})"
+                if best is not None else ""),
+               f"{final['steps']} steps in {final['time_s']:.1f} s", f"run directory: {run_dir}",
+               "stopped by train.max_steps (--resume continues)" if result.stop_reason == "max_steps" else ""]
+    print("; ".join(s for s in summary if s))
     return 0

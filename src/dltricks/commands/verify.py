@@ -2,7 +2,7 @@
 
 Quick mode (the default, what ``make run`` uses) runs every implemented tip on small settings in a few
 minutes and may only say "consistent with" / "not consistent with" / "inconclusive" (exact checks
-decide in any mode); full mode uses larger settings and >= 3 seeds and may confirm or refute.
+decide in any mode); full mode uses larger settings and >= 5 seeds and may confirm or refute.
 Results are cached by a hash of each tip's code and configuration, so a rerun redoes only what changed.
 """
 
@@ -21,12 +21,13 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
                       help="small settings, a few minutes for the whole catalog (the default)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="larger settings and >= 3 seeds; may confirm or refute")
+                      help="larger settings and >= 5 seeds; may confirm or refute")
     p.set_defaults(mode="quick")
     p.add_argument("--only", action="append", default=None, metavar="IDS",
                    help="comma-separated tip ids, globs (conv.*) or section names; repeatable (default: all tips)")
     p.add_argument("--seeds", type=int, default=None,
-                   help="seeds per tip (default: the tip's own, 1-3 quick, >= 3 full)")
+                   help="seeds per tip (default: the tip's own: 3 quick and 5 full for every tip that trains, "
+                        "1 for exact checks)")
     p.add_argument("--out", type=Path, default=Path("report"), help="report folder (index.html, results.json, plots/)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="result cache (default: $DLTRICKS_CACHE/tips, else OUT/.cache)")
@@ -34,10 +35,16 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads while the tips run (the quick tips use tiny models, for which one "
                         "thread is fastest and is not slowed down by other jobs on the machine)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes running tips side by side, each with --threads threads (default: 1; "
+                        "`dltricks run` uses 2)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds start here instead of 0: a disjoint seed set, to check that the verdicts are stable")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     results = verify(mode=args.mode, only=args.only, seeds=args.seeds, out=args.out, cache_dir=args.cache_dir,
-                     use_cache=not args.no_cache, threads=args.threads)
+                     use_cache=not args.no_cache, threads=args.threads, workers=args.workers,
+                     first_seed=args.first_seed)
     return exit_code(results)

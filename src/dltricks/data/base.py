@@ -18,7 +18,7 @@ import torch
 
 from dltricks.errors import DataError
 
-__all__ = ["ArrayDataset", "channel_stats"]
+__all__ = ["ArrayDataset", "channel_stats", "stratified_indices"]
 
 
 @dataclass
@@ -111,6 +111,13 @@ class ArrayDataset:
             images, labels = self.images.index_select(0, index), self.labels.index_select(0, index)
         return ArrayDataset(images, labels, self.classes, name or self.name, self.mean, self.std)
 
+    def sample(self, n: int, *, seed: int = 0) -> ArrayDataset:
+        """A class-stratified random subset of ``n`` samples (:func:`stratified_indices`); the whole set when
+        ``n >= len(self)``."""
+        if n >= len(self):
+            return self
+        return self.subset(stratified_indices(self.labels, n, seed=seed))
+
     def __repr__(self) -> str:
         return (f"ArrayDataset(name={self.name!r}, images={tuple(self.images.shape)}, "
                 f"num_classes={self.num_classes}, mean={tuple(round(m, 4) for m in self.mean)}, "
@@ -139,3 +146,31 @@ def channel_stats(images: torch.Tensor | np.ndarray, *,
     var = (total_sq / count - mean * mean).clamp_min(0.0)
     # Pixel values are in [0, 255]; statistics are reported in [0, 1] units.
     return tuple((mean / 255.0).tolist()), tuple((var.sqrt() / 255.0).tolist())
+
+
+def stratified_indices(labels: torch.Tensor, n: int, *, seed: int = 0) -> torch.Tensor:
+    """``n`` indices drawn at random without replacement so that every class keeps its share of ``labels``.
+
+    Class k of ``N_k`` samples out of ``N`` gets ``n * N_k / N`` places, rounded by largest remainder (the
+    quotas add up to ``n``; ties go to the smaller class index), filled by a permutation seeded with ``seed``.
+    The indices come back sorted, so the subset keeps the data set's order. The same ``(labels, n, seed)``
+    always gives the same indices; a data set sorted by class (an image-folder zip) still yields every class.
+    """
+    labels = torch.as_tensor(labels).to(torch.int64)
+    N = int(labels.numel())
+    if not 0 < n <= N:
+        raise DataError(f"cannot draw {n} samples from a data set of {N}; expected 1 .. {N}")
+    counts = torch.bincount(labels)
+    exact = counts.to(torch.float64) * n / N
+    quota = exact.floor().to(torch.int64)
+    # Largest remainder: the places left by rounding down go to the classes with the largest fractions.
+    left = n - int(quota.sum())
+    if left:
+        order = sorted(range(len(counts)), key=lambda k: (-(float(exact[k]) - int(quota[k])), k))
+        for k in order[:left]:
+            quota[k] += 1
+    g = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(N, generator=g)
+    by_class = labels[shuffled]
+    chosen = [shuffled[by_class == k][:int(q)] for k, q in enumerate(quota.tolist()) if q > 0]
+    return torch.cat(chosen).sort().values

@@ -137,6 +137,14 @@ def _find_prefix(source: _Source) -> str:
     return f"{shallowest}/" if shallowest else ""
 
 
+def _check_class_count(classes: tuple[str, ...], where: str) -> None:
+    if not classes:
+        raise DataError(f"{where}: no class folders; expected train/<class>/<image>")
+    if len(classes) == 1:  # every prediction would be right: "100 %" that measures nothing
+        raise DataError(f"{where}: only one class folder ({classes[0]!r}); a classifier needs at least two, "
+                        "expected train/<class>/<image> for two or more classes")
+
+
 def list_image_folder(source: _Source) -> tuple[tuple[str, ...], dict[str, list[_Entry]]]:
     """Class names and the image entries of each split found (``"train"`` and ``"test"``)."""
     if not any(not _ignored(f.split("/")) for f in source.files):
@@ -146,8 +154,7 @@ def list_image_folder(source: _Source) -> tuple[tuple[str, ...], dict[str, list[
     eval_split = next((s for s in EVAL_SPLITS if s in split_dirs), None)
     class_dirs = {d[len(prefix) + len("train/"):] for d in source.dirs if d.startswith(f"{prefix}train/")}
     classes = tuple(sorted(c for c in class_dirs if "/" not in c and not _ignored((c,))))
-    if not classes:
-        raise DataError(f"{source.display(prefix + 'train')}: no class folders; expected train/<class>/<image>")
+    _check_class_count(classes, source.display(prefix + "train"))
     index = {c: i for i, c in enumerate(classes)}
     entries: dict[str, list[_Entry]] = {"train": [], "test": []}
     counts = dict.fromkeys(classes, 0)

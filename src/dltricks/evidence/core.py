@@ -24,9 +24,10 @@ MODES: tuple[str, ...] = ("quick", "full")
 class Verdict(str, Enum):
     """What the engine concludes about a claim.
 
-    ``confirmed`` / ``refuted`` need full mode (several seeds and a significance rule) unless the
-    tip is an exact check, which decides in any mode. Quick mode says at most ``consistent with`` /
-    ``not consistent with``.
+    ``confirmed`` / ``refuted`` need full mode (>= 5 seeds and an interval clear of the claim's bound) unless
+    the tip is an exact check, which decides in any mode. Quick mode says at most ``consistent with`` /
+    ``not consistent with``. ``invalid setup``: an arm that had to train did not (diverged, at chance or not
+    converged), so nothing was compared; such a tip is shown and never counted as evidence.
     """
 
     CONFIRMED = "confirmed"
@@ -34,7 +35,10 @@ class Verdict(str, Enum):
     CONSISTENT = "consistent with"
     NOT_CONSISTENT = "not consistent with"
     INCONCLUSIVE = "inconclusive"
-    NOT_IMPLEMENTED = "not implemented yet"
+    INVALID_SETUP = "invalid setup"  # an arm that had to train did not (diverged, at chance, not converged)
+    NOT_TESTED = "not yet tested"  # a planned tip: the catalog lists the topic, no experiment exists yet
+    NOT_IMPLEMENTED = "not yet tested"  # the older name of NOT_TESTED (an alias)
+    DOC_CHECK = "documentation check"  # a claim about a document, compared with the other sources; no experiment
     SKIPPED = "skipped"
     ERROR = "error"
 
@@ -64,6 +68,12 @@ class Evidence:
         notes: caveats worth printing next to the numbers.
         headline: one line with the key measured numbers for the summary table (built from the
             measurements, e.g. ``f"RF {rf_s} vs {rf_b}"``).
+        health: ``{arm: [problem per seed]}``, ``""`` for a run that trained; a problem (diverged, at chance,
+            not converged) in an arm the tip does not allow to fail makes the verdict ``invalid setup``.
+        budget: what one run of an arm costs, e.g. ``{"steps": 32, "images": 2000, "epochs": 1}`` (the report
+            shows it with the number of runs).
+        tuning: learning-rate grids run per arm before the seeds, ``{arm: {"grid": [...], "scores": [...],
+            "chosen": lr, "metric": name}}`` (the report says which rate won).
     """
 
     arms: dict[str, dict[str, list[float]]] = field(default_factory=dict)
@@ -74,12 +84,19 @@ class Evidence:
     curves: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
     notes: str = ""
     headline: str = ""
+    health: dict[str, list[str]] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def add(self, arm: str, **metrics: float) -> None:
         """Append one seed's numbers for ``arm``: ``ev.add("ls=0.1", acc=0.97, ece=0.02)``."""
         slot = self.arms.setdefault(arm, {})
         for name, value in metrics.items():
             slot.setdefault(name, []).append(float(value))
+
+    def record_health(self, arm: str, problem: str = "") -> None:
+        """Append one seed's training health for ``arm``: ``""`` when the run trained, else what went wrong."""
+        self.health.setdefault(arm, []).append(problem)
 
     def check(self, name: str, passed: bool) -> bool:
         self.checks[name] = bool(passed)
@@ -118,9 +135,10 @@ class Context:
         return self.workdir / name
 
 
-def seed_list(n: int) -> list[int]:
-    """Seeds used for ``n`` runs: 0, 1, ..., n-1 (so quick results are a prefix of full ones)."""
-    return list(range(n))
+def seed_list(n: int, start: int = 0) -> list[int]:
+    """Seeds used for ``n`` runs: start, ..., start + n - 1 (from 0, so quick results are a prefix of full ones;
+    another ``start`` gives a disjoint seed set, for checking that verdicts are stable)."""
+    return list(range(start, start + n))
 
 
 def as_list(values: Sequence[float] | float) -> list[float]:

@@ -20,7 +20,15 @@ error of the experiment module; a decorated function that its module no longer h
 one of :func:`problems`; the catalog turns either into a :class:`~dltricks.errors.CatalogError`.
 
 A tip that nobody has written an experiment for is declared as data, ``Tip(..., pending="what is
-missing")``, and listed as "not implemented yet".
+missing")``, and listed as "not yet tested".
+
+Every tip of the catalog cites the seed material: ``cite=`` holds :class:`~dltricks.evidence.sources.Cite`
+objects (document and lines, checked when declared, see :mod:`dltricks.evidence.sources`); ``source`` keeps
+the papers and other references outside it. ``kind`` tells an experiment (``"experiment"``, the default)
+from a *documentation check* (``"doc-check"``): a claim about what a document says, compared with the
+other sources and the published work. A documentation check states its conclusion in ``finding``; its
+experiment, if any, only records supporting facts, and the report shows it apart from the experiment
+verdicts.
 
 The registry keeps the tips each module declares, in the order they are written (stacked ``@tip``
 decorators on one function included); :func:`declared_tips` reads them.
@@ -39,8 +47,13 @@ from typing import Any, TypeVar
 from dltricks.errors import CatalogError
 from dltricks.evidence.core import Context, Evidence
 from dltricks.evidence.rules import Rule
+from dltricks.evidence.sources import Cite
 
-__all__ = ["Tip", "Experiment", "tip", "declared_tips", "problems", "source_files", "code_files", "qualified_name"]
+__all__ = ["Tip", "Experiment", "tip", "declared_tips", "problems", "source_files", "code_files", "qualified_name",
+           "KINDS", "EXPERIMENT", "DOC_CHECK"]
+
+EXPERIMENT, DOC_CHECK = "experiment", "doc-check"
+KINDS = (EXPERIMENT, DOC_CHECK)
 
 Experiment = Callable[[Context], Evidence]
 E = TypeVar("E", bound=Callable[..., Any])
@@ -54,8 +67,8 @@ class Tip:
     Attributes:
         id: stable identifier, ``section.short-name`` (e.g. ``conv.stacked-3x3``).
         title: a few words for tables.
-        claim: the claim, in our words.
-        source: where it comes from (lecture, README section, paper).
+        claim: the claim, in our words, in the direction the cited passage gives it.
+        source: references outside the seed material (papers), "" when there are none.
         section: catalog section (Convolutions, Normalisation and optimisation, ...).
         rule: the verdict rule (fixed here, before running).
         experiment: the experiment function, or ``None`` when nobody has written one yet.
@@ -68,6 +81,14 @@ class Tip:
         metrics: metric names the experiment reports, with a one-line meaning each.
         budget_s: planned wall time of the quick setting on one core (documentation; the report shows
             the measured time next to it).
+        cite: the passages of the seed material the claim comes from (document and lines); every tip of
+            the catalog has at least one.
+        kind: ``"experiment"`` or ``"doc-check"`` (a documentation check, see the module docstring).
+        finding: a documentation check's conclusion, with the passages it rests on.
+        may_fail: arms whose failure to train (divergence, chance level) is what the claim predicts, not a
+            broken setup (the unclipped arm of gradient clipping); every other arm with a health problem
+            makes the verdict ``invalid setup`` (see :func:`dltricks.evidence.rules.setup_problems`).
+        shares: tips with the same non-empty key share memoised runs and run in one worker process.
     """
 
     id: str
@@ -84,9 +105,18 @@ class Tip:
     seeds: Mapping[str, int] = field(default_factory=lambda: {"quick": 1, "full": 3})
     metrics: Mapping[str, str] = field(default_factory=dict)
     budget_s: float = 5.0
+    cite: tuple[Cite, ...] = ()
+    kind: str = EXPERIMENT
+    finding: str = ""
+    may_fail: tuple[str, ...] = ()
+    shares: str = ""
 
     def __post_init__(self) -> None:
         self.exercises = tuple(self.exercises)
+        self.cite = (self.cite,) if isinstance(self.cite, Cite) else tuple(self.cite)
+        for c in self.cite:
+            if not isinstance(c, Cite):
+                raise CatalogError(f"tip {self.id}: cite holds {c!r}; expected Cite objects, e.g. README.at(21, 23)")
         for obj in self.exercises:
             if not _exercisable(obj):
                 raise CatalogError(f"tip {self.id}: exercises holds {obj!r} ({type(obj).__name__}); expected "
@@ -109,6 +139,18 @@ class Tip:
     @property
     def implemented(self) -> bool:
         return self.experiment is not None
+
+    @property
+    def status(self) -> str:
+        """``"implemented"``, ``"doc-check"`` or ``"not yet tested"``: how ``dltricks tips`` counts the tip."""
+        if self.kind == DOC_CHECK:
+            return DOC_CHECK
+        return "implemented" if self.implemented else "not yet tested"
+
+    @property
+    def reference(self) -> str:
+        """The cited passages (``file:lines (document: topic)``), then the other references."""
+        return "; ".join([str(c) for c in self.cite] + ([self.source] if self.source else []))
 
     @property
     def experiment_name(self) -> str:
@@ -151,10 +193,12 @@ def _register(new: Tip) -> None:
     tips.insert(first, new)
 
 
-def tip(*, id: str, title: str, claim: str, source: str, section: str, rule: Rule,  # noqa: A002
-        exercises: Sequence[Any] = (), quick: Mapping[str, Any] | None = _NO_SETTINGS,
+def tip(*, id: str, title: str, claim: str, section: str, rule: Rule,  # noqa: A002
+        source: str = "", exercises: Sequence[Any] = (), quick: Mapping[str, Any] | None = _NO_SETTINGS,
         full: Mapping[str, Any] = _NO_SETTINGS, seeds: Mapping[str, int] | None = None,
-        metrics: Mapping[str, str] | None = None, budget_s: float = 5.0) -> Callable[[E], E]:
+        metrics: Mapping[str, str] | None = None, budget_s: float = 5.0, kind: str = EXPERIMENT,
+        cite: Sequence[Cite] | Cite = (), finding: str = "", may_fail: Sequence[str] = (),
+        shares: str = "") -> Callable[[E], E]:
     """Declare the decorated function as the experiment of tip ``id`` (see the module docstring).
 
     Returns the function unchanged; stack several ``@tip`` on one experiment that tests several claims.
@@ -166,7 +210,8 @@ def tip(*, id: str, title: str, claim: str, source: str, section: str, rule: Rul
         _register(Tip(id=id, title=title, claim=claim, source=source, section=section, rule=rule, experiment=fn,
                       exercises=tuple(exercises), quick=None if quick is None else dict(quick), full=dict(full),
                       seeds=dict(seeds) if seeds is not None else {"quick": 1, "full": 3},
-                      metrics=dict(metrics or {}), budget_s=budget_s))
+                      metrics=dict(metrics or {}), budget_s=budget_s, cite=cite, kind=kind, finding=finding,
+                      may_fail=tuple(may_fail), shares=shares))
         return fn
 
     return declare
@@ -227,9 +272,18 @@ def problems(t: Tip) -> list[str]:
 
     An implemented tip's experiment must be what its module holds under its name (a renamed or removed
     function is reported), and its experiment and every exercised object must map to existing source
-    files. A tip without an experiment must say what is missing.
+    files. A tip without an experiment must say what is missing. Every tip must cite the seed material
+    (the cites themselves are checked when they are made), have a known ``kind``, and a documentation
+    check must state its ``finding``.
     """
     found = []
+    if not t.cite:
+        found.append("cites no passage of the seed material (cite=README.at(first, last, topic), see "
+                     "dltricks.evidence.sources)")
+    if t.kind not in KINDS:
+        found.append(f"unknown kind {t.kind!r} (kinds: {', '.join(KINDS)})")
+    elif t.kind == DOC_CHECK and not t.finding:
+        found.append("a documentation check without a `finding` saying what the documents show")
     if t.experiment is None:
         if not t.pending:
             found.append("no experiment and no `pending` reason saying what is missing")

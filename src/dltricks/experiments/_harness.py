@@ -8,6 +8,15 @@ sizes, seed and augmentation come from the recipe, so the task cannot disagree w
 evaluates the trained model in eval mode on the validation split and on the training subset itself
 (loss, accuracy, expected calibration error).
 
+Short runs get their BatchNorm statistics recomputed after training (``bn_recalibrate`` batches, the
+trainer's ``train.bn_recalibrate``): after 15-30 steps the running averages lag behind the weights and
+evaluate a different model than the one trained.
+
+Every run gets a health check (:func:`health`): a diverged run (non-finite loss) has NaN metrics, never a
+stand-in value; a run at chance on the validation split or whose training loss stayed near that of a
+uniform guess is flagged too. The evidence engine turns a flagged arm into the verdict ``invalid setup``
+unless the tip declares that arm allowed to fail.
+
 ECE (Guo et al. 2017, computed by :mod:`dltricks.measure.calibration`): split predictions into 15
 equal-width confidence bins and average ``|accuracy(bin) - confidence(bin)|`` weighted by the fraction
 of samples in each bin.
@@ -29,7 +38,7 @@ from dltricks.measure.calibration import expected_calibration_error as _ece
 from dltricks.train import Recipe, fit, load_recipe, prepare
 from dltricks.train.prepare import task_for_recipe
 
-__all__ = ["TrainSpec", "TrainOutcome", "train", "evaluate", "expected_calibration_error", "DATASET"]
+__all__ = ["TrainSpec", "TrainOutcome", "train", "evaluate", "health", "expected_calibration_error", "DATASET"]
 
 DATASET = "mnist-embedded"
 
@@ -50,6 +59,7 @@ class TrainSpec:
     augment: dict[str, Any] = field(default_factory=dict)
     subset: int | None = 2000
     seed: int = 0
+    bn_recalibrate: int = 100  # training batches for recomputing BatchNorm statistics after training; 0 = off
 
 
 @dataclass
@@ -64,6 +74,9 @@ class TrainOutcome:
     train_eval_acc: float
     diverged: bool
     seconds: float
+    steps: int = 0  # optimizer steps taken
+    images: int = 0  # training images seen (steps x batch size)
+    problem: str = ""  # "" when the run trained, else why not (see health())
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -102,39 +115,73 @@ def recipe(spec: TrainSpec) -> Recipe:
         "schedule": {"name": spec.schedule, "warmup_epochs": spec.warmup_epochs},
         "train": {"epochs": spec.epochs, "batch_size": spec.batch_size, "eval_batch_size": 1000,
                   "label_smoothing": spec.label_smoothing, "grad_clip": spec.clip_norm or 0.0, "amp": spec.amp,
-                  "seed": spec.seed, "device": "cpu", "eval_every": spec.epochs},
+                  "seed": spec.seed, "device": "cpu", "eval_every": spec.epochs,
+                  "bn_recalibrate": spec.bn_recalibrate},
         "augment": dict(spec.augment),
         "checkpoint": {"every_epochs": 0, "keep_best": False},
     })
 
 
+def health(*, val_acc: float, train_loss: float, num_classes: int, val_size: int) -> str:
+    """Why a finished, finite run does not count as trained ("" when it does).
+
+    * at chance: validation accuracy within 3 binomial standard errors of ``1 / num_classes``;
+    * not converged: training loss (eval mode, on the training images) still >= 0.9 x ``ln(num_classes)``,
+      the loss of a uniform guess.
+    """
+    chance = 1.0 / num_classes
+    ceiling = chance + 3.0 * math.sqrt(chance * (1.0 - chance) / max(val_size, 1))
+    if val_acc <= ceiling:
+        return f"at chance (validation accuracy {val_acc:.3f} <= {ceiling:.3f}, chance {chance:.3f} + 3 SE)"
+    guess = math.log(num_classes)
+    if train_loss >= 0.9 * guess:
+        return f"not converged (training loss {train_loss:.3f} >= 0.9 x ln {num_classes} = {0.9 * guess:.3f})"
+    return ""
+
+
 def train(model: nn.Module, spec: TrainSpec) -> TrainOutcome:
-    """Fit ``model`` with :func:`dltricks.train.fit` per ``spec``; a NaN/Inf loss counts as divergence."""
+    """Fit ``model`` with :func:`dltricks.train.fit` per ``spec``; a NaN/Inf loss counts as divergence and gives
+    NaN metrics (no stand-in values)."""
     torch.manual_seed(spec.seed)
     rec = recipe(spec)
     model, task = prepare(model, DATASET, rec, subset=spec.subset)
     start = time.perf_counter()
-    diverged = False
+    why = ""
     epoch_losses: list[float] = []
+    steps = 0
     try:
         result = fit(model, task, rec, run_dir=None, progress=False)
         epoch_losses = [float(e["train_loss"]) for e in result.history]
-    except TrainingError:
-        diverged = True
+        steps = int(result.final.get("steps", 0))
+    except TrainingError as err:
+        why = str(err).split(";")[0]
     seconds = time.perf_counter() - start
-    if diverged or not epoch_losses or not all(math.isfinite(v) for v in epoch_losses):
-        diverged = True
-        bad = math.log(task.num_classes) * 10  # a finite stand-in far above chance-level loss
-        epoch_losses = [v if math.isfinite(v) else bad for v in epoch_losses] or [bad]
-        return TrainOutcome(train_loss=epoch_losses[-1], train_loss_auc=sum(epoch_losses) / len(epoch_losses),
-                            epoch_train_loss=epoch_losses, val_loss=bad, val_acc=0.0, val_ece=1.0, train_eval_loss=bad,
-                            train_eval_acc=0.0, diverged=True, seconds=seconds)
+    nan = float("nan")
+    if why or not epoch_losses or not all(math.isfinite(v) for v in epoch_losses):
+        return TrainOutcome(train_loss=nan, train_loss_auc=nan, epoch_train_loss=[v for v in epoch_losses
+                                                                                  if math.isfinite(v)],
+                            val_loss=nan, val_acc=nan, val_ece=nan, train_eval_loss=nan, train_eval_acc=nan,
+                            diverged=True, seconds=seconds, steps=steps, images=steps * spec.batch_size,
+                            problem=f"diverged ({why or 'non-finite training loss'})")
     val_loss, val_acc, val_ece = evaluate(model, task.val_loader)
     # The training subset without augmentation, for the generalisation gap.
     plain = task_for_recipe(DATASET, rec, subset=spec.subset, for_training=False)
     tr_loss, tr_acc, _ = evaluate(model, plain.train_loader)
-    if not math.isfinite(val_loss):
-        val_loss, diverged = math.log(task.num_classes) * 10, True
-    return TrainOutcome(train_loss=epoch_losses[-1], train_loss_auc=sum(epoch_losses) / len(epoch_losses),
-                        epoch_train_loss=epoch_losses, val_loss=val_loss, val_acc=val_acc, val_ece=val_ece,
-                        train_eval_loss=tr_loss, train_eval_acc=tr_acc, diverged=diverged, seconds=seconds)
+    outcome = TrainOutcome(train_loss=epoch_losses[-1], train_loss_auc=sum(epoch_losses) / len(epoch_losses),
+                           epoch_train_loss=epoch_losses, val_loss=val_loss, val_acc=val_acc, val_ece=val_ece,
+                           train_eval_loss=tr_loss, train_eval_acc=tr_acc, diverged=False, seconds=seconds,
+                           steps=steps, images=steps * spec.batch_size)
+    if not (math.isfinite(val_loss) and math.isfinite(tr_loss)):
+        outcome.diverged, outcome.problem = True, "diverged (non-finite evaluation loss)"
+    else:
+        outcome.problem = health(val_acc=val_acc, train_loss=tr_loss, num_classes=task.num_classes,
+                                 val_size=_size(task.val_loader))
+    return outcome
+
+
+def _size(loader: Any) -> int:
+    """Samples in one pass of ``loader``."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    return sum(len(y) for _, y in loader.iter_epoch(0))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dltricks.evidence import AllOf, Context, Effect, Evidence, plots, tip
+from dltricks.evidence import LECTURE, README, AllOf, Context, Effect, Evidence, plots, tip
 from dltricks.experiments.attention import DatesConfig, train_dates
 from dltricks.layers import attention as attention_layers
 from dltricks.layers import transformer as transformer_layers
@@ -25,7 +25,7 @@ from dltricks.layers.attention import LinformerSelfAttention, LocalSelfAttention
 from dltricks.measure import time_function
 from dltricks.models import transformer as transformer_models
 
-ARCH, NORM, README = "Architectures", "Normalisation and optimisation", "the README"
+ARCH, NORM = "Architectures", "Normalisation and optimisation"
 
 
 def _slope(lengths: list[int], times: list[float]) -> float:
@@ -38,11 +38,13 @@ def _slope(lengths: list[int], times: list[float]) -> float:
 @tip(id="arch.efficient-attention", title="Efficient attention cuts the quadratic cost",
      claim="The time of full self-attention grows about quadratically with sequence length; local-window and "
            "Linformer attention grow about linearly (log-log slope smaller by at least 0.5).",
-     source=f"{README}; Beltagy et al. 2020; Wang et al. 2020", section=ARCH,
+     cite=(README.at(183, 184, "sparse attention, Linformer: below quadratic"),
+           LECTURE.at(379, 381, "self-attention costs O(n^2)"), LECTURE.at(404, 408, "restricted self-attention")),
+     source="Beltagy et al. 2020; Wang et al. 2020", section=ARCH,
      exercises=(attention_layers, time_function),
      quick={"lengths": [512, 1024, 2048, 4096], "repeats": 3, "min_time": 0.02},
      full={"lengths": [512, 1024, 2048, 4096, 8192], "repeats": 5, "min_time": 0.05},
-     seeds={"quick": 2, "full": 3}, budget_s=10, metrics={"slope": "d log(time) / d log(T)"},
+     seeds={"quick": 3, "full": 5}, budget_s=12, metrics={"slope": "d log(time) / d log(T)"},
      rule=AllOf((Effect("slope", "full attention", "local window 32", min_effect=0.5),
                  Effect("slope", "full attention", "Linformer k=64", min_effect=0.5))))
 def attention_scaling(ctx: Context) -> Evidence:
@@ -113,10 +115,12 @@ DATES_CODE = (train_dates, transformer_models, transformer_layers)
 @tip(id="optim.warmup-transformers", title="Warmup stabilises Transformers",
      claim="With the same peak learning rate, a post-LN Transformer trained with linear learning-rate warm-up "
            "ends more accurate than without. (Quick mode: 150 steps of 32 dates, no dropout.)",
-     source=f"{README}; Xiong et al. 2020; Vaswani et al. 2017", section=NORM, exercises=DATES_CODE,
+     cite=README.at(192, 193, "learning-rate warm-up stabilises early training"),
+     source="Xiong et al. 2020; Vaswani et al. 2017", section=NORM, exercises=DATES_CODE,
      quick={"steps": 150, "batch_size": 32, "lr": 3e-3, "warmup": 40, "train_size": 4800, "val_size": 200,
             "drop_rate": 0.0},
-     full={"steps": 600, "lr": 3e-3, "warmup": 100, "train_size": 20000}, budget_s=22,
+     full={"steps": 600, "lr": 3e-3, "warmup": 100, "train_size": 20000}, budget_s=60,
+     seeds={"quick": 3, "full": 5}, shares="dates", may_fail=("no warmup",),
      rule=Effect("exact_match", "warmup", "no warmup", min_effect=0.02))
 def transformer_warmup(ctx: Context) -> Evidence:
     """Post-LN Transformer with vs without linear warm-up."""
@@ -132,9 +136,11 @@ def transformer_warmup(ctx: Context) -> Evidence:
 @tip(id="optim.pre-ln", title="Pre-LN vs post-LN",
      claim="Without warm-up, a pre-LN Transformer trains better than the same post-LN Transformer. (Quick mode: "
            "150 steps of 32 dates, no dropout; the post-LN run is shared with optim.warmup-transformers.)",
-     source=f"{README}; Xiong et al. 2020", section=NORM, exercises=DATES_CODE,
+     cite=README.at(194, 195, "layer norm before the residual connection: more stable"),
+     source="Xiong et al. 2020", section=NORM, exercises=DATES_CODE,
      quick={"steps": 150, "batch_size": 32, "lr": 3e-3, "train_size": 4800, "val_size": 200, "drop_rate": 0.0},
-     full={"steps": 600, "lr": 3e-3, "train_size": 20000}, budget_s=11,
+     full={"steps": 600, "lr": 3e-3, "train_size": 20000}, budget_s=30,
+     seeds={"quick": 3, "full": 5}, shares="dates", may_fail=("post-LN",),
      rule=Effect("exact_match", "pre-LN", "post-LN", min_effect=0.02))
 def transformer_pre_ln(ctx: Context) -> Evidence:
     """Pre-LN vs post-LN Transformer, both without warm-up."""

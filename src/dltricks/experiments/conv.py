@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dltricks.evidence import Context, Evidence, Exact, plots, tip
+from dltricks.evidence import DILATED, LECTURE, README, Context, Evidence, Exact, plots, tip
 from dltricks.layers import conv as conv_layers
 from dltricks.layers.conv import ConvBottleneck, FactorizedConv2d, SeparableConv2d
 from dltricks.layers.spp import SpatialPyramidPooling
@@ -28,7 +28,7 @@ from dltricks.measure.receptive_field import theoretical_receptive_field
 __all__ = ["count_weights", "centre_support", "stacked_small_kernels", "padding_border", "downsampling_vs_dilation",
            "conv_savings", "checkerboard", "spp_fixed_length"]
 
-CONV, LECTURE, README = "Convolutions", "the lecture", "the README"
+CONV = "Convolutions"
 
 
 def count_weights(module: nn.Module) -> int:
@@ -62,7 +62,9 @@ def _stack(channels: int, kernel: int, depth: int, *, stride: int = 1, dilations
 @tip(id="conv.stacked-3x3", title="Stacked 3x3 = one large kernel",
      claim="Two stacked 3x3 convolutions see the same 5x5 receptive field as one 5x5 convolution, and three see "
            "7x7, with fewer weights and MACs.",
-     source=f"{LECTURE} (VGG); Simonyan & Zisserman 2015, Sec. 2.3", section=CONV,
+     cite=(README.at(21, 23, "receptive fields of stacked 3x3 layers"), README.at(30, 31, "fewer parameters"),
+           LECTURE.at(495, 499, "VGG: uniform 3x3 filters")),
+     source="Simonyan & Zisserman 2015, Sec. 2.3", section=CONV,
      exercises=(nn.Conv2d, gradient_support, theoretical_receptive_field, count_macs),
      quick={"channels": 64, "size": 32, "depths": [2, 3]}, full={"channels": 64, "size": 32, "depths": [2, 3, 4]},
      seeds={"quick": 1, "full": 1}, budget_s=1,
@@ -124,7 +126,8 @@ def _mask_plot(ctx: Context, name: str, masks: dict[str, torch.Tensor], title: s
 @tip(id="conv.padding", title="Padding keeps size and borders",
      claim="'Same' zero padding keeps the feature-map size through a conv stack and lets border pixels reach "
            "more output units; without it every 3x3 layer trims 2 pixels and the borders fade out.",
-     source=f"{README} (padding)", section=CONV, exercises=(nn.Conv2d, input_gradient),
+     cite=README.at(12, topic="padding keeps the size and the edges"), section=CONV,
+     exercises=(nn.Conv2d, input_gradient),
      quick={"depth": 5, "size": 28}, full={"depth": 5, "size": 28}, seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("padding keeps the spatial size", "no padding shrinks the map by 10 px",
                         "the corner pixel reaches more output units with padding",
@@ -182,14 +185,16 @@ def _reach_count(size: int, depth: int, pad: int) -> torch.Tensor:
 @tip(id="conv.striding-pooling", title="Striding/pooling: bigger RF, less compute, less detail",
      claim="Striding or pooling enlarges the receptive field of a conv stack and cuts its compute, but the output "
            "loses spatial resolution.",
-     source=f"{README} (striding and pooling)", section=CONV,
+     cite=README.at(38, 42, "striding and pooling"), section=CONV,
      exercises=(nn.Conv2d, nn.MaxPool2d, gradient_support, theoretical_receptive_field, count_macs),
      quick={"depth": 4, "size": 64}, full={"depth": 4, "size": 64}, seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("striding enlarges the receptive field", "pooling enlarges the receptive field",
                         "striding cuts compute", "striding loses resolution")))
 @tip(id="conv.dilation", title="Dilation: bigger RF at full resolution",
      claim="Dilated (atrous) convolutions grow the receptive field as fast as striding without losing resolution.",
-     source="the Dilated Convolution README; Yu & Koltun 2016", section=CONV,
+     cite=(README.at(52, 53, "atrous convolutions"),
+           DILATED.at(1, topic="its lines 14-20: holes in the kernel grow the field without pooling or striding")),
+     source="Yu & Koltun 2016", section=CONV,
      exercises=(nn.Conv2d, gradient_support, theoretical_receptive_field),
      quick={"depth": 4, "size": 64}, full={"depth": 4, "size": 64}, seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("dilation enlarges the receptive field", "dilation keeps full resolution")))
@@ -233,7 +238,10 @@ def downsampling_vs_dilation(ctx: Context) -> Evidence:
      claim="A 1x1 bottleneck and depthwise-separable convolutions cut weights by the lecture's figures: 737,280 "
            "(two 3x3) -> 180,224 (bottleneck) -> 84,800 (depthwise separable) on a 64-channel input, and ten "
            "3x3 depthwise-separable filters on 3 channels have 57 weights.",
-     source=f"{LECTURE} (bottleneck, MobileNet); He et al. 2016; Howard et al. 2017", section=CONV,
+     cite=(LECTURE.at(700, 723, "bottleneck block: 737,280 vs 180,224 weights"),
+           LECTURE.at(880, topic="ten depthwise-separable 3x3 filters: 57 weights"),
+           LECTURE.at(883, 907, "depthwise-separable block: 84,800 weights")),
+     source="He et al. 2016; Howard et al. 2017", section=CONV,
      exercises=(conv_layers,), seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("two 3x3 convs has the lecture's 737,280 weights",
                         "1x1-3x3-1x1 bottleneck has the lecture's 180,224 weights",
@@ -245,7 +253,8 @@ def downsampling_vs_dilation(ctx: Context) -> Evidence:
 @tip(id="conv.factorized", title="Factorized k x 1 + 1 x k convolutions",
      claim="Replacing a 7x7 convolution 64->256 (802,816 weights) by 1x7 then 7x1 (573,440) keeps the 7x7 "
            "receptive field with 29 % fewer weights and MACs.",
-     source=f"{LECTURE}; Szegedy et al., Inception v3, 2016", section=CONV,
+     cite=LECTURE.at(728, 745, "factorized convolution: 802,816 vs 573,440 weights"),
+     source="Szegedy et al., Inception v3, 2016", section=CONV,
      exercises=(conv_layers,), seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("7x7 conv has the lecture's 802,816 weights", "1x7 then 7x1 has the lecture's 573,440 weights",
                         "factorized 1x7+7x1 saves weights over 7x7", "savings carry over to MACs")))
@@ -303,7 +312,8 @@ def conv_savings(ctx: Context) -> Evidence:
 @tip(id="conv.transposed-checkerboard", title="Transposed-conv checkerboard",
      claim="A transposed convolution whose kernel is not divisible by its stride paints a checkerboard on a "
            "constant input; a divisible kernel overlaps evenly, and resize + convolution never does.",
-     source=f"{LECTURE} (deconvolution); Odena et al., Distill 2016", section=CONV,
+     cite=LECTURE.at(1651, 1655, "upsampling notes: kernel a multiple of the stride, or resize"),
+     source="Odena et al., Distill 2016", section=CONV,
      exercises=(nn.ConvTranspose2d,), seeds={"quick": 1, "full": 1},
      quick={"size": 16, "random_trials": 8, "uneven_kernel": 3, "even_kernel": 4, "stride": 2},
      full={"size": 32, "random_trials": 32, "uneven_kernel": 3, "even_kernel": 4, "stride": 2}, budget_s=1,
@@ -378,9 +388,11 @@ def checkerboard(ctx: Context) -> Evidence:
 
 
 @tip(id="conv.spp", title="Spatial pyramid pooling for any input size",
-     claim="Spatial pyramid pooling gives a fixed-length vector from inputs of any size, so one classifier serves "
-           "all sizes.",
-     source=f"{README}; He et al., SPP-net 2014", section=CONV, exercises=(SpatialPyramidPooling,),
+     claim="Spatial pyramid pooling pools a feature map over several grid sizes, the README's several scales, "
+           "into one vector whose length does not depend on the input size, so one classifier serves every "
+           "size. (The README's consequence, better detection of objects of different sizes, is not measured.)",
+     cite=README.at(104, 105, "SPP layer"), source="He et al., SPP-net 2014", section=CONV,
+     exercises=(SpatialPyramidPooling,),
      seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("same output length for every input size", "output length = C x sum of bins^2")))
 def spp_fixed_length(ctx: Context) -> Evidence:

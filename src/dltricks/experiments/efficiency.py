@@ -17,17 +17,19 @@ import math
 import torch
 from torch import nn
 
-from dltricks.evidence import Context, Effect, Evidence, Exact, plots, tip
+from dltricks.evidence import LECTURE, README, Context, Effect, Evidence, Exact, plots, tip
 from dltricks.layers.conv import SeparableConv2d
 from dltricks.measure import count_macs, count_params, peak_memory, time_function
 
-ARCH, LECTURE = "Architectures", "the lecture"
+ARCH = "Architectures"
 
 
 @tip(id="arch.flops-vs-latency", title="FLOPs are not latency",
      claim="At MobileNet's first-stage shape (32 channels, 112x112) a depthwise-separable 3x3 block needs 7x fewer "
            "MACs than a full 3x3 convolution but runs far less than 7x faster: MACs overestimate the real speed-up.",
-     source=f"{LECTURE} (efficiency); Ma et al., ShuffleNet v2 2018", section=ARCH,
+     cite=(LECTURE.at(1040, 1042, "FLOPs are not a good measure"), LECTURE.at(1569, 1580, "FLOPs and FPS differ"),
+           README.at(63, 65, "depthwise-separable convolutions for limited compute")),
+     source="Ma et al., ShuffleNet v2 2018", section=ARCH,
      exercises=(SeparableConv2d, count_macs, time_function),
      quick={"channels": 32, "size": 112, "batch": 1, "repeats": 5, "min_time": 0.02},
      full={"channels": 32, "size": 112, "batch": 1, "repeats": 9, "min_time": 0.05}, seeds={"quick": 3, "full": 5},
@@ -68,7 +70,8 @@ def flops_vs_latency(ctx: Context) -> Evidence:
 @tip(id="arch.params-vs-memory", title="Parameters are not memory",
      claim="A small conv net with 300x fewer parameters than an MLP can still need more memory for a training "
            "step (batch 64, 64x64 inputs), because activations at high resolution dominate.",
-     source=f"{LECTURE} (efficiency)", section=ARCH, exercises=(nn.Conv2d, peak_memory),
+     cite=LECTURE.at(1556, 1558, "many parameters are not much memory"), section=ARCH,
+     exercises=(nn.Conv2d, peak_memory),
      seeds={"quick": 1, "full": 1}, budget_s=1,
      rule=Exact(checks=("the conv net has fewer parameters", "...but needs more training memory")))
 def params_vs_memory(ctx: Context) -> Evidence:

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from dltricks.evidence import AllOf, Context, Effect, Evidence, plots, tip
+from dltricks.evidence import LECTURE, README, AllOf, Context, Effect, Evidence, plots, tip
 from dltricks.measure.gradients import layer_gradient_norms
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(0.01), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
@@ -46,7 +46,9 @@ def deep_mlp(act: str, *, depth: int, width: int, in_features: int, num_classes:
 @tip(id="optim.activations", title="ReLU keeps gradients alive, sigmoid kills them",
      claim="In a 20-layer network at initialisation, ReLU and LeakyReLU keep the per-layer gradient norm of the "
            "first layer within an order of magnitude of the last layer's, while sigmoid's shrinks by many orders.",
-     source="the lecture (activations); Glorot & Bengio 2010; He et al. 2015", section="Normalisation and optimisation",
+     cite=(README.at(116, topic="ReLU and Leaky ReLU against vanishing gradients"),
+           LECTURE.at(534, 540, "vanishing gradients in deep networks")),
+     source="Glorot & Bengio 2010; He et al. 2015", section="Normalisation and optimisation",
      exercises=(nn.ReLU, nn.Sigmoid, nn.init.kaiming_normal_, layer_gradient_norms),
      quick={"depth": 20, "width": 256}, full={"depth": 20, "width": 256}, seeds={"quick": 3, "full": 5}, budget_s=2,
      metrics={"log10_grad_ratio": "log10(||grad W_1|| / ||grad W_L||)"},

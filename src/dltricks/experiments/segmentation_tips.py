@@ -10,20 +10,21 @@ from typing import Any
 from torch import nn
 
 from dltricks.data import isbi
-from dltricks.evidence import Context, Effect, Evidence, Exact, tip
+from dltricks.evidence import DILATED, LECTURE, README, Context, Effect, Evidence, Exact, tip
 from dltricks.experiments import segmentation
 from dltricks.experiments.conv import centre_support
 from dltricks.layers.aspp import ASPPPooling
 from dltricks.models import segmentation as segmentation_models
 
-SEG, LECTURE, README = "Dense prediction", "the lecture", "the README"
+SEG = "Dense prediction"
 
 
 @tip(id="seg.aspp-degeneration", title="ASPP degenerates at large rates",
      claim="As the atrous rate approaches the feature-map size, fewer and fewer of a 3x3 filter's weights fall on "
            "the map (the rest hit padding) until only its centre tap is left, a 1x1 filter; the image-pooling "
            "branch restores global context (one output sees the whole map).",
-     source="the Dilated Convolution README; Chen et al., DeepLabV3 2017, Fig. 4", section=SEG,
+     cite=DILATED.at(1, topic="its lines 46-48: ASPP degenerates at large rates, image pooling added"),
+     source="Chen et al., DeepLabV3 2017, Fig. 4", section=SEG,
      exercises=(segmentation.aspp_degeneration, ASPPPooling, centre_support), seeds={"quick": 1, "full": 1},
      quick={"feature_size": 65, "max_rate": 72}, full={"feature_size": 65, "max_rate": 72}, budget_s=2,
      rule=Exact(checks=("valid-weight fraction falls as the rate grows",
@@ -67,7 +68,9 @@ def aspp_degeneration(ctx: Context) -> Evidence:
 @tip(id="seg.skip-connections", title="Skip connections preserve detail",
      claim="In a U-Net, skip connections from the encoder raise the accuracy on pixels next to object boundaries, "
            "where the upsampled coarse features alone lose detail.",
-     source=f"{README} (skip connections); {LECTURE} (U-Net); Ronneberger et al. 2015", section=SEG,
+     cite=(README.at(41, 42, "lost boundaries, skip connections"), README.at(57, topic="skips keep spatial detail"),
+           LECTURE.at(1614, 1617, "U-Net: skip connections keep resolution")),
+     source="Ronneberger et al. 2015", section=SEG,
      exercises=(segmentation.skip_ablation, segmentation_models, isbi),
      quick={"base_channels": 8, "steps": 40, "batch_size": 2, "crop_size": 64},
      full={"base_channels": 16, "steps": 300, "batch_size": 4, "crop_size": 128}, budget_s=20,
@@ -94,7 +97,9 @@ def skip_connections(ctx: Context) -> Evidence:
      claim="Downsampling by 32 (pooling/striding all the way) loses boundary detail: DeepLabV3 at output stride 8 "
            "segments membrane boundaries better than at output stride 32, for more compute. (Quick mode: a "
            "narrow ResNet-18 encoder, 120 steps on 64 px crops.)",
-     source=f"{README} (pooling and segmentation); Chen et al., DeepLabV3 2017, Table 1", section=SEG,
+     cite=(README.at(55, 56, "pooling and segmentation"), README.at(113, topic="invariance not wanted in segmentation"),
+           DILATED.at(1, topic="its lines 8-12 and 22-27: lost detail, output stride")),
+     source="Chen et al., DeepLabV3 2017, Table 1", section=SEG,
      exercises=(segmentation.output_stride_tradeoff, segmentation_models, isbi),
      quick={"encoder": "resnet18", "encoder_kwargs": {"stem_width": 16, "stage_widths": [16, 32, 64, 128]},
             "steps": 120, "batch_size": 4, "crop_size": 64, "lr": 5e-3, "output_strides": [8, 32]},

@@ -13,6 +13,7 @@ exercises, so editing the trainer re-runs every training tip.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import dltricks.data.loader
 import dltricks.measure.calibration
 import dltricks.tasks.classification
 import dltricks.train
-from dltricks.evidence import AllOf, Context, Effect, Evidence, Exact, NonInferior, plots, tip
+from dltricks.evidence import LECTURE, README, AllOf, Context, Effect, Evidence, Exact, NonInferior, plots, tip
 from dltricks.experiments import _harness
 from dltricks.experiments._harness import TrainOutcome, TrainSpec, train
 from dltricks.experiments.conv import count_weights
@@ -43,16 +44,21 @@ from dltricks.models.simple import mlp as mlp_model
 ModelFn = Callable[[], nn.Module]
 
 CONV, NORM, REG = "Convolutions", "Normalisation and optimisation", "Regularisation"
-LECTURE, README = "the lecture", "the README"
 # What every training tip runs: the harness, the trainer and its recipe, the MNIST loader and augmentation,
 # and the calibration measure of the evaluation.
 TRAINING_CODE = (_harness, dltricks.train, dltricks.tasks.classification, dltricks.data.loader, dltricks.data.augment,
                  dltricks.measure.calibration)
 
 
-def train_tip(*, exercises: tuple[Any, ...] = (), **declaration: Any) -> Callable:
-    """:func:`dltricks.evidence.tip` for a tip trained with the harness: the training code counts as exercised."""
-    return tip(exercises=(*exercises, *TRAINING_CODE), **declaration)
+# Seeds of every training tip: 3 in quick mode (an interval at all), 5 in full mode (what confirmed needs).
+TRAINING_SEEDS = {"quick": 3, "full": 5}
+
+
+def train_tip(*, exercises: tuple[Any, ...] = (), seeds: dict[str, int] | None = None,
+              **declaration: Any) -> Callable:
+    """:func:`dltricks.evidence.tip` for a tip trained with the harness: the training code counts as exercised,
+    and the seeds default to :data:`TRAINING_SEEDS`."""
+    return tip(exercises=(*exercises, *TRAINING_CODE), seeds=seeds or TRAINING_SEEDS, **declaration)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -131,9 +137,22 @@ class DeepMLP(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------- helpers
+TUNING_SEED = 1000  # the seed of learning-rate grid runs: never one of the seeds that are compared
+
+
 def run_arms(ctx: Context, ev: Evidence, arms: dict[str, tuple[ModelFn, TrainSpec]],
              extra: Callable[[str, nn.Module, TrainOutcome], dict[str, float]] | None = None) -> None:
-    """Train every arm for every seed; record standard metrics and per-epoch loss curves."""
+    """Train every arm for every seed; record standard metrics, each run's health, the budget of one run and
+    per-epoch loss curves.
+
+    With ``lr_grid`` in the settings (multipliers of each arm's learning rate, e.g. ``[1/3, 1, 3]``), every arm
+    first trains once per grid value on :data:`TUNING_SEED` and keeps the rate with the best ``tune_metric``
+    (default ``val_acc``, higher is better; a run that fails its health check never wins): architectures and
+    optimizers are compared each at its own rate (:func:`tune_lr`).
+    """
+    if ctx.get("lr_grid"):
+        for name, (make_model, spec) in arms.items():
+            tune_lr(ctx, ev, name, make_model, spec)
     curves: dict[str, list[list[float]]] = {}
     for seed in ctx.seeds:
         for name, (make_model, spec) in arms.items():
@@ -149,8 +168,33 @@ def run_arms(ctx: Context, ev: Evidence, arms: dict[str, tuple[ModelFn, TrainSpe
             if extra:
                 metrics.update(extra(name, model, out))
             ev.add(name, **metrics)
+            ev.record_health(name, out.problem)
             curves.setdefault(name, []).append(out.epoch_train_loss)
+            if not ev.budget and out.steps:
+                ev.budget = {"epochs": spec.epochs, "optimizer steps": out.steps, "training images seen": out.images}
     ev.curves = {name: {"train_loss": c} for name, c in curves.items()}
+    if ev.tuning:
+        ev.budget["tuning runs per arm"] = len(ctx.get("lr_grid"))
+
+
+def tune_lr(ctx: Context, ev: Evidence, name: str, make_model: ModelFn, spec: TrainSpec) -> float:
+    """Set ``spec.lr`` to the best of ``lr_grid`` (multipliers of ``spec.lr``) for arm ``name`` on the tuning seed;
+    record the grid, the scores and the choice in ``ev.tuning``."""
+    metric = ctx.get("tune_metric", "val_acc")
+    grid = [spec.lr * float(m) for m in ctx["lr_grid"]]
+    scores = []
+    for lr in grid:
+        ctx.report(f"{name}, tuning lr {lr:.3g}")
+        torch.manual_seed(TUNING_SEED)
+        trial = dataclasses.replace(spec, lr=lr, seed=TUNING_SEED)
+        out = train(make_model(), trial)
+        value = getattr(out, metric)
+        scores.append(value if not out.problem and math.isfinite(value) else float("nan"))
+    finite = [(v, lr) for v, lr in zip(scores, grid) if math.isfinite(v)]
+    chosen = max(finite)[1] if finite else spec.lr
+    spec.lr = chosen
+    ev.tuning[name] = {"grid": grid, "scores": scores, "chosen": chosen, "metric": metric, "seed": TUNING_SEED}
+    return chosen
 
 
 def _setup(spec: TrainSpec, model: str, extra: str = "") -> str:
@@ -181,7 +225,9 @@ def _spec(ctx: Context, **kw) -> TrainSpec:
 @train_tip(id="conv.small-vs-large-kernels", title="Small vs large kernels",
            claim="At the same receptive field, a CNN of stacked 3x3 convolutions has fewer weights and MACs than "
                  "one of 5x5 convolutions and is at least as accurate.",
-           source=f"{README} (small vs large kernels); {LECTURE} (VGG)", section=CONV,
+           cite=(README.at(14, 31, "smaller or larger kernels"),
+                 LECTURE.at(497, topic="VGG: 5x5 has 2.8x the weights of 3x3")),
+           section=CONV,
            exercises=(ConvNormAct, count_weights, count_macs),
            quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 16},
            budget_s=12, metrics={"val_acc": "validation accuracy", "weights": "conv weights"},
@@ -208,7 +254,9 @@ def kernel_size(ctx: Context) -> Evidence:
 @train_tip(id="conv.squeeze-excitation", title="Squeeze-and-excitation",
            claim="Adding squeeze-and-excitation channel attention to a small CNN improves accuracy for a few extra "
                  "weights.",
-           source=f"{README}; Hu et al., SENet 2018", section=CONV, exercises=(se_layers, ConvNormAct),
+           cite=(LECTURE.at(1098, 1104, "squeeze and excitation: attention over channels"),
+                 README.at(67, 69, "attention mechanisms improve performance")),
+           source="Hu et al., SENet 2018", section=CONV, exercises=(se_layers, ConvNormAct),
            quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 8},
            budget_s=10, rule=Effect("val_acc", "with SE", "without SE", min_effect=0.003))
 def squeeze_excitation(ctx: Context) -> Evidence:
@@ -255,19 +303,27 @@ def _sweep_evidence(ctx: Context, what: str) -> Evidence:
                         f"momentum 0.9, constant learning rate, each of {lrs}; embedded MNIST, {spec.subset} training "
                         f"images, {spec.epochs} epoch(s), batch {spec.batch_size}; validation on the 2,000 held-out "
                         f"images. A run 'trains' when its validation accuracy reaches {threshold:g}.")
+    nan = float("nan")
     for i, _ in enumerate(ctx.seeds):
         for arm, runs in sweep.items():
-            best_auc = min(runs[lr][i].train_loss_auc for lr in lrs)
-            ok = [lr for lr in lrs if runs[lr][i].val_acc >= threshold and not runs[lr][i].diverged]
-            ev.add(arm, best_train_loss_auc=best_auc,
-                   log10_max_lr=math.log10(max(ok)) if ok else math.log10(lrs[0]) - 1,
-                   best_val_acc=max(runs[lr][i].val_acc for lr in lrs))
+            # A diverged run has NaN metrics: it counts as "does not train", never with a stand-in value.
+            ok = [lr for lr in lrs if not runs[lr][i].diverged and runs[lr][i].val_acc >= threshold]
+            ev.add(arm, best_train_loss_auc=min((runs[lr][i].train_loss_auc for lr in ok), default=nan),
+                   log10_max_lr=math.log10(max(ok)) if ok else nan,
+                   best_val_acc=max((runs[lr][i].val_acc for lr in ok), default=nan))
+            ev.record_health(arm, "" if ok else f"no learning rate of the grid {lrs} reaches validation accuracy "
+                                                f"{threshold:g}")
     for arm, runs in sweep.items():
         for lr in lrs:
-            ev.values[f"{arm}, lr {lr:g}: val acc (seed 0)"] = round(runs[lr][0].val_acc, 4)
+            ev.values[f"{arm}, lr {lr:g}: val acc (seed {ctx.seeds[0]})"] = round(runs[lr][0].val_acc, 4)
+    first = sweep["batch norm"][lrs[0]][0]
+    ev.budget = {"epochs": spec.epochs, "optimizer steps": first.steps, "training images seen": first.images,
+                 "learning rates per arm and seed": len(lrs)}
     fig, ax = plots.plt.subplots(figsize=(5.5, 3.4))
     for i, (arm, runs) in enumerate(sweep.items()):
-        ax.plot(lrs, [sum(r.val_acc for r in runs[lr]) / len(runs[lr]) for lr in lrs], "o-", color=f"C{i}", label=arm)
+        for k, lr in enumerate(lrs):  # every seed's run as a dot (a diverged run has no accuracy to show)
+            ax.scatter([lr] * len(runs[lr]), [r.val_acc for r in runs[lr]], s=10, color=f"C{i}",
+                       label=arm if k == 0 else None)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("validation accuracy")
@@ -280,7 +336,9 @@ def _sweep_evidence(ctx: Context, what: str) -> Evidence:
 @train_tip(id="norm.batchnorm-convergence", title="Batch norm speeds convergence",
            claim="Each at its best learning rate of a grid, a CNN with batch norm reaches a lower mean training "
                  "loss in the same number of steps than without.",
-           source=f"{LECTURE}; Ioffe & Szegedy 2015", section=NORM, exercises=(ConvNormAct,),
+           cite=(LECTURE.at(585, 590, "batch normalization: faster training"),
+                 README.at(59, 60, "batch norm: convergence")),
+           source="Ioffe & Szegedy 2015", section=NORM, exercises=(ConvNormAct,),
            quick={"subset": 2000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0]},
            full={"subset": 8000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, budget_s=12,
            metrics={"best_train_loss_auc": "lowest mean training loss over the LR grid"},
@@ -293,7 +351,8 @@ def batchnorm_convergence(ctx: Context) -> Evidence:
 @train_tip(id="norm.batchnorm-large-lr", title="Batch norm allows a larger learning rate",
            claim="The largest learning rate at which a CNN still trains is higher with batch norm than without "
                  "(by at least a factor 2.5 on the grid).",
-           source=f"{LECTURE}; Ioffe & Szegedy 2015, Sec. 3.3", section=NORM, exercises=(ConvNormAct,),
+           cite=LECTURE.at(590, topic="batch norm: larger learning rates"),
+           source="Ioffe & Szegedy 2015, Sec. 3.3", section=NORM, exercises=(ConvNormAct,),
            quick={"subset": 2000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0]},
            full={"subset": 8000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, budget_s=1,
            metrics={"log10_max_lr": "log10 of the largest grid LR reaching 50 % validation accuracy"},
@@ -304,8 +363,11 @@ def batchnorm_large_lr(ctx: Context) -> Evidence:
 
 
 @train_tip(id="norm.placement", title="Norm before vs after the activation",
-           claim="Putting batch norm before or after the ReLU makes little difference to accuracy (within 1 point).",
-           source=f"{README} (BN placement)", section=NORM, exercises=(ConvNormAct,),
+           claim="Batch norm placed before the ReLU (conv-BN-ReLU) gives a more accurate network than batch norm "
+                 "placed after it (conv-ReLU-BN).",
+           cite=(README.at(59, 61, "batch norm: usually before the activation, for better performance"),
+                 LECTURE.at(589, topic="batch norm before (or after?) the non-linearity")),
+           section=NORM, exercises=(ConvNormAct,),
            quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=8,
            rule=NonInferior("val_acc", "BN after ReLU", "BN before ReLU", margin=0.01))
 def norm_placement(ctx: Context) -> Evidence:
@@ -320,7 +382,8 @@ def norm_placement(ctx: Context) -> Evidence:
 
 @train_tip(id="norm.small-batch", title="Group norm for small batches",
            claim="With tiny batches (2 images), group norm trains better than batch norm, whose statistics get noisy.",
-           source=f"{README}; Wu & He, Group Normalization 2018", section=NORM, exercises=(norm_layers, ConvNormAct),
+           cite=LECTURE.at(630, topic="small batches: group norm, batch norm unreliable"),
+           source="Wu & He, Group Normalization 2018", section=NORM, exercises=(norm_layers, ConvNormAct),
            quick={"subset": 600, "epochs": 1, "batch_size": 2}, full={"subset": 2000, "epochs": 1, "batch_size": 2},
            budget_s=12, rule=Effect("val_acc", "group norm", "batch norm", min_effect=0.01))
 def small_batch_norm(ctx: Context) -> Evidence:
@@ -337,7 +400,9 @@ def small_batch_norm(ctx: Context) -> Evidence:
 @train_tip(id="arch.residual-degradation", title="Residual connections fix degradation",
            claim="A deep plain network (16 two-layer blocks) trains worse than a shallow one, and the same deep "
                  "network with identity shortcuts reaches a lower training loss than the plain one.",
-           source=f"{LECTURE}; He et al., ResNet 2016, Fig. 1", section=NORM,
+           cite=(README.at(107, 109, "skip connections: deeper networks without degradation"),
+                 LECTURE.at(573, 581, "ResNet: skip connections")),
+           source="He et al., ResNet 2016, Fig. 1", section=NORM,
            quick={"subset": 2000, "epochs": 2, "depth": 16}, full={"subset": 8000, "epochs": 3, "depth": 20},
            budget_s=6, rule=Effect("final_train_loss", "residual", "plain", higher_is_better=False, min_effect=0.05))
 def residual_degradation(ctx: Context) -> Evidence:
@@ -357,7 +422,8 @@ def residual_degradation(ctx: Context) -> Evidence:
 @train_tip(id="optim.adaptive-vs-sgd", title="Adam / RMSProp / momentum vs plain SGD",
            claim="At their usual learning rates, Adam, RMSProp and SGD with momentum reach a lower training loss "
                  "than plain SGD in the same number of steps.",
-           source=f"{LECTURE} (optimizers)", section=NORM, exercises=(mlp_model,),
+           cite=README.at(115, 117, "Adam, RMSProp, SGD with momentum for faster convergence"),
+           section=NORM, exercises=(mlp_model,),
            quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=16,
            rule=AllOf((Effect("train_loss_auc", "adam", "sgd", higher_is_better=False, min_effect=0.05),
                        Effect("train_loss_auc", "rmsprop", "sgd", higher_is_better=False, min_effect=0.05),
@@ -378,7 +444,8 @@ def optimizers(ctx: Context) -> Evidence:
 @train_tip(id="optim.lr-annealing", title="LR annealing beats a constant LR",
            claim="Annealing the learning rate (cosine, one-cycle) ends at a lower validation loss than keeping it "
                  "constant.",
-           source=f"{LECTURE} (learning-rate schedules)", section=NORM, exercises=(ConvNormAct,),
+           cite=(README.at(78, 81, "learning-rate annealing"), README.at(118, topic="learning-rate scheduling")),
+           section=NORM, exercises=(ConvNormAct,),
            quick={"subset": 2000, "epochs": 2, "lr": 0.05}, full={"subset": 8000, "epochs": 4, "lr": 0.05}, budget_s=12,
            rule=AllOf((Effect("val_loss", "cosine", "constant", higher_is_better=False, min_effect=0.01),
                        Effect("val_loss", "one-cycle", "constant", higher_is_better=False, min_effect=0.01))))
@@ -396,26 +463,30 @@ def lr_annealing(ctx: Context) -> Evidence:
 @train_tip(id="optim.gradient-clipping", title="Gradient clipping prevents explosion",
            claim="At a learning rate where an unnormalised MLP blows up (NaN loss), clipping the gradient norm "
                  "keeps training finite and ends at a lower loss.",
-           source=f"{LECTURE}; Pascanu et al. 2013", section=NORM, exercises=(mlp_model,),
+           cite=(LECTURE.at(541, 542, "exploding gradients: clip them"), README.at(73, 75, "gradient clipping")),
+           source="Pascanu et al. 2013", section=NORM, exercises=(mlp_model,),
            quick={"subset": 2000, "epochs": 1, "lr": 2.0, "clip": 1.0},
-           full={"subset": 8000, "epochs": 1, "lr": 2.0, "clip": 1.0}, budget_s=2,
-           rule=Effect("final_train_loss", "clipped", "no clipping", higher_is_better=False, min_effect=0.1))
+           full={"subset": 8000, "epochs": 1, "lr": 2.0, "clip": 1.0}, budget_s=4, may_fail=("no clipping",),
+           metrics={"diverged": "1 when the run's loss became NaN/Inf, else 0"},
+           rule=Effect("diverged", "clipped", "no clipping", higher_is_better=False, min_effect=0.5))
 def gradient_clipping(ctx: Context) -> Evidence:
     lr, clip, hidden = ctx.get("lr", 2.0), ctx.get("clip", 1.0), tuple(ctx.get("hidden", (256, 256)))
     spec = lambda c: _spec(ctx, optimizer="sgd", lr=lr, clip_norm=c)  # noqa: E731
     ev = Evidence(setup=_setup(spec(None), f"MLP {hidden} without normalisation, plain SGD at a large learning rate",
                                f"Clipping the global gradient norm to {clip:g} vs none. A NaN/Inf loss counts as "
-                               f"divergence (its loss is set to 10 x the chance-level loss)."))
+                               f"divergence; a diverged run has no loss to compare, so the rule compares the "
+                               f"divergence rates and the unclipped arm is allowed to fail."))
     run_arms(ctx, ev, {"clipped": (lambda: mlp(hidden), spec(clip)), "no clipping": (lambda: mlp(hidden), spec(None))})
     ev.headline = ", ".join(f"{arm}: diverged in {int(sum(m['diverged']))}/{len(m['diverged'])} runs"
                             for arm, m in ev.arms.items())
-    _bars(ctx, ev, "final_train_loss", "final-epoch training loss")
+    _bars(ctx, ev, "diverged", "diverged (1) or finite (0), per seed")
     return ev
 
 
 @train_tip(id="optim.mixed-precision", title="Mixed precision keeps accuracy",
            claim="Training with bf16 autocast reaches the same accuracy as fp32 (within 1 point).",
-           source=f"{LECTURE}; Micikevicius et al. 2018", section=NORM, exercises=(ConvNormAct,),
+           cite=(README.at(211, 212, "mixed precision keeps accuracy"), README.at(196, 197, "FP16/AMP")),
+           source="Micikevicius et al. 2018", section=NORM, exercises=(ConvNormAct,),
            quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=12,
            rule=NonInferior("val_acc", "bf16 autocast", "fp32", margin=0.01))
 def mixed_precision(ctx: Context) -> Evidence:
@@ -432,12 +503,14 @@ def mixed_precision(ctx: Context) -> Evidence:
 
 @train_tip(id="reg.dropout", title="Dropout against overfitting",
            claim="On a small training set, dropout narrows the gap between training and validation loss.",
-           source=f"{LECTURE}; Srivastava et al. 2014", section=REG, exercises=(mlp_model,),
+           cite=(README.at(120, 121, "dropout against overfitting"), LECTURE.at(448, topic="AlexNet: dropout")),
+           source="Srivastava et al. 2014", section=REG, exercises=(mlp_model,),
            quick={"subset": 1000, "epochs": 20, "p": 0.5}, full={"subset": 1000, "epochs": 40, "p": 0.5}, budget_s=12,
            rule=Effect("generalization_gap", "dropout 0.5", "no dropout", higher_is_better=False, min_effect=0.02))
 @train_tip(id="reg.too-much-dropout", title="Too much dropout underfits",
            claim="With dropout 0.9 the network underfits: its training loss stays well above the one without dropout.",
-           source=f"{LECTURE}", section=REG, exercises=(mlp_model,),
+           cite=README.at(122, topic="dropout in moderation, or it underfits"),
+           section=REG, exercises=(mlp_model,),
            quick={"subset": 1000, "epochs": 20, "p": 0.9}, full={"subset": 1000, "epochs": 40, "p": 0.9}, budget_s=12,
            rule=Effect("train_loss", "no dropout", "dropout 0.9", higher_is_better=False, min_effect=0.05))
 def dropout(ctx: Context) -> Evidence:
@@ -454,7 +527,8 @@ def dropout(ctx: Context) -> Evidence:
 
 @train_tip(id="reg.weight-decay", title="Weight decay against overfitting",
            claim="On a small training set, L2 weight decay lowers the validation loss.",
-           source=f"{LECTURE}; Loshchilov & Hutter 2019", section=REG, exercises=(mlp_model,),
+           cite=README.at(120, 121, "L2 regularization against overfitting"),
+           source="Loshchilov & Hutter 2019", section=REG, exercises=(mlp_model,),
            quick={"subset": 1000, "epochs": 20, "wd": 5e-3}, full={"subset": 1000, "epochs": 40, "wd": 5e-3},
            budget_s=10,
            rule=Effect("val_loss", "weight decay", "no weight decay", higher_is_better=False, min_effect=0.01))
@@ -470,7 +544,9 @@ def weight_decay(ctx: Context) -> Evidence:
 
 @train_tip(id="reg.augmentation", title="Data augmentation",
            claim="On a small training set, random crops and small rotations raise validation accuracy.",
-           source=f"{LECTURE}; {README}", section=REG, exercises=(ConvNormAct,),
+           cite=(README.at(154, 156, "data augmentation"), LECTURE.at(448, topic="AlexNet: data augmentation"),
+                 LECTURE.at(1536, 1539, "augmentation among the most successful tricks")),
+           section=REG, exercises=(ConvNormAct,),
            quick={"subset": 1000, "epochs": 12, "crop_padding": 2, "rotate_degrees": 10.0},
            full={"subset": 1000, "epochs": 24, "crop_padding": 2, "rotate_degrees": 10.0}, budget_s=12,
            rule=Effect("val_acc", "augmented", "no augmentation", min_effect=0.005))
@@ -488,7 +564,8 @@ def augmentation(ctx: Context) -> Evidence:
 @train_tip(id="reg.label-smoothing", title="Label smoothing: accuracy and calibration",
            claim="Label smoothing (eps 0.1) does not hurt accuracy and lowers the expected calibration error of an "
                  "over-confident network.",
-           source=f"{README}; Szegedy et al. 2016; Mueller, Kornblith & Hinton 2019", section=REG,
+           cite=(README.at(88, 91, "label smoothing"), LECTURE.at(760, topic="Inception v3: label smoothing")),
+           source="Szegedy et al. 2016; Mueller, Kornblith & Hinton 2019", section=REG,
            exercises=(mlp_model,),
            quick={"subset": 1000, "epochs": 20, "eps": 0.1}, full={"subset": 1000, "epochs": 40, "eps": 0.1},
            budget_s=10,
@@ -525,7 +602,8 @@ class MultiScaleCNN(nn.Module):
            claim="Adding a downsampled pathway to the full-resolution one and fusing them (the README's two-pathway "
                  "input) improves accuracy over the full-resolution pathway alone (the extra pathway's weights "
                  "are reported).",
-           source=f"{README} (multi-scale input)", section=CONV, exercises=(multiscale_layers, ConvNormAct),
+           cite=README.at(44, 50, "multi-scale input processing"),
+           section=CONV, exercises=(multiscale_layers, ConvNormAct),
            quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 8},
            budget_s=8, rule=Effect("val_acc", "two pathways", "one pathway", min_effect=0.005))
 def multiscale_input(ctx: Context) -> Evidence:
@@ -580,7 +658,8 @@ class BlockCNN(nn.Module):
 @train_tip(id="conv.group-cardinality", title="Cardinality at equal parameters",
            claim="At equal parameters (11,610 each), bottlenecks whose 3x3 convolution is split into 8 groups and "
                  "made twice as wide (higher cardinality, ResNeXt) are more accurate than plain narrow bottlenecks.",
-           source=f"{README}; Xie et al., ResNeXt 2017", section=CONV, exercises=(ConvBottleneck, ConvNormAct),
+           cite=LECTURE.at(766, 790, "ResNeXt: group convolutions, cardinality vs error"),
+           source="Xie et al., ResNeXt 2017", section=CONV, exercises=(ConvBottleneck, ConvNormAct),
            quick={"subset": 2000, "epochs": 1, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
                   "mid_grouped": 16, "lr": 0.02},
            full={"subset": 8000, "epochs": 3, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
@@ -604,9 +683,10 @@ def group_cardinality(ctx: Context) -> Evidence:
 
 
 @train_tip(id="conv.wide-vs-deep", title="Wide vs deep at equal parameters",
-           claim="At (nearly) equal parameters, a wide shallow residual CNN (1 block per stage, width 14) is at "
-                 "least as accurate as a deep thin one (4 blocks per stage, width 8).",
-           source=f"{README}; Zagoruyko & Komodakis, Wide ResNets 2016", section=CONV, exercises=(ConvNormAct,),
+           claim="At (nearly) equal parameters, a wide shallow residual CNN (1 block per stage, width 14) is more "
+                 "accurate than a deep thin one (4 blocks per stage, width 8).",
+           cite=LECTURE.at(968, 982, "WideResNet: wide and shallow beats thin and deep"),
+           source="Zagoruyko & Komodakis, Wide ResNets 2016", section=CONV, exercises=(ConvNormAct,),
            quick={"subset": 2000, "epochs": 1, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1},
            full={"subset": 8000, "epochs": 3, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1},
            budget_s=10, rule=NonInferior("val_acc", "wide", "deep", margin=0.01))

@@ -4,7 +4,8 @@ Importing this package imports every family module so that its ``@register_model
 are known to :func:`create_model` and :func:`list_models`.
 """
 
-from dltricks.models._registry import ModelInfo, create_model, list_models, model_info, register_model
+from dltricks.models._registry import (ModelInfo, check_model_options, check_model_size, create_model, list_models,
+                                       model_info, register_model)
 from dltricks.models._speed import optimize_for_speed
 
 # Families (each import registers its models).
@@ -26,4 +27,5 @@ from dltricks.models import segmentation  # noqa: F401,E402
 from dltricks.models import mamba, vim, mambaout  # noqa: F401,E402
 from dltricks.models import vit, swin, mlp_mixer, transformer, seq2seq, bert  # noqa: F401,E402
 
-__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model", "optimize_for_speed"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model", "optimize_for_speed",
+           "check_model_options", "check_model_size"]

@@ -5,23 +5,64 @@
 :func:`list_models` finds names by glob pattern. An unknown name raises a :class:`ModelError`
 that lists the closest registered names. The parametrised suite in ``tests/test_models.py`` reads
 :class:`ModelInfo` to build a small test input for every registered model.
+
+Options are checked before a model is built (:func:`check_model_options`): plain values (numbers,
+strings, lists) against the constructor's type hints, and every option named in :data:`OPTION_BOUNDS`
+(rates in [0, 1), positive sizes...) against its bound, so ``drop_rate=5`` or ``widths=[-4, 8]`` is one
+clear :class:`ModelError` instead of a failure deep inside a layer. Options that come from a file (a
+checkpoint's metadata, a command line) are also sized before anything is allocated
+(:func:`check_model_size` builds the model on the ``meta`` device, which allocates no memory, and refuses
+one whose weights exceed :data:`MAX_MODEL_BYTES`).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
 import torch
 from torch import nn
 
-from dltricks.errors import ModelError, did_you_mean
+from dltricks.config import coerce
+from dltricks.errors import ArgumentError, ConfigError, ModelError, did_you_mean
 
-__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "model_entrypoint"]
+__all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "model_entrypoint",
+           "check_model_options", "check_model_size", "OPTION_BOUNDS", "MAX_MODEL_BYTES"]
+
+
+def _rate(value: Any) -> str | None:
+    return None if 0.0 <= value < 1.0 else "a rate in [0, 1)"
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "a number > 0"
+
+
+def _positive_sizes(value: Any) -> str | None:
+    sizes = value if isinstance(value, (list, tuple)) else [value]
+    return None if all(v >= 1 for v in sizes) else "positive sizes (>= 1)"
+
+
+# Bounds of the option names that the families share (timm's vocabulary); a value of another type is left
+# to the type check.
+OPTION_BOUNDS: dict[str, Callable[[Any], str | None]] = {
+    **dict.fromkeys(("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate", "block_dropout",
+                     "dropout"), _rate),
+    **dict.fromkeys(("mlp_ratio", "width_mult"), _positive),
+    **dict.fromkeys(("num_classes", "in_chans", "depth", "depths", "embed_dim", "embed_dims", "num_heads",
+                     "hidden_size", "hidden", "d_model", "img_size", "patch_size", "max_len", "base_channels",
+                     "src_vocab_size", "vocab_size", "output_stride", "widths", "width", "growth_rate"),
+                    _positive_sizes),
+}
+
+# Largest model (weights and buffers) built from options that come from a file or a command line: far above
+# every registered model with its defaults (BERT-base: 0.44 GB), and at most half of this machine's memory.
+MAX_MODEL_BYTES = 16 * 2**30
 
 
 @dataclass(frozen=True)
@@ -122,6 +163,9 @@ def list_models(pattern: str | None = None, *, task: str | None = None) -> list[
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    if not isinstance(name, str):
+        raise ArgumentError(f"model name must be a string such as 'resnet18', got {type(name).__name__}; "
+                            "list_models() gives them all")
     _ensure_loaded()
     if name not in _model_entrypoints:
         raise ModelError(f"unknown model {name!r}.{did_you_mean(name, _model_entrypoints)} "
@@ -151,6 +195,7 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
         ModelError: unknown name, unsupported option, or bad argument values.
     """
     constructor = model_entrypoint(name)
+    kwargs = check_model_options(name, kwargs)
     if pretrained:
         raise ModelError(f"pretrained weights are not available for {name!r}: dltricks builds models "
                          "from scratch; load your own weights with dltricks.train.load_weights")
@@ -178,3 +223,71 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
         raise
     model.model_name = name  # type: ignore[attr-defined]
     return model
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _numeric(value: Any) -> bool:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return bool(items) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items)
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` of model ``name`` checked before it is built: plain data (what a command line, a recipe or a
+    checkpoint gives) against the type hints of the constructor, then the options named in
+    :data:`OPTION_BOUNDS` against their bounds. Returns them (ints widened to floats, lists to tuples, as the
+    hints say); a layer class or a function passed by a Python caller is the constructor's to judge."""
+    constructor = model_entrypoint(name)
+    try:
+        hints = get_type_hints(constructor)
+    except (NameError, TypeError):  # hints that do not resolve outside the model's module stay unchecked
+        hints = {}
+    checked = {}
+    for key, value in options.items():
+        if key in hints and _is_plain(value):
+            try:
+                value = coerce(value, hints[key], key=f"model {name} option {key}")
+            except ConfigError as err:
+                raise ModelError(str(err)) from None
+        bound = OPTION_BOUNDS.get(key)
+        if bound is not None and _numeric(value):
+            problem = bound(value)
+            if problem:
+                raise ModelError(f"model {name} option {key}: got {value!r}, expected {problem}")
+        checked[key] = value
+    return checked
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform
+        return None
+
+
+def check_model_size(name: str, options: dict[str, Any], *, max_bytes: int | None = None) -> int | None:
+    """Bytes of the weights and buffers of model ``name`` built with ``options``, measured on the ``meta``
+    device (nothing is allocated); a model above ``max_bytes`` (default: :data:`MAX_MODEL_BYTES`, at most half
+    of this machine's memory) is a :class:`ModelError`. ``None`` when the model cannot be built there."""
+    if max_bytes is None:
+        memory = _memory_bytes()
+        max_bytes = min(MAX_MODEL_BYTES, memory // 2) if memory else MAX_MODEL_BYTES
+    try:
+        with torch.device("meta"):
+            model = create_model(name, **options)
+    except ModelError:
+        raise
+    except Exception:  # a constructor that needs real tensors: the real build will say what is wrong
+        return None
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if size > max_bytes:
+        given = ", ".join(f"{k}={v!r}" for k, v in options.items())
+        raise ModelError(f"model {name} with {given[:200]} would take {size / 2**30:,.1f} GiB of weights, more than "
+                         f"the {max_bytes / 2**30:,.1f} GiB allowed; refused before allocating it (check the options)")
+    return size

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from dltricks.errors import ConfigError, DataError, did_you_mean
+from dltricks.errors import ArgumentError, ConfigError, DataError, did_you_mean
 
 __all__ = ["Loader", "Task", "EvalContext", "TaskEvaluate", "register_task", "build_task", "check_task_options",
            "list_tasks", "classification_loss", "classification_metrics"]
@@ -219,6 +219,9 @@ def check_task_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def build_task(name: str, **options: Any) -> Task:
     """Build a registered task; an unknown name lists the closest ones."""
+    if not isinstance(name, str):
+        raise ArgumentError(f"build_task: name must be a data set name such as 'mnist-embedded', got "
+                            f"{type(name).__name__}; list_tasks() gives them all")
     resolved, path = _split_name(name)
     if path is not None:
         if options.get("data_dir") not in (None, path):

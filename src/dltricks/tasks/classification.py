@@ -3,7 +3,7 @@
 Each builder follows :func:`dltricks.tasks.base.register_task`'s contract::
 
     builder(*, batch_size, eval_batch_size=None, data_dir=None, seed=0, augment=None, rank=0, world_size=1,
-            device="cpu", subset=None, val_subset=None, download=False, **_) -> Task
+            device="cpu", subset=None, val_subset=None, subset_seed=0, download=False, **_) -> Task
 
 and returns a :class:`~dltricks.tasks.base.Task` whose loaders are :class:`TensorLoader` objects:
 
@@ -12,9 +12,12 @@ and returns a :class:`~dltricks.tasks.base.Task` whose loaders are :class:`Tenso
   differ every epoch) unless the training split is smaller than one batch per rank;
 * validation: in order, no augmentation, ``eval_batch_size`` (default ``batch_size``), nothing dropped.
 
-``subset=N`` keeps the first N training samples and ``val_subset=M`` the first M validation samples
-(for quick runs and tests). Both loaders normalise with the training split's per-channel statistics,
-also found in ``task.extra["mean"]`` / ``["std"]``.
+``subset=N`` keeps N training samples and ``val_subset=M`` M validation samples (quick runs and tests),
+drawn at random but class-stratified (every class keeps its share, :func:`~dltricks.data.base.stratified_indices`)
+by a permutation seeded with ``subset_seed`` (default 0, independent of ``seed`` so that runs with different
+seeds see the same samples). The draw is recorded in ``task.extra["subset"]`` / ``["val_subset"]``
+(``{"size", "of", "seed"}``). Both loaders normalise with the training split's per-channel statistics (of the
+whole split, not of the subset), also found in ``task.extra["mean"]`` / ``["std"]``.
 
 Data sets:
 
@@ -47,7 +50,7 @@ from dltricks.data.cifar import (CIFAR10_FOLDER, CIFAR10_TARBALL, download_cifar
 from dltricks.data.files import data_roots, missing_data_message
 from dltricks.data.imagefolder import load_image_folder
 from dltricks.data.loader import TensorLoader
-from dltricks.data.mnist import download_mnist, load_mnist, load_mnist_embedded
+from dltricks.data.mnist import download_mnist, find_mnist, load_mnist, load_mnist_embedded
 from dltricks.errors import ConfigError, DataError
 from dltricks.tasks.base import Task, register_task
 
@@ -68,13 +71,19 @@ def make_classification_task(name: str, train: ArrayDataset, val: ArrayDataset |
                              eval_batch_size: int | None = None, seed: int = 0,
                              augment: AugmentConfig | Mapping[str, Any] | None = None, rank: int = 0,
                              world_size: int = 1, device: str | torch.device = "cpu", subset: int | None = None,
-                             val_subset: int | None = None, extra: Mapping[str, Any] | None = None) -> Task:
+                             val_subset: int | None = None, subset_seed: int = 0,
+                             extra: Mapping[str, Any] | None = None) -> Task:
     """A :class:`Task` over in-memory training and validation sets (see the module docstring)."""
     subset, val_subset = _check_count("subset", subset), _check_count("val_subset", val_subset)
+    if not isinstance(subset_seed, int) or isinstance(subset_seed, bool):
+        raise ConfigError(f"subset_seed: got {subset_seed!r}, expected an integer")
+    drawn: dict[str, Any] = {}
     if subset is not None:
-        train = train.subset(slice(0, subset))
+        drawn["subset"] = {"size": min(subset, len(train)), "of": len(train), "seed": subset_seed}
+        train = train.sample(subset, seed=subset_seed)
     if val is not None and val_subset is not None:
-        val = val.subset(slice(0, val_subset))
+        drawn["val_subset"] = {"size": min(val_subset, len(val)), "of": len(val), "seed": subset_seed}
+        val = val.sample(val_subset, seed=subset_seed)
     if val is not None and (val.in_chans, val.image_size) != (train.in_chans, train.image_size):
         raise DataError(f"{name}: validation images {tuple(val.images.shape[1:])} differ from training images "
                         f"{tuple(train.images.shape[1:])}")
@@ -94,12 +103,12 @@ def make_classification_task(name: str, train: ArrayDataset, val: ArrayDataset |
         classes=train.classes,
         input_shape=tuple(train.images.shape[1:]),
         extra={"mean": train.mean, "std": train.std, "train_size": len(train),
-               "val_size": len(val) if val is not None else 0, **dict(extra or {})},
+               "val_size": len(val) if val is not None else 0, **drawn, **dict(extra or {})},
     )
 
 
 _LOADER_OPTIONS = ("batch_size", "eval_batch_size", "seed", "augment", "rank", "world_size", "device", "subset",
-                   "val_subset")
+                   "val_subset", "subset_seed")
 
 
 def _task_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +129,8 @@ def mnist_task(*, data_dir: str | os.PathLike[str] | None = None, download: bool
         download_mnist(data_dir)
         train = load_mnist("train", data_dir)
     val = load_mnist("test", data_dir)
-    return make_classification_task("mnist", train, val, **_task_options(options))
+    return make_classification_task("mnist", train, val, extra={"source": str(find_mnist(data_dir))},
+                                    **_task_options(options))
 
 
 @register_task("mnist-embedded", help="MNIST test split shipped in the package: 8,000 train / 2,000 val (offline)")

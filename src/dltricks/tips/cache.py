@@ -6,11 +6,15 @@ The key of one tip run hashes
   experiment function (helpers it calls live there too) and the source files of every object the tip
   *exercises* (a module's file, every ``.py`` file below a package, the defining module's file of a
   function or class), so editing the trainer or a layer re-runs exactly the tips that use it,
-* the settings of the mode, the seed list, the verdict rule's ``repr`` and the torch version.
+* the settings of the mode, the seed list, the verdict rule's ``repr``, the arms allowed to fail and the torch
+  version.
 
 A cached entry is a folder ``<root>/<tip id>/<key>/`` with ``result.json`` and the plot files; it is
 moved into place with one ``os.replace`` of a complete temporary folder, so an interrupted run never
-leaves a half-written entry that a later run would trust. The root is ``$DLTRICKS_CACHE/tips`` when
+leaves a half-written entry that a later run would trust. An entry is checked when it is read (a JSON
+object for this tip and key, every field of the type :class:`~dltricks.tips.engine.TipResult` declares, plot
+names that are files of the entry); a malformed one (edited, damaged, written by another version) is deleted
+and the tip runs again, instead of breaking every later ``verify``. The root is ``$DLTRICKS_CACHE/tips`` when
 that variable is set, else ``<report folder>/.cache``.
 """
 
@@ -21,8 +25,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -31,8 +36,10 @@ from dltricks.utils.io import atomic_write_json
 
 __all__ = ["ENGINE_VERSION", "cache_root", "file_digest", "code_fingerprint", "cache_key", "load", "store"]
 
+T = TypeVar("T")
+
 # Bump when the meaning of stored results changes (rules, evidence format).
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"  # 2: t intervals, setup check (issue 14)
 
 
 def cache_root(out: Path) -> Path:
@@ -64,6 +71,7 @@ def cache_key(tip: Tip, mode: str, settings: dict[str, Any], seeds: list[int]) -
         "settings": settings,
         "seeds": seeds,
         "rule": repr(tip.rule),
+        "may_fail": list(tip.may_fail),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),  # timings (and float summation order) depend on it
         "code": code_fingerprint(tip),
@@ -76,13 +84,43 @@ def entry_dir(root: Path, tip_id: str, key: str) -> Path:
     return Path(root) / tip_id / key
 
 
-def load(root: Path, tip_id: str, key: str) -> dict[str, Any] | None:
-    """The cached result, or None when absent or unreadable."""
-    path = entry_dir(root, tip_id, key) / "result.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+def _entry_problem(data: Any, entry: Path, tip_id: str, key: str) -> str | None:
+    """Why a cached ``result.json`` cannot be trusted (``None`` when it can): not an object, another tip's or
+    key's result, or plot names that are not plain files of the entry."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if data.get("id") != tip_id or data.get("key") not in (key, ""):
+        return "the result of another tip or key"
+    plots = data.get("plots", [])
+    if not isinstance(plots, list) or not all(isinstance(p, str) for p in plots):
+        return "plots is not a list of file names"
+    for name in plots:
+        if Path(name).is_absolute() or ".." in Path(name).parts or not (entry / name).is_file():
+            return f"plot {name[:80]!r} is not a file of the entry"
+    return None
+
+
+def load(root: Path, tip_id: str, key: str, *, parse: Callable[[dict[str, Any]], T] | None = None) -> Any:
+    """The cached result (``parse(data)`` when given), or ``None`` when absent. An entry that is unreadable,
+    malformed or that ``parse`` refuses (``ValueError``, ``TypeError``, ``KeyError``) is deleted, so the tip is
+    run again and its new result replaces it."""
+    entry = entry_dir(root, tip_id, key)
+    path = entry / "result.json"
+    if not entry.exists():
         return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if _entry_problem(data, entry, tip_id, key) is not None:
+            raise ValueError(_entry_problem(data, entry, tip_id, key))
+        return parse(data) if parse is not None else data
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        discard(root, tip_id, key)
+        return None
+
+
+def discard(root: Path, tip_id: str, key: str) -> None:
+    """Delete a cache entry (a malformed one: the tip runs again)."""
+    shutil.rmtree(entry_dir(root, tip_id, key), ignore_errors=True)
 
 
 def new_workdir(root: Path, tip_id: str) -> Path:

@@ -1,14 +1,16 @@
-"""The catalog: every tip from the seed material (the lecture, the README, the papers it cites).
+"""The catalog: every tip from the seed material (the lecture, the README, the MambaOut blog; see
+``../shared/sources``), each citing the passage it comes from.
 
 A tip is declared where its experiment is defined, with :func:`dltricks.evidence.tip` on the experiment
 function (see :mod:`dltricks.evidence.declare`). The catalog is built the way the model registry is: by
 importing the experiment modules of :mod:`dltricks.experiments`, which declares their tips. Here live
-only the section order and the tips that are planned but have no experiment yet (:data:`PLANNED`,
-listed as "not implemented yet" with what is missing).
+only the section order; the topics of the sources that have no experiment yet are in
+:mod:`dltricks.tips.planned` (:data:`PLANNED`, listed as "not yet tested" with what is missing).
 
 :func:`get_catalog` refuses a broken catalog with one :class:`~dltricks.errors.CatalogError`: an experiment
 module that does not import, a declared experiment that its module no longer holds under its name, an
-exercised object without source files, an unknown section or a duplicated id. So ``dltricks verify``
+exercised object without source files, a tip that cites no passage of the sources, an unknown section or a
+duplicated id. So ``dltricks verify``
 (and ``make run``) fail loudly instead of reporting a renamed experiment as "not implemented yet".
 
 Budgets: ``make run`` (quick mode, every tip) must finish within 5 minutes on 2 cores, so quick
@@ -25,15 +27,13 @@ from collections.abc import Iterable, Sequence
 from types import ModuleType
 
 from dltricks.errors import CatalogError
-from dltricks.evidence import Tip, declared_tips, problems
+from dltricks.evidence import DOC_CHECK, Tip, declared_tips, problems
+from dltricks.tips.planned import PLANNED
 
 __all__ = ["SECTIONS", "PLANNED", "experiment_modules", "build_catalog", "get_catalog", "markdown_table"]
 
-SECTIONS = ("Convolutions", "Dense prediction", "Normalisation and optimisation", "Regularisation", "Architectures",
-            "State-space models")
-
-# Tips declared before anyone has written their experiment: Tip(..., pending="what is missing").
-PLANNED: tuple[Tip, ...] = ()
+SECTIONS = ("Convolutions", "Dense prediction", "Object detection", "Normalisation and optimisation", "Regularisation",
+            "Architectures", "State-space models", "Learning setups", "Search, compression and scale")
 
 
 def experiment_modules() -> tuple[ModuleType, ...]:
@@ -71,10 +71,13 @@ def get_catalog() -> list[Tip]:
 
 
 def markdown_table(tips: Sequence[Tip]) -> str:
-    """The catalog table of ``docs/evidence.md``: id, title, claim, source and the verdict rule in brief."""
-    lines = ["| id | title | claim (our words) | source | verdict rule |", "| --- | --- | --- | --- | --- |"]
+    """The catalog table of ``docs/evidence.md``: id, title, status, claim, source (the cited passages, then other
+    references) and the verdict rule in brief (a documentation check's finding)."""
+    lines = ["| id | title | status | claim (our words) | source | verdict rule |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for t in tips:
-        claim = t.claim if t.implemented else f"{t.claim} (not implemented yet: {'; '.join(t.missing())})"
-        cells = [f"`{t.id}`", t.title, claim, t.source, t.rule.brief()]
+        claim = t.claim if t.implemented else f"{t.claim} (not yet tested: {'; '.join(t.missing())})"
+        decided_by = f"finding: {t.finding}" if t.kind == DOC_CHECK else t.rule.brief()
+        cells = [f"`{t.id}`", t.title, t.status, claim, t.reference, decided_by]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)

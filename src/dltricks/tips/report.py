@@ -1,9 +1,13 @@
 """The evidence report: ``results.json``, ``index.html`` (template ``report.html``) and a rich table.
 
 ``index.html`` starts with a summary table (one row per tip, a verdict badge, the key numbers) and
-then one section per tip: claim, source, the rule fixed before running, the setup, every arm's
-numbers as mean +- std (n seeds), the paired effect with its standard error, exact checks, other
-measured values and the plots (PNG files under ``plots/<tip id>/``, next to ``index.html``).
+then one section per tip: claim, source, the rule fixed before running, the setup with its budget (steps,
+images, epochs per run, number of runs, wall and CPU time), the learning rate each arm's grid chose, every
+arm's numbers as mean +- std (n seeds), and for each statistical part of the rule the per-seed values of
+both arms and their paired differences (an inline SVG), the effect with its 95 % Student-t interval, n and
+degrees of freedom, the p-values (Holm-adjusted in full mode), the minimum detectable effect and the seeds
+it would take to decide; then exact checks, other measured values and the plots (PNG files under
+``plots/<tip id>/``, next to ``index.html``). Every file is written with mode 0644.
 """
 
 from __future__ import annotations
@@ -26,11 +30,30 @@ from dltricks.utils.io import atomic_write_json, atomic_write_text
 
 __all__ = ["write_report", "render_html", "summary_table", "key_numbers", "machine_info"]
 
-VERDICT_ORDER = ["confirmed", "consistent with", "inconclusive", "not consistent with", "refuted", "error",
-                 "skipped", "not implemented yet"]
+VERDICT_ORDER = ["confirmed", "consistent with", "inconclusive", "not consistent with", "refuted", "invalid setup",
+                 "error", "skipped", "documentation check", "not yet tested"]
+STATISTICAL = ("effect", "non-inferiority", "equivalence")
+PUBLIC = 0o644  # report files are read by people and web servers
 RICH_STYLE = {"confirmed": "bold white on green", "consistent with": "green", "refuted": "bold white on red",
-              "not consistent with": "dark_orange", "inconclusive": "grey62", "not implemented yet": "dim",
-              "skipped": "dim", "error": "bold magenta"}
+              "not consistent with": "dark_orange", "inconclusive": "grey62", "not yet tested": "dim",
+              "skipped": "dim", "error": "bold magenta", "documentation check": "cyan", "invalid setup": "bold yellow"}
+# The summary lists the experiments, then the documentation checks, then the topics not yet tested, apart.
+GROUPS = (("experiments", "Experiments"),
+          ("doc-check", "Documentation checks: what a document says, compared with the other sources (no experiment)"),
+          ("not yet tested", "Not yet tested: topics of the sources without an experiment"))
+
+
+def group_of(r: TipResult) -> str:
+    """``"doc-check"``, ``"not yet tested"`` or ``"experiments"``: the part of the summary a result is listed in."""
+    if r.kind == "doc-check":
+        return "doc-check"
+    return "not yet tested" if r.verdict == "not yet tested" else "experiments"
+
+
+def grouped(results: Sequence[TipResult]) -> list[tuple[str, list[TipResult]]]:
+    """The non-empty groups of :data:`GROUPS` with their results, catalog order kept inside each."""
+    return [(title, members) for key, title in GROUPS
+            if (members := [r for r in results if group_of(r) == key])]
 
 
 def machine_info() -> dict[str, Any]:
@@ -67,13 +90,14 @@ def _pm(s: dict[str, Any]) -> str:
 def key_numbers(result: TipResult, *, plain: bool = False) -> str:
     """One line with the numbers that decided the verdict."""
     parts = [result.evidence["headline"]] if (result.evidence or {}).get("headline") else []
+    if result.verdict == "invalid setup":
+        parts.append(result.reason)
     for st in result.stats:
-        if st.get("kind") in ("effect", "non-inferiority"):
+        if st.get("kind") in STATISTICAL:
             e = st["effect"]
             t, c = st["treatment_stats"], st["control_stats"]
-            pm = "+-" if plain else "&plusmn;"
             parts.append(f"{st['metric']}: {st['treatment']} {_num(t['mean'])} vs {st['control']} {_num(c['mean'])}; "
-                         f"effect {_num(e['mean'])} {pm} {_num(e['se'])} SE (n={e['n']})")
+                         f"effect {_num(e['mean'])}, {_ci(e)} (n={e['n']})")
         elif st.get("kind") == "exact":
             checks = st["checks"]
             failed = [name for name, ok in checks.items() if not ok]
@@ -85,6 +109,103 @@ def key_numbers(result: TipResult, *, plain: bool = False) -> str:
         parts.append(result.reason)
     text = "; ".join(parts)
     return text if plain else html.escape(text).replace("&amp;plusmn;", "&plusmn;")
+
+
+def _ci(e: dict[str, Any]) -> str:
+    """``95% CI [lo, hi]`` of an interval dict (``no interval`` with one seed)."""
+    if e.get("lo") is None or e.get("hi") is None:
+        return "no interval"
+    return f"{round(100 * e.get('confidence', 0.95))}% CI [{_num(e['lo'])}, {_num(e['hi'])}]"
+
+
+def _strip_svg(rows: Sequence[tuple[str, Sequence[float]]], *, interval: tuple[float, float] | None = None,
+               lines: Sequence[tuple[float, str]] = (), width: int = 420) -> str:
+    """An inline SVG strip plot: one row of dots (one per seed) per ``(label, values)``; on the last row an
+    optional interval bar; ``lines``: vertical reference lines ``(x, label)`` (zero, the claim's bound)."""
+    finite = [v for _, vals in rows for v in vals if math.isfinite(v)]
+    finite += [x for x, _ in lines] + (list(interval) if interval else [])
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    pad = (hi - lo) * 0.08 or max(abs(lo), 1e-9) * 0.1
+    lo, hi = lo - pad, hi + pad
+    left, right, row_h = 120, width - 10, 18
+    height = row_h * len(rows) + 22
+    x = lambda v: left + (v - lo) / (hi - lo) * (right - left)  # noqa: E731
+    e = html.escape
+    out = [f'<svg class="strip" width="{width}" height="{height}" role="img" viewBox="0 0 {width} {height}">']
+    for value, label in lines:
+        out.append(f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="2" y2="{height - 18}" class="ref"/>'
+                   f'<text x="{x(value):.1f}" y="{height - 6}" class="tick">{e(label)}</text>')
+    for i, (label, values) in enumerate(rows):
+        y = 12 + i * row_h
+        out.append(f'<text x="{left - 6}" y="{y + 4}" class="lab">{e(label)}</text>')
+        if interval is not None and i == len(rows) - 1:
+            out.append(f'<line x1="{x(interval[0]):.1f}" x2="{x(interval[1]):.1f}" y1="{y}" y2="{y}" class="ci"/>')
+        for k, v in enumerate(values):
+            if math.isfinite(v):
+                out.append(f'<circle cx="{x(v):.1f}" cy="{y}" r="3.5" class="dot"><title>seed #{k + 1}: {_num(v)}'
+                           f'</title></circle>')
+    out.append(f'<text x="{left}" y="{height - 6}" class="tick">{_num(lo)}</text>'
+               f'<text x="{right}" y="{height - 6}" class="tick end">{_num(hi)}</text></svg>')
+    return "".join(out)
+
+
+def _stat_block(st: dict[str, Any]) -> str:
+    """The per-seed points, the interval and what would change the verdict, for one statistical part."""
+    e = html.escape
+    eff = st["effect"]
+    arms = _strip_svg([(st["treatment"], st.get("treatment_values", [])),
+                       (st["control"], st.get("control_values", []))])
+    bound = st.get("bound", 0.0)
+    lines = [(0.0, "0")] + ([(bound, f"bound {_num(bound)}")] if bound else [])
+    if st.get("kind") == "equivalence":
+        lines = [(0.0, "0"), (-bound, f"-{_num(bound)}"), (bound, f"+{_num(bound)}")]
+    interval = (eff["lo"], eff["hi"]) if eff.get("lo") is not None else None
+    diffs = _strip_svg([("paired effect", st.get("differences", []))], interval=interval, lines=lines)
+    p_text = f"p (support) {_num(st.get('p_support'))}, p (contradict) {_num(st.get('p_contradict'))}"
+    if "p_holm" in st:
+        p_text += f", Holm-adjusted p {_num(st['p_holm'])} over {st.get('family_size')} tests"
+        if st.get("holm_downgraded"):
+            p_text += " (<b>not significant across the catalog</b>)"
+    mde = st.get("mde")
+    need = st.get("seeds_to_decide")
+    change = (f"minimum detectable effect (80 % power, n={eff['n']}): {_num(mde)} beyond the bound" if mde is not None
+              else "one seed: no spread, no interval")
+    if need is not None:
+        change += f"; at this mean and spread the interval would clear the bound with {need} seeds"
+    return (f'<div class="stat"><p class="small"><b>{e(st["kind"])}</b> on <code>{e(st["metric"])}</code> '
+            f'({e(st["treatment"])} vs {e(st["control"])}, {e(st["better"])} is better; {e(st.get("wanted", ""))}): '
+            f'effect {_num(eff["mean"])}, {_ci(eff)}, sd of paired differences {_num(eff.get("sd", eff.get("std")))}, '
+            f'n={eff["n"]}, df={eff.get("df")}; part verdict <b>{e(str(st.get("verdict", "")))}</b>. {p_text}. '
+            f'What would change it: {change}.</p>'
+            f'<div class="strips">{arms}{diffs}</div></div>')
+
+
+def _budget(r: TipResult) -> str:
+    ev = r.evidence or {}
+    budget = ev.get("budget") or {}
+    runs = sum(len(v) for v in (ev.get("health") or {}).values())
+    parts = [f"{_num(v)} {k}" for k, v in budget.items()]
+    text = ("per run " + ", ".join(parts)) if parts else "budget not reported"
+    if runs:
+        text += f"; {runs} training runs"
+    return text + f"; {r.elapsed_s:.1f} s wall, {r.cpu_s:.1f} s CPU" + (" (cached)" if r.cached else "")
+
+
+def _tuning(r: TipResult) -> str:
+    tuning = (r.evidence or {}).get("tuning") or {}
+    if not tuning:
+        return ""
+    e = html.escape
+    items = []
+    for arm, t in tuning.items():
+        grid = ", ".join(f"{_num(lr)}: {_num(score)}" for lr, score in zip(t.get("grid", []), t.get("scores", [])))
+        items.append(f"{e(arm)} <b>{_num(t.get('chosen'))}</b> ({grid})")
+    first = next(iter(tuning.values()))
+    return (f'<p class="small"><span class="label">Learning rate per arm</span> (grid run on tuning seed '
+            f'{first.get("seed")}, chosen by {e(str(first.get("metric")))}, before the seeds): '
+            + "; ".join(items) + "</p>")
 
 
 def _time(r: TipResult) -> str:
@@ -112,8 +233,13 @@ def _section(r: TipResult) -> str:
     ev = r.evidence or {}
     if ev.get("setup"):
         out.append(f'<p><span class="label">Setup:</span> {e(ev["setup"])} '
-                   f'<span class="small">(mode {e(r.mode)}, seeds {e(", ".join(map(str, r.seeds)))}, '
-                   f'{r.elapsed_s:.1f} s wall, {r.cpu_s:.1f} s CPU{", cached" if r.cached else ""})</span></p>')
+                   f'<span class="small">(mode {e(r.mode)}, seeds {e(", ".join(map(str, r.seeds)))})</span></p>')
+    if ev:
+        out.append(f'<p class="small"><span class="label">Budget:</span> {e(_budget(r))}</p>')
+    out.append(_tuning(r))
+    if r.setup_problems:
+        out.append('<p class="small"><span class="label">Setup check failed</span> (not counted as evidence):</p><ul>'
+                   + "".join(f"<li>{e(p)}</li>" for p in r.setup_problems) + "</ul>")
     arms = ev.get("arms") or {}
     if arms:  # one row per metric, one column per arm: mean +- std (n seeds)
         from dltricks.evidence import summarize
@@ -128,12 +254,8 @@ def _section(r: TipResult) -> str:
             out.append(f"<tr><td>{name}</td>{cells}</tr>")
         out.append("</tbody></table>")
     for st in r.stats:
-        if st.get("kind") in ("effect", "non-inferiority"):
-            eff = st["effect"]
-            out.append(f'<p class="small">Paired effect on <code>{e(st["metric"])}</code> ({e(st["treatment"])} vs '
-                       f'{e(st["control"])}, {e(st["better"])} is better): mean {_num(eff["mean"])}, '
-                       f'std {_num(eff["std"])}, SE {_num(eff["se"])}, n={eff["n"]}, '
-                       f'2-SE interval [{_num(eff["lo"])}, {_num(eff["hi"])}]</p>')
+        if st.get("kind") in STATISTICAL:
+            out.append(_stat_block(st))
     checks = ev.get("checks") or {}
     values = ev.get("values") or {}
     if checks or values:
@@ -154,29 +276,53 @@ def _section(r: TipResult) -> str:
     return "\n".join(out)
 
 
+def _family_text(family: dict[str, Any] | None) -> str:
+    if not family or "tests" not in family:
+        return ""
+    if family.get("mode") != "full":
+        return f"Multiple comparisons: {family['method']}."
+    changed = family.get("changed") or []
+    return (f"Multiple comparisons: {family['method']} ({family['tests']} tests), family-wise error rate "
+            f"{family['alpha']:g} for all confirmed and refuted verdicts together; "
+            + (f"verdicts changed by it: {'; '.join(changed)}." if changed else "no verdict changed by it."))
+
+
 def render_html(results: Sequence[TipResult], meta: dict[str, Any]) -> str:
     template = string.Template(resources.files("dltricks.tips").joinpath("report.html").read_text())
     e = html.escape
     rows = []
-    for r in results:
-        rows.append(f'<tr class="row" data-verdict="{e(r.verdict)}"><td><a href="#{e(r.id)}">{e(r.id)}</a></td>'
-                    f'<td title="{e(r.claim)}">{e(r.title)}</td><td>{_badge(r.verdict)}</td><td>{key_numbers(r)}</td>'
-                    f'<td class="num">{_time(r)}</td></tr>')
+    groups = grouped(results)
+    for title, members in groups:
+        if len(groups) > 1:
+            rows.append(f'<tr class="group"><th colspan="5">{e(title)} ({len(members)})</th></tr>')
+        for r in members:
+            rows.append(f'<tr class="row" data-verdict="{e(r.verdict)}"><td><a href="#{e(r.id)}">{e(r.id)}</a></td>'
+                        f'<td title="{e(r.claim)}">{e(r.title)}</td><td>{_badge(r.verdict)}</td>'
+                        f'<td>{key_numbers(r)}</td><td class="num">{_time(r)}</td></tr>')
     counts = Counter(r.verdict for r in results)
     count_text = " ".join(f"<span>{_badge(v)} {counts[v]}</span>" for v in VERDICT_ORDER if counts[v])
     meta_text = " &middot; ".join(f"{e(str(k))}: {e(str(v))}" for k, v in meta.items())
     title = f"dltricks evidence report ({meta.get('mode', '')} mode)"
     return template.substitute(title=e(title), meta=meta_text, counts=count_text, rows="\n".join(rows),
-                               sections="\n".join(_section(r) for r in results))
+                               sections="\n".join(_section(r) for r in results),
+                               family=e(_family_text(meta.get("multiple comparisons"))))
 
 
-def write_report(results: Sequence[TipResult], out: Path, *, mode: str, elapsed_s: float) -> dict[str, Any]:
-    """Write ``out/results.json`` and ``out/index.html`` atomically; return the metadata."""
+def write_report(results: Sequence[TipResult], out: Path, *, mode: str, elapsed_s: float,
+                 family: dict[str, Any] | None = None, workers: int = 1) -> dict[str, Any]:
+    """Write ``out/results.json`` and ``out/index.html`` atomically (mode 0644); return the metadata.
+
+    ``family``: what :func:`dltricks.tips.engine.family_control` applied (stated in the report).
+    """
+    from dltricks.evidence import stats
+
     out = Path(out)
     meta = {"mode": mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "total time": f"{elapsed_s:.1f} s", **machine_info()}
-    atomic_write_json(out / "results.json", {"meta": meta, "tips": [r.to_dict() for r in results]})
-    atomic_write_text(out / "index.html", render_html(results, meta))
+            "total time": f"{elapsed_s:.1f} s", "workers": workers, **machine_info(),
+            "intervals": f"two-sided {100 * (1 - stats.ALPHA):g} % Student-t intervals of paired effects",
+            "multiple comparisons": family or {"method": "not stated (report written without family_control)"}}
+    atomic_write_json(out / "results.json", {"meta": meta, "tips": [r.to_dict() for r in results]}, mode=PUBLIC)
+    atomic_write_text(out / "index.html", render_html(results, meta), mode=PUBLIC)
     return meta
 
 
@@ -189,8 +335,13 @@ def summary_table(results: Sequence[TipResult], *, title: str = "dltricks verify
     table.add_column("verdict", no_wrap=True)
     table.add_column("key numbers")
     table.add_column("time", justify="right", no_wrap=True)
-    for r in results:
-        style = RICH_STYLE.get(r.verdict, "")
-        time_text = "" if r.status != "implemented" else f"{r.elapsed_s:.1f}s" + ("*" if r.cached else "")
-        table.add_row(r.id, f"[{style}]{r.verdict}[/]", key_numbers(r, plain=True), time_text)
+    groups = grouped(results)
+    for title, members in groups:
+        if len(groups) > 1:
+            table.add_section()
+            table.add_row(f"[bold]{title} ({len(members)})[/]", "", "", "")
+        for r in members:
+            style = RICH_STYLE.get(r.verdict, "")
+            time_text = "" if r.status != "implemented" else f"{r.elapsed_s:.1f}s" + ("*" if r.cached else "")
+            table.add_row(r.id, f"[{style}]{r.verdict}[/]", key_numbers(r, plain=True), time_text)
     return table

@@ -12,50 +12,86 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dltricks.errors import ConfigError
+from dltricks.errors import ArgumentError, ConfigError
 from dltricks.tips.catalog import get_catalog
-from dltricks.tips.engine import TipResult, run_tips, select_tips
+from dltricks.tips.engine import TipResult, family_control, run_tips, select_tips
 from dltricks.tips.report import summary_table, write_report
+from dltricks.utils.io import check_writable_dir
 
 __all__ = ["verify", "exit_code"]
 
 
 def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int | None = None,
            out: Path = Path("report"), cache_dir: Path | None = None, use_cache: bool = True,
-           threads: int | None = 1, console: Console | None = None) -> list[TipResult]:
+           threads: int | None = 1, console: Console | None = None, workers: int = 1,
+           first_seed: int = 0) -> list[TipResult]:
     """Run the selected tips, write the report and print the summary table; return the results.
 
     ``threads``: torch intra-op threads during the run (restored afterwards); ``None`` leaves them alone.
+    ``workers``: worker processes running tips side by side (each with ``threads`` threads).
+    ``first_seed``: seeds start here instead of 0 (a disjoint seed set, to check that verdicts are stable).
+    Full mode corrects the verdicts for multiplicity across the tips of the run
+    (:func:`dltricks.tips.engine.family_control`).
     """
     import torch
 
+    _check_verify_arguments(mode=mode, only=only, seeds=seeds, out=out, cache_dir=cache_dir, threads=threads,
+                            workers=workers, first_seed=first_seed)
     if seeds is not None and seeds < 1:
         raise ConfigError(f"--seeds: got {seeds}, expected a number >= 1")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads: got {threads}, expected a number >= 1")
+    if workers < 1:
+        raise ConfigError(f"--workers: got {workers}, expected a number >= 1")
+    if first_seed < 0:
+        raise ConfigError(f"--first-seed: got {first_seed}, expected a number >= 0")
     tips = select_tips(get_catalog(), only)
+    # The report and the cache are written after minutes of experiments: check now that they can be.
+    check_writable_dir(out)
+    if cache_dir is not None:
+        check_writable_dir(cache_dir)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _verify(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache, console=console)
+        return _verify(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache, console=console,
+                       workers=workers, first_seed=first_seed)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _verify(tips: list, *, mode: str, seeds: int | None, out: Path, cache_dir: Path | None, use_cache: bool,
-            console: Console | None) -> list[TipResult]:
+            console: Console | None, workers: int = 1, first_seed: int = 0) -> list[TipResult]:
     # A log file or pipe gets a wide table instead of rich's 80-column default.
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     start = time.perf_counter()
-    results = run_tips(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache)
+    results = run_tips(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache,
+                       workers=workers, first_seed=first_seed)
+    family = family_control(results, mode=mode)
     elapsed = time.perf_counter() - start
-    write_report(results, out, mode=mode, elapsed_s=elapsed)
+    write_report(results, out, mode=mode, elapsed_s=elapsed, family=family, workers=workers)
     cpu = sum(r.cpu_s for r in results if not r.cached)
     console.print(summary_table(results, title=f"dltricks verify --{mode} ({elapsed:.0f} s wall, {cpu:.0f} s CPU in "
                                                f"tips; * = cached)"))
     console.print(f"report: {Path(out) / 'index.html'}  results: {Path(out) / 'results.json'}")
     return results
+
+
+def _check_verify_arguments(*, mode: object, only: object, seeds: object, out: object, cache_dir: object,
+                            threads: object, workers: object, first_seed: object) -> None:
+    """The types :func:`verify` takes, each refused with what was expected."""
+    if mode not in ("quick", "full"):
+        raise ArgumentError(f"verify: mode must be 'quick' or 'full', got {mode!r}")
+    if only is not None and (isinstance(only, str) or not all(isinstance(item, str) for item in only)):  # type: ignore[attr-defined]
+        raise ArgumentError(f"verify: only must be a list of tip ids, globs or sections (strings), got {only!r:.80}")
+    for name, value in (("out", out), ("cache_dir", cache_dir)):
+        if not isinstance(value, (str, Path)) and not (name == "cache_dir" and value is None):
+            raise ArgumentError(f"verify: {name} must be a path (str or pathlib.Path), got {type(value).__name__}")
+    for name, value, optional in (("seeds", seeds, True), ("threads", threads, True), ("workers", workers, False),
+                                  ("first_seed", first_seed, False)):
+        if not (value is None and optional) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ArgumentError(f"verify: {name} must be an integer{' or None' if optional else ''}, got "
+                                f"{type(value).__name__}")
 
 
 def exit_code(results: Sequence[TipResult]) -> int:

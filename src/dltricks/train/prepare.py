@@ -36,7 +36,7 @@ from dltricks.train.checks import check_task_recipe, recipe_augment
 from dltricks.train.recipe import Recipe, load_recipe
 
 __all__ = ["prepare", "task_for_recipe", "model_for_task", "model_kwargs_for_task", "check_task_recipe",
-           "recipe_data_options"]
+           "recipe_data_options", "check_model_kind", "task_kind"]
 
 
 def recipe_data_options(recipe: Recipe, data: str, data_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -56,9 +56,12 @@ def recipe_data_options(recipe: Recipe, data: str, data_options: Mapping[str, An
 
 def task_for_recipe(data: str, recipe: Recipe, *, data_dir: str | Path | None = None,
                     data_options: Mapping[str, Any] | None = None, subset: int | None = None,
-                    val_subset: int | None = None, device: torch.device | str = "cpu", for_training: bool = True,
-                    batch_size: int | None = None) -> Task:
+                    val_subset: int | None = None, subset_seed: int | None = None, device: torch.device | str = "cpu",
+                    for_training: bool = True, batch_size: int | None = None) -> Task:
     """Build data set ``data`` with the recipe's batch sizes, seed, augmentation and data options.
+
+    ``subset`` / ``val_subset``: sample counts of a class-stratified random draw seeded with ``subset_seed``
+    (the data set's default, 0, when ``None``; see :mod:`dltricks.tasks.classification`).
 
     ``batch_size`` overrides the recipe's (evaluation-only uses, e.g. ``dltricks eval``); a task built so
     is not for :func:`fit` with that recipe.
@@ -75,7 +78,8 @@ def task_for_recipe(data: str, recipe: Recipe, *, data_dir: str | Path | None = 
     dist = DistInfo.current()
     bs = batch_size or cfg.batch_size
     options = recipe_data_options(recipe, data, data_options)
-    counts = {k: v for k, v in (("subset", subset), ("val_subset", val_subset)) if v is not None}
+    counts = {k: v for k, v in (("subset", subset), ("val_subset", val_subset), ("subset_seed", subset_seed))
+              if v is not None}
     return build_task(data, batch_size=bs, eval_batch_size=cfg.eval_batch_size or 2 * bs, data_dir=data_dir,
                       seed=cfg.seed, augment=recipe_augment(recipe, for_training), rank=dist.rank,
                       world_size=dist.world_size, device=str(device), **counts, **options)
@@ -110,6 +114,34 @@ def model_kwargs_for_task(name: str, task: Task, model_kwargs: Mapping[str, Any]
     return kwargs
 
 
+def task_kind(task: Task) -> str:
+    """``segmentation``, ``seq2seq`` or ``other`` (classification and token tasks, which share models)."""
+    extra = task.extra or {}
+    if extra.get("task_type") == "segmentation":
+        return "segmentation"
+    return "seq2seq" if "source_vocab" in extra else "other"
+
+
+def check_model_kind(name: str, task: Task) -> None:
+    """Refuse registered model ``name`` for ``task`` when their kinds differ (a segmentation model on
+    classification data, a classifier on a segmentation data set, a seq2seq model elsewhere), before any
+    model is built or any run directory is created."""
+    from dltricks.models import model_info
+
+    model_kind = model_info(name).task
+    kind = task_kind(task)
+    wanted = model_kind if model_kind in ("segmentation", "seq2seq") else "other"
+    if wanted == kind:
+        return
+    what = {"segmentation": "a segmentation data set (per-pixel labels, e.g. isbi2012-membrane)",
+            "seq2seq": "a sequence-to-sequence data set (e.g. dates)",
+            "other": "a classification or token data set (one label per input or per token)"}
+    suggestion = {"segmentation": "a segmentation model such as unet_small", "seq2seq": "a seq2seq model such as "
+                  "transformer_tiny", "other": "a classification model such as small_cnn or resnet18"}[kind]
+    raise ModelError(f"model {name} is a {model_kind} model and needs {what[wanted]}, but data set {task.name} is "
+                     f"{what[kind]}; choose {suggestion} (`dltricks models` lists them)")
+
+
 def model_for_task(name: str, task: Task, *, model_kwargs: Mapping[str, Any] | None = None,
                    seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Create registered model ``name`` sized for ``task`` with ``seed`` set first; returns the model and
@@ -118,10 +150,13 @@ def model_for_task(name: str, task: Task, *, model_kwargs: Mapping[str, Any] | N
     A value the constructor rejects (``ValueError``, e.g. a dropout rate of 5) among the caller's options
     is a :class:`ModelError` naming them.
     """
-    from dltricks.models import create_model
+    from dltricks.models import check_model_size, create_model
     from dltricks.train.runtime import seed_everything
 
+    check_model_kind(name, task)
     kwargs = model_kwargs_for_task(name, task, model_kwargs)
+    if model_kwargs:  # options from a command line or a checkpoint: sized before anything is allocated
+        check_model_size(name, kwargs)
     seed_everything(seed)
     try:
         return create_model(name, **kwargs), kwargs
@@ -136,7 +171,8 @@ def model_for_task(name: str, task: Task, *, model_kwargs: Mapping[str, Any] | N
 def prepare(model: str | nn.Module, data: str | Task, recipe: Recipe | Mapping[str, Any] | str | Path | None = None,
             *, model_kwargs: Mapping[str, Any] | None = None, data_dir: str | Path | None = None,
             data_options: Mapping[str, Any] | None = None, subset: int | None = None,
-            val_subset: int | None = None, device: torch.device | str | None = None) -> tuple[nn.Module, Task]:
+            val_subset: int | None = None, subset_seed: int | None = None,
+            device: torch.device | str | None = None) -> tuple[nn.Module, Task]:
     """``(model, task)`` ready for ``fit(model, task, recipe)`` (see the module docstring).
 
     ``model``: a registered name (created for the task with the recipe's seed) or a module; ``data``: a
@@ -156,7 +192,7 @@ def prepare(model: str | nn.Module, data: str | Task, recipe: Recipe | Mapping[s
         check_task_recipe(task, recipe)
     else:
         task = task_for_recipe(data, recipe, data_dir=data_dir, data_options=data_options, subset=subset,
-                               val_subset=val_subset, device=device)
+                               val_subset=val_subset, subset_seed=subset_seed, device=device)
     if isinstance(model, str):
         model, _ = model_for_task(model, task, model_kwargs=model_kwargs, seed=recipe.train.seed)
     elif model_kwargs:

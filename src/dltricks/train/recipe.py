@@ -1,6 +1,6 @@
 """The training recipe: one typed dataclass in which every training trick is one option.
 
-A :class:`Recipe` has seven sections, each a small dataclass:
+A :class:`Recipe` has eight sections, each a small dataclass:
 
 * ``optim``: the optimizer (SGD with optional Nesterov momentum, Adam, AdamW, RMSprop, Adadelta), the
   learning rate and weight decay, optionally not applied to normalisation weights and biases;
@@ -13,6 +13,8 @@ A :class:`Recipe` has seven sections, each a small dataclass:
 * ``ema``: an exponential moving average of the weights, evaluated instead of the raw weights when on;
 * ``early_stop``: stop when a validation metric has not improved for ``patience`` epochs;
 * ``checkpoint``: how often the full trainer state is saved for ``--resume``.
+* ``distill``: knowledge distillation from a teacher run (soft targets at temperature T mixed with the
+  hard labels by alpha).
 
 Recipes are YAML files holding any subset of these keys (everything else keeps its default), e.g.::
 
@@ -42,7 +44,7 @@ from dltricks.data.augment import AugmentConfig
 from dltricks.errors import ConfigError, did_you_mean
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "EmaConfig", "EarlyStopConfig", "CheckpointConfig",
-           "Recipe", "load_recipe", "list_recipes", "recipe_path", "describe_recipe"]
+           "DistillConfig", "Recipe", "load_recipe", "list_recipes", "recipe_path", "describe_recipe"]
 
 
 def _check_momentum(value: Any) -> str | None:
@@ -68,6 +70,12 @@ def _check_at_least_one(value: Any) -> str | None:
 def _check_val_metric(value: Any) -> str | None:
     return (None if re.fullmatch(r"val_[a-z0-9_@]+", value)
             else "a validation metric name such as val_loss or val_accuracy")
+
+
+def _check_seed(value: Any) -> str | None:
+    # torch takes 64-bit seeds and the loaders hash (seed, epoch, batch, rank) as signed 64-bit integers;
+    # seed + rank must fit.
+    return None if 0 <= value <= 2**62 else "an integer in [0, 2**62]"
 
 
 def _check_device(value: Any) -> str | None:
@@ -155,7 +163,8 @@ class TrainConfig:
         "auto", help="NHWC memory format for the model and the 4-D inputs; 'auto': on when the model has 2-D "
                      "convolutions (measured 1.0-1.5x faster training for the CNN families on CPU, "
                      "docs/benchmarks.md), off otherwise")
-    seed: int = field(0, help="seed of weights initialisation (CLI), data order, augmentation and dropout")
+    seed: int = field(0, help="seed of weights initialisation (CLI), data order, augmentation and dropout "
+                              "(0 <= seed <= 2**62)", check=_check_seed)
     deterministic: bool = field(False, help="deterministic kernels (torch.use_deterministic_algorithms, cuDNN "
                                             "benchmark off); slower on GPU, errors on ops without one")
     device: str = field("auto", help="'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'",
@@ -169,6 +178,13 @@ class TrainConfig:
                                             "loss is below overfit_loss (no augmentation, no label smoothing)")
     overfit_steps: int = field(500, help="overfit_batch: maximum optimizer steps", check=_check_at_least_one)
     overfit_loss: float = field(0.01, help="overfit_batch: target loss", check=check_positive)
+    bn_recalibrate: int = field(0, help="after the last epoch, recompute the BatchNorm running statistics of the "
+                                        "evaluated model as the plain average over this many training batches "
+                                        "(the method of torch.optim.swa_utils.update_bn; 0 = off): after a short "
+                                        "run the running averages lag behind the weights", check=check_non_negative)
+    log: Literal["none", "tensorboard"] = field(
+        "none", help="run tracking besides the metrics files: 'tensorboard' writes scalars per step and epoch, "
+                     "hyper-parameters and images to run_dir/tensorboard (rank 0; docs/serve.md)")
 
 
 @dataclass
@@ -212,6 +228,18 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained teacher (Hinton et al. 2015; :mod:`dltricks.train.distill`)."""
+
+    teacher: str = field("", help="run directory or weights file of the teacher ('' = off; fit(teacher=...) "
+                                  "takes a module); it runs in eval mode without gradients")
+    temperature: float = field(4.0, help="softmax temperature T of the soft targets; the soft loss is scaled by "
+                                         "T^2", check=check_positive)
+    alpha: float = field(0.9, help="weight of the soft-target loss; the hard-label loss gets 1 - alpha",
+                         check=_check_unit)
+
+
+@dataclass
 class Recipe:
     """Everything that defines a training run apart from the model and the data."""
 
@@ -222,6 +250,7 @@ class Recipe:
     ema: EmaConfig = field(default_factory=EmaConfig, help="weight averaging")
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig, help="early stopping")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpoints")
+    distill: DistillConfig = field(default_factory=DistillConfig, help="knowledge distillation")
     data: dict[str, Any] = field(default_factory=dict,
                                  help="options of the data set itself (the keys of --data-opt, which win over "
                                       "these; e.g. {elastic: true} for isbi2012-membrane), checked against the "
@@ -249,6 +278,11 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+# Other names accepted for a key in overrides (``--set``): where a user may look for it first.
+ALIASES = {"train.checkpoint_every_steps": "checkpoint.every_steps",
+           "train.checkpoint_every_epochs": "checkpoint.every_epochs"}
 
 
 def _recipes_dir() -> Path:
@@ -292,6 +326,7 @@ def load_recipe(source: str | Path | Mapping[str, Any] | Recipe | None = None,
             (:func:`~dltricks.config.parse_assignment`), applied last.
     """
     pairs = [parse_assignment(o, "override") if isinstance(o, str) else tuple(o) for o in overrides]
+    pairs = [(ALIASES.get(key, key), value) for key, value in pairs]
     if source is None:
         base: Recipe | Mapping[str, Any] = {}
     elif isinstance(source, Recipe):

@@ -14,7 +14,8 @@ An optimizer step, in order:
 
 After each epoch the model (the EMA weights when EMA is on) is evaluated on the validation loader, a line
 goes to ``metrics.jsonl``/``metrics.csv`` and the full state to ``checkpoints/last.safetensors`` (rank 0
-only); early stopping looks at the chosen validation metric.
+only); early stopping looks at the chosen validation metric. With ``train.log: tensorboard`` the step and epoch
+numbers, the hyper-parameters and a few images also go to TensorBoard (:mod:`dltricks.train.tracking`).
 
 ``fit`` is a library function first: the CLI, the evidence engine and the hyper-parameter search call it
 in-process. It keeps no state between calls; the only global things it touches are the RNG seeds
@@ -40,10 +41,13 @@ import torch
 from torch import nn
 
 from dltricks.config import to_dict
-from dltricks.errors import CheckpointError, ConfigError, ModelError, TrainingError
+from dltricks.errors import ArgumentError, CheckpointError, ConfigError, ModelError, TrainingError
 from dltricks.train.checkpoint import (CHECKPOINT_FORMAT, WEIGHTS_FORMAT, optimizer_from_flat, optimizer_to_flat,
                                        read_tensors, restore_rng_state, rng_state_to_flat, save_weights, unwrap,
                                        write_tensors)
+from dltricks.train.batchnorm import recalibrate_batchnorm
+from dltricks.train.checkpoint import check_checkpoint_meta, check_tensors
+from dltricks.train.distill import distillation_loss, load_teacher
 from dltricks.train.distributed import DistInfo, all_reduce_sum
 from dltricks.train.ema import ModelEma
 from dltricks.train.optim import build_optimizer
@@ -52,8 +56,10 @@ from dltricks.train.runtime import (Precision, deterministic_mode, resolve_chann
                                     resolve_precision, seed_everything)
 from dltricks.train.checks import check_task_recipe
 from dltricks.train.schedule import LRSchedule
+from dltricks.train.tracking import RunTracker, inference_meta, write_status
 from dltricks.tasks.base import EvalContext, Task, _logits, classification_metrics
-from dltricks.utils.io import atomic_write_json, atomic_write_text
+from dltricks.utils.io import atomic_write_json, atomic_write_text, check_free_space, check_writable_dir
+from dltricks.utils.lock import run_dir_lock
 from dltricks.utils.progress import ProgressBar
 
 __all__ = ["fit", "FitResult", "evaluate", "check_compatible", "RESUMABLE_KEYS"]
@@ -61,7 +67,11 @@ __all__ = ["fit", "FitResult", "evaluate", "check_compatible", "RESUMABLE_KEYS"]
 # Recipe keys that may differ between a checkpoint and the run resuming it (they do not change the
 # trajectory of the weights). Any other difference is refused: the result would not be the run the
 # checkpoint belongs to.
-RESUMABLE_KEYS = ("train.max_steps", "train.device", "checkpoint.")
+RESUMABLE_KEYS = ("train.max_steps", "train.device", "train.log", "checkpoint.")
+# Keys that may differ too, because they only say how long the run is: resuming with a new value extends (or
+# shortens) it, and the learning-rate schedule is recomputed over the new length (a finished run resumed with
+# more epochs goes on training; the steps already taken keep the rates they had).
+EXTENDABLE_KEYS = ("train.epochs", "train.steps")
 
 
 @dataclass
@@ -133,6 +143,13 @@ def evaluate(model: nn.Module, loader: Any, task: Task | None = None, *, epoch: 
     also ``confusion``: a ``(K, K)`` int64 tensor, rows = true class, columns = prediction, and
     ``per_class_accuracy``: a list of K recalls (``nan`` for a class absent from the data).
     """
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"evaluate: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(getattr(loader, "iter_epoch", None)):
+        raise ArgumentError(f"evaluate: loader must be a loader with iter_epoch(epoch) (e.g. task.val_loader), got "
+                            f"{type(loader).__name__}")
+    if task is not None and not isinstance(task, Task):
+        raise ArgumentError(f"evaluate: task must be a dltricks.tasks.Task or None, got {type(task).__name__}")
     metrics_fn = task.batch_metrics if task is not None else classification_metrics
     model_device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device) if device is not None else model_device
@@ -184,11 +201,12 @@ def evaluate(model: nn.Module, loader: Any, task: Task | None = None, *, epoch: 
 def check_compatible(model: nn.Module, task: Task, *, device: torch.device | str | None = None) -> None:
     """Run the model on two samples of the task's data (eval mode, no gradients) and raise a
     :class:`~dltricks.errors.ModelError` that names the model and the data when they do not fit: input
-    channels, too small images, a classifier of the wrong width. Touches no RNG and no BN statistics."""
+    channels, too small images, a classifier of the wrong width, an output the task's loss cannot take (a
+    segmentation model on classification data). Touches no RNG and no BN statistics."""
     loader = task.val_loader if task.val_loader is not None else task.train_loader
     name = _model_name(model)
     try:
-        x, _ = next(iter(loader.iter_epoch(0)))
+        x, y = next(iter(loader.iter_epoch(0)))
     except StopIteration as err:
         raise ModelError(f"data set {task.name} yields no batches") from err
     device = torch.device(device) if device is not None else next((p.device for p in model.parameters()),
@@ -214,6 +232,15 @@ def check_compatible(model: nn.Module, task: Task, *, device: torch.device | str
     if logits.dim() >= 2 and task.num_classes not in (logits.shape[1], logits.shape[-1]):
         raise ModelError(f"model {name} outputs {logits.shape[1]} classes but data set {task.name} has "
                          f"{task.num_classes}; build it with num_classes={task.num_classes}")
+    y = _to_device(y[:2] if isinstance(y, torch.Tensor) else tuple(t[:2] for t in y), device, False)
+    try:
+        with torch.no_grad():
+            task.loss(out, y, label_smoothing=0.0)
+    except (ValueError, RuntimeError, TypeError, IndexError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        out_shape = tuple(logits.shape)
+        raise ModelError(f"model {name} gives outputs of shape {out_shape} that the loss of data set {task.name} "
+                         f"cannot take ({message}); is it a model of the right kind for this data?") from err
 
 
 def _recipe_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -232,7 +259,8 @@ class _Trainer:
 
     def __init__(self, model: nn.Module, task: Task, recipe: Recipe, *, run_dir: Path | None,
                  progress: bool | None, log: Callable[[str], None] | None,
-                 on_epoch: Callable[[dict[str, Any]], bool | None] | None, meta: Mapping[str, Any] | None) -> None:
+                 on_epoch: Callable[[dict[str, Any]], bool | None] | None, meta: Mapping[str, Any] | None,
+                 teacher: nn.Module | None = None) -> None:
         self.recipe, self.task = recipe, task
         cfg = recipe.train
         self.dist = DistInfo.current()
@@ -277,6 +305,10 @@ class _Trainer:
         else:
             self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, self.num_epochs, total=cfg.steps)
         self.label_smoothing = 0.0 if cfg.overfit_batch else cfg.label_smoothing
+        # Knowledge distillation (recipe.distill, or fit(teacher=...)): a frozen teacher sees the same inputs.
+        self.teacher: nn.Module | None = None
+        if teacher is not None or recipe.distill.teacher:
+            self.teacher = load_teacher(teacher if teacher is not None else recipe.distill.teacher, self.device)
 
         # Loop position and bookkeeping (everything here goes into checkpoints).
         self.epoch = 0  # current epoch (0-based)
@@ -292,6 +324,10 @@ class _Trainer:
         self.elapsed = 0.0  # seconds of training + evaluation in earlier sessions of this run
         self.lr = recipe.optim.lr * self.schedule(0)
         self.last_checkpoint: str | None = None
+        self.extended: dict[str, Any] = {}  # EXTENDABLE_KEYS whose value a resumed checkpoint had otherwise
+        self.partial: dict[str, Any] = {}  # validation metrics of a run stopped inside an epoch (max_steps)
+        self.tracker = RunTracker(None)  # TensorBoard (train.log), opened by run() on rank 0
+        self.writing = False  # whether this call has written into run_dir (after the checks of a resume)
 
     # ------------------------------------------------------------------------------------------
     # Files
@@ -365,8 +401,13 @@ class _Trainer:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path}: not a dltricks training checkpoint "
                                   f"(format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        check_checkpoint_meta(meta, path)  # types and ranges of every section, before any of it is used
         differences = [k for k in _recipe_differences(meta.get("recipe", {}), to_dict(self.recipe))
                        if not any(k == a or (a.endswith(".") and k.startswith(a)) for a in RESUMABLE_KEYS)]
+        saved_recipe = meta.get("recipe", {})
+        self.extended = {k: saved_recipe.get(k.split(".")[0], {}).get(k.split(".")[1])
+                         for k in differences if k in EXTENDABLE_KEYS}
+        differences = [k for k in differences if k not in EXTENDABLE_KEYS]
         if differences:
             raise CheckpointError(f"cannot resume {path}: the recipe differs from the checkpoint's in "
                                   f"{', '.join(differences[:5])}; resume with the same recipe (see "
@@ -384,13 +425,14 @@ class _Trainer:
             for prefix, bucket in groups.items():
                 if key.startswith(prefix):
                     bucket[key[len(prefix):]] = value
+        state = meta["state"]
+        self._check_resume_state(path, tensors, groups, state)
         try:
             self.raw_model.load_state_dict(groups["model/"])
         except RuntimeError as err:
             raise CheckpointError(f"cannot resume {path}: its weights do not fit this model "
                                   f"({str(err).splitlines()[0]})") from err
         optimizer_from_flat(self.optimizer, groups["optim/"], meta["optimizer"])
-        state = meta["state"]
         if self.ema is not None:
             if not groups["ema/"]:
                 raise CheckpointError(f"cannot resume {path}: it has no EMA weights")
@@ -404,6 +446,41 @@ class _Trainer:
         self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
         self.elapsed = float(state.get("elapsed", 0.0))
         self.last_checkpoint = f"epoch {self.epoch + (1 if self.batch else 0)}, step {self.step}"
+
+    def _check_resume_state(self, path: Path, tensors: Mapping[str, torch.Tensor],
+                            groups: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint whose tensors or loop position do not belong to this run, before any of it is
+        loaded: weights (and EMA weights) of exactly this model's dtypes and shapes, optimizer and RNG
+        tensors of the expected kinds, a position inside this run's epochs."""
+        reference = self.raw_model.state_dict()
+        check_tensors(groups["model/"], reference, path, "its weights")
+        if groups["ema/"]:
+            check_tensors(groups["ema/"], reference, path, "its EMA weights")
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        for key, value in groups["optim/"].items():
+            index, _, name = key.partition("/")
+            param = params[int(index)] if index.isdigit() and int(index) < len(params) else None
+            if param is None or not name or not value.is_floating_point() or (
+                    value.shape != param.shape and value.numel() != 1):
+                raise CheckpointError(f"cannot resume {path}: optimizer tensor {key!r} ({str(value.dtype)}, "
+                                      f"{list(value.shape)}) does not belong to this model's parameters")
+        rng_length = torch.get_rng_state().numel()
+        for key, value in tensors.items():
+            if key.startswith("rng/torch/") and (value.dtype != torch.uint8 or value.shape != (rng_length,)):
+                raise CheckpointError(f"cannot resume {path}: {key} is not a torch generator state")
+            if key == "rng/numpy" and (value.dtype != torch.int64 or value.shape != (624,)):
+                raise CheckpointError(f"cannot resume {path}: {key} is not a NumPy generator state")
+        accum = self.recipe.train.accum_steps
+        epoch, batch, step = state["epoch"], state["batch"], state["step"]
+        problems = [f"batch {batch} of an epoch of {self.batches_per_epoch}" if batch > self.batches_per_epoch else "",
+                    f"step {step} after epoch {epoch}, batch {batch}"
+                    if step > epoch * self.steps_per_epoch + math.ceil(batch / accum) else "",
+                    f"best epoch {state['best_epoch']} after epoch {epoch}" if state["best_epoch"] > epoch else "",
+                    f"{len(state['history'])} epochs of history after {epoch}" if len(state["history"]) > epoch else ""]
+        if any(problems):
+            raise CheckpointError(f"cannot resume {path}: its loop state is inconsistent with this run "
+                                  f"({'; '.join(p for p in problems if p)}); the file was changed or belongs to "
+                                  "another run")
 
     # ------------------------------------------------------------------------------------------
     # One optimizer step
@@ -431,13 +508,14 @@ class _Trainer:
 
     def _optimizer_step(self) -> None:
         cfg = self.recipe.train
-        if cfg.grad_clip > 0:
+        if cfg.grad_clip > 0 or self.tracker.enabled:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             params = [p for p in self.raw_model.parameters() if p.grad is not None]
-            if cfg.grad_clip_mode == "norm":
+            self.tracker.record_grad_norm(params)  # before clipping
+            if cfg.grad_clip > 0 and cfg.grad_clip_mode == "norm":
                 nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            else:
+            elif cfg.grad_clip > 0:
                 nn.utils.clip_grad_value_(params, cfg.grad_clip)
         self.lr = self.recipe.optim.lr * self.schedule(self.step)
         for group in self.optimizer.param_groups:
@@ -459,10 +537,19 @@ class _Trainer:
             with self.precision.autocast():
                 out = _call(self.model, x)
                 loss = self.task.loss(out, y, label_smoothing=self.label_smoothing)
+                if self.teacher is not None:
+                    loss = self._distill(x, out, loss)
             value = self._check_loss(loss, where)
             loss = loss * scale if scale != 1.0 else loss
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return value, out
+
+    def _distill(self, x: Any, out: Any, hard_loss: torch.Tensor) -> torch.Tensor:
+        """The distillation objective (:mod:`dltricks.train.distill`) from the task's hard-label loss."""
+        with torch.no_grad():
+            teacher_logits = _logits(_call(self.teacher, x))
+        cfg = self.recipe.distill
+        return distillation_loss(_logits(out), teacher_logits, hard_loss, temperature=cfg.temperature, alpha=cfg.alpha)
 
     # ------------------------------------------------------------------------------------------
     # Epochs
@@ -487,8 +574,10 @@ class _Trainer:
                 where = f"epoch {epoch + 1}, batch {b + 1}/{n} (optimizer step {self.step + 1})"
                 value, out = self._forward_backward(x, y, 1.0 / group_size, where, sync=last_in_group)
                 self._accumulate(out, y, value)
+                self.tracker.add_loss(value)
                 if last_in_group:
                     self._optimizer_step()
+                    self.tracker.step(self.step, lr=self.lr)
                     self.batch = b + 1
                     if cfg.steps and self.step >= cfg.steps:
                         stop = "steps_done"  # the end of a step-based run: this epoch is its last
@@ -555,6 +644,8 @@ class _Trainer:
         t_eval = time.perf_counter()
         last = epoch + 1 >= self.num_epochs or (cfg.steps and self.step >= cfg.steps)
         self._evaluated_last = bool(last)
+        if last and cfg.bn_recalibrate:
+            self._recalibrate_batchnorm(epoch)
         if self._can_evaluate and ((epoch + 1) % cfg.eval_every == 0 or last):
             for k, v in self._validate(epoch, last=bool(last)).items():
                 if k != "count":
@@ -566,6 +657,21 @@ class _Trainer:
         record["epoch_time_s"] = train_time + eval_time
         record["time_s"] = self.elapsed + self._session_time()
         return record
+
+    def _recalibrate_batchnorm(self, epoch: int) -> None:
+        """``train.bn_recalibrate``: recompute the BatchNorm statistics of the evaluated model (the EMA copy when
+        on) over the first batches of a fresh pass of the training loader (:mod:`dltricks.train.batchnorm`)."""
+        model = self.ema.module if self.ema is not None else self.raw_model
+        limit = self.recipe.train.bn_recalibrate
+
+        def inputs() -> Any:
+            for b, (x, _) in enumerate(self.task.train_loader.iter_epoch(epoch + 1)):
+                if b >= limit:
+                    return
+                yield _to_device(x, self.device, self.channels_last)
+
+        with self.precision.autocast():
+            recalibrate_batchnorm(model, inputs(), forward=lambda x: _call(model, x))
 
     @property
     def _can_evaluate(self) -> bool:
@@ -624,26 +730,41 @@ class _Trainer:
 
     def _emit(self, text: str) -> None:
         if self.log is not None and self.dist.is_main:
-            self.log(text)
+            try:
+                self.log(text)
+            except (BrokenPipeError, ValueError):  # a closed pipe or stream: keep training, stop logging
+                self.log = None
 
     # ------------------------------------------------------------------------------------------
     # Whole runs
 
-    def run(self, resume: bool) -> FitResult:
+    def _start(self, resume: bool) -> None:
+        """Load the checkpoint of a resumed run (checked in full before anything is written into the run
+        directory), or seed a new one; then open the run directory's records."""
         cfg = self.recipe.train
-        self.t_start = time.perf_counter()
+        checkpoint = self.checkpoint_path
+        resumed = resume and checkpoint is not None and checkpoint.exists()
+        if resumed:
+            self.load_checkpoint(checkpoint)
         if self.writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint = self.checkpoint_path
-        if resume and checkpoint is not None and checkpoint.exists():
-            self.load_checkpoint(checkpoint)
+            self.writing = True
+            write_status(self.run_dir, None)  # a failure record of an earlier session no longer holds
+            self.tracker = RunTracker(self.run_dir, cfg.log)
+        if resumed:
             self._write_metrics()  # drop epochs logged after the checkpoint was taken
             self._emit(f"resumed from {checkpoint} at epoch {self.epoch + 1}, batch {self.batch}, step {self.step}")
+            self._extend()
         else:
             if resume and checkpoint is not None:
                 self._emit(f"no checkpoint in {self.run_dir}; starting from scratch")
             seed_everything(cfg.seed + self.dist.rank)
             self._write_run_config()
+
+    def run(self, resume: bool) -> FitResult:
+        cfg = self.recipe.train
+        self.t_start = time.perf_counter()
+        self._start(resume)
         if cfg.overfit_batch:
             return self._overfit()
 
@@ -656,6 +777,7 @@ class _Trainer:
                 break  # interrupted inside the epoch: the checkpoint below keeps the position
             record = self._end_epoch(epoch)
             self.history.append(record)
+            self.tracker.epoch(record)
             self.epoch, self.batch, self.sums = epoch + 1, 0, {}
             improved = self._improved(record)
             self._emit(self._format(record))
@@ -684,7 +806,30 @@ class _Trainer:
                 self.save_checkpoint()
         if stop == "max_steps" and self.batch:
             self.save_checkpoint()
+            self._evaluate_partial()
         return self._finish("completed" if stop in (None, "steps_done") else stop)
+
+    def _extend(self) -> None:
+        """Say that a resumed run got a new length (``EXTENDABLE_KEYS``) and record it in the run directory."""
+        if not self.extended:
+            return
+        cfg = self.recipe.train
+        new = {"train.epochs": cfg.epochs, "train.steps": cfg.steps}
+        length = f"{cfg.steps} steps" if cfg.steps else f"{cfg.epochs} epochs"
+        self._emit("extending the run: " + ", ".join(f"{k} {v} -> {new[k]}" for k, v in self.extended.items())
+                   + f"; the learning-rate schedule is recomputed over {length} (the {self.step} steps taken keep "
+                     "the rates they had)")
+        self._write_run_config()  # config.json and recipe.yaml say the new length
+
+    def _evaluate_partial(self) -> None:
+        """Validation metrics of a run stopped inside an epoch by ``train.max_steps`` (after its checkpoint, which
+        evaluation leaves alone), for the result and the summary line."""
+        if not self._can_evaluate:
+            return
+        self.partial = {f"val_{k}": v for k, v in self._validate(self.epoch).items() if k != "count"}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in self.partial.items() if isinstance(v, float))
+        self._emit(f"stopped by train.max_steps at step {self.step} (epoch {self.epoch + 1}, batch "
+                   f"{self.batch}/{self.batches_per_epoch}): {shown}")
 
     def _target_reached(self, record: Mapping[str, Any]) -> bool:
         cfg = self.recipe.early_stop
@@ -696,11 +841,12 @@ class _Trainer:
     def _weights_meta(self, record: Mapping[str, Any] | None) -> dict[str, Any]:
         task = self.task
         return {**self.meta, "num_classes": task.num_classes, "in_chans": task.in_chans, "classes": list(task.classes),
-                "input_shape": list(task.input_shape), "ema": self.ema is not None,
+                "input_shape": list(task.input_shape), "ema": self.ema is not None, **inference_meta(task),
                 "metrics": dict(record) if record else {}, "format": WEIGHTS_FORMAT}
 
     def _finish(self, stop_reason: str) -> FitResult:
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {"step": self.step}
+        final.update(self.partial)
         metric = self.recipe.early_stop.metric
         if self.best is not None:
             final[f"best_{metric}"] = self.best
@@ -708,6 +854,7 @@ class _Trainer:
         final.update({"epochs": self.epoch, "steps": self.step, "stop_reason": stop_reason,
                       "time_s": self.elapsed + self._session_time()})
         model = self.ema.module if self.ema is not None else self.raw_model
+        self.tracker.finish(model, self.task, to_dict(self.recipe), final, device=self.device)
         if self.writes:
             save_weights(self.run_dir / "model.safetensors", model, self._weights_meta(final))
             atomic_write_json(self.run_dir / "result.json", final)
@@ -755,7 +902,7 @@ class _Trainer:
 def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str | Path | None = None, *,
         run_dir: str | Path | None = None, resume: bool = False, progress: bool | None = None,
         log: Callable[[str], None] | None = None, on_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
-        meta: Mapping[str, Any] | None = None) -> FitResult:
+        meta: Mapping[str, Any] | None = None, teacher: nn.Module | None = None) -> FitResult:
     """Train ``model`` on ``task`` following ``recipe``.
 
     Args:
@@ -777,6 +924,8 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
             hyper-parameter search).
         meta: stored in ``config.json``, checkpoints and weight files, e.g. ``{"model": "resnet18",
             "model_kwargs": {...}, "data": {...}}`` (``dltricks eval`` rebuilds the model from it).
+        teacher: a trained model to distill from (instead of the recipe's ``distill.teacher`` path); the
+            recipe's ``distill.temperature`` and ``distill.alpha`` apply (:mod:`dltricks.train.distill`).
 
     Raises:
         TrainingError: the loss became NaN/Inf (the message names the step; no update is applied and the
@@ -784,15 +933,76 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
         CheckpointError: ``resume`` with a checkpoint that does not belong to this model/recipe.
         ConfigError, ModelError: a recipe or a model that cannot work with this task.
     """
+    _check_fit_arguments(model, task, recipe, run_dir=run_dir, log=log, on_epoch=on_epoch, meta=meta,
+                         teacher=teacher)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     check_task_recipe(task, recipe)
     if resume and run_dir is None:
         raise ConfigError("resume=True needs the run_dir whose checkpoint to continue")
     with deterministic_mode(recipe.train.deterministic):
         trainer = _Trainer(model, task, recipe, run_dir=Path(run_dir) if run_dir is not None else None,
-                           progress=progress, log=log, on_epoch=on_epoch, meta=meta)
+                           progress=progress, log=log, on_epoch=on_epoch, meta=meta, teacher=teacher)
         check_compatible(trainer.raw_model, task, device=trainer.device)
-        return trainer.run(resume)
+        if trainer.teacher is not None:
+            check_compatible(trainer.teacher, task, device=trainer.device)
+        with _exclusive_run_dir(trainer):
+            try:
+                return trainer.run(resume)
+            except BaseException as err:  # Ctrl-C included: `dltricks runs` shows how the run ended
+                if trainer.writing and trainer.run_dir.is_dir():
+                    write_status(trainer.run_dir, err)
+                raise
+            finally:
+                trainer.tracker.close()
+
+
+def _check_fit_arguments(model: Any, task: Any, recipe: Any, *, run_dir: Any, log: Any, on_epoch: Any, meta: Any,
+                         teacher: Any) -> None:
+    """The types :func:`fit` takes, each refused with what was expected (before anything is built)."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"fit: model must be a torch.nn.Module, got {type(model).__name__}; build one with "
+                            "dltricks.create_model(name) or dltricks.train.prepare(name, data)")
+    if not isinstance(task, Task):
+        hint = (f"; build it with dltricks.train.prepare(model_name, {task!r}) or dltricks.tasks.build_task"
+                if isinstance(task, str) else "")
+        raise ArgumentError(f"fit: task must be a dltricks.tasks.Task, got {type(task).__name__}{hint}")
+    if recipe is not None and not isinstance(recipe, (Recipe, Mapping, str, Path)):
+        raise ArgumentError(f"fit: recipe must be a Recipe, a mapping, a YAML path or a recipe name, got "
+                            f"{type(recipe).__name__}")
+    if run_dir is not None and not isinstance(run_dir, (str, Path)):
+        raise ArgumentError(f"fit: run_dir must be a path (str or pathlib.Path) or None, got {type(run_dir).__name__}")
+    for name, value in (("log", log), ("on_epoch", on_epoch)):
+        if value is not None and not callable(value):
+            raise ArgumentError(f"fit: {name} must be a function or None, got {type(value).__name__}")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise ArgumentError(f"fit: meta must be a mapping or None, got {type(meta).__name__}")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise ArgumentError(f"fit: teacher must be a torch.nn.Module or None, got {type(teacher).__name__}")
+
+
+def _checkpoint_bytes(trainer: _Trainer) -> int:
+    """About how many bytes a checkpoint of this run takes: the weights, the EMA copy and up to two optimizer
+    slots per parameter (Adam's moments), plus a MiB of metadata."""
+    weights = sum(t.numel() * t.element_size() for t in trainer.raw_model.state_dict().values())
+    return weights * (3 + (1 if trainer.ema is not None else 0)) + 2**20
+
+
+@contextlib.contextmanager
+def _exclusive_run_dir(trainer: _Trainer) -> Any:
+    """Hold ``trainer.run_dir`` for the whole run (see :mod:`dltricks.utils.lock`) after checking that it can
+    be written and has room for a checkpoint being written beside the last one and the weight files."""
+    if not trainer.writes:
+        yield
+        return
+    check_writable_dir(trainer.run_dir)
+    check_free_space(trainer.run_dir, 2 * _checkpoint_bytes(trainer), "this run's checkpoints")
+    with run_dir_lock(trainer.run_dir) as lock:
+        if lock.stale_holder is not None:
+            trainer._emit(f"took over the lock of {trainer.run_dir} left by process {lock.stale_holder.get('pid')}, "
+                          "which has ended")
+        if lock.removed:
+            trainer._emit(f"removed {len(lock.removed)} temporary file(s) of unfinished writes from {trainer.run_dir}")
+        yield
 
 
 def _stderr_log(text: str) -> None:  # pragma: no cover - convenience for interactive use

@@ -7,6 +7,7 @@ quiet on non-zero ranks under ``torchrun``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from types import TracebackType
@@ -59,7 +60,16 @@ class ProgressBar:
         if self._progress is None:
             return
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-        self._progress.update(self._task, advance=steps, metrics=text)
+        try:
+            self._progress.update(self._task, advance=steps, metrics=text)
+        except (BrokenPipeError, ValueError):  # stderr was closed (`... 2>&1 | head`): the work goes on, unshown
+            self._close_quietly()
+
+    def _close_quietly(self) -> None:
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            with contextlib.suppress(OSError, ValueError):
+                progress.stop()
 
     def set_description(self, description: str) -> None:
         if self._progress is not None:
@@ -68,4 +78,7 @@ class ProgressBar:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._progress is not None:
-            self._progress.__exit__(exc_type, exc, tb)
+            try:
+                self._progress.__exit__(exc_type, exc, tb)
+            except (BrokenPipeError, ValueError):
+                self._close_quietly()

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from dltricks.config import from_dict
-from dltricks.data.isbi import (MAX_EVAL_SLICES, ISBIConfig, PairAugmenter, SegmentationLoader, isbi_split,
-                                load_isbi)
+from dltricks.data.isbi import (MAX_EVAL_SLICES, ISBIConfig, PairAugmenter, SegmentationLoader, find_isbi,
+                                isbi_split, load_isbi)
 from dltricks.errors import ConfigError
 from dltricks.tasks.base import EvalContext, Task, register_task
 from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
@@ -115,6 +115,7 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
         classes=("membrane",),
         input_shape=(int(data.images.shape[1]), min(crop or H, H), min(crop or W, W)),
         extra={"mean": mean, "std": std, "train_slices": train.ids, "val_slices": val.ids, "foreground": "membrane",
+               "source": str(find_isbi(data_dir)),
                "label_convention": "label PNG 0 = membrane (foreground), 255 = cell interior",
                "config": config, "task_type": "segmentation", "train_eval_loader": train_eval_loader},
     )

@@ -1,0 +1,19 @@
+"""Model compression: knowledge distillation lives in the training loop (:mod:`dltricks.train.distill`);
+here are what comes after training:
+
+* :mod:`~dltricks.compress.quantize`: post-training static int8 (FX graph mode, x86) and dynamic int8;
+* :mod:`~dltricks.compress.prune`: unstructured magnitude pruning and structured channel pruning that
+  rebuilds a smaller dense model;
+* :mod:`~dltricks.compress.export`: ONNX export checked in onnxruntime, onnxruntime int8;
+* :mod:`~dltricks.compress.report`: every variant of a trained model measured side by side (accuracy,
+  size, parameters, non-zeros, MACs, latency) with a Pareto plot; ``dltricks compress RUN``.
+"""
+
+from dltricks.compress.export import check_onnx, export_onnx, onnx_session, quantize_onnx
+from dltricks.compress.prune import count_nonzero, prune_channels, prune_unstructured
+from dltricks.compress.quantize import quantize_dynamic, quantize_static
+from dltricks.compress.report import METHODS, compress_model, compress_run, parse_methods
+
+__all__ = ["quantize_static", "quantize_dynamic", "prune_unstructured", "prune_channels", "count_nonzero",
+           "export_onnx", "check_onnx", "onnx_session", "quantize_onnx", "METHODS", "parse_methods", "compress_model",
+           "compress_run"]
