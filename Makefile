@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench browser
+.PHONY: run test lint install clean bench browser postgres
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,13 +18,21 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/dltricks run
 
-# The report test renders HTML in headless Chromium (Debian's package); install it when we can.
+# The report test renders HTML in headless Chromium and the serve test drives it with chromedriver (Debian's
+# packages chromium and chromium-driver); install them when we can.
 browser:
-	@command -v chromium >/dev/null 2>&1 || \
-	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq chromium >/dev/null 2>&1) || \
-	    echo "note: chromium not installed; the report-rendering test will be skipped"; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq >/dev/null 2>&1; \
+	    apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1) || \
+	    echo "note: chromium/chromium-driver not installed; the browser tests will be skipped"; }
 
-test: $(STAMP) browser lint
+# The search scale-out test starts a real PostgreSQL server (Debian's package; initdb in a temporary folder).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq postgresql >/dev/null 2>&1) || \
+	    echo "note: postgresql not installed; the PostgreSQL search test will be skipped"; }
+
+test: $(STAMP) browser postgres lint
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 # Lint (ruff, configured in pyproject.toml): style errors, unused or undefined names, complexity over 15.

@@ -53,6 +53,26 @@ def test_report_files(report):
     assert data["tips"][-1]["verdict"] == "not yet tested" and not data["tips"][-1]["evidence"]
 
 
+def test_report_files_are_public_and_hold_the_statistics(report):
+    """Files 0644; every statistical part has per-seed values, n, the interval and the deciding test; the HTML
+    shows per-seed points, the interval, n, the budget and what would change the verdict."""
+    out, results = report
+    for path in [out / "results.json", out / "index.html", *(out / p for r in results for p in r.plots)]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    data = json.loads((out / "results.json").read_text())
+    assert "Student-t" in data["meta"]["intervals"]
+    activations = next(t for t in data["tips"] if t["id"] == "optim.activations")
+    assert activations["seeds"] == [0, 1, 2]
+    for part in activations["stats"]:
+        assert len(part["treatment_values"]) == len(part["control_values"]) == len(part["differences"]) == 3
+        assert part["effect"]["n"] == 3 and part["effect"]["df"] == 2 and part["effect"]["lo"] < part["effect"]["hi"]
+        assert part["kind"] == "effect" and part["bound"] == 1.0 and part["verdict"] and part["mde"] > 0
+    html = (out / "index.html").read_text()
+    section = html[html.index('id="optim.activations"'):]
+    assert '<svg class="strip"' in section and "95% CI [" in section and "n=3, df=2" in section
+    assert "minimum detectable effect" in section and "Budget:" in section
+
+
 def test_html_escapes_user_text():
     r = TipResult(id="x.y", title="<b>t</b>", claim="a < b & c", source="s", section="S", verdict="confirmed",
                   reason="r", rule="rule", mode="quick")

@@ -161,6 +161,7 @@ def test_a_pruned_trial_stops_training_through_the_epoch_callback(tmp_path):
     assert trial.user_attrs["metrics"]["epochs"] == 1 and trial.user_attrs["stop_reason"] == "callback"
 
 
+@pytest.mark.slow
 def test_two_sqlite_workers_finish_exactly_n_trials(tmp_path):
     result = search("small_cnn", "mnist-embedded", SPACE, trials=5, recipe=TINY, model_kwargs={"widths": [4, 8, 8]},
                     subset=256, out=tmp_path, workers=2, sampler="random", pruner="none", plots=False,
@@ -194,6 +195,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert len(finished(study)) == 1
 
 
+@pytest.mark.slow
 def test_kill_9_mid_trial_then_the_same_command_completes_the_study(tmp_path):
     space = write_space(tmp_path / "space.yaml")
     out = tmp_path / "s"
@@ -223,3 +225,24 @@ def test_kill_9_mid_trial_then_the_same_command_completes_the_study(tmp_path):
     assert states[dead] == TrialState.FAIL  # marked failed, not counted...
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead]
     assert len(retry) == 1 and retry[0].params == study.trials[dead].params  # ...and retried with its parameters
+
+
+# The tips' experiments (synthetic objectives, milliseconds per search)
+
+
+@pytest.mark.parametrize("name, arms", [("tpe_vs_random", {"tpe", "random"}), ("random_vs_grid", {"random", "grid"}),
+                                        ("pruning_saves_compute", {"median", "none"})])
+def test_search_tip_experiments_pair_their_arms_by_seed(tmp_path, name, arms):
+    from dltricks.evidence import Context
+    from dltricks.experiments import search_tips
+
+    settings = {"tpe_vs_random": {"trials": 12}, "random_vs_grid": {"points": 3},
+                "pruning_saves_compute": {"trials": 8, "epochs": 5}}[name]
+    ev = getattr(search_tips, name)(Context(tip_id=name, mode="quick", settings=settings, seeds=[0, 1],
+                                            workdir=tmp_path))
+    assert set(ev.arms) == arms and all(len(v) == 2 for metrics in ev.arms.values() for v in metrics.values())
+    assert ev.plots and all((tmp_path / p).is_file() or Path(p).is_file() for p in ev.plots)
+    if name == "random_vs_grid":
+        assert ev.arms["grid"]["distinct_x"] == [3.0, 3.0] and min(ev.arms["random"]["distinct_x"]) > 3
+    if name == "pruning_saves_compute":
+        assert ev.arms["none"]["compute_fraction"] == [1.0, 1.0]

@@ -394,3 +394,35 @@ def test_page_in_headless_chromium(server, runs, digit, capsys):
             browser.save_screenshot(str(shots / "serve-playground.png"))
     finally:
         browser.quit()
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_serve_command_starts_on_loopback_and_stops(runs, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from dltricks.serve.app import free_port
+
+    assert main(["serve", "--runs", str(tmp_path / "missing")]) == 2
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "dltricks.cli", "serve", "--runs", str(runs), "--port",
+                                str(port)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/runs", timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        assert response.status_code == 200 and len(response.json()["runs"]) == 3
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert f"http://127.0.0.1:{port}/" in err and "warning" not in err

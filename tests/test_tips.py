@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dltricks.errors import ConfigError
-from dltricks.evidence import AllOf, Effect, Evidence, Exact, NonInferior, RuleError, Tip, Verdict, summarize
+from dltricks.evidence import (AllOf, Effect, Equivalent, Evidence, Exact, NonInferior, RuleError, Tip, Verdict,
+                               summarize)
 from dltricks.tips.catalog import SECTIONS, get_catalog
 from dltricks.tips.engine import run_tip, run_tips, select_tips
 
@@ -26,40 +27,46 @@ def _ev(t: list[float], c: list[float], metric: str = "acc") -> Evidence:
 
 
 # -------------------------------------------------------------------------------- rules
+FIVE_T, FIVE_C = [0.95, 0.96, 0.97, 0.955, 0.965], [0.90, 0.90, 0.91, 0.905, 0.90]
+
+
 class TestEffect:
     rule = Effect("acc", "t", "c", min_effect=0.01)
 
-    def test_full_confirms_a_consistent_effect_beyond_two_se(self):
-        d = self.rule.decide(_ev([0.95, 0.96, 0.97], [0.90, 0.90, 0.91]), "full")
+    def test_full_confirms_when_the_interval_lies_above_the_minimum_effect(self):
+        d = self.rule.decide(_ev(FIVE_T, FIVE_C), "full")
         assert d.verdict is Verdict.CONFIRMED
-        assert d.stats[0]["effect"]["n"] == 3
+        part = d.stats[0]
+        assert part["effect"]["n"] == 5 and part["effect"]["df"] == 4 and part["effect"]["lo"] > 0.01
+        assert part["treatment_values"] == FIVE_T and len(part["differences"]) == 5
 
-    def test_full_refutes_a_significant_effect_the_other_way(self):
-        assert self.rule.decide(_ev([0.80, 0.81, 0.79], [0.90, 0.90, 0.91]), "full").verdict is Verdict.REFUTED
+    def test_full_refutes_when_the_interval_lies_below_the_minimum_effect(self):
+        assert self.rule.decide(_ev(FIVE_C, FIVE_T), "full").verdict is Verdict.REFUTED
+        # a real but negligible improvement (about 0.002) is below the claim's minimum effect 0.01: refuted too
+        tiny = [c + 0.002 + 0.0002 * i for i, c in enumerate(FIVE_C)]
+        assert self.rule.decide(_ev(tiny, FIVE_C), "full").verdict is Verdict.REFUTED
 
     def test_full_noisy_effect_is_inconclusive(self):
-        # mean effect +0.0133 but std 0.085: far from 2 standard errors
-        assert self.rule.decide(_ev([0.99, 0.85, 0.95], [0.90, 0.90, 0.95]), "full").verdict is Verdict.INCONCLUSIVE
-
-    def test_full_needs_three_seeds(self):
-        assert self.rule.decide(_ev([0.99, 0.98], [0.5, 0.5]), "full").verdict is Verdict.INCONCLUSIVE
-
-    def test_full_significant_but_below_min_effect_is_inconclusive(self):
-        d = self.rule.decide(_ev([0.905, 0.906, 0.905], [0.90, 0.90, 0.90]), "full")
+        d = self.rule.decide(_ev([0.99, 0.85, 0.95, 0.80, 0.97], [0.90, 0.90, 0.95, 0.88, 0.90]), "full")
         assert d.verdict is Verdict.INCONCLUSIVE
+
+    def test_full_needs_five_seeds(self):
+        d = self.rule.decide(_ev(FIVE_T[:4], FIVE_C[:4]), "full")
+        assert d.verdict is Verdict.INCONCLUSIVE and "needs >= 5 seeds" in d.reason
 
     def test_quick_never_confirms(self):
         verdicts = {self.rule.decide(_ev(t, c), "quick").verdict for t, c in
-                    [([0.99], [0.5]), ([0.95, 0.96, 0.97], [0.9, 0.9, 0.91]), ([0.5], [0.99]), ([0.9], [0.9])]}
+                    [(FIVE_T[:3], FIVE_C[:3]), (FIVE_C[:3], FIVE_T[:3]), ([0.9, 0.8, 0.95], [0.85, 0.9, 0.9])]}
         assert verdicts == {Verdict.CONSISTENT, Verdict.NOT_CONSISTENT, Verdict.INCONCLUSIVE}
 
-    def test_quick_single_seed_uses_min_effect_as_noise_floor(self):
-        assert self.rule.decide(_ev([0.905], [0.90]), "quick").verdict is Verdict.INCONCLUSIVE
-        assert self.rule.decide(_ev([0.92], [0.90]), "quick").verdict is Verdict.CONSISTENT
+    def test_one_seed_gives_no_interval(self):
+        d = self.rule.decide(_ev([0.99], [0.5]), "quick")
+        assert d.verdict is Verdict.INCONCLUSIVE and d.stats[0]["effect"]["lo"] is None
 
     def test_lower_is_better(self):
         rule = Effect("loss", "t", "c", higher_is_better=False)
-        assert rule.decide(_ev([0.1, 0.11, 0.12], [0.5, 0.52, 0.49], "loss"), "full").verdict is Verdict.CONFIRMED
+        t, c = [0.1, 0.11, 0.12, 0.1, 0.11], [0.5, 0.52, 0.49, 0.5, 0.51]
+        assert rule.decide(_ev(t, c, "loss"), "full").verdict is Verdict.CONFIRMED
 
     def test_missing_arm_or_nan_is_an_error(self):
         with pytest.raises(RuleError, match="no 'acc' for arm 'x'"):
@@ -76,10 +83,23 @@ def test_summarize():
 
 def test_non_inferior():
     rule = NonInferior("acc", "t", "c", margin=0.01)
-    assert rule.decide(_ev([0.900, 0.901, 0.899], [0.901, 0.900, 0.900]), "full").verdict is Verdict.CONFIRMED
-    assert rule.decide(_ev([0.80, 0.81, 0.80], [0.90, 0.90, 0.90]), "full").verdict is Verdict.REFUTED
-    assert rule.decide(_ev([0.80], [0.90]), "quick").verdict is Verdict.NOT_CONSISTENT
-    assert rule.decide(_ev([0.895], [0.90]), "quick").verdict is Verdict.CONSISTENT
+    same = [0.900, 0.901, 0.899, 0.900, 0.902]
+    assert rule.decide(_ev(same, [0.901, 0.900, 0.900, 0.899, 0.901]), "full").verdict is Verdict.CONFIRMED
+    assert rule.decide(_ev([x - 0.1 for x in same], same), "full").verdict is Verdict.REFUTED
+    assert rule.decide(_ev([0.80, 0.81, 0.80], [0.90, 0.90, 0.91]), "quick").verdict is Verdict.NOT_CONSISTENT
+    assert rule.decide(_ev([0.895, 0.90, 0.9], [0.90, 0.899, 0.901]), "quick").verdict is Verdict.CONSISTENT
+
+
+def test_equivalent_is_tost():
+    rule = Equivalent("acc", "t", "c", margin=0.01)
+    base = [0.900, 0.910, 0.905, 0.895, 0.900]
+    assert rule.decide(_ev([b + 0.001 for b in base], base), "full").verdict is Verdict.CONFIRMED
+    assert rule.decide(_ev([b + 0.05 + 0.001 * i for i, b in enumerate(base)], base), "full").verdict \
+        is Verdict.REFUTED
+    assert rule.decide(_ev([b - 0.05 - 0.001 * i for i, b in enumerate(base)], base), "full").verdict \
+        is Verdict.REFUTED
+    noisy = [0.95, 0.86, 0.93, 0.87, 0.91]
+    assert rule.decide(_ev(noisy, base), "full").verdict is Verdict.INCONCLUSIVE
 
 
 def test_exact_decides_in_any_mode_and_requires_every_check():
@@ -93,7 +113,7 @@ def test_exact_decides_in_any_mode_and_requires_every_check():
 
 
 def test_all_of():
-    ev = _ev([0.95, 0.96, 0.97], [0.90, 0.90, 0.91])
+    ev = _ev(FIVE_T, FIVE_C)
     ev.check("ok", True)
     ev.check("bad", False)
     good, refuting = Exact(("ok",)), Exact(("bad",))
@@ -102,6 +122,7 @@ def test_all_of():
     assert AllOf((good, effect)).decide(ev, "quick").verdict is Verdict.CONSISTENT
     assert AllOf((refuting, effect)).decide(ev, "full").verdict is Verdict.REFUTED
     assert AllOf((good, Effect("acc", "c", "t"))).decide(ev, "quick").verdict is Verdict.NOT_CONSISTENT
+    assert AllOf((good, effect)).arms() == [("t", "acc"), ("c", "acc")]
 
 
 # -------------------------------------------------------------------------------- engine with synthetic tips
@@ -180,7 +201,9 @@ def test_full_mode_synthetic_verdicts(synthetic, tmp_path):
     make, _, _, _ = synthetic
     assert run_tip(make(), mode="full", cache_dir=tmp_path / "c")[0].verdict == "confirmed"
     assert run_tip(make(effect=-0.5), mode="full", cache_dir=tmp_path / "c")[0].verdict == "refuted"
-    assert run_tip(make(effect=0.0), mode="full", cache_dir=tmp_path / "c")[0].verdict == "inconclusive"
+    # an effect of about 0.002 +- 0.001 is far below the claim's minimum effect 0.1: the claim is refuted
+    assert run_tip(make(effect=0.0), mode="full", cache_dir=tmp_path / "c")[0].verdict == "refuted"
+    assert run_tip(make(effect=0.0985), mode="full", cache_dir=tmp_path / "c")[0].verdict == "inconclusive"
 
 
 def test_experiment_error_is_reported_not_cached_and_does_not_stop_others(synthetic, tmp_path):
@@ -192,6 +215,15 @@ def test_experiment_error_is_reported_not_cached_and_does_not_stop_others(synthe
     assert "RuntimeError: boom" in results[0].reason and "Traceback" in results[0].error
     run_tip(bad, mode="quick", cache_dir=tmp_path / "c")
     assert runs() == 3  # the failed run was not cached
+
+
+@pytest.mark.slow
+def test_two_worker_processes_give_the_results_in_catalog_order(tmp_path):
+    tips = select_tips(get_catalog(), ["conv.padding,conv.spp,conv.dilation"])
+    pooled = run_tips(tips, mode="quick", out=tmp_path / "out", cache_dir=tmp_path / "c", progress=False, workers=2)
+    assert [r.id for r in pooled] == [t.id for t in tips]
+    assert [r.verdict for r in pooled] == ["confirmed"] * 3, [r.reason for r in pooled]
+    assert all((tmp_path / "out" / plot).is_file() for r in pooled for plot in r.plots)
 
 
 def test_missing_machinery_is_not_implemented_never_run():
@@ -226,8 +258,9 @@ def test_catalog_is_well_formed():
     assert len(catalog) >= 40
     for tip in catalog:
         assert tip.section in SECTIONS, tip.id
-        assert tip.claim and tip.source and tip.rule.describe()
-        assert tip.id.split(".")[0] in {"conv", "norm", "optim", "arch", "reg", "ssm", "seg"}, tip.id
+        assert tip.claim and tip.cite and tip.reference and tip.rule.describe()
+        assert tip.id.split(".")[0] in {"conv", "norm", "optim", "arch", "reg", "ssm", "seg", "det", "learn",
+                                        "scale"}, tip.id
 
 
 def test_only_selects_by_id_glob_and_section():

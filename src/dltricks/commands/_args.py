@@ -32,7 +32,7 @@ from dltricks.config import parse_assignment
 from dltricks.errors import CheckpointError, ConfigError, DataError
 from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.utils.io import check_writable_dir, is_temp_file
-from dltricks.utils.lock import LOCK_NAME, run_dir_lock
+from dltricks.utils.lock import LOCK_NAME, check_not_in_use, run_dir_lock
 
 
 def own_formatter(formatter: type) -> type:
@@ -140,8 +140,9 @@ def _holds_files(path: Path) -> bool:
     return path.is_dir() and any(p.name != LOCK_NAME and not is_temp_file(p.name) for p in path.iterdir())
 
 
-def run_dir_for(out: str | None, *, resume: bool, model: str, data: str, note: bool = True) -> Path:
-    """The run directory (not created yet, but checked to be creatable and writable).
+def run_dir_for(out: str | None, *, resume: bool, model: str, data: str, early: bool = True) -> Path:
+    """The run directory (not created yet, but checked to be creatable and writable, and, with ``early``, not in
+    use by a live run; :func:`claimed_run_dir` checks again with ``early=False`` while holding its lock).
 
     With ``--resume`` it must hold a checkpoint, or a run that stopped before writing its first one (killed,
     or a NaN loss, in its first epoch: ``config.json`` but no checkpoint), which then starts again in place.
@@ -160,6 +161,8 @@ def run_dir_for(out: str | None, *, resume: bool, model: str, data: str, note: b
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
     check_writable_dir(path)
+    if early:
+        check_not_in_use(path)  # a live run: say so now, not after the data is read
     checkpoint = path / "checkpoints" / "last.safetensors"
     # A run that wrote its configuration but neither a checkpoint nor final weights has nothing to keep.
     restartable = (path / "config.json").is_file() and not checkpoint.is_file() \
@@ -170,7 +173,7 @@ def run_dir_for(out: str | None, *, resume: bool, model: str, data: str, note: b
     if not resume and _holds_files(path) and not restartable:
         raise ConfigError(f"--out {out}: already holds files; pass --resume to continue that run (or to extend a "
                           "finished one with --epochs N) or choose a new directory")
-    if restartable and not resume and note:  # (with --resume, fit says it starts from scratch)
+    if restartable and not resume and early:  # (with --resume, fit says it starts from scratch)
         log(f"{path} holds a run stopped before its first checkpoint; starting it again in place")
     return path
 
@@ -193,21 +196,17 @@ def resolve_checkpoint(path_text: str) -> Path:
 
 def print_history(history: list[dict[str, Any]], *, title: str) -> None:
     """The per-epoch records of a run as a table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
+    from dltricks.utils.tables import Column, print_table
 
-    table = Table(title=title)
-    columns = [("epoch", "epoch", "{:d}"), ("train_loss", "train loss", "{:.4f}"),
-               ("train_accuracy", "train acc", "{:.2%}"), ("val_loss", "val loss", "{:.4f}"),
-               ("val_accuracy", "val acc", "{:.2%}"), ("val_dice", "val Dice", "{:.4f}"),
-               ("val_boundary_f1", "val boundary F1", "{:.4f}"), ("lr", "lr", "{:.3g}"),
-               ("images_per_s", "img/s", "{:,.0f}"), ("epoch_time_s", "time (s)", "{:.1f}")]
+    # (key, header, format, rank: the highest is left out first when the terminal is narrow)
+    columns = [("epoch", "epoch", "{:d}", 0), ("train_loss", "train loss", "{:.4f}", 0),
+               ("train_accuracy", "train acc", "{:.2%}", 2), ("val_loss", "val loss", "{:.4f}", 0),
+               ("val_accuracy", "val acc", "{:.2%}", 0), ("val_dice", "val Dice", "{:.4f}", 0),
+               ("val_boundary_f1", "val boundary F1", "{:.4f}", 3), ("lr", "lr", "{:.3g}", 1),
+               ("images_per_s", "img/s", "{:,.0f}", 4), ("epoch_time_s", "time (s)", "{:.1f}", 5)]
     columns = [c for c in columns if any(c[0] in r for r in history)]
-    for _, header, _ in columns:
-        table.add_column(header, justify="right")
-    for record in history:
-        table.add_row(*(fmt.format(record[key]) if key in record else "" for key, _, fmt in columns))
-    Console().print(table)
+    rows = [[fmt.format(record[key]) if key in record else "" for key, _, fmt, _ in columns] for record in history]
+    print_table([Column(header, rank=rank) for _, header, _, rank in columns], rows, title=title)
 
 
 def print_final_metrics(final: dict[str, Any], history: list[dict[str, Any]]) -> None:
@@ -265,7 +264,7 @@ def claimed_run_dir(path: Path, *, resume: bool, model: str, data: str, enabled:
         yield
         return
     with run_dir_lock(path):
-        run_dir_for(str(path), resume=resume, model=model, data=data, note=False)
+        run_dir_for(str(path), resume=resume, model=model, data=data, early=False)
         yield
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from dltricks.commands._args import add_common_data_args, data_args, log, own_formatter, recipe_from_args
+from dltricks.commands._args import (add_common_data_args, data_args, log, own_formatter, recipe_from_args,
+                                     resolve_checkpoint)
 
 EPILOG = """\
 examples:
@@ -41,24 +43,45 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--eval-only", action="store_true",
                    help="do not train: evaluate (with --weights when given); default: train")
     p.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
-                   help="weights file for a model with --eval-only (repeatable); default: none")
+                   help="weights of a model for --eval-only: a run directory or a .safetensors file (repeatable); "
+                        "default: none (an untrained model, with a warning)")
     p.add_argument("--batch", type=int, default=None, metavar="N",
                    help="batch size of the throughput and memory measurements; default: the recipe's batch size")
     p.add_argument("--quick", action="store_true", help="short timings (smoke runs); default: off")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder; default: runs/compare-DATA-TIMESTAMP")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show training progress bars; default: only when stderr is a terminal")
+    p.add_argument("--wide", action="store_true",
+                   help="show every leaderboard column, however wide the table gets; default: leave out the least "
+                        "important columns that do not fit the terminal (all are in leaderboard.md/.csv/.json)")
     p.set_defaults(func=run)
+
+
+# How much a leaderboard column matters when the terminal is too narrow for all (0: always shown; the highest
+# rank is left out first).
+_RANKS = {"model": 0, "accuracy": 0, "dice": 0, "latency_ms": 1, "params": 2, "macs": 3, "throughput": 4,
+          "val_loss": 5, "ece": 6, "peak_inference_mib": 7, "peak_train_mib": 8, "train_time_s": 9,
+          "latency_iqr_ms": 10, "batch": 11}
+
+
+def print_leaderboard(rows: list[dict[str, Any]], *, title: str, wide: bool = False, console: Any = None) -> None:
+    """The leaderboard rows as a table that fits the terminal (see :mod:`dltricks.utils.tables`)."""
+    from dltricks.experiments.leaderboard import COLUMNS, _cell
+    from dltricks.utils.tables import Column, print_table
+
+    shown = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    columns = [Column(header, number=key != "model", rank=_RANKS.get(key, 5)) for key, header, _ in shown]
+    print_table(columns, [[_cell(row, k, f) for k, _, f in shown] for row in rows], title=title, wide=wide,
+                console=console)
 
 
 def run(args: argparse.Namespace) -> int:
     import datetime as _dt
 
     from rich.console import Console
-    from rich.table import Table
 
     from dltricks.errors import ConfigError
-    from dltricks.experiments.leaderboard import COLUMNS, _cell, compare_models, disagreeing_pairs
+    from dltricks.experiments.leaderboard import compare_models, disagreeing_pairs
     from dltricks.models._registry import model_entrypoint
     from dltricks.train.distributed import init_from_env, shutdown
     from dltricks.train.prepare import task_for_recipe
@@ -75,11 +98,15 @@ def run(args: argparse.Namespace) -> int:
         name, sep, path = item.partition("=")
         if not sep or name not in args.models:
             raise ConfigError(f"--weights {item!r}: expected MODEL=PATH with MODEL one of {', '.join(args.models)}")
-        if not Path(path).is_file():
+        if not Path(path).exists():
             raise ConfigError(f"--weights {item!r}: {path} does not exist")
-        weights[name] = path
+        weights[name] = str(resolve_checkpoint(path))  # a run directory or a .safetensors file
     if weights and not args.eval_only:
         raise ConfigError("--weights only applies with --eval-only")
+    untrained = [name for name in args.models if args.eval_only and name not in weights]
+    if untrained:
+        log(f"warning: --eval-only without --weights for {', '.join(untrained)}: their accuracy is that of a random "
+            "initialisation (give --weights MODEL=RUN/model.safetensors, or drop --eval-only to train them)")
     recipe = recipe_from_args(args)
     data = data_args(args)
     if args.out is None:
@@ -98,14 +125,8 @@ def run(args: argparse.Namespace) -> int:
     rows = compare_models(args.models, task, recipe, out_dir=out, train=not args.eval_only, weights=weights,
                           batch=args.batch, quick=args.quick, device=device, log=log, progress=args.progress)
     shutdown()
-    columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-    table = Table(title=f"Leaderboard on {task.name}")
-    for key, header, _ in columns:
-        table.add_column(header, justify="left" if key == "model" else "right")
-    for row in rows:
-        table.add_row(*(_cell(row, k, f) for k, _, f in columns))
     console = Console()
-    console.print(table)
+    print_leaderboard(rows, title=f"Leaderboard on {task.name}", wide=args.wide, console=console)
     for a, b in disagreeing_pairs(rows):
         console.print(f"MACs vs latency: {a} has more MACs than {b} but runs faster")
     console.print(f"leaderboard and plots: {out}")

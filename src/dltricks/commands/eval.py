@@ -230,6 +230,8 @@ def print_report(report: dict[str, Any], classes: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from dltricks.utils.tables import Column, print_table
+
     console = Console()
     console.print(f"[bold]{report['model']}[/bold] on {report['data']} "
                   f"({report['split']}, {report['samples']:,} samples): "
@@ -242,13 +244,11 @@ def print_report(report: dict[str, Any], classes: list[str]) -> None:
         acc = report["per_class_accuracy"][c]
         per_class.add_row(c, "-" if math.isnan(acc) else f"{acc:.2%}", f"{sum(report['confusion'][i]):,}")
     console.print(per_class)
-    matrix = Table(title="confusion matrix (rows: true class, columns: predicted)")
-    matrix.add_column("true \\ pred")
-    for c in classes:
-        matrix.add_column(c, justify="right")
-    for i, c in enumerate(classes):
-        matrix.add_row(c, *(str(v) if v else "." for v in report["confusion"][i]))
-    console.print(matrix)
+    # Columns headed by class index, so that ten classes fit 80 characters whatever their names.
+    print_table([Column("true\\pred", justify="left"), *(Column(str(k)) for k in range(len(classes)))],
+                [[c if c == str(i) else f"{i} {c}", *(str(v) if v else "." for v in report["confusion"][i])]
+                 for i, c in enumerate(classes)],
+                title="confusion matrix (rows: true class, columns: predicted class index)", console=console)
 
 
 # --- segmentation data sets: per-pixel metrics, sliding windows, flips, PNG masks ----------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.table import Table
 
 from dltricks.commands._args import json_text
 from dltricks.models._registry import create_model, list_models, model_info
+from dltricks.utils.tables import Column, print_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(rows))
         return 0
-    table = Table(title=f"{len(rows)} models" + (f" matching {args.pattern!r}" if args.pattern else ""))
-    for column in rows[0] if rows else ["name"]:
-        table.add_column(column, justify="right" if column == "params" else "left")
-    for row in rows:
-        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
-    Console().print(table)
+    # name and params always; input, then family, then task are left out first when the terminal is narrow.
+    kinds = {"name": Column("name", justify="left"), "family": Column("family", number=False, rank=2),
+             "task": Column("task", number=False, rank=3), "input": Column("input", rank=1), "params": Column("params")}
+    keys = list(rows[0]) if rows else ["name"]
+    print_table([kinds[k] for k in keys], [[f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()]
+                                           for row in rows],
+                title=f"{len(rows)} models" + (f" matching {args.pattern!r}" if args.pattern else ""),
+                console=Console())
     return 0

@@ -45,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
     p.add_argument("--no-rf", action="store_true", help="skip the receptive field")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--wide", action="store_true",
+                   help="tables at full width, however wide (default: fit the terminal, wrapping text, never numbers)")
     p.set_defaults(func=run)
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(report.to_dict()))
         return 0
-    print_report(report)
+    print_report(report, wide=args.wide)
     return 0
 
 
@@ -115,19 +117,25 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:,.3g} ms" if s < 1 else f"{s:,.3g} s"
 
 
-def print_report(report) -> None:
+class _Rows(list):
+    """The rows of the summary table (``add_row`` as on a rich table)."""
+
+    def add_row(self, *cells: str) -> None:
+        self.append(list(cells))
+
+
+def print_report(report, *, wide: bool = False) -> None:
+    """The summary table and, when measured, the per-layer table; both fit the terminal
+    (:mod:`dltricks.utils.tables`; ``wide``: every column at full width)."""
     from rich.console import Console
-    from rich.table import Table
 
     from dltricks.measure.layer_table import format_shape
     from dltricks.measure.params import format_count
+    from dltricks.utils.tables import Column, print_table
 
     console = Console()
     shape = "x".join(map(str, report.input_shape))
-    table = Table(title=f"{report.model}  input {shape}  batch {report.batch}  {report.device}", show_header=False)
-    table.add_column("quantity", style="bold")
-    table.add_column("value", justify="right")
-    table.add_column("note", style="dim")
+    table = _Rows()
     p = report.params
     table.add_row("parameters", f"{p.total:,}", f"{format_count(p.total)}, trainable {p.trainable:,}, "
                                                 f"{_mb(p.param_bytes)}")
@@ -160,14 +168,15 @@ def print_report(report) -> None:
             table.add_row("receptive field of the output", report.output_receptive_field.describe(), "")
     elif report.rf_note:
         table.add_row("receptive field", "-", report.rf_note)
-    console.print(table)
+    print_table([Column("quantity", number=False, style="bold"), Column("value"),
+                 Column("note", number=False, style="dim")], table,
+                title=f"{report.model}  input {shape}  batch {report.batch}  {report.device}", wide=wide,
+                console=console)
     if report.layers:
-        lt = Table(title=f"{report.model}: layers")
-        for col, just in (("name", "left"), ("type", "left"), ("output", "right"), ("params", "right"),
-                          ("MACs", "right")):
-            lt.add_column(col, justify=just)
-        for row in report.layers:
-            lt.add_row(row.name, row.type, format_shape(row.output_shape), f"{row.params:,}", f"{row.macs:,}")
-        lt.add_row("total", "", "", f"{sum(r.params for r in report.layers):,}",
-                   f"{sum(r.macs for r in report.layers):,}", style="bold")
-        console.print(lt)
+        rows = [[row.name, row.type, format_shape(row.output_shape), f"{row.params:,}", f"{row.macs:,}"]
+                for row in report.layers]
+        rows.append(["total", "", "", f"{sum(r.params for r in report.layers):,}",
+                     f"{sum(r.macs for r in report.layers):,}"])
+        print_table([Column("name", justify="left"), Column("type", number=False, rank=1), Column("output"),
+                     Column("params"), Column("MACs")], rows, title=f"{report.model}: layers", wide=wide,
+                    console=console)

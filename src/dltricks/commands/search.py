@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers: got {args.workers}, expected a positive number of processes")
     if args.heartbeat <= 0:
         raise ConfigError(f"--heartbeat: got {args.heartbeat:g}, expected seconds > 0")
+    if getattr(args, "subset_seed", None) is not None:
+        raise ConfigError("--subset-seed: not supported by dltricks search yet; every trial uses the default draw "
+                          "of --subset (and so does the exported `dltricks train` command)")
     recipe = recipe_from_args(args)
     data = data_args(args)
     result = search(args.model, args.data, args.space, trials=args.trials, recipe=recipe,

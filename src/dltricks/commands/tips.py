@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.table import Table
 
 from dltricks.commands._args import json_text
 from dltricks.tips.catalog import get_catalog, markdown_table
 from dltricks.tips.engine import select_tips
+from dltricks.utils.tables import Column, print_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="tip ids, globs (conv.*) or section names to show (default: all)")
     p.add_argument("--rules", action="store_true", help="also show each tip's verdict rule and what is missing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--wide", action="store_true",
+                   help="one table at full width, rules included, however wide (default: fit the terminal; with "
+                        "--rules one block of lines per tip)")
     p.add_argument("--markdown", action="store_true",
                    help="print the Markdown catalog table of docs/evidence.md (tests/test_tip_declarations.py checks "
                         "that the docs hold exactly this table)")
@@ -49,19 +52,39 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown_table(tips))
         return 0
-    table = Table(title=count_line(tips))
-    table.add_column("id", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("claim")
+    console = Console()
+    if args.rules and not args.wide:
+        _print_blocks(rows, console, title=count_line(tips))
+        return 0
+    columns = [Column("id", justify="left"), Column("status", justify="left"), Column("claim", number=False)]
     if args.rules:
-        table.add_column("verdict rule / missing")
+        columns.append(Column("verdict rule / missing", number=False))
+    table = []
     for r in rows:
         status = STATUS_STYLE.get(r["status"], "{}").format(r["status"])
         decided_by = f"finding: {r['finding']}" if r["finding"] else r["rule"]
         extra = [decided_by + ("\nmissing: " + "; ".join(r["missing"]) if r["missing"] else "")] if args.rules else []
-        table.add_row(r["id"], status, r["claim"], *extra)
-    Console().print(table)
+        table.append([r["id"], status, r["claim"], *extra])
+    print_table(columns, table, title=count_line(tips), wide=args.wide, console=console)
     return 0
+
+
+def _print_blocks(rows: list[dict], console: Console, *, title: str) -> None:
+    """``tips --rules`` at the terminal's width: per tip, its id and status, then claim, rule and what is missing
+    as indented paragraphs (four columns of prose do not fit 80 characters)."""
+    import textwrap
+
+    width = max(40, console.width)
+    console.print(title, highlight=False)
+    for r in rows:
+        console.print()
+        console.print(f"[bold]{r['id']}[/]  {STATUS_STYLE.get(r['status'], '{}').format(r['status'])}")
+        decided_by = ("finding", r["finding"]) if r["finding"] else ("rule", r["rule"])
+        for label, text in (("claim", r["claim"]), decided_by, ("missing", "; ".join(r["missing"]))):
+            if text:
+                console.print(textwrap.fill(f"{label}: {text}", width=width, initial_indent="  ",
+                                            subsequent_indent="    ", break_long_words=False), highlight=False,
+                              markup=False, soft_wrap=True)
 
 
 STATUS_STYLE = {"implemented": "[green]{}[/]", "doc-check": "[cyan]{}[/]", "not yet tested": "[dim]{}[/]"}
@@ -70,5 +93,6 @@ STATUS_STYLE = {"implemented": "[green]{}[/]", "doc-check": "[cyan]{}[/]", "not 
 def count_line(tips: list) -> str:
     """"N tips: X implemented experiments, Y documentation checks, Z not yet tested"."""
     counts = {status: sum(t.status == status for t in tips) for status in STATUS_STYLE}
-    return (f"{len(tips)} tips: {counts['implemented']} implemented experiments, {counts['doc-check']} "
-            f"documentation checks, {counts['not yet tested']} not yet tested")
+    docs = counts["doc-check"]
+    return (f"{len(tips)} tips: {counts['implemented']} implemented experiments, {docs} "
+            f"documentation check{'' if docs == 1 else 's'}, {counts['not yet tested']} not yet tested")

@@ -141,7 +141,7 @@ def _print_result(args: argparse.Namespace, result: Any, task: Any, recipe: Any,
         print_history(result.history, title=f"{args.model} on {task.name} ({result.stop_reason})")
         print_final_metrics(final, result.history)
     if result.stop_reason == "max_steps" and (not result.history or result.history[-1]["step"] != final["steps"]):
-        print_metrics(final, title=f"at step {final['steps']} (train.max_steps)")
+        print_metrics(final, title=f"at step {final['steps']}")
     best = final.get(f"best_{recipe.early_stop.metric}")
     summary = [f"final val accuracy {final['val_accuracy']:.2%}" if "val_accuracy" in final else "",
                (f"best {recipe.early_stop.metric} {best:.4f} (epoch {final['best_epoch']})"

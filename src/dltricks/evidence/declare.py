@@ -53,6 +53,9 @@ __all__ = ["Tip", "Experiment", "tip", "declared_tips", "problems", "source_file
            "KINDS", "EXPERIMENT", "DOC_CHECK"]
 
 EXPERIMENT, DOC_CHECK = "experiment", "doc-check"
+# Seeds per mode unless a tip says otherwise: 3 give quick mode an interval at all, 5 are what full mode needs to
+# confirm or refute (dltricks.evidence.rules); exact, deterministic tips declare 1.
+DEFAULT_SEEDS = {"quick": 3, "full": 5}
 KINDS = (EXPERIMENT, DOC_CHECK)
 
 Experiment = Callable[[Context], Evidence]
@@ -102,7 +105,7 @@ class Tip:
     pending: str = ""
     quick: dict[str, Any] | None = field(default_factory=dict)
     full: dict[str, Any] = field(default_factory=dict)
-    seeds: Mapping[str, int] = field(default_factory=lambda: {"quick": 1, "full": 3})
+    seeds: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_SEEDS))
     metrics: Mapping[str, str] = field(default_factory=dict)
     budget_s: float = 5.0
     cite: tuple[Cite, ...] = ()
@@ -128,7 +131,7 @@ class Tip:
         return None if chosen is None else dict(chosen)
 
     def default_seeds(self, mode: str) -> int:
-        return int(self.seeds.get(mode, 1 if mode == "quick" else 3))
+        return int(self.seeds.get(mode, DEFAULT_SEEDS.get(mode, 3)))
 
     def missing(self) -> list[str]:
         """What keeps this tip from running: empty for a tip with an experiment."""
@@ -209,7 +212,7 @@ def tip(*, id: str, title: str, claim: str, section: str, rule: Rule,  # noqa: A
             raise CatalogError(f"@tip(id={id!r}) decorates {fn!r}; expected a function fn(ctx) -> Evidence")
         _register(Tip(id=id, title=title, claim=claim, source=source, section=section, rule=rule, experiment=fn,
                       exercises=tuple(exercises), quick=None if quick is None else dict(quick), full=dict(full),
-                      seeds=dict(seeds) if seeds is not None else {"quick": 1, "full": 3},
+                      seeds=dict(seeds) if seeds is not None else dict(DEFAULT_SEEDS),
                       metrics=dict(metrics or {}), budget_s=budget_s, cite=cite, kind=kind, finding=finding,
                       may_fail=tuple(may_fail), shares=shares))
         return fn

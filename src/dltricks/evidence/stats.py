@@ -39,6 +39,7 @@ beta function (continued fraction, modified Lentz), the quantile by bisection on
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -104,8 +105,9 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(p: float, df: float) -> float:
-    """The t with ``P(T <= t) = p`` (0 < p < 1), by bisection on :func:`t_cdf` to ~1e-12."""
+    """The t with ``P(T <= t) = p`` (0 < p < 1), by bisection on :func:`t_cdf` to ~1e-12 (memoised)."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
     if p < 0.5:
@@ -233,10 +235,20 @@ def seeds_to_decide(mean: float, sd: float, bound: float, *, alpha: float = ALPH
         return None
     if sd == 0.0:
         return 2
-    for n in range(2, limit + 1):
-        if t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n) < gap:
-            return n
-    return None
+
+    def clears(n: int) -> bool:  # the half-width t * sd / sqrt(n) falls with n
+        return t_quantile(1 - alpha / 2, n - 1) * sd / math.sqrt(n) < gap
+
+    if not clears(limit):
+        return None
+    lo, hi = 1, limit  # clears(hi) holds; find the smallest such n by bisection
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid >= 2 and clears(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 # ------------------------------------------------------------------------------------------------ multiplicity

@@ -24,6 +24,10 @@ them and writes ``results.json`` plus the plots. Measured results are in ``docs/
     (not divisible), kernel 4 and 2 / stride 2 (divisible), and resize + 3x3 conv (Odena, Dumoulin & Olah,
     Distill 2016), with all-ones and with random weights; score
     :func:`dltricks.layers.upsample.checkerboard_score` and the relative standard deviation of the interior.
+(f) :func:`token_mixer_ablation` - MambaOut's Hypothesis 2 on a long, non-causal visual task: the same plain
+    encoder with Vision Mamba blocks (bidirectional SSM) or MambaOut's Gated CNN blocks (no SSM), trained on
+    ISBI crops whose token count is ``(crop_size / patch_size)^2`` (4,096 for 128 px crops and 2x2 patches)
+    and evaluated with sliding windows of the training crop, so evaluation sees as many tokens as training.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from dltricks.utils.io import atomic_write_json
 __all__ = ["plot_error_map", "plot_weight_map", "aspp_degeneration", "valid_taps_formula", "receptive_field_growth",
            "dilated_stack", "checkerboard_artifacts", "output_stride_tradeoff", "skip_ablation", "count_macs",
            "plot_aspp_degeneration", "plot_receptive_field_growth", "plot_checkerboard", "plot_output_stride",
-           "plot_skip_ablation", "main"]
+           "plot_skip_ablation", "token_mixer_ablation", "plot_token_mixer_ablation", "main"]
 
 
 # --- (a) ASPP degeneration -------------------------------------------------------------------------------
@@ -330,12 +334,14 @@ def isbi_recipe(*, steps: int, batch_size: int = 4, crop_size: int = 128, lr: fl
                 amp: bool = True, elastic: bool = False) -> Recipe:
     """The ``isbi-unet`` recipe for a short comparison run: ``steps`` Adam steps of ``batch_size`` crops of
     ``crop_size`` px (flips and rotations; elastic deformation off unless asked), ``min(20, steps / 10)``
-    warm-up steps, one evaluation of the whole held-out slices at the end (no sliding windows)."""
+    warm-up steps, one evaluation of the whole held-out slices at the end (no sliding windows), after the
+    BatchNorm statistics are recomputed over ``min(steps, 25)`` training batches (``train.bn_recalibrate``: the
+    running averages of a run this short lag behind its weights)."""
     return load_recipe("isbi-unet", [
         f"train.steps={steps}", f"train.batch_size={batch_size}", f"optim.lr={lr!r}", f"train.seed={seed}",
         f"train.amp={str(amp).lower()}", f"schedule.warmup_steps={min(20, steps // 10)}", f"train.eval_every={steps}",
         "train.device=cpu", f"data.crop_size={crop_size}", f"data.elastic={str(elastic).lower()}",
-        "data.final_window=null", "data.final_tta=false"])
+        "data.final_window=null", "data.final_tta=false", f"train.bn_recalibrate={min(steps, 25)}"])
 
 
 def _train_seconds(run: Any) -> float:
@@ -444,6 +450,65 @@ def plot_skip_ablation(result: dict[str, Any], path: str | Path) -> Path:
     ax.set_xticks(range(len(keys)), [k.replace("_", "\n") for k in keys])
     ax.set_ylim(0, 1)
     ax.set_title(f"U-Net skips, ISBI 2012 held-out slices (boundary band {result['band_width']} px)")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path, dpi=110)
+
+
+# --- (f) token mixers: SSM or not, on a long non-causal task -------------------------------------------------
+
+
+def token_mixer_ablation(mixers: Sequence[str] = ("vim", "mambaout"), *, embed_dim: int = 32, depth: int = 2,
+                         patch_size: int = 2, steps: int = 200, batch_size: int = 4, crop_size: int = 128,
+                         lr: float = 2e-3, seed: int = 0, overlap: float = 0.5, data_dir: str | None = None,
+                         log: Any = None) -> dict[str, Any]:
+    """:class:`~dltricks.models.segmentation.token_mixer.TokenMixerSegmenter` with each token mixer, same width,
+    depth, patches, recipe (fp32: the selective scan is not run under autocast) and seed, trained ``steps``
+    Adam steps on ISBI 2012 crops and evaluated on the 5 held-out slices with sliding windows of
+    ``crop_size`` px (``overlap``).
+
+    Per mixer: ``dice``, ``iou``, ``boundary_f1``, ``pixel_accuracy`` (membrane class), ``params``,
+    ``train_seconds``, ``final_train_loss``; and ``tokens``, the tokens per crop the encoder mixes.
+    """
+    from dltricks.models.segmentation.token_mixer import TokenMixerSegmenter
+    from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
+
+    recipe = isbi_recipe(steps=steps, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed, amp=False)
+    task = task_for_recipe("isbi2012-membrane", recipe, data_dir=data_dir)
+    tokens = (crop_size // patch_size) ** 2
+    result: dict[str, Any] = {"embed_dim": embed_dim, "depth": depth, "patch_size": patch_size, "steps": steps,
+                              "batch_size": batch_size, "crop_size": crop_size, "lr": lr, "seed": seed,
+                              "tokens": tokens, "runs": {}}
+    for mixer in mixers:
+        torch.manual_seed(seed)
+        model = TokenMixerSegmenter(mixer=mixer, num_classes=1, in_chans=1, embed_dim=embed_dim, depth=depth,
+                                    patch_size=patch_size)
+        run = fit(model, task, recipe, progress=False)
+        losses = [r["train_loss"] for r in run.history if "train_loss" in r]
+        metrics = evaluate_segmentation(model, task.val_loader, window=crop_size, overlap=overlap)
+        result["runs"][mixer] = {"params": sum(p.numel() for p in model.parameters()), "tokens": tokens,
+                                 "train_seconds": _train_seconds(run),
+                                 "final_train_loss": losses[-1] if losses else float("nan"), **metrics}
+        if log is not None:
+            log(f"{mixer}: {result['runs'][mixer]}")
+    return result
+
+
+def plot_token_mixer_ablation(result: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["dice", "boundary_f1", "pixel_accuracy"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / max(len(result["runs"]), 1)
+    for i, (name, run) in enumerate(result["runs"].items()):
+        xs = [k + (i - (len(result["runs"]) - 1) / 2) * width for k in range(len(keys))]
+        ax.bar(xs, [run[k] for k in keys], width, label=f"{name} ({run['params']:,} params)")
+    ax.set_xticks(range(len(keys)), [k.replace("_", " ") for k in keys])
+    ax.set_ylim(0, 1)
+    ax.set_title(f"ISBI 2012, {result['tokens']:,} tokens per crop, {result['steps']} steps")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path, dpi=110)

@@ -73,8 +73,8 @@ def aspp_degeneration(ctx: Context) -> Evidence:
      source="Ronneberger et al. 2015", section=SEG,
      exercises=(segmentation.skip_ablation, segmentation_models, isbi),
      quick={"base_channels": 8, "steps": 40, "batch_size": 2, "crop_size": 64},
-     full={"base_channels": 16, "steps": 300, "batch_size": 4, "crop_size": 128}, budget_s=20,
-     rule=Effect("boundary_accuracy", "with skips", "without skips", min_effect=0.01))
+     full={"base_channels": 16, "steps": 300, "batch_size": 4, "crop_size": 128}, budget_s=12,
+     seeds={"quick": 3, "full": 5}, rule=Effect("boundary_accuracy", "with skips", "without skips", min_effect=0.01))
 def skip_connections(ctx: Context) -> Evidence:
     """U-Net with vs without skips on ISBI 2012 via :func:`dltricks.experiments.segmentation.skip_ablation`."""
     options = {k: ctx[k] for k in ("base_channels", "steps", "batch_size", "crop_size", "lr") if k in ctx.settings}
@@ -104,7 +104,8 @@ def skip_connections(ctx: Context) -> Evidence:
      quick={"encoder": "resnet18", "encoder_kwargs": {"stem_width": 16, "stage_widths": [16, 32, 64, 128]},
             "steps": 120, "batch_size": 4, "crop_size": 64, "lr": 5e-3, "output_strides": [8, 32]},
      full={"encoder": "resnet18", "steps": 300, "batch_size": 4, "crop_size": 128, "output_strides": [8, 32]},
-     budget_s=13, rule=Effect("boundary_f1", "output stride 8", "output stride 32", min_effect=0.01))
+     budget_s=40, seeds={"quick": 3, "full": 5},
+     rule=Effect("boundary_f1", "output stride 8", "output stride 32", min_effect=0.01))
 def output_stride(ctx: Context) -> Evidence:
     """DeepLabV3 at output stride 8 vs 32 via :func:`dltricks.experiments.segmentation.output_stride_tradeoff`."""
     options = {k: ctx[k] for k in ("encoder", "encoder_kwargs", "steps", "batch_size", "crop_size", "lr")

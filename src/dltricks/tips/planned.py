@@ -336,9 +336,6 @@ PLANNED: tuple[Tip, ...] = (
             LEARN, README.at(149, 152, "Gaussian processes in Bayesian deep learning"),
             "a calibration or out-of-distribution comparison of a Bayesian model and a point estimate"),
     # ------------------------------------------------------------------------------------------ search, scale
-    planned("scale.hyperparameter-search", "Random and Bayesian hyperparameter search",
-            "Random search or Bayesian optimisation finds good hyperparameters with fewer trials than a grid.",
-            SCALE, README.at(124, 126, "hyperparameter tuning"), "a search space and a trial budget on a cheap task"),
     planned("scale.nas", "Neural architecture search",
             "Architecture search by reinforcement learning or evolution finds networks that keep accuracy at lower "
             "compute, though FLOPs are a poor measure of that compute.",

@@ -333,7 +333,7 @@ def summary_table(results: Sequence[TipResult], *, title: str = "dltricks verify
     table = Table(title=title, show_lines=False)
     table.add_column("tip", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
-    table.add_column("key numbers")
+    table.add_column("key numbers", overflow="fold")  # a long number folds onto the next line, never cut
     table.add_column("time", justify="right", no_wrap=True)
     groups = grouped(results)
     for title, members in groups:

@@ -45,11 +45,11 @@ def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int
         raise ConfigError(f"--workers: got {workers}, expected a number >= 1")
     if first_seed < 0:
         raise ConfigError(f"--first-seed: got {first_seed}, expected a number >= 0")
-    tips = select_tips(get_catalog(), only)
     # The report and the cache are written after minutes of experiments: check now that they can be.
     check_writable_dir(out)
     if cache_dir is not None:
         check_writable_dir(cache_dir)
+    tips = select_tips(get_catalog(), only)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

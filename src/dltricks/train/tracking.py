@@ -203,6 +203,8 @@ class RunTracker:
         params = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(recipe).items()}
         metrics = {f"hparams/{k}": _number(v) for k, v in final.items()
                    if k.startswith(("val_", "train_", "best_")) and _number(v) is not None}
+        # The summaries SummaryWriter.add_hparams writes, but into this run's event file (add_hparams opens
+        # a sub-folder per call, which TensorBoard would list as a second run).
         experiment, start, end = hparams(params, metrics)
         file_writer = self.writer._get_file_writer()
         for summary in (experiment, start, end):

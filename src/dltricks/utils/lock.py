@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,12 @@ try:  # POSIX only
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "RunDirLock", "run_dir_lock", "lock_holder"]
+__all__ = ["LOCK_NAME", "RunDirLock", "run_dir_lock", "lock_holder", "check_not_in_use"]
 
 LOCK_NAME = ".lock"
+# A writer retries this long before it reports the folder as in use: a probe (check_not_in_use) holds a
+# shared lock for microseconds, and must not make a writer fail.
+_RETRY_S = 1.0
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
@@ -95,10 +99,37 @@ def lock_holder(path: str | Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
+def _in_use(folder: Path, holder: dict[str, Any] | None) -> RunDirError:
+    return RunDirError(f"run directory {folder} is in use by {_describe(holder)}; wait for it to end or choose "
+                       "another run directory")
+
+
+def check_not_in_use(path: str | Path) -> None:
+    """Raise the :class:`~dltricks.errors.RunDirError` that :func:`run_dir_lock` would, without taking the lock
+    (an early check, before minutes of data loading): another process holds the folder's lock now."""
+    if fcntl is None:
+        return
+    lock_path = Path(path) / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return  # no lock file: nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise _in_use(Path(path), _read_holder(fd)) from None
+    except OSError:
+        return  # no flock on this file system
+    finally:
+        os.close(fd)
+
+
 def _describe(holder: dict[str, Any] | None) -> str:
     if not holder or not isinstance(holder.get("pid"), int):
         return "another process"
-    extra = [str(holder["command"])[:80]] if holder.get("command") else []
+    command = str(holder.get("command") or "")
+    extra = [command if len(command) <= 80 else command[:77] + "..."] if command else []
     if holder.get("host") and holder["host"] != socket.gethostname():
         extra.append(f"on {holder['host']}")
     if holder.get("since"):
@@ -108,7 +139,8 @@ def _describe(holder: dict[str, Any] | None) -> str:
 
 def _open_locked(lock_path: Path, folder: Path) -> int | None:
     """An fd of ``lock_path`` that holds an exclusive ``flock``; ``None`` when the file system has none."""
-    for _ in range(20):  # retried only while another process deletes the file between our open and lock
+    deadline = time.monotonic() + _RETRY_S
+    for _ in range(1000):  # retried while a probe holds the file, or its holder deletes it between open and lock
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as err:
@@ -118,8 +150,10 @@ def _open_locked(lock_path: Path, folder: Path) -> int | None:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise RunDirError(f"run directory {folder} is in use by {_describe(holder)}; wait for it to end or "
-                              "choose another run directory") from None
+            if time.monotonic() > deadline:
+                raise _in_use(folder, holder) from None
+            time.sleep(0.02)
+            continue
         except OSError as err:
             os.close(fd)
             if err.errno in _UNSUPPORTED:

@@ -1,0 +1,296 @@
+"""The statistics of the verdicts (dltricks.evidence.stats) and their calibration.
+
+* the Student-t quantile and CDF against published table values and a numerical integral of torch's density;
+* Holm's correction against a hand-computed example;
+* the interval tests at their boundaries (both bounds beyond, straddling, exactly at the bound or margin);
+* calibration through the engine: a null tip (two identical noisy arms) over 20 seed sets is called confirmed /
+  consistent with in at most 5 % of them; a planted effect (a learning rate 30x too small) is found;
+* the setup check: a baseline that stays at chance makes the tip "invalid setup", with the real harness too;
+* family_control: Holm turns a borderline confirmation into inconclusive.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from dltricks.evidence import Effect, Equivalent, Evidence, NonInferior, Tip, Verdict, setup_problems
+from dltricks.evidence import stats
+from dltricks.evidence.rules import part_verdict
+from dltricks.tips.engine import TipResult, family_control, run_tip
+
+# Two-sided critical values t(1 - alpha/2, df) and one-sided ones, as printed in standard tables
+# (e.g. NIST/SEMATECH e-Handbook of Statistical Methods, Table 1.4.2.7.3.4), 3 decimals.
+TABLE = {(0.975, 1): 12.706, (0.975, 2): 4.303, (0.975, 3): 3.182, (0.975, 4): 2.776, (0.975, 5): 2.571,
+         (0.975, 9): 2.262, (0.975, 10): 2.228, (0.975, 20): 2.086, (0.975, 30): 2.042, (0.975, 100): 1.984,
+         (0.95, 1): 6.314, (0.95, 4): 2.132, (0.95, 10): 1.812, (0.995, 4): 4.604, (0.995, 10): 3.169,
+         (0.90, 5): 1.476, (0.80, 4): 0.941}
+
+
+@pytest.mark.parametrize(("p", "df"), list(TABLE))
+def test_t_quantile_matches_the_table(p, df):
+    assert stats.t_quantile(p, df) == pytest.approx(TABLE[p, df], abs=5e-4)
+    assert stats.t_quantile(1 - p, df) == pytest.approx(-TABLE[p, df], abs=5e-4)
+
+
+def test_t_quantile_tends_to_the_normal_one():
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(0.975, dtype=torch.float64)))
+    assert stats.t_quantile(0.975, 1e7) == pytest.approx(z, abs=1e-5)
+
+
+@pytest.mark.parametrize("df", [1, 3, 10])
+def test_t_cdf_matches_torch_density_integrated(df):
+    dist = torch.distributions.StudentT(torch.tensor(float(df), dtype=torch.float64))
+    for t in (0.3, 1.0, 2.5, 6.0):
+        x = torch.linspace(0.0, t, 20001, dtype=torch.float64)
+        area = torch.trapezoid(dist.log_prob(x).exp(), x).item()  # P(0 < T < t)
+        assert stats.t_cdf(t, df) == pytest.approx(0.5 + area, abs=1e-7)
+        assert stats.t_cdf(-t, df) == pytest.approx(0.5 - area, abs=1e-7)
+        assert stats.t_quantile(stats.t_cdf(t, df), df) == pytest.approx(t, rel=1e-8)
+
+
+def test_paired_interval():
+    iv = stats.paired_interval([0.1, 0.12, 0.09, 0.11, 0.1])
+    assert (iv.n, iv.df) == (5, 4) and iv.mean == pytest.approx(0.104)
+    assert iv.sd == pytest.approx(0.0114018, rel=1e-5) and iv.t_crit == pytest.approx(2.776445, rel=1e-6)
+    assert iv.lo == pytest.approx(0.104 - 2.776445 * 0.0114018 / 5 ** 0.5, rel=1e-5)
+    one = stats.paired_interval([0.3])
+    assert one.lo is None and one.hi is None and one.p_above(0.0) == 1.0
+
+
+def test_holm_against_a_hand_computed_example():
+    # sorted p: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1, but at least 0.06)
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([]) == []
+
+
+def _iv(lo: float, hi: float, n: int = 5) -> stats.Interval:
+    mean = (lo + hi) / 2
+    t_crit = stats.t_quantile(0.975, n - 1)
+    se = (hi - lo) / (2 * t_crit)
+    return stats.Interval(n, mean, se * n ** 0.5, se, n - 1, t_crit, lo, hi, 0.95)
+
+
+@pytest.mark.parametrize(("lo", "hi", "outcome"), [
+    (0.02, 0.05, stats.SUPPORTED),  # both bounds beyond the minimum effect
+    (-0.05, -0.02, stats.CONTRADICTED),  # both on the other side
+    (0.005, 0.05, stats.OPEN),  # straddles the minimum effect
+    (0.01, 0.05, stats.OPEN),  # lower bound exactly at the minimum effect: not beyond it
+    (-0.05, 0.01, stats.OPEN),  # upper bound exactly at it
+    (0.0, 0.009, stats.CONTRADICTED),  # significantly positive, but below the minimum effect
+])
+def test_bound_test_boundaries(lo, hi, outcome):
+    got, p_support, p_contradict = stats.bound_test(_iv(lo, hi), 0.01)
+    assert got == outcome
+    # a part is decided exactly when its one-sided p-value is below 2.5 % (up to rounding at the boundary)
+    if outcome == stats.SUPPORTED:
+        assert p_support < 0.025
+    if outcome == stats.CONTRADICTED:
+        assert p_contradict < 0.025
+
+
+@pytest.mark.parametrize(("lo", "hi", "outcome"), [
+    (-0.005, 0.008, stats.SUPPORTED),  # inside the margin
+    (-0.01, 0.005, stats.OPEN),  # exactly at the lower margin
+    (-0.005, 0.01, stats.OPEN),  # exactly at the upper margin
+    (-0.02, 0.02, stats.OPEN),  # wider than the margin on both sides
+    (0.011, 0.03, stats.CONTRADICTED),  # wholly above the margin
+    (-0.03, -0.012, stats.CONTRADICTED),  # wholly below it
+])
+def test_equivalence_test_boundaries(lo, hi, outcome):
+    assert stats.equivalence_test(_iv(lo, hi), 0.01)[0] == outcome
+
+
+def test_part_verdicts_by_mode_and_seeds():
+    assert part_verdict(stats.SUPPORTED, "full", 5, 5) is Verdict.CONFIRMED
+    assert part_verdict(stats.CONTRADICTED, "full", 5, 5) is Verdict.REFUTED
+    assert part_verdict(stats.SUPPORTED, "full", 4, 5) is Verdict.INCONCLUSIVE
+    assert part_verdict(stats.SUPPORTED, "quick", 3, 5) is Verdict.CONSISTENT
+    assert part_verdict(stats.CONTRADICTED, "quick", 3, 5) is Verdict.NOT_CONSISTENT
+    assert part_verdict(stats.OPEN, "quick", 3, 5) is Verdict.INCONCLUSIVE
+
+
+def test_mde_and_seeds_to_decide():
+    assert stats.mde(0.02, 1) is None
+    # (t(0.975, 4) + t(0.8, 4)) * sd / sqrt(5)
+    assert stats.mde(0.02, 5) == pytest.approx((2.776445 + 0.940965) * 0.02 / 5 ** 0.5, rel=1e-5)
+    n = stats.seeds_to_decide(0.02, 0.02, 0.0)
+    assert stats.t_quantile(0.975, n - 1) * 0.02 / n ** 0.5 < 0.02 <= stats.t_quantile(0.975, n - 2) * 0.02 / (
+        n - 1) ** 0.5
+
+
+# -------------------------------------------------------------------------------- calibration through the engine
+EXPERIMENTS = '''
+import math
+import torch
+from dltricks.evidence import Evidence
+
+
+def noisy_arms(ctx):
+    """Two arms whose values are 0.9 + noise of sd 0.02 (shift added to the treatment); the noise is drawn per arm
+    and seed, plus a seed effect shared by both arms (what pairing removes)."""
+    ev = Evidence(setup="synthetic")
+    for seed in ctx.seeds:
+        g = torch.Generator().manual_seed(seed)
+        shared = 0.03 * float(torch.randn((), generator=g))
+        t, c = (0.02 * float(v) for v in torch.randn(2, generator=g))
+        ev.add("treatment", acc=0.9 + shared + t + ctx.get("shift", 0.0))
+        ev.add("control", acc=0.9 + shared + c)
+    return ev
+
+
+def learning_rates(ctx):
+    """Logistic regression on two Gaussian blobs, full-batch gradient descent: treatment at lr, control at lr/30."""
+    ev = Evidence(setup="synthetic logistic regression")
+    for seed in ctx.seeds:
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 2, (256,), generator=g)
+        x = torch.randn(256, 2, generator=g) + 1.5 * (2 * y[:, None].float() - 1)
+        for arm, lr in (("treatment", ctx["lr"]), ("control", ctx["lr"] / 30)):
+            w = (0.1 * torch.randn(2, 2, generator=torch.Generator().manual_seed(seed))).requires_grad_()
+            for _ in range(ctx.get("steps", 40)):
+                loss = torch.nn.functional.cross_entropy(x @ w, y)
+                (grad,) = torch.autograd.grad(loss, w)
+                w = (w - lr * grad).detach().requires_grad_()
+            ev.add(arm, loss=float(torch.nn.functional.cross_entropy(x @ w.detach(), y)))
+    return ev
+
+
+def chance_baseline(ctx):
+    """A treatment that trains and a baseline stuck at chance (as the harness reports it)."""
+    ev = Evidence(setup="synthetic")
+    for seed in ctx.seeds:
+        ev.add("treatment", acc=0.9 + 0.01 * seed)
+        ev.add("baseline", acc=0.1)
+        ev.record_health("treatment")
+        ev.record_health("baseline", "at chance (validation accuracy 0.100 <= 0.120)")
+    return ev
+'''
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    import importlib
+    import sys
+
+    folder = tmp_path_factory.mktemp("stats_experiments")
+    (folder / "stats_experiments.py").write_text(textwrap.dedent(EXPERIMENTS))
+    sys.path.insert(0, str(folder))
+    try:
+        yield importlib.import_module("stats_experiments")
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop("stats_experiments", None)
+
+
+def _tip(fn, rule, **settings) -> Tip:
+    return Tip(id="test.stats", title="t", claim="c", source="s", section="Tests", experiment=fn, rule=rule,
+               quick=dict(settings), full=dict(settings))
+
+
+def _verdict(fn, rule, *, mode: str, seeds: list[int], workdir: Path, **settings) -> str:
+    """What the engine decides (setup check, then the rule), without its cache: fast enough for many seed sets."""
+    from dltricks.evidence import Context
+
+    ev = fn(Context(tip_id="test", mode=mode, settings=settings, seeds=seeds, workdir=workdir))
+    assert not setup_problems(ev, rule)
+    return rule.decide(ev, mode).verdict.value
+
+
+@pytest.mark.parametrize(("mode", "n"), [("quick", 3), ("full", 5)])
+def test_a_null_tip_is_rarely_called_supported(experiments, tmp_path, mode, n):
+    """Two identical arms, 20 disjoint seed sets: confirmed / consistent with in at most 1 of 20 (5 %), with the
+    claim's minimum effect at 0.01 and even at 0."""
+    for rule in (Effect("acc", "treatment", "control", min_effect=0.01),
+                 Effect("acc", "treatment", "control", min_effect=0.0)):
+        verdicts = [_verdict(experiments.noisy_arms, rule, mode=mode, seeds=list(range(100 + n * k, 100 + n * k + n)),
+                             workdir=tmp_path) for k in range(20)]
+        supported = sum(v in ("confirmed", "consistent with") for v in verdicts)
+        assert supported <= 1, verdicts
+
+
+def test_a_planted_shift_is_found(experiments, tmp_path):
+    tip = _tip(experiments.noisy_arms, Effect("acc", "treatment", "control", min_effect=0.01), shift=0.08)
+    assert run_tip(tip, mode="full", seeds=5, cache_dir=tmp_path, use_cache=False)[0].verdict == "confirmed"
+
+
+def test_a_learning_rate_30x_too_small_is_found(experiments, tmp_path):
+    tip = _tip(experiments.learning_rates, Effect("loss", "treatment", "control", higher_is_better=False,
+                                                  min_effect=0.05), lr=1.0)
+    quick, _ = run_tip(tip, mode="quick", cache_dir=tmp_path, use_cache=False)
+    full, _ = run_tip(tip, mode="full", cache_dir=tmp_path, use_cache=False)
+    assert quick.verdict == "consistent with" and full.verdict == "confirmed", (quick.reason, full.reason)
+    part = full.stats[0]
+    assert part["effect"]["n"] == 5 and len(part["treatment_values"]) == 5 and part["effect"]["lo"] > 0.05
+
+
+def test_a_baseline_at_chance_is_invalid_setup(experiments, tmp_path):
+    tip = _tip(experiments.chance_baseline, Effect("acc", "treatment", "baseline", min_effect=0.01))
+    result, _ = run_tip(tip, mode="full", cache_dir=tmp_path, use_cache=False)
+    assert result.verdict == "invalid setup" and not result.stats
+    assert "baseline, seed 0: at chance" in result.reason and len(result.setup_problems) == 5
+    assert Verdict(result.verdict).supports is None  # never counted for or against the claim
+    # the same arm declared as allowed to fail (the claim predicts it): compared as usual
+    tip.may_fail = ("baseline",)
+    assert run_tip(tip, mode="full", cache_dir=tmp_path, use_cache=False)[0].verdict == "confirmed"
+
+
+def test_setup_problems_flags_non_finite_values():
+    ev = Evidence()
+    for v in (0.5, float("nan")):
+        ev.add("t", acc=v)
+        ev.add("c", acc=0.4)
+    assert setup_problems(ev, Effect("acc", "t", "c")) == ["t: acc is not finite in 1 of 2 runs"]
+    assert setup_problems(ev, Effect("acc", "c", "c")) == []
+
+
+def _result(tip_id: str, parts: list[dict]) -> TipResult:
+    return TipResult(id=tip_id, title="t", claim="c", source="s", section="S", rule="r", mode="full",
+                     verdict=parts[0]["verdict"], reason="r", stats=parts)
+
+
+def test_family_control_applies_holm_in_full_mode():
+    strong = {"kind": "effect", "metric": "a", "p": 0.0001, "verdict": "confirmed"}
+    borderline = {"kind": "effect", "metric": "b", "p": 0.03, "verdict": "confirmed"}
+    open_part = {"kind": "equivalence", "metric": "c", "p": 0.5, "verdict": "inconclusive"}
+    exact = {"kind": "exact", "checks": {"x": True}, "verdict": "confirmed"}
+    results = [_result("a", [strong]), _result("b", [exact, borderline]), _result("c", [open_part])]
+    statement = family_control(results, mode="full")
+    assert statement["tests"] == 3 and statement["changed"] == ["b: confirmed -> inconclusive"]
+    assert [r.verdict for r in results] == ["confirmed", "inconclusive", "inconclusive"]
+    assert borderline["p_holm"] == pytest.approx(0.06) and "Holm" in results[1].reason
+    quick = [_result("b", [dict(borderline, verdict="consistent with")])]
+    assert family_control(quick, mode="quick")["changed"] == [] and quick[0].verdict == "consistent with"
+
+
+def test_non_inferior_and_equivalent_use_the_same_interval():
+    ev = Evidence()
+    for d in (0.001, -0.002, 0.0, 0.003, -0.001):
+        ev.add("t", acc=0.9 + d)
+        ev.add("c", acc=0.9)
+    ni = NonInferior("acc", "t", "c", margin=0.01).decide(ev, "full")
+    eq = Equivalent("acc", "t", "c", margin=0.01).decide(ev, "full")
+    assert ni.verdict is Verdict.CONFIRMED and eq.verdict is Verdict.CONFIRMED
+    assert ni.stats[0]["effect"] == eq.stats[0]["effect"]
+    assert math.isclose(ni.stats[0]["bound"], -0.01) and eq.stats[0]["kind"] == "equivalence"
+
+
+@pytest.mark.slow
+def test_the_real_harness_flags_a_baseline_at_chance(tmp_path):
+    """A baseline trained at a learning rate far too small to leave chance: the tip is invalid setup."""
+    from dltricks.evidence import Context
+    from dltricks.experiments.training import TinyCNN, TrainSpec, run_arms
+
+    spec = dict(subset=128, epochs=1, batch_size=64, optimizer="sgd", bn_recalibrate=0)
+    ctx = Context(tip_id="test", mode="quick", settings={}, seeds=[0], workdir=Path(tmp_path))
+    ev = Evidence()
+    run_arms(ctx, ev, {"treatment": (lambda: TinyCNN(width=4), TrainSpec(lr=0.1, **spec)),
+                       "baseline": (lambda: TinyCNN(width=4, norm=None), TrainSpec(lr=1e-9, **spec))})
+    problems = setup_problems(ev, Effect("val_acc", "treatment", "baseline"))
+    assert any(p.startswith("baseline, seed 0: at chance") or p.startswith("baseline, seed 0: not converged")
+               for p in problems), problems
+    assert ev.budget["optimizer steps"] == 2 and ev.budget["training images seen"] == 128
