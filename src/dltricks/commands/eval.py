@@ -19,6 +19,7 @@ from typing import Any
 
 from dltricks.commands._args import (add_common_data_args, data_args, data_overrides, json_text, log, own_formatter,
                                      resolve_checkpoint)
+from dltricks.commands._uncertainty import add_uncertainty_args, run_uncertainty
 from dltricks.errors import CheckpointError, ConfigError, DataError, ModelError
 from dltricks.utils.io import check_writable_dir
 
@@ -32,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
         epilog="examples:\n  dltricks eval runs/a                    # on the data the run was trained on\n"
                "  dltricks eval runs/a/checkpoints/best.safetensors --split train --json\n"
                "  dltricks eval runs/unet --window 256 --tta --save-masks masks/\n"
-               "  dltricks eval runs/a --data mnist --data-dir ../shared/data   # another data set\n")
+               "  dltricks eval runs/a --data mnist --data-dir ../shared/data   # another data set\n"
+               "  dltricks eval runs/a --uncertainty temperature --plots plots/   # NLL, ECE, Brier, OOD AUROC\n"
+               "  dltricks eval runs/a --uncertainty ensemble --members runs/b runs/c\n")
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="run directory, weights file (model.safetensors, best.safetensors) or full checkpoint "
                         "(checkpoints/last.safetensors); required")
@@ -52,6 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="classify one image file instead of evaluating a data set: the top-5 classes with their "
                         "probabilities, as the playground of `dltricks serve` shows them; default: none")
     _add_segmentation_args(p)
+    add_uncertainty_args(p)
     p.set_defaults(func=run)
 
 
@@ -209,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
 
     if is_segmentation_task(task):  # per-pixel metrics, sliding windows, saved masks
         return _run_segmentation_eval(args, model, task, checkpoint=path, model_name=name, data_options=options)
+    if args.uncertainty:  # NLL, ECE, Brier, selective prediction, OOD AUROC (docs/uncertainty.md)
+        return run_uncertainty(args, model, task, checkpoint=path, name=name, num_classes=num_classes, device=device)
+    if args.members:
+        raise ConfigError("--members is for --uncertainty ensemble")
     loader = task.val_loader if args.split == "val" else task.train_loader
     if loader is None:
         raise DataError(f"data set {task.name} has no validation split; use --split train")

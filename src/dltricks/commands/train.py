@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from dltricks.commands._args import (add_common_data_args, claimed_run_dir, data_args, data_record, log, own_formatter,
@@ -62,6 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--init-from", default=None, metavar="RUN",
                    help="start from the weights of another run (its directory or a .safetensors file) instead of a "
                         "random initialisation; optimizer, schedule and step count start afresh; default: off")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="start from a timm/torchvision weight file (.safetensors, or .pth read with weights_only); "
+                        "a classifier of another size is re-initialised (docs/transfer.md); default: off")
     p.add_argument("--log", choices=("none", "tensorboard"), default=None,
                    help="run tracking: 'tensorboard' writes event files to OUT/tensorboard (overrides train.log; "
                         "docs/serve.md); default: the recipe's (none)")
@@ -101,12 +105,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(recipe.train.device, local_rank=dist.local_rank)
     # 2. The data, the model sized for it and whether they fit together: once, by the library.
     model, task = prepare(args.model, args.data, recipe, model_kwargs=model_opts, device=device, **data)
+    pretrained = _pretrained_weights(model, args.model, getattr(args, "pretrained", None))
     init_from = _init_weights(model, args.init_from)
     barrier()  # every rank has checked --out before rank 0 creates it
     # 3. Train (the run directory is created by fit).
     data_meta, data_source = data_record(args, task, recipe)
     meta = {"model": args.model, "model_kwargs": model_kwargs_for_task(args.model, task, model_opts),
-            "data": data_meta, "data_source": data_source, "init_from": init_from,
+            "data": data_meta, "data_source": data_source, "init_from": init_from, "pretrained": pretrained,
             "command": "dltricks " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("dltricks") else None}
     # The run directory is held from here to the end (a second writer is refused), and checked again under
     # its lock: another command may have used it while the data was being read.
@@ -115,6 +120,19 @@ def run(args: argparse.Namespace) -> int:
                      meta=meta)
     shutdown()  # every rank has finished before the processes exit
     return _print_result(args, result, task, recipe, run_dir) if dist.is_main else 0
+
+
+def _pretrained_weights(model: Any, name: str, path: str | None) -> str | None:
+    """Load the timm/torchvision weights of ``--pretrained`` into ``model``; returns the file read."""
+    if path is None:
+        return None
+    from dltricks.models import model_info
+    from dltricks.models._pretrained import load_pretrained
+    from dltricks.train.checkpoint import unwrap
+
+    report = load_pretrained(unwrap(model), path, family=model_info(name).family, name=name)
+    log(report.summary())
+    return str(Path(path).resolve())
 
 
 def _init_weights(model: Any, init_from: str | None) -> str | None:

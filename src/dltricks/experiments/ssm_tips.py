@@ -14,17 +14,20 @@ into :class:`~dltricks.evidence.Evidence`, without re-implementing anything.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dltricks.models
 import dltricks.train
 from dltricks.evidence import (BLOG, DOC_CHECK, LECTURE, README, Context, Effect, Evidence, Exact, NonInferior, plots,
                                tip)
-from dltricks.experiments import ssm
+from dltricks.data import isbi
+from dltricks.experiments import segmentation, ssm
 from dltricks.experiments._harness import health
 from dltricks.layers import attention as attention_layers
 from dltricks.layers import ssm as ssm_layers
 from dltricks.models.convnext import ConvNeXt
+from dltricks.models.segmentation import token_mixer as token_mixer_models
 from dltricks.models.mambaout import MambaOut
 from dltricks.models.vim import VisionMamba
 from dltricks.models.vit import VisionTransformer
@@ -295,3 +298,55 @@ def mambaout_h1(ctx: Context) -> Evidence:
 def cnn_vs_vit(ctx: Context) -> Evidence:
     """A ConvNeXt-style CNN vs a ViT of similar size, trained from scratch on little data."""
     return _h1_evidence(ctx, ("ConvNeXt", "ViT"), "ConvNeXt vs ViT")
+
+
+# --------------------------------------------------------------------------------------------- H2: long, non-causal
+H2_SEG_ARMS = {"vim": "ViM (SSM)", "mambaout": "MambaOut (no SSM)"}
+
+
+@tip(id="ssm.mambaout-h2", title="MambaOut H2: SSMs for long, non-causal vision",
+     claim="The blog's Hypothesis 2: an SSM stays worth having for detection and segmentation, whose token "
+           "sequences are long (thousands of tokens) but not causal. Tested on ISBI 2012 membrane segmentation "
+           "with 128 px crops in 2x2 patches (4,096 tokens): a plain encoder of Vision Mamba blocks "
+           "(bidirectional SSM) segments the membranes better (Dice on the held-out slices, sliding windows of "
+           "the training crop) than the same encoder with MambaOut's Gated CNN blocks (no SSM), at about the "
+           "same parameters (31 k vs 30 k), both trained from scratch (the blog's backbones were pre-trained). "
+           "(Quick mode: 64 px crops in 4x4 patches, 256 tokens, which is not long; 40 steps.)",
+     cite=(BLOG.at(102, topic="Hypothesis 2"), BLOG.at(79, topic="detection and segmentation inputs are long"),
+           BLOG.at(134, 136, "COCO: VMamba beats MambaOut"),
+           BLOG.at(148, 149, "ADE20K: LocalVMamba beats MambaOut")),
+     source="Yu & Wang, MambaOut 2024; Zhu et al., Vision Mamba 2024", section=SSM,
+     exercises=(segmentation.token_mixer_ablation, token_mixer_models, ssm_layers, isbi),
+     quick={"embed_dim": 32, "depth": 2, "patch_size": 4, "crop_size": 64, "steps": 40, "batch_size": 4,
+            "overlap": 0.0},
+     full={"embed_dim": 32, "depth": 2, "patch_size": 2, "crop_size": 128, "steps": 200, "batch_size": 4,
+           "overlap": 0.5},
+     seeds={"quick": 3, "full": 5}, budget_s=60,
+     metrics={"dice": "membrane Dice on the 5 held-out slices", "boundary_f1": "membrane boundary F1 (2 px)",
+              "params": "parameters", "tokens": "tokens per training crop"},
+     rule=Effect("dice", H2_SEG_ARMS["vim"], H2_SEG_ARMS["mambaout"], min_effect=0.01))
+def mambaout_h2(ctx: Context) -> Evidence:
+    """H2 on a long, non-causal visual task, via :func:`dltricks.experiments.segmentation.token_mixer_ablation`."""
+    options = {k: ctx[k] for k in ("embed_dim", "depth", "patch_size", "crop_size", "steps", "batch_size", "lr",
+                                   "overlap") if k in ctx.settings}
+    patch, crop = options.get("patch_size", 2), options.get("crop_size", 128)
+    ev = Evidence(setup=f"the same plain encoder (stem + {options.get('depth', 2)} blocks of width "
+                        f"{options.get('embed_dim', 32)} on {patch}x{patch} patches, {(crop // patch) ** 2:,} tokens "
+                        f"per {crop} px crop) with Vision Mamba blocks vs MambaOut's Gated CNN blocks, one decoder, "
+                        f"the isbi-unet recipe in fp32, {options}; membrane Dice on the 5 held-out ISBI 2012 slices "
+                        f"with sliding windows of the crop (dltricks.experiments.segmentation.token_mixer_ablation).")
+    last: dict[str, Any] = {}
+    for seed in ctx.seeds:
+        ctx.report(f"seed {seed}")
+        last = segmentation.token_mixer_ablation(tuple(H2_SEG_ARMS), seed=seed, **options)
+        for mixer, arm in H2_SEG_ARMS.items():
+            run = last["runs"][mixer]
+            ev.add(arm, dice=run["dice"], boundary_f1=run["boundary_f1"], params=run["params"])
+            floor = last["trivial_dice"]  # marking every pixel as membrane
+            trained = math.isfinite(run["final_train_loss"]) and run["dice"] > floor
+            ev.record_health(arm, "" if trained else f"not trained (Dice {run['dice']:.3f} <= {floor:.3f}, the Dice "
+                                                     f"of marking every pixel as membrane)")
+    ev.values["tokens per crop"] = last["tokens"]
+    ev.values["Dice of marking every pixel as membrane"] = round(last["trivial_dice"], 4)
+    ev.plots.append(segmentation.plot_token_mixer_ablation(last, ctx.path("token_mixers.png")).name)
+    return ev

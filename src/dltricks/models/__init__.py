@@ -24,6 +24,7 @@ from dltricks.models import xception  # noqa: F401,E402
 from dltricks.models import preact_resnet  # noqa: F401,E402
 from dltricks.models import wide_resnet  # noqa: F401,E402
 from dltricks.models import segmentation  # noqa: F401,E402
+from dltricks.models import detection  # noqa: F401,E402
 from dltricks.models import mamba, vim, mambaout  # noqa: F401,E402
 from dltricks.models import vit, swin, mlp_mixer, transformer, seq2seq, bert  # noqa: F401,E402
 

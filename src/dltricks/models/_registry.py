@@ -180,7 +180,7 @@ def model_info(name: str) -> ModelInfo:
 
 
 def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None,
-                 pretrained: bool = False, **kwargs: Any) -> nn.Module:
+                 pretrained: bool | str | os.PathLike = False, **kwargs: Any) -> nn.Module:
     """Build a registered model by name.
 
     Args:
@@ -188,7 +188,10 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
         num_classes: size of the classifier output (default: the constructor's, usually 1000 for
             ImageNet architectures and 10 for CIFAR/MNIST ones).
         in_chans: number of input channels (default: the constructor's, usually 3).
-        pretrained: not supported - dltricks trains from scratch and never downloads weights.
+        pretrained: path of a weight file saved by timm, torchvision or dltricks (``.safetensors``, or ``.pth``
+            read with ``weights_only=True``); dltricks never downloads weights, so ``True`` is an error. A
+            classifier of another size is re-initialised; ``model.pretrained_report`` says what was loaded
+            (see :mod:`dltricks.models._pretrained`).
         **kwargs: architecture options forwarded to the constructor (``drop_path_rate``...).
 
     Raises:
@@ -196,9 +199,9 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
     """
     constructor = model_entrypoint(name)
     kwargs = check_model_options(name, kwargs)
-    if pretrained:
-        raise ModelError(f"pretrained weights are not available for {name!r}: dltricks builds models "
-                         "from scratch; load your own weights with dltricks.train.load_weights")
+    if pretrained is True:
+        raise ModelError(f"pretrained=True for {name!r}: dltricks never downloads weights; pass the path of a "
+                         "timm/torchvision weight file (pretrained='resnet18.safetensors')")
     if num_classes is not None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ModelError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -222,6 +225,11 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
             raise ModelError(f"model {name!r}: {err}") from err
         raise
     model.model_name = name  # type: ignore[attr-defined]
+    if pretrained:
+        from dltricks.models._pretrained import load_pretrained
+
+        model.pretrained_report = load_pretrained(  # type: ignore[attr-defined]
+            model, pretrained, family=_model_info[name].family, name=name)
     return model
 
 

@@ -273,15 +273,6 @@ PLANNED: tuple[Tip, ...] = (
             ARCH, LECTURE.at(652, 661, "standardized architecture"),
             "an ablation of the design's parts (stem, pooling head) on one task"),
     # ------------------------------------------------------------------------------------------ state-space models
-    planned("ssm.mambaout-h2", "MambaOut H2: SSMs for long, non-causal vision",
-            "The blog's Hypothesis 2: SSMs remain worth exploring for detection and segmentation, tasks with long "
-            "token sequences (thousands of tokens) that are not causal; there the visual Mambas with an SSM "
-            "still beat MambaOut.",
-            SSM, (BLOG.at(102, topic="Hypothesis 2"), BLOG.at(79, topic="detection and segmentation inputs are long"),
-                  BLOG.at(134, 136, "COCO: VMamba beats MambaOut"),
-                  BLOG.at(148, 149, "ADE20K: LocalVMamba beats MambaOut")),
-            "ViM and MambaOut as segmentation encoders trained on ISBI crops of about 4,000 tokens",
-            source="Yu & Wang, MambaOut 2024"),
     planned("ssm.linear-time", "Mamba's cost grows linearly with length",
             "An SSM layer's time grows linearly with the sequence length, attention's quadratically, so Mamba "
             "suits long sequences.",

@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dltricks.train.recipe import OptimConfig
+from dltricks.train.finetune import is_active, layer_groups, lr_multipliers
+from dltricks.train.recipe import FinetuneConfig, OptimConfig
 
 __all__ = ["param_groups", "build_optimizer", "no_weight_decay"]
 
@@ -33,24 +34,43 @@ def no_weight_decay(model: nn.Module) -> set[str]:
             if p.ndim <= 1 or getattr(p, "_no_weight_decay", False) or name in listed}
 
 
-def param_groups(model: nn.Module, *, weight_decay: float, skip_norm_bias: bool) -> list[dict]:
+def param_groups(model: nn.Module, *, weight_decay: float, skip_norm_bias: bool,
+                 finetune: FinetuneConfig | None = None) -> list[dict]:
     """Parameter groups: one with ``weight_decay`` and, with ``skip_norm_bias``, one without for the
-    parameters of :func:`no_weight_decay`. Frozen parameters are left out. Empty groups are dropped."""
-    decay, no_decay = [], []
+    parameters of :func:`no_weight_decay`. Frozen parameters are left out. Empty groups are dropped.
+
+    With a ``finetune`` section that asks for anything (:mod:`dltricks.train.finetune`), each of those is split
+    by layer group, every group carrying its ``lr_mult``, and the parameters of the groups it freezes stay in
+    (frozen by ``requires_grad`` at each epoch, so gradual unfreezing can thaw them)."""
     skip = no_weight_decay(model) if skip_norm_bias else set()
+    layer_of: dict[str, str] = {}
+    mult = {"all": 1.0}
+    if finetune is not None and is_active(finetune):
+        layers = layer_groups(model)
+        layer_of = {n: g for g, names in layers.items() for n in names}
+        mult = lr_multipliers(finetune, layers)
+    buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad and not layer_of:
             continue
-        (no_decay if name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+        buckets.setdefault((layer_of.get(name, "all"), name in skip), []).append(p)
+    layer_order = list(dict.fromkeys(layer for layer, _ in buckets))
+    groups = []  # decay before no-decay within a layer group, as before layer groups existed (checkpoint order)
+    for (layer, no_decay), params in sorted(buckets.items(), key=lambda kv: (layer_order.index(kv[0][0]), kv[0][1])):
+        group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if layer_of:
+            group |= {"layer_group": layer, "lr_mult": mult[layer]}
+        groups.append(group)
+    return groups
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer the recipe names, at the recipe's peak learning rate."""
-    groups = param_groups(model, weight_decay=config.weight_decay, skip_norm_bias=config.skip_norm_bias)
+def build_optimizer(model: nn.Module, config: OptimConfig, *,
+                    finetune: FinetuneConfig | None = None) -> torch.optim.Optimizer:
+    """The optimizer the recipe names, at the recipe's peak learning rate (times each group's ``lr_mult``)."""
+    groups = param_groups(model, weight_decay=config.weight_decay, skip_norm_bias=config.skip_norm_bias,
+                          finetune=finetune)
+    for group in groups:
+        group["lr"] = config.lr * group.get("lr_mult", 1.0)
     if not groups:
         from dltricks.errors import ConfigError
 

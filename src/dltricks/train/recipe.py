@@ -44,7 +44,7 @@ from dltricks.data.augment import AugmentConfig
 from dltricks.errors import ConfigError, did_you_mean
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "EmaConfig", "EarlyStopConfig", "CheckpointConfig",
-           "DistillConfig", "Recipe", "load_recipe", "list_recipes", "recipe_path", "describe_recipe"]
+           "DistillConfig", "FinetuneConfig", "Recipe", "load_recipe", "list_recipes", "recipe_path", "describe_recipe"]
 
 
 def _check_momentum(value: Any) -> str | None:
@@ -240,6 +240,23 @@ class DistillConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning a pretrained network by layer groups stem / stages.N / head (:mod:`dltricks.train.finetune`)."""
+
+    freeze: tuple[str, ...] = field((), help="layer groups kept frozen: stem, stages (all), stages.N, head; "
+                                             "default: none")
+    linear_probe: bool = field(False, help="train the classifier head only (the same as freeze: [stem, stages])")
+    unfreeze_every: float = field(0.0, help="gradual unfreezing (Howard & Ruder 2018): the frozen groups thaw one "
+                                            "at a time from the head down, one every this many epochs; 0 = off",
+                                  check=check_non_negative)
+    lr_mult: dict[str, float] = field(default_factory=dict,
+                                      help="discriminative learning rates: lr multiplier per layer group, e.g. "
+                                           "{stem: 0.01, stages: 0.1}; a group not named gets 1")
+    freeze_bn_stats: bool = field(False, help="BatchNorm layers keep their running statistics (eval mode) while "
+                                              "the rest trains")
+
+
+@dataclass
 class Recipe:
     """Everything that defines a training run apart from the model and the data."""
 
@@ -251,6 +268,7 @@ class Recipe:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig, help="early stopping")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpoints")
     distill: DistillConfig = field(default_factory=DistillConfig, help="knowledge distillation")
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, help="fine-tuning by layer groups")
     data: dict[str, Any] = field(default_factory=dict,
                                  help="options of the data set itself (the keys of --data-opt, which win over "
                                       "these; e.g. {elastic: true} for isbi2012-membrane), checked against the "

@@ -50,6 +50,7 @@ from dltricks.train.checkpoint import check_checkpoint_meta, check_tensors
 from dltricks.train.distill import distillation_loss, load_teacher
 from dltricks.train.distributed import DistInfo, all_reduce_sum
 from dltricks.train.ema import ModelEma
+from dltricks.train.finetune import apply_finetune, is_active
 from dltricks.train.optim import build_optimizer
 from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.train.runtime import (Precision, deterministic_mode, resolve_channels_last, resolve_device,
@@ -283,7 +284,7 @@ class _Trainer:
             self.raw_model.to(memory_format=torch.channels_last)
         self.precision = resolve_precision(cfg.amp, cfg.amp_dtype, self.device)
         self.scaler = self.precision.scaler() if self.precision.needs_scaler else None
-        self.optimizer = build_optimizer(self.raw_model, recipe.optim)
+        self.optimizer = build_optimizer(self.raw_model, recipe.optim, finetune=recipe.finetune)
         self.model: nn.Module = self.raw_model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -519,7 +520,7 @@ class _Trainer:
                 nn.utils.clip_grad_value_(params, cfg.grad_clip)
         self.lr = self.recipe.optim.lr * self.schedule(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = self.lr * group.get("lr_mult", 1.0)  # finetune.lr_mult (discriminative learning rates)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -559,6 +560,8 @@ class _Trainer:
         cfg, ckpt = self.recipe.train, self.recipe.checkpoint
         loader, n, accum = self.task.train_loader, self.batches_per_epoch, cfg.accum_steps
         self.model.train()
+        if is_active(self.recipe.finetune):  # frozen / thawing layer groups, frozen BN statistics
+            apply_finetune(self.raw_model, self.recipe.finetune, epoch)
         t0 = time.perf_counter()
         last_shown = 0.0
         pending = 0

@@ -1,0 +1,17 @@
+"""Object detectors: one contract (backbone -> feature pyramid -> dense head, :mod:`.base`), two families.
+
+* :mod:`.retinanet`: ``retinanet_tiny`` (MNIST-detection size) and ``retinanet_resnet18`` (Lin et al. 2017);
+* :mod:`.fcos`: ``fcos_tiny`` and ``fcos_resnet18`` (Tian et al. 2019), anchor-free.
+
+Every model is registered with ``task="detection"`` and returns a dict of dense per-location tensors (class
+logits, box regression and the anchors or points they refer to); ``model.predict(x)`` gives per-image
+``(boxes, scores, labels)``. Losses, matching, the COCO evaluation and the ``mnist-detection`` task live in
+:mod:`dltricks.tasks.detection`; box operations in :mod:`dltricks.layers.boxes`. See ``docs/detection.md``.
+"""
+
+from dltricks.models.detection.base import DenseDetector, FeaturePyramid, select_detections, small_resnet
+from dltricks.models.detection import retinanet, fcos  # noqa: F401  (register the models)
+from dltricks.models.detection.retinanet import RetinaNet
+from dltricks.models.detection.fcos import FCOS
+
+__all__ = ["DenseDetector", "FeaturePyramid", "select_detections", "small_resnet", "RetinaNet", "FCOS"]

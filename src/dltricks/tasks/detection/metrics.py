@@ -1,0 +1,207 @@
+"""Detection metrics: COCO mAP@[.5:.95] (with AP50, AP75 and AP by object size) and PASCAL VOC AP@0.5.
+
+**COCO** (Lin et al., "Microsoft COCO", ECCV 2014; the rules of ``pycocotools``' ``COCOeval``, which
+``tests/test_det_metrics.py`` runs on the same random predictions and matches to 1e-9). Per image and class,
+the 100 highest-scoring detections are matched greedily in score order, each to the unmatched ground-truth
+box of highest IoU at or above the threshold ``t``. Per class, the detections of all images are sorted by
+score and give a precision/recall curve; precision is made non-increasing (the best precision at any higher
+recall) and read at the 101 recall points ``0, 0.01, ..., 1`` (0 beyond the largest recall reached):
+
+    AP_k(t) = mean_r  max_{r' >= r} precision_k(r'),     mAP = mean over t in {0.5, 0.55, ..., 0.95} and k
+
+Classes without ground truth are left out. AP small / medium / large repeat this with the ground truth
+outside the area range (below 32^2, 32^2-96^2, above 96^2 pixels) ignored: a detection matched to an ignored
+box, or unmatched and itself outside the range, counts neither way. AP50 and AP75 are ``t = 0.5`` and
+``0.75`` alone.
+
+**VOC** (Everingham et al., "The PASCAL VOC Challenge", IJCV 2010; the 2010+ devkit rule). Per class, all
+detections in score order; each takes the ground-truth box of its image with the highest IoU; it is a true
+positive when that IoU exceeds 0.5 and the box is not taken yet, otherwise a false positive (unlike COCO it
+does not fall back to the next-best box). AP is the area under the non-increasing precision envelope over
+every recall reached (no 101-point sampling).
+
+Inputs are per image: predictions ``(boxes (n, 4) xyxy, scores (n,), labels (n,))`` and ground truth
+``(boxes (m, 4), labels (m,))``, as tensors or arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["coco_evaluate", "voc_ap50", "IOU_THRESHOLDS", "RECALL_POINTS", "AREA_RANGES", "to_coco_dicts"]
+
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+AREA_RANGES = {"all": (0.0, 1e10), "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2),
+               "large": (96.0 ** 2, 1e10)}
+
+Prediction = tuple[Any, Any, Any]
+GroundTruth = tuple[Any, Any]
+
+
+def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``(len(a), len(b))`` of xyxy boxes in float64."""
+    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = _area(a)[:, None] + _area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _match_image(dt: np.ndarray, scores: np.ndarray, gt: np.ndarray, area_range: tuple[float, float],
+                 max_detections: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """COCO matching of one image and class: scores, matched ``(T, D)``, ignored ``(T, D)``, gt ignored ``(G,)``."""
+    lo, hi = area_range
+    gt_ignore = (_area(gt) < lo) | (_area(gt) > hi)
+    g_order = np.argsort(gt_ignore, kind="mergesort")  # boxes in range first
+    gt, gt_ignore = gt[g_order], gt_ignore[g_order]
+    d_order = np.argsort(-scores, kind="mergesort")[:max_detections]
+    dt, scores = dt[d_order], scores[d_order]
+    ious = _iou(dt, gt)
+    T, D, G = len(IOU_THRESHOLDS), len(dt), len(gt)
+    gt_taken = np.zeros((T, G), dtype=bool)
+    matched = np.zeros((T, D), dtype=bool)
+    ignored = np.zeros((T, D), dtype=bool)
+    for t, threshold in enumerate(IOU_THRESHOLDS):
+        for d in range(D):
+            best, m = min(threshold, 1 - 1e-10), -1
+            for g in range(G):
+                if gt_taken[t, g]:
+                    continue
+                if m > -1 and not gt_ignore[m] and gt_ignore[g]:
+                    break  # the boxes in range are done and one matched: ignored boxes cannot replace it
+                if ious[d, g] < best:
+                    continue
+                best, m = ious[d, g], g
+            if m >= 0:
+                matched[t, d], ignored[t, d], gt_taken[t, m] = True, gt_ignore[m], True
+    outside = (_area(dt) < lo) | (_area(dt) > hi)
+    ignored |= ~matched & outside[None, :]
+    return scores, matched, ignored, gt_ignore
+
+
+def _precision_at_recalls(tp: np.ndarray, fp: np.ndarray, num_gt: int) -> np.ndarray:
+    """Interpolated precision at :data:`RECALL_POINTS` from cumulative TP/FP counts in score order."""
+    recall = tp / num_gt
+    precision = tp / (tp + fp + np.spacing(1))
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
+    index = np.searchsorted(recall, RECALL_POINTS, side="left")
+    q = np.zeros(len(RECALL_POINTS))
+    valid = index < len(envelope)
+    q[valid] = envelope[index[valid]]
+    return q
+
+
+def _by_class(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth]
+              ) -> tuple[list[int], list[dict[int, tuple[np.ndarray, np.ndarray]]], list[dict[int, np.ndarray]]]:
+    if len(predictions) != len(ground_truth):
+        raise ValueError(f"{len(predictions)} images of predictions but {len(ground_truth)} of ground truth")
+    dets, gts, classes = [], [], set()
+    for (boxes, scores, labels), (g_boxes, g_labels) in zip(predictions, ground_truth):
+        boxes, scores, labels = _np(boxes).reshape(-1, 4), _np(scores).reshape(-1), _np(labels, np.int64).reshape(-1)
+        g_boxes, g_labels = _np(g_boxes).reshape(-1, 4), _np(g_labels, np.int64).reshape(-1)
+        dets.append({int(k): (boxes[labels == k], scores[labels == k]) for k in np.unique(labels)})
+        gts.append({int(k): g_boxes[g_labels == k] for k in np.unique(g_labels)})
+        classes.update(int(k) for k in np.unique(g_labels))
+    return sorted(classes), dets, gts
+
+
+def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
+                  max_detections: int = 100) -> dict[str, float]:
+    """COCO box AP: ``map`` (AP@[.5:.95]), ``ap50``, ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large``
+    (``-1`` where no class has ground truth in that range, as ``pycocotools`` prints), and ``images``."""
+    classes, dets, gts = _by_class(predictions, ground_truth)
+    empty4, empty = np.zeros((0, 4)), np.zeros(0)
+    # precision[area][t, r, k]; -1 where class k has no ground truth in range.
+    precision = {a: -np.ones((len(IOU_THRESHOLDS), len(RECALL_POINTS), len(classes))) for a in AREA_RANGES}
+    for k_index, k in enumerate(classes):
+        for area_name, area_range in AREA_RANGES.items():
+            per_image = []
+            for det, gt in zip(dets, gts):
+                d_boxes, d_scores = det.get(k, (empty4, empty))
+                g_boxes = gt.get(k, empty4)
+                if len(d_boxes) or len(g_boxes):
+                    per_image.append(_match_image(d_boxes, d_scores, g_boxes, area_range, max_detections))
+            num_gt = int(sum((~e[3]).sum() for e in per_image))
+            if num_gt == 0:
+                continue
+            scores = np.concatenate([e[0] for e in per_image])
+            order = np.argsort(-scores, kind="mergesort")
+            matched = np.concatenate([e[1] for e in per_image], axis=1)[:, order]
+            ignored = np.concatenate([e[2] for e in per_image], axis=1)[:, order]
+            tp = np.cumsum(matched & ~ignored, axis=1).astype(float)
+            fp = np.cumsum(~matched & ~ignored, axis=1).astype(float)
+            for t in range(len(IOU_THRESHOLDS)):
+                precision[area_name][t, :, k_index] = _precision_at_recalls(tp[t], fp[t], num_gt)
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else -1.0
+
+    t50, t75 = (int(np.argmin(np.abs(IOU_THRESHOLDS - t))) for t in (0.5, 0.75))
+    return {"map": mean(precision["all"]), "ap50": mean(precision["all"][t50]), "ap75": mean(precision["all"][t75]),
+            "ap_small": mean(precision["small"]), "ap_medium": mean(precision["medium"]),
+            "ap_large": mean(precision["large"]), "images": float(len(gts))}
+
+
+def voc_ap50(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
+             iou_threshold: float = 0.5) -> float:
+    """PASCAL VOC AP at IoU > ``iou_threshold``, mean over classes with ground truth (module docstring)."""
+    classes, dets, gts = _by_class(predictions, ground_truth)
+    aps = []
+    for k in classes:
+        entries = [(s, i, b) for i, det in enumerate(dets) if k in det for b, s in zip(*det[k])]
+        entries.sort(key=lambda e: -e[0])  # stable: ties keep image order
+        taken = [np.zeros(len(gt.get(k, ())), dtype=bool) for gt in gts]
+        num_gt = sum(len(t) for t in taken)
+        tp = np.zeros(len(entries))
+        for n, (_, i, box) in enumerate(entries):
+            g = gts[i].get(k)
+            if g is None or len(g) == 0:
+                continue
+            ious = _iou(box[None], g)[0]
+            best = int(np.argmax(ious))
+            if ious[best] > iou_threshold and not taken[i][best]:
+                tp[n], taken[i][best] = 1, True
+        tp_sum, fp_sum = np.cumsum(tp), np.cumsum(1 - tp)
+        recall = np.concatenate([[0.0], tp_sum / num_gt, [1.0]])
+        precision = np.concatenate([[0.0], tp_sum / np.maximum(tp_sum + fp_sum, np.finfo(float).eps), [0.0]])
+        precision = np.maximum.accumulate(precision[::-1])[::-1]
+        steps = np.nonzero(recall[1:] != recall[:-1])[0]
+        aps.append(float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1])))
+    return float(np.mean(aps)) if aps else -1.0
+
+
+def to_coco_dicts(ground_truth: Sequence[GroundTruth], predictions: Sequence[Prediction] | None = None,
+                  classes: Sequence[str] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """COCO-format ground truth (a dataset dict) and detections (a result list), boxes as ``[x, y, w, h]``;
+    image ids are ``1..N``, category ids the labels, ``area`` the box area."""
+    images, annotations, results, labels_seen = [], [], [], set()
+    for i, (boxes, labels) in enumerate(ground_truth, start=1):
+        images.append({"id": i})
+        for box, label in zip(_np(boxes).reshape(-1, 4), _np(labels, np.int64).reshape(-1)):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(label),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            labels_seen.add(int(label))
+    for i, (boxes, scores, labels) in enumerate(predictions or (), start=1):
+        for box, score, label in zip(_np(boxes).reshape(-1, 4), _np(scores).reshape(-1),
+                                     _np(labels, np.int64).reshape(-1)):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append({"image_id": i, "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "score": float(score)})
+    ids = range(len(classes)) if classes is not None else sorted(labels_seen)
+    categories = [{"id": int(k), "name": classes[k] if classes is not None else str(k)} for k in ids]
+    return {"images": images, "annotations": annotations, "categories": categories}, results

@@ -1,0 +1,174 @@
+"""Uncertainty: temperature scaling, MC dropout, deep ensembles, selective prediction, OOD AUROC, gradient
+reversal, and the shifted data sets."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dltricks.errors import ConfigError
+from dltricks.layers.grad_reverse import GradientReversal, dann_lambda, grad_reverse
+from dltricks.measure.calibration import negative_log_likelihood
+from dltricks.measure.uncertainty import (accuracy_coverage, auroc, check_ensemble, ensemble_probs, fit_temperature,
+                                          mc_dropout_probs, predict_probs, uncertainty_metrics)
+
+
+def _batches(n: int = 64, k: int = 5, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.randint(0, k, (n,), generator=g)
+    return [(x[:32], y[:32]), (x[32:], y[32:])]
+
+
+def _net(drop: float = 0.0, k: int = 5, width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(drop), nn.Linear(width, k))
+
+
+# --- gradient reversal ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lambd", [0.0, 0.3, 1.0])
+def test_gradient_reversal_forward_identity_backward_negated(lambd: float) -> None:
+    x = torch.randn(4, 3, requires_grad=True)
+    w = torch.randn(4, 3)
+    y = grad_reverse(x, lambd)
+    torch.testing.assert_close(y, x)
+    (y * w).sum().backward()
+    torch.testing.assert_close(x.grad, -lambd * w)
+    layer = GradientReversal(lambd)
+    x2 = x.detach().clone().requires_grad_()
+    (layer(x2) * w).sum().backward()
+    torch.testing.assert_close(x2.grad, -lambd * w)
+
+
+def test_dann_lambda_schedule() -> None:
+    assert dann_lambda(0.0) == 0.0
+    assert dann_lambda(1.0) == pytest.approx(2 / (1 + np.exp(-10)) - 1)
+    values = [dann_lambda(p / 10) for p in range(11)]
+    assert values == sorted(values) and values[-1] < 1.0
+
+
+# --- MC dropout and ensembles ---------------------------------------------------------------------------
+
+def test_mc_dropout_with_p0_equals_deterministic_model() -> None:
+    model, batches = _net(drop=0.0).eval(), _batches()
+    mc, labels = mc_dropout_probs(model, batches, samples=4)
+    det, labels2 = predict_probs(model, batches)
+    torch.testing.assert_close(mc, det)
+    assert torch.equal(labels, labels2)
+
+
+def test_mc_dropout_samples_differ_and_keep_batchnorm_in_eval() -> None:
+    model = _net(drop=0.5)
+    model.train()
+    batches = _batches()
+    running = model[1].running_mean.clone()
+    one, _ = mc_dropout_probs(model, batches, samples=1, seed=0)
+    other, _ = mc_dropout_probs(model, batches, samples=1, seed=1)
+    assert not torch.allclose(one, other)
+    assert torch.equal(model[1].running_mean, running)  # BN statistics untouched: BN ran in eval mode
+    assert model.training  # mode restored
+    torch.testing.assert_close(mc_dropout_probs(model, batches, samples=3, seed=7)[0],
+                               mc_dropout_probs(model, batches, samples=3, seed=7)[0])
+
+
+def test_mc_dropout_without_dropout_layers_is_an_error() -> None:
+    model = nn.Sequential(nn.Linear(8, 5))
+    with pytest.raises(ConfigError, match="dropout"):
+        mc_dropout_probs(model, _batches())
+
+
+def test_ensemble_of_identical_members_equals_one_member() -> None:
+    model, batches = _net().eval(), _batches()
+    single, _ = predict_probs(model, batches)
+    ens, _ = ensemble_probs([model, copy.deepcopy(model), copy.deepcopy(model)], batches)
+    torch.testing.assert_close(ens, single)
+
+
+def test_ensemble_members_must_share_architecture_and_classes() -> None:
+    with pytest.raises(ConfigError, match="member 2"):
+        check_ensemble([_net(k=5), _net(k=3)])
+    with pytest.raises(ConfigError, match="member 2"):
+        check_ensemble([_net(), nn.Linear(8, 5)])
+
+
+# --- temperature scaling --------------------------------------------------------------------------------
+
+def test_temperature_recovers_a_known_temperature() -> None:
+    g = torch.Generator().manual_seed(0)
+    true_logits = 2 * torch.randn(4000, 10, generator=g)
+    labels = torch.multinomial(true_logits.softmax(1), 1, generator=g).flatten()
+    t = fit_temperature(true_logits * 3.0, labels)  # over-confident by a factor 3
+    assert t == pytest.approx(3.0, rel=0.1)
+
+
+@pytest.fixture(scope="module")
+def trained_run() -> tuple[nn.Module, object]:
+    from dltricks.train import fit, load_recipe, prepare
+
+    recipe = load_recipe("quick", ["train.epochs=3", "train.label_smoothing=0.0", "augment.crop_padding=0"])
+    model, task = prepare("mlp", "mnist-embedded", recipe, model_kwargs={"drop_rate": 0.1}, subset=3000)
+    return fit(model, task, recipe).model, task
+
+
+@pytest.mark.slow
+def test_temperature_scaling_keeps_accuracy_and_lowers_nll_on_a_trained_run(trained_run) -> None:
+    from dltricks.measure.calibration import collect_logits
+
+    model, task = trained_run
+    logits, labels = collect_logits(model, task.val_loader)
+    half = len(labels) // 2
+    t = fit_temperature(logits[:half], labels[:half])
+    assert t != 1.0
+    for part in (slice(0, half), slice(half, None)):
+        scaled = logits[part] / t
+        assert torch.equal(scaled.argmax(1), logits[part].argmax(1))
+        assert negative_log_likelihood(scaled, labels[part]) <= negative_log_likelihood(logits[part], labels[part])
+
+
+@pytest.mark.slow
+def test_mc_dropout_on_a_trained_run_is_a_distribution(trained_run) -> None:
+    model, task = trained_run
+    probs, labels = mc_dropout_probs(model, task.val_loader, samples=5)
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(probs)))
+    metrics = uncertainty_metrics(probs, labels, ood={"noise": F.softmax(torch.zeros(10, 10), 1)})
+    assert metrics["accuracy"] > 0.8
+    assert metrics["ood_auroc_noise"] > 0.9
+
+
+# --- metrics ---------------------------------------------------------------------------------------------
+
+def test_auroc_matches_pairwise_definition() -> None:
+    g = torch.Generator().manual_seed(0)
+    pos, neg = torch.randint(0, 5, (40,), generator=g).float(), torch.randint(0, 5, (30,), generator=g).float()
+    pairs = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+    assert auroc(pos, neg) == pytest.approx(float(pairs.mean()))
+    assert auroc(torch.ones(3), torch.zeros(3)) == 1.0
+
+
+def test_accuracy_coverage_ends_at_full_accuracy() -> None:
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
+    labels = torch.tensor([0, 1, 1, 0])
+    coverage, accuracy = accuracy_coverage(probs, labels)
+    np.testing.assert_allclose(coverage, [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(accuracy, [1.0, 1.0, 2 / 3, 0.5])
+    metrics = uncertainty_metrics(probs, labels)
+    assert metrics["accuracy"] == 0.5 and metrics["aurc"] == pytest.approx(np.mean([0, 0, 1 / 3, 0.5]))
+
+
+# --- shifted data ----------------------------------------------------------------------------------------
+
+def test_sklearn_digits_in_mnist_frame_and_target_split() -> None:
+    from dltricks.data.shift import load_sklearn_digits, split_target
+
+    digits = load_sklearn_digits()
+    assert tuple(digits.images.shape) == (1797, 1, 28, 28) and digits.num_classes == 10
+    assert digits.images[:, :, :4].max() == 0 and digits.images.max() > 200  # padded border, full range
+    adapt, test = split_target(digits, test_fraction=0.5, seed=0)
+    assert len(adapt) + len(test) == 1797
+    assert torch.bincount(test.labels).min() >= 85  # every class in the test half
