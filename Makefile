@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench browser postgres
+.PHONY: run test lint install clean bench browser postgres mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test: $(STAMP) browser postgres lint
 # Lint (ruff, configured in pyproject.toml): style errors, unused or undefined names, complexity over 15.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+# Mutation testing of the core modules (mutmut; tests/mutation.py, docs/testing.md). Not part of `make test`:
+# hours for all of them on 2 cores; MODULE=src/dltricks/utils/io.py runs one (minutes).
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[mutation]"
+	$(BIN)/python tests/mutation.py $(MODULE)
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

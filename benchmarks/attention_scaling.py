@@ -131,6 +131,11 @@ def main() -> None:
     parser.add_argument("--markdown", default=None, help="write the markdown table here")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    for flag, target in (("--plot", args.plot), ("--markdown", args.markdown), ("--json", args.json)):
+        # Checked before minutes of measurements, not after (docs/img exists only in the repository root).
+        if target and not Path(target).resolve().parent.is_dir():
+            parser.error(f"{flag} {target}: folder {Path(target).parent} does not exist here ({Path.cwd()}); "
+                         "run from the repository root or give another path")
     torch.set_num_threads(1)
     lengths = [int(t) for t in args.lengths.split(",")]
     methods = args.methods.split(",")

@@ -127,11 +127,19 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import dltricks.experiments.leaderboard as leaderboard
     import dltricks.measure.profile as profile
     import dltricks.tasks.base as tasks
+    import dltricks.train.recipe as recipes
     import dltricks.train.trainer as trainer
-    from dltricks.train.recipe import Recipe, load_recipe
+    from dltricks.train.recipe import Recipe
 
-    build_task, fit, profile_model, compare_models = (tasks.build_task, trainer.fit, profile.profile_model,
-                                                      leaderboard.compare_models)
+    build_task, fit, profile_model, compare_models, load_recipe = (
+        tasks.build_task, trainer.fit, profile.profile_model, leaderboard.compare_models, recipes.load_recipe)
+
+    def small_recipe(*args: Any, **kwargs: Any) -> Any:
+        recipe = load_recipe(*args, **kwargs)
+        if recipe.train.batch_size > 8:  # batches of at most 8
+            recipe = load_recipe(recipe, [("train.batch_size", 8)] +
+                                 ([("train.eval_batch_size", 16)] if recipe.train.eval_batch_size else []))
+        return recipe
 
     def small_task(name: str, **options: Any) -> Any:
         for key, cap in (("subset", 64), ("val_subset", 8)):
@@ -139,19 +147,20 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         return build_task(name, **options)
 
     def short_fit(model: Any, task: Any, recipe: Any = None, **kwargs: Any) -> Any:
-        recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        recipe = recipe if isinstance(recipe, Recipe) else small_recipe(recipe)
         if not recipe.train.overfit_batch:
             recipe = load_recipe(recipe, [("train.max_steps", min(recipe.train.max_steps or 2, 2))])
         return fit(model, task, recipe, **kwargs)
 
     def quick_profile(*args: Any, **kwargs: Any) -> Any:
-        return profile_model(*args, **{**kwargs, "quick": True})
+        return profile_model(*args, **{**kwargs, "quick": True, "batch": 1, "memory": False,
+                                       "receptive_field": False})
 
     def quick_compare(*args: Any, **kwargs: Any) -> Any:
         return compare_models(*args, **{**kwargs, "quick": True})
 
     for original, wrapper in ((build_task, small_task), (fit, short_fit), (profile_model, quick_profile),
-                              (compare_models, quick_compare)):
+                              (compare_models, quick_compare), (load_recipe, small_recipe)):
         _replace_everywhere(monkeypatch, original, wrapper)
     yield
 

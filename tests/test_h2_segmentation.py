@@ -39,14 +39,14 @@ def test_the_two_models_differ_only_in_the_token_mixer():
 def test_only_the_ssm_reaches_across_the_image():
     """Perturb the top-left patch; the bottom-right token changes with ViM's scan, not with one 7x7 block."""
     torch.manual_seed(0)
-    x = torch.randn(1, 1, 64, 64)
+    x = torch.randn(1, 1, 64, 64, dtype=torch.float64)  # float64: at initialisation the SSM's reach is small
     moved = x.clone()
     moved[..., :4, :4] += 1.0
     reach = {}
     for mixer in ("vim", "mambaout"):
-        encoder = TokenMixerEncoder(mixer=mixer, embed_dim=16, depth=1, patch_size=4).eval()
-        reach[mixer] = float((encoder(moved)[1] - encoder(x)[1])[..., -1, -1].abs().max())
-    assert reach["vim"] > 1e-6 and reach["mambaout"] == 0.0, reach
+        encoder = TokenMixerEncoder(mixer=mixer, embed_dim=16, depth=1, patch_size=4).double().eval()
+        reach[mixer] = float((encoder(moved)[1] - encoder(x)[1])[..., -1, -1].abs().max())  # 255 tokens away
+    assert reach["vim"] > 1e-9 and reach["mambaout"] == 0.0, reach
 
 
 def test_h2_tip_runs_end_to_end_on_isbi(tmp_path):

@@ -35,7 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "tasks": BASE | {"data", "layers", "models", "measure", "__init__"},
 }
 ALLOWED["train"] = ALLOWED["tasks"] | {"tasks"}
-ALLOWED["compress"] = ALLOWED["train"] | {"train"}
+ALLOWED["fewshot"] = ALLOWED["train"] | {"train"}  # episodes, prototypical networks (docs/transfer.md)
+ALLOWED["compress"] = ALLOWED["train"] | {"train", "fewshot"}
 ALLOWED["search"] = ALLOWED["compress"] | {"compress"}  # hyper-parameter search: its trials are fit runs
 ALLOWED["evidence"] = ALLOWED["search"] | {"search"}
 ALLOWED["experiments"] = ALLOWED["evidence"] | {"evidence"}

@@ -52,8 +52,8 @@ def main_output(out: object) -> torch.Tensor:
         return out
     if isinstance(out, (tuple, list)):
         return main_output(out[0])
-    if isinstance(out, dict):
-        return main_output(out.get("logits", next(iter(out.values()))))
+    if isinstance(out, dict):  # detectors: every dense output (logits, boxes, anchors...), flattened per image
+        return torch.cat([v.flatten(1).float() for v in out.values() if isinstance(v, torch.Tensor)], dim=1)
     raise TypeError(f"unexpected output type {type(out)}")
 
 

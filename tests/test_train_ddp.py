@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -21,24 +20,20 @@ ARGS = ["train", "mlp", "--data", "mnist-embedded", "--subset", "512", "--epochs
         "--set", "optim.lr=0.05", "--set", "schedule.name=cosine", "--no-progress"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_match_one_process_with_the_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DLTRICKS_PROGRESS": "0"}
     single = tmp_path / "single"
-    subprocess.run([sys.executable, "-m", "dltricks.cli", *ARGS, "--set", "train.batch_size=64", "--out", str(single)],
-                   env=env, check=True, capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "dltricks.cli", *ARGS, "--set", "train.batch_size=64", "--out",
+                           str(single)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"single process: exit status {proc.returncode}\n{proc.stderr[-3000:]}"
     ddp = tmp_path / "ddp"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                           "127.0.0.1", "--master_port", str(_free_port()), "-m", "dltricks.cli", *ARGS,
-                           "--set", "train.batch_size=32", "--out", str(ddp)],
+    # --standalone: the launcher binds a free port itself. Picking one here, closing it and handing its number to
+    # torchrun raced with every other process on the machine (another test run could take it in between).
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dltricks.cli", *ARGS, "--set", "train.batch_size=32", "--out", str(ddp)],
                           env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, f"two ranks: exit status {proc.returncode}\n{proc.stderr[-3000:]}"
 
     a, b = load_file(str(single / "model.safetensors")), load_file(str(ddp / "model.safetensors"))
     assert a.keys() == b.keys()

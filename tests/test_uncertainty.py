@@ -172,3 +172,49 @@ def test_sklearn_digits_in_mnist_frame_and_target_split() -> None:
     adapt, test = split_target(digits, test_fraction=0.5, seed=0)
     assert len(adapt) + len(test) == 1797
     assert torch.bincount(test.labels).min() >= 85  # every class in the test half
+
+
+# --- dltricks eval --uncertainty ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> tuple[str, str]:
+    from dltricks.cli import main
+
+    root = tmp_path_factory.mktemp("runs")
+    for name, model in (("a", "mlp"), ("b", "small_cnn")):
+        assert main(["train", model, "--data", "mnist-embedded", "--epochs", "1", "--subset", "600",
+                     "--model-opt", "drop_rate=0.1", "--out", str(root / name), "--no-progress"]) == 0
+    return str(root / "a"), str(root / "b")
+
+
+@pytest.mark.slow
+def test_eval_uncertainty_cli(two_runs, capsys, tmp_path) -> None:
+    import json
+
+    from dltricks.cli import main
+
+    a, b = two_runs
+    assert main(["eval", a, "--uncertainty", "temperature", "--ood", "digits", "--json",
+                 "--plots", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    soft, temp = report["metrics"]["softmax"], report["metrics"]["temperature"]
+    assert soft["accuracy"] == temp["accuracy"] and 0.0 <= temp["ood_auroc_digits"] <= 1.0
+    assert (tmp_path / "accuracy-coverage.png").is_file() and (tmp_path / "reliability-temperature.png").is_file()
+    assert main(["eval", a, "--uncertainty", "ensemble", "--members", a, "--ood", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["metrics"]["ensemble"]["nll"] == pytest.approx(report["metrics"]["softmax"]["nll"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv, message", [
+    (["--uncertainty", "ensemble"], "needs --members"),
+    (["--uncertainty", "ensemble", "--members", "B"], "share one architecture"),
+    (["--uncertainty", "softmax", "--members", "B"], "--members is for"),
+])
+def test_eval_uncertainty_bad_inputs_exit_2(two_runs, capsys, argv, message) -> None:
+    from dltricks.cli import main
+
+    a, b = two_runs
+    assert main(["eval", a, "--ood", *[b if x == "B" else x for x in argv]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("dltricks eval: error:")

@@ -47,13 +47,13 @@ def test_verify_rejects_zero_seeds(tmp_path, capsys):
 
 
 def test_run_is_verify_quick(tmp_path, monkeypatch):
-    """`dltricks run` (what `make run` calls) is `verify --quick` into the report folder."""
+    """`dltricks run` (what `make run` calls) is `verify --quick` into the report folder, two tips at a time."""
     import dltricks.tips.verify as verify_module
 
     calls = []
     monkeypatch.setattr(verify_module, "verify", lambda **kw: calls.append(kw) or [])
     assert main(["run", "--report", str(tmp_path / "r")]) == 0
-    assert calls == [{"mode": "quick", "out": tmp_path / "r"}]
+    assert calls == [{"mode": "quick", "out": tmp_path / "r", "workers": 2}]
 
 
 def test_tips_markdown_lists_every_tip(capsys):

@@ -126,6 +126,8 @@ def _predictor(args: argparse.Namespace, model: torch.nn.Module, fit_half: Batch
         if not has_dropout(model):
             raise ConfigError(f"--uncertainty mc-dropout: model {name} has no dropout layers; train it with "
                               "dropout (--model-opt drop_rate=0.2) or choose another method")
+        if all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)):
+            log(f"warning: every dropout layer of {name} has p = 0: MC dropout equals the plain softmax")
         return lambda b: mc_dropout_probs(model, b, samples=args.mc_samples), {"samples": args.mc_samples}
     if not args.members:
         raise ConfigError("--uncertainty ensemble needs --members RUN [RUN ...], the other runs of the ensemble")

@@ -1,9 +1,11 @@
 """``dltricks train MODEL --data NAME``: train a registered model on a data set with a recipe.
 
 Every input is checked before anything is written: the recipe (unknown keys, wrong types, lr <= 0...),
-the model name and options, the data (missing folders, corrupted files...), and whether the model can
-take the data (input channels, image size, classifier width, by running it on two samples). Only then is
-the run directory created, so a bad command leaves no files behind.
+the model name and options (types and bounds), the output folder (writable, not in use by a live run), the
+data (missing folders, corrupted files...), and whether the model can take the data (its kind, then input
+channels, image size, classifier width and the loss, by running it on two samples). Only then is the run
+directory created and locked for the whole run (:mod:`dltricks.utils.lock`), so a bad command leaves no
+files behind and two commands never write into one run directory.
 """
 
 from __future__ import annotations

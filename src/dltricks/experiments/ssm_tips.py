@@ -321,7 +321,7 @@ H2_SEG_ARMS = {"vim": "ViM (SSM)", "mambaout": "MambaOut (no SSM)"}
             "overlap": 0.0},
      full={"embed_dim": 32, "depth": 2, "patch_size": 2, "crop_size": 128, "steps": 200, "batch_size": 4,
            "overlap": 0.5},
-     seeds={"quick": 3, "full": 5}, budget_s=60,
+     seeds={"quick": 3, "full": 5}, budget_s=150,
      metrics={"dice": "membrane Dice on the 5 held-out slices", "boundary_f1": "membrane boundary F1 (2 px)",
               "params": "parameters", "tokens": "tokens per training crop"},
      rule=Effect("dice", H2_SEG_ARMS["vim"], H2_SEG_ARMS["mambaout"], min_effect=0.01))

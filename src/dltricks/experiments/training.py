@@ -179,6 +179,10 @@ def run_arms(ctx: Context, ev: Evidence, arms: dict[str, tuple[ModelFn, TrainSpe
         ev.budget["tuning runs per arm"] = len(ctx.get("lr_grid"))
 
 
+# run_arms' metric names that differ from the TrainOutcome field they come from.
+_OUTCOME_FIELDS = {"train_loss": "train_eval_loss", "final_train_loss": "train_loss"}
+
+
 def tune_lr(ctx: Context, ev: Evidence, name: str, make_model: ModelFn, spec: TrainSpec) -> float:
     """Set ``spec.lr`` to the best of ``lr_grid`` (multipliers of ``spec.lr``) for arm ``name`` on the tuning seed;
     record the grid, the scores and the choice in ``ev.tuning``."""
@@ -190,7 +194,7 @@ def tune_lr(ctx: Context, ev: Evidence, name: str, make_model: ModelFn, spec: Tr
         torch.manual_seed(TUNING_SEED)
         trial = dataclasses.replace(spec, lr=lr, seed=TUNING_SEED)
         out = train(make_model(), trial)
-        value = getattr(out, metric)
+        value = getattr(out, _OUTCOME_FIELDS.get(metric, metric))
         scores.append(value if not out.problem and math.isfinite(value) else float("nan"))
     sign = -1.0 if "loss" in metric else 1.0  # losses: lower is better
     finite = [(sign * v, lr) for v, lr in zip(scores, grid) if math.isfinite(v)]
@@ -232,7 +236,8 @@ def _spec(ctx: Context, **kw) -> TrainSpec:
                  LECTURE.at(497, topic="VGG: 5x5 has 2.8x the weights of 3x3")),
            section=CONV,
            exercises=(ConvNormAct, count_weights, count_macs),
-           quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 16},
+           quick={"subset": 2000, "epochs": 1, "width": 8},
+           full={"subset": 8000, "epochs": 3, "width": 16, "lr_grid": [0.33, 1, 3]},
            budget_s=12, metrics={"val_acc": "validation accuracy", "weights": "conv weights"},
            rule=AllOf((Exact(checks=("3x3 net has fewer weights", "3x3 net has fewer MACs")),
                        NonInferior("val_acc", "3x3 stacks", "5x5 kernels", margin=0.01))))
@@ -260,7 +265,8 @@ def kernel_size(ctx: Context) -> Evidence:
            cite=(LECTURE.at(1098, 1104, "squeeze and excitation: attention over channels"),
                  README.at(67, 69, "attention mechanisms improve performance")),
            source="Hu et al., SENet 2018", section=CONV, exercises=(se_layers, ConvNormAct),
-           quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 8},
+           quick={"subset": 2000, "epochs": 1, "width": 8},
+           full={"subset": 8000, "epochs": 3, "width": 8, "lr_grid": [0.33, 1, 3]},
            budget_s=10, rule=Effect("val_acc", "with SE", "without SE", min_effect=0.01))
 def squeeze_excitation(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
@@ -342,8 +348,9 @@ def _sweep_evidence(ctx: Context, what: str) -> Evidence:
            cite=(LECTURE.at(585, 590, "batch normalization: faster training"),
                  README.at(59, 60, "batch norm: convergence")),
            source="Ioffe & Szegedy 2015", section=NORM, exercises=(ConvNormAct,),
-           quick={"subset": 2000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0]},
+           quick={"subset": 1000, "epochs": 1, "batch_size": 32, "lrs": [0.03, 0.1, 0.3, 1.0]},
            full={"subset": 8000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, budget_s=12,
+           shares="bn-sweep",
            metrics={"best_train_loss_auc": "lowest mean training loss over the LR grid"},
            rule=Effect("best_train_loss_auc", "batch norm", "no norm", higher_is_better=False, min_effect=0.05))
 def batchnorm_convergence(ctx: Context) -> Evidence:
@@ -356,8 +363,9 @@ def batchnorm_convergence(ctx: Context) -> Evidence:
                  "(by at least a factor 2.5 on the grid).",
            cite=LECTURE.at(590, topic="batch norm: larger learning rates"),
            source="Ioffe & Szegedy 2015, Sec. 3.3", section=NORM, exercises=(ConvNormAct,),
-           quick={"subset": 2000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0]},
+           quick={"subset": 1000, "epochs": 1, "batch_size": 32, "lrs": [0.03, 0.1, 0.3, 1.0]},
            full={"subset": 8000, "epochs": 1, "batch_size": 32, "lrs": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]}, budget_s=1,
+           shares="bn-sweep",
            metrics={"log10_max_lr": "log10 of the largest grid LR reaching 50 % validation accuracy"},
            rule=Effect("log10_max_lr", "batch norm", "no norm", min_effect=0.4))
 def batchnorm_large_lr(ctx: Context) -> Evidence:
@@ -371,7 +379,7 @@ def batchnorm_large_lr(ctx: Context) -> Evidence:
            cite=(README.at(59, 61, "batch norm: usually before the activation, for better performance"),
                  LECTURE.at(589, topic="batch norm before (or after?) the non-linearity")),
            section=NORM, exercises=(ConvNormAct,),
-           quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=8,
+           quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2, "lr_grid": [0.33, 1, 3]}, budget_s=8,
            rule=Effect("val_acc", "BN before ReLU", "BN after ReLU", min_effect=0.01))
 def norm_placement(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
@@ -387,7 +395,8 @@ def norm_placement(ctx: Context) -> Evidence:
            claim="With tiny batches (2 images), group norm trains better than batch norm, whose statistics get noisy.",
            cite=LECTURE.at(630, topic="small batches: group norm, batch norm unreliable"),
            source="Wu & He, Group Normalization 2018", section=NORM, exercises=(norm_layers, ConvNormAct),
-           quick={"subset": 600, "epochs": 1, "batch_size": 2}, full={"subset": 2000, "epochs": 1, "batch_size": 2},
+           quick={"subset": 600, "epochs": 1, "batch_size": 2},
+           full={"subset": 2000, "epochs": 1, "batch_size": 2, "lr_grid": [0.33, 1, 3]},
            budget_s=12, may_fail=("batch norm",), rule=Effect("val_acc", "group norm", "batch norm", min_effect=0.01))
 def small_batch_norm(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
@@ -406,7 +415,8 @@ def small_batch_norm(ctx: Context) -> Evidence:
            cite=(README.at(107, 109, "skip connections: deeper networks without degradation"),
                  LECTURE.at(573, 581, "ResNet: skip connections")),
            source="He et al., ResNet 2016, Fig. 1", section=NORM,
-           quick={"subset": 2000, "epochs": 2, "depth": 16}, full={"subset": 8000, "epochs": 3, "depth": 20},
+           quick={"subset": 2000, "epochs": 2, "depth": 16},
+           full={"subset": 8000, "epochs": 3, "depth": 20, "lr_grid": [0.33, 1, 3], "tune_metric": "final_train_loss"},
            budget_s=6, may_fail=("plain",),
            rule=AllOf((Effect("final_train_loss", "shallow plain", "plain", higher_is_better=False, min_effect=0.05),
                        Effect("final_train_loss", "residual", "plain", higher_is_better=False, min_effect=0.05))))
@@ -429,7 +439,8 @@ def residual_degradation(ctx: Context) -> Evidence:
                  "than plain SGD in the same number of steps.",
            cite=README.at(115, 117, "Adam, RMSProp, SGD with momentum for faster convergence"),
            section=NORM, exercises=(mlp_model,),
-           quick={"subset": 2000, "epochs": 1}, full={"subset": 8000, "epochs": 2}, budget_s=16,
+           quick={"subset": 2000, "epochs": 1},
+           full={"subset": 8000, "epochs": 2, "lr_grid": [0.33, 1, 3], "tune_metric": "train_loss_auc"}, budget_s=16,
            rule=AllOf((Effect("train_loss_auc", "adam", "sgd", higher_is_better=False, min_effect=0.05),
                        Effect("train_loss_auc", "rmsprop", "sgd", higher_is_better=False, min_effect=0.05),
                        Effect("train_loss_auc", "sgd+momentum", "sgd", higher_is_better=False, min_effect=0.05))))
@@ -510,13 +521,15 @@ def mixed_precision(ctx: Context) -> Evidence:
            claim="On a small training set, dropout narrows the gap between training and validation loss.",
            cite=(README.at(120, 121, "dropout against overfitting"), LECTURE.at(448, topic="AlexNet: dropout")),
            source="Srivastava et al. 2014", section=REG, exercises=(mlp_model,),
-           quick={"subset": 1000, "epochs": 20, "p": 0.5}, full={"subset": 1000, "epochs": 40, "p": 0.5}, budget_s=12,
+           quick={"subset": 1000, "epochs": 20, "p": 0.5, "hidden": [256, 256]},
+           full={"subset": 1000, "epochs": 40, "p": 0.5}, budget_s=12,
            rule=Effect("generalization_gap", "dropout 0.5", "no dropout", higher_is_better=False, min_effect=0.02))
 @train_tip(id="reg.too-much-dropout", title="Too much dropout underfits",
            claim="With dropout 0.9 the network underfits: its training loss stays well above the one without dropout.",
            cite=README.at(122, topic="dropout in moderation, or it underfits"),
            section=REG, exercises=(mlp_model,),
-           quick={"subset": 1000, "epochs": 20, "p": 0.9}, full={"subset": 1000, "epochs": 40, "p": 0.9}, budget_s=12,
+           quick={"subset": 1000, "epochs": 20, "p": 0.9, "hidden": [256, 256]},
+           full={"subset": 1000, "epochs": 40, "p": 0.9}, budget_s=12,
            may_fail=("dropout 0.9",),
            rule=Effect("train_loss", "no dropout", "dropout 0.9", higher_is_better=False, min_effect=0.05))
 def dropout(ctx: Context) -> Evidence:
@@ -535,7 +548,8 @@ def dropout(ctx: Context) -> Evidence:
            claim="On a small training set, L2 weight decay lowers the validation loss.",
            cite=README.at(120, 121, "L2 regularization against overfitting"),
            source="Loshchilov & Hutter 2019", section=REG, exercises=(mlp_model,),
-           quick={"subset": 1000, "epochs": 20, "wd": 5e-3}, full={"subset": 1000, "epochs": 40, "wd": 5e-3},
+           quick={"subset": 1000, "epochs": 20, "wd": 5e-3, "hidden": [256, 256]},
+           full={"subset": 1000, "epochs": 40, "wd": 5e-3},
            budget_s=10,
            rule=Effect("val_loss", "weight decay", "no weight decay", higher_is_better=False, min_effect=0.01))
 def weight_decay(ctx: Context) -> Evidence:
@@ -553,7 +567,7 @@ def weight_decay(ctx: Context) -> Evidence:
            cite=(README.at(154, 156, "data augmentation"), LECTURE.at(448, topic="AlexNet: data augmentation"),
                  LECTURE.at(1536, 1539, "augmentation among the most successful tricks")),
            section=REG, exercises=(ConvNormAct,),
-           quick={"subset": 1000, "epochs": 12, "crop_padding": 2, "rotate_degrees": 10.0},
+           quick={"subset": 1000, "epochs": 8, "crop_padding": 2, "rotate_degrees": 10.0},
            full={"subset": 1000, "epochs": 24, "crop_padding": 2, "rotate_degrees": 10.0}, budget_s=12,
            rule=Effect("val_acc", "augmented", "no augmentation", min_effect=0.01))
 def augmentation(ctx: Context) -> Evidence:
@@ -573,7 +587,8 @@ def augmentation(ctx: Context) -> Evidence:
            cite=(README.at(88, 91, "label smoothing"), LECTURE.at(760, topic="Inception v3: label smoothing")),
            source="Szegedy et al. 2016; Mueller, Kornblith & Hinton 2019", section=REG,
            exercises=(mlp_model,),
-           quick={"subset": 1000, "epochs": 20, "eps": 0.1}, full={"subset": 1000, "epochs": 40, "eps": 0.1},
+           quick={"subset": 1000, "epochs": 20, "eps": 0.1, "hidden": [256, 256]},
+           full={"subset": 1000, "epochs": 40, "eps": 0.1},
            budget_s=10,
            rule=AllOf((Effect("val_ece", "label smoothing", "hard labels", higher_is_better=False, min_effect=0.01),
                        NonInferior("val_acc", "label smoothing", "hard labels", margin=0.01))))
@@ -610,7 +625,8 @@ class MultiScaleCNN(nn.Module):
                  "are reported).",
            cite=README.at(44, 50, "multi-scale input processing"),
            section=CONV, exercises=(multiscale_layers, ConvNormAct),
-           quick={"subset": 2000, "epochs": 1, "width": 8}, full={"subset": 8000, "epochs": 3, "width": 8},
+           quick={"subset": 2000, "epochs": 1, "width": 8},
+           full={"subset": 8000, "epochs": 3, "width": 8, "lr_grid": [0.33, 1, 3]},
            budget_s=8, rule=Effect("val_acc", "two pathways", "one pathway", min_effect=0.01))
 def multiscale_input(ctx: Context) -> Evidence:
     w = ctx.get("width", 8)
@@ -669,7 +685,7 @@ class BlockCNN(nn.Module):
            quick={"subset": 2000, "epochs": 1, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
                   "mid_grouped": 16, "lr": 0.02},
            full={"subset": 8000, "epochs": 3, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
-                 "mid_grouped": 16, "lr": 0.02},
+                 "mid_grouped": 16, "lr": 0.02, "lr_grid": [0.33, 1, 3]},
            budget_s=10, rule=Effect("val_acc", "grouped", "plain", min_effect=0.01))
 def group_cardinality(ctx: Context) -> Evidence:
     w, g, blocks = ctx.get("width", 16), ctx.get("groups", 8), ctx.get("blocks", 2)
@@ -694,7 +710,8 @@ def group_cardinality(ctx: Context) -> Evidence:
            cite=LECTURE.at(968, 982, "WideResNet: wide and shallow beats thin and deep"),
            source="Zagoruyko & Komodakis, Wide ResNets 2016", section=CONV, exercises=(ConvNormAct,),
            quick={"subset": 2000, "epochs": 1, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1},
-           full={"subset": 8000, "epochs": 3, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1},
+           full={"subset": 8000, "epochs": 3, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1,
+                 "lr_grid": [0.33, 1, 3]},
            budget_s=10, rule=Effect("val_acc", "wide", "deep", min_effect=0.01))
 def wide_vs_deep(ctx: Context) -> Evidence:
     deep_w, deep_b = ctx.get("deep_width", 8), ctx.get("deep_blocks", 4)

@@ -325,7 +325,8 @@ PLANNED: tuple[Tip, ...] = (
             "Gaussian processes, Bayesian neural networks and variational inference give usable uncertainty "
             "estimates.",
             LEARN, README.at(149, 152, "Gaussian processes in Bayesian deep learning"),
-            "a calibration or out-of-distribution comparison of a Bayesian model and a point estimate"),
+            "a Gaussian process or a variational Bayesian network; the ensemble and temperature-scaling tips "
+            "(learn.ensembles-uncertainty, learn.temperature-scaling) measure uncertainty without one"),
     # ------------------------------------------------------------------------------------------ search, scale
     planned("scale.nas", "Neural architecture search",
             "Architecture search by reinforcement learning or evolution finds networks that keep accuracy at lower "

@@ -38,9 +38,8 @@ RICH_STYLE = {"confirmed": "bold white on green", "consistent with": "green", "r
               "not consistent with": "dark_orange", "inconclusive": "grey62", "not yet tested": "dim",
               "skipped": "dim", "error": "bold magenta", "documentation check": "cyan", "invalid setup": "bold yellow"}
 # The summary lists the experiments, then the documentation checks, then the topics not yet tested, apart.
-GROUPS = (("experiments", "Experiments"),
-          ("doc-check", "Documentation checks: what a document says, compared with the other sources (no experiment)"),
-          ("not yet tested", "Not yet tested: topics of the sources without an experiment"))
+GROUPS = (("experiments", "Experiments"), ("doc-check", "Documentation checks (not experiments)"),
+          ("not yet tested", "Not yet tested (no experiment yet)"))
 
 
 def group_of(r: TipResult) -> str:

@@ -462,13 +462,16 @@ class _Trainer:
             index, _, name = key.partition("/")
             param = params[int(index)] if index.isdigit() and int(index) < len(params) else None
             if param is None or not name or not value.is_floating_point() or (
-                    value.shape != param.shape and value.numel() != 1):
+                    value.shape != param.shape and value.numel() != 1) or (
+                    value.shape == param.shape and value.dtype != param.dtype):
                 raise CheckpointError(f"cannot resume {path}: optimizer tensor {key!r} ({str(value.dtype)}, "
                                       f"{list(value.shape)}) does not belong to this model's parameters")
         rng_length = torch.get_rng_state().numel()
         for key, value in tensors.items():
             if key.startswith("rng/torch/") and (value.dtype != torch.uint8 or value.shape != (rng_length,)):
                 raise CheckpointError(f"cannot resume {path}: {key} is not a torch generator state")
+            if key.startswith("rng/cuda/") and (value.dtype != torch.uint8 or value.dim() != 1):
+                raise CheckpointError(f"cannot resume {path}: {key} is not a CUDA generator state")
             if key == "rng/numpy" and (value.dtype != torch.int64 or value.shape != (624,)):
                 raise CheckpointError(f"cannot resume {path}: {key} is not a NumPy generator state")
         accum = self.recipe.train.accum_steps

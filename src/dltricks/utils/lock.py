@@ -204,7 +204,7 @@ def run_dir_lock(path: str | Path, *, command: str | None = None) -> Iterator[Ru
             lock.stale_holder = previous  # we got the lock, so its holder is gone
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": _dt.datetime.now().isoformat(sep=" ", timespec="seconds"),
-                  "command": command if command is not None else " ".join(sys.argv)[:300]}
+                  "command": command if command is not None else _command_line()}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -218,6 +218,14 @@ def run_dir_lock(path: str | Path, *, command: str | None = None) -> Iterator[Ru
     finally:
         _held.pop(key, None)
         _release(lock, lock_path)
+
+
+def _command_line() -> str:
+    """This process's command line as a user typed it (``dltricks train ...``, not the script's full path)."""
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if Path(program).stem in ("dltricks", "cli", "__main__"):
+        program = "dltricks"
+    return " ".join([program, *sys.argv[1:]])[:300]
 
 
 def _release(lock: RunDirLock, lock_path: Path) -> None:
