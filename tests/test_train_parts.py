@@ -83,6 +83,32 @@ def test_onecycle_matches_torch():
     assert_close(ours, ref, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("total,pct_start", [(10, 0.15), (10, 0.95), (7, 0.5)])
+def test_onecycle_matches_torch_when_a_phase_is_shorter_than_one_step(total, pct_start):
+    """The peak at pct_start * total - 1 may fall between steps or less than one step from either end."""
+    ours = _ours(["schedule.name=onecycle", f"schedule.pct_start={pct_start}"], total, 1)
+    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.1, total_steps=total, pct_start=pct_start, cycle_momentum=False), total)
+    assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_onecycle_edges_torch_does_not_define():
+    # pct_start * total = 1: the rising phase is empty (torch divides by zero there); the first step is the peak.
+    schedule = LRSchedule(load_recipe(None, ["schedule.name=onecycle", "schedule.pct_start=0.1"]).schedule, 10, 1)
+    assert schedule(0) == 1.0 and schedule(1) < 1.0
+    # Past the last step the factor stays at its final value (1 / (div_factor * final_div_factor)).
+    schedule = LRSchedule(load_recipe(None, ["schedule.name=onecycle"]).schedule, 10, 1)
+    assert schedule(9) == pytest.approx(1 / 25e4) and schedule(12) == schedule(9)
+
+
+def test_onecycle_per_epoch_matches_torch_stepped_every_epoch():
+    spe, epochs = 5, 6
+    ours = _ours(["schedule.name=onecycle", "schedule.interval=epoch", "schedule.pct_start=0.4"], spe, epochs)
+    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.1, total_steps=epochs, pct_start=0.4, cycle_momentum=False), spe * epochs, per=spe)
+    assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
 def test_linear_warmup_in_front_of_any_schedule():
     spe, epochs = 10, 5
     lrs = _ours(["schedule.name=cosine", "schedule.warmup_epochs=1.5", "schedule.warmup_start_factor=0.1"], spe, epochs)

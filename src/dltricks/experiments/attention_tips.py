@@ -153,5 +153,8 @@ def transformer_pre_ln(ctx: Context) -> Evidence:
 
 
 def _dates_plot(ctx: Context, ev: Evidence, title: str) -> None:
+    steps, batch = ctx.get("steps", 600), ctx.get("batch_size", 128)
+    ev.budget = {"optimizer steps": steps, "sequences seen": steps * batch,
+                 "held-out dates evaluated": ctx.get("val_size", 1000)}
     ev.plots.append(plots.bar_plot(ctx.path("exact_match.png"), {a: m["exact_match"] for a, m in ev.arms.items()},
                                    ylabel="greedy exact match (held-out days)", title=title))

@@ -89,6 +89,8 @@ def skip_connections(ctx: Context) -> Evidence:
             run = last["runs"][key]
             ev.add(name, **{m: run[m] for m in ("boundary_accuracy", "interior_accuracy", "boundary_f1", "dice")
                             if m in run})
+    ev.budget = {"optimizer steps": options.get("steps"), "crops seen": options.get("steps", 0) *
+                 options.get("batch_size", 4), "crop size (px)": options.get("crop_size")}
     ev.plots.append(segmentation.plot_skip_ablation(last, ctx.path("skips.png")).name)
     return ev
 
@@ -121,5 +123,7 @@ def output_stride(ctx: Context) -> Evidence:
         for s in strides:
             run = last["runs"][str(s)]
             ev.add(f"output stride {s}", **{m: run[m] for m in ("boundary_f1", "dice", "macs_512") if m in run})
+    ev.budget = {"optimizer steps": options.get("steps"), "crops seen": options.get("steps", 0) *
+                 options.get("batch_size", 4), "crop size (px)": options.get("crop_size")}
     ev.plots.append(segmentation.plot_output_stride(last, ctx.path("output_stride.png")).name)
     return ev

@@ -259,6 +259,8 @@ def _h1_evidence(ctx: Context, labels: tuple[str, str], what: str) -> Evidence:
             last = (run.get("history") or [{}])[-1]
             ev.record_health(label, health(val_acc=run["val_accuracy"], train_loss=last.get("train_loss", 0.0),
                                            num_classes=10, val_size=options.get("val_subset") or 10000))
+    ev.budget = {"epochs": options.get("epochs"), "training images": options.get("subset"),
+                 "validation images": options.get("val_subset")}
     ev.plots.append(plots.bar_plot(ctx.path("val_acc.png"), {a: m["val_acc"] for a, m in ev.arms.items()},
                                    ylabel="validation accuracy", title=what))
     return ev
