@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dltricks.errors import ConfigError
+from dltricks.tasks.base import Task
+from dltricks.train import fit
+from dltricks.train.recipe import load_recipe
 
-__all__ = ["Episode", "EpisodeSampler", "prototypical_logits", "train_prototypical", "evaluate_episodes"]
+__all__ = ["Episode", "EpisodeSampler", "EpisodeLoader", "episode_task", "prototypical_logits", "prototypical_loss",
+           "prototypical_metrics", "train_prototypical", "evaluate_episodes"]
 
 
 @dataclass
@@ -88,20 +93,72 @@ def prototypical_logits(encoder: nn.Module, episode: Episode) -> torch.Tensor:
     return -torch.cdist(z_query, prototypes).pow(2)  # (N*Q, N)
 
 
+class EpisodeLoader:
+    """Episodes of ``sampler`` as a stream of training batches for :func:`dltricks.train.fit`.
+
+    Batch b of period e is episode ``e * episodes_per_period + b``: ``x`` is the support images followed by
+    the query images ``(N*K + N*Q, C, H, W)``, ``y`` is ``(N*K + N*Q, 2)``: the label within the episode and
+    1 for a query (0 for support), which :func:`prototypical_loss` needs to form the prototypes.
+    """
+
+    stream = True
+
+    def __init__(self, sampler: EpisodeSampler, *, episodes_per_period: int = 1) -> None:
+        self.sampler, self._n = sampler, episodes_per_period
+        self.batch_size = sampler.ways * (sampler.shots + sampler.queries)
+        self.num_samples = self._n * self.batch_size
+
+    def __len__(self) -> int:
+        return self._n
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for b in range(start_batch, self._n):
+            ep = self.sampler.episode(epoch * self._n + b)
+            x = torch.cat([_as_float(ep.support), _as_float(ep.query)])
+            labels = torch.cat([ep.support_y, ep.query_y])
+            is_query = torch.cat([torch.zeros_like(ep.support_y), torch.ones_like(ep.query_y)])
+            yield x, torch.stack([labels, is_query], dim=1)  # (N*K + N*Q, 2)
+
+
+def _episode_logits(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query logits ``(N*Q, N)`` and labels from embeddings ``z`` of an :class:`EpisodeLoader` batch."""
+    support = y[:, 1] == 0
+    ways = int(y[support, 0].max()) + 1
+    z_support = z[support]
+    prototypes = z_support.reshape(ways, -1, z_support.shape[-1]).mean(1)  # (N, D): class-major support order
+    return -torch.cdist(z[~support], prototypes).pow(2), y[~support, 0]
+
+
+def prototypical_loss(output: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0,
+                      **_: object) -> torch.Tensor:
+    """Cross-entropy of the queries against the prototypes of the support images (the episode's loss)."""
+    logits, labels = _episode_logits(output.float(), target)
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
+def prototypical_metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Sums over the queries of an episode: ``loss``, ``correct`` and ``count``."""
+    logits, labels = _episode_logits(output.float(), target)
+    return {"loss": F.cross_entropy(logits, labels, reduction="sum").item(),
+            "correct": float((logits.argmax(1) == labels).sum()), "count": float(labels.numel())}
+
+
+def episode_task(sampler: EpisodeSampler, *, episodes_per_period: int = 1) -> Task:
+    """A training task of episodes: the encoder's outputs are embeddings, scored by the prototypical loss."""
+    return Task(name="episodes", train_loader=EpisodeLoader(sampler, episodes_per_period=episodes_per_period),
+                val_loader=None, num_classes=sampler.ways, loss=prototypical_loss,
+                batch_metrics=prototypical_metrics, input_shape=tuple(sampler.images.shape[1:]),
+                extra={"output": "embedding"})
+
+
 def train_prototypical(encoder: nn.Module, sampler: EpisodeSampler, *, episodes: int = 200, lr: float = 1e-3,
                        ) -> list[float]:
-    """Train ``encoder`` on ``episodes`` episodes with Adam; returns the loss of each episode."""
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=lr)
-    encoder.train()
-    losses = []
-    for i in range(episodes):
-        ep = sampler.episode(i)
-        loss = F.cross_entropy(prototypical_logits(encoder, ep), ep.query_y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    """Train ``encoder`` on ``episodes`` episodes with Adam through :func:`dltricks.train.fit`; returns the
+    loss of each episode."""
+    recipe = load_recipe({"optim": {"name": "adam", "lr": lr}, "schedule": {"name": "constant"},
+                          "train": {"steps": episodes, "device": "cpu", "channels_last": False}})
+    result = fit(encoder, episode_task(sampler), recipe, progress=False)
+    return [record["train_loss"] for record in result.history]
 
 
 @torch.no_grad()

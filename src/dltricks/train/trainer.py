@@ -229,6 +229,8 @@ def check_compatible(model: nn.Module, task: Task, *, device: torch.device | str
     finally:
         model.train(was_training)
     logits = _logits(out)
+    if task.extra.get("output") == "embedding":  # e.g. few-shot episodes: the loss compares embeddings
+        return
     # Classifiers/segmenters put classes on dim 1 ((B, K) or (B, K, H, W)); sequence models on the last dim.
     if logits.dim() >= 2 and task.num_classes not in (logits.shape[1], logits.shape[-1]):
         raise ModelError(f"model {name} outputs {logits.shape[1]} classes but data set {task.name} has "
