@@ -42,7 +42,9 @@ def own_formatter(formatter: type) -> type:
     class Formatter(formatter):
         def _get_help_string(self, action: argparse.Action) -> str:
             text = action.help or ""
-            if "default" in text or "required" in text:
+            # One of several flags writing the same dest (--quick / --full): its default is the group's, not its own.
+            shared = isinstance(action, argparse._StoreConstAction) and not isinstance(action.const, bool)
+            if "default" in text or "required" in text or shared:
                 return text
             return super()._get_help_string(action)
 
@@ -70,6 +72,12 @@ def add_common_data_args(p: argparse.ArgumentParser, *, data_required: bool = Tr
     p.add_argument("--device", default=None, metavar="DEVICE",
                    help="auto, cpu, cuda, cuda:N or mps; default: the recipe's train.device "
                         "(auto: cuda, then mps, then cpu)")
+
+
+def add_old_name(p: argparse.ArgumentParser, old: str, *, dest: str, **kwargs: Any) -> None:
+    """Accept ``old``, the earlier name of an option, for one more release without showing it in ``--help``
+    (one name per idea across the commands: ``--out``, ``--batch-size``...)."""
+    p.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 def parse_options(items: list[str], flag: str) -> dict[str, Any]:

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dltricks.commands._args import (add_common_data_args, data_args, log, own_formatter, recipe_from_args,
-                                     resolve_checkpoint)
+from dltricks.commands._args import (add_common_data_args, add_old_name, data_args, log, own_formatter,
+                                     recipe_from_args, resolve_checkpoint)
 
 EPILOG = """\
 examples:
@@ -45,8 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--weights", action="append", default=[], metavar="MODEL=PATH",
                    help="weights of a model for --eval-only: a run directory or a .safetensors file (repeatable); "
                         "default: none (an untrained model, with a warning)")
-    p.add_argument("--batch", type=int, default=None, metavar="N",
+    p.add_argument("--batch-size", dest="batch", type=int, default=None, metavar="N",
                    help="batch size of the throughput and memory measurements; default: the recipe's batch size")
+    add_old_name(p, "--batch", dest="batch", type=int, metavar="N")
     p.add_argument("--quick", action="store_true", help="short timings (smoke runs); default: off")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder; default: runs/compare-DATA-TIMESTAMP")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if len(set(args.models)) != len(args.models):
         raise ConfigError("each MODEL may appear only once")
     if args.batch is not None and args.batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch}")
     weights = {}
     for item in args.weights:
         name, sep, path = item.partition("=")

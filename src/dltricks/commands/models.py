@@ -6,13 +6,13 @@ import argparse
 
 from rich.console import Console
 
-from dltricks.commands._args import json_text
+from dltricks.commands._args import json_text, own_formatter
 from dltricks.models._registry import create_model, list_models, model_info
 from dltricks.utils.tables import Column, print_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
-    p = subparsers.add_parser("models", help="list registered models", formatter_class=formatter,
+    p = subparsers.add_parser("models", help="list registered models", formatter_class=own_formatter(formatter),
                               description="List registered models, optionally filtered by a glob pattern.")
     p.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'resnet*' (default: all)")
     p.add_argument("--params", action="store_true", help="build each model and show its parameter count (slower)")

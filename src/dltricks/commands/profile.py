@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from dltricks.commands._args import json_text
+from dltricks.commands._args import add_old_name, json_text, own_formatter
 
 EPILOG = """\
 examples:
   dltricks profile resnet50                          # at the model's design size (224x224), batch 8
-  dltricks profile resnet50 --input 3x128x128 --batch 32
+  dltricks profile resnet50 --input 3x128x128 --batch-size 32
   dltricks profile convnext_tiny --layers            # plus the per-layer table
   dltricks profile vit_tiny_patch16_224 --json > vit.json
   dltricks profile small_cnn --quick                 # short timings (smoke test)
@@ -25,14 +25,16 @@ the peak of PyTorch's allocation events recorded by torch.profiler.
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p = subparsers.add_parser(
         "profile", help="measure a model: params, MACs, latency, throughput, memory, receptive field",
-        formatter_class=formatter, epilog=EPILOG,
+        formatter_class=own_formatter(formatter), epilog=EPILOG,
         description="Measure one registered model: parameters, FLOPs/MACs, latency at batch 1 and throughput at "
                     "batch N (median and inter-quartile range), peak memory of an inference pass and of a "
                     "training step, and its receptive field.")
     p.add_argument("model", metavar="MODEL", help="registered model name (see `dltricks models`)")
     p.add_argument("--input", default=None, metavar="CxHxW",
                    help="input size of one image, e.g. 3x224x224 (default: the model's design size)")
-    p.add_argument("--batch", type=int, default=8, metavar="N", help="batch size of the throughput and memory runs")
+    p.add_argument("--batch-size", dest="batch", type=int, default=8, metavar="N",
+                   help="batch size of the throughput and memory runs")
+    add_old_name(p, "--batch", dest="batch", type=int, metavar="N")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the model's own)")
     p.add_argument("--quick", action="store_true", help="short timings and no unclipped receptive-field search")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     model_entrypoint(args.model)  # unknown names fail first, with suggestions
     if args.batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {args.batch}")
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch}")
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")

@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dltricks.commands._args import data_args, log, own_formatter, print_history, recipe_from_args, run_dir_for
+from dltricks.commands._args import (add_old_name, data_args, data_record, log, own_formatter, print_history,
+                                     recipe_from_args, run_dir_for)
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
@@ -31,9 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                     "small CNN on the embedded MNIST split with the 'quick' recipe and print a results table.")
     p.add_argument("--train-demo", action="store_true",
                    help="instead of verifying the tips, train a small CNN; the training options below (--model, "
-                        "--recipe, --set, --epochs, --seed, --subset, --device, --out) apply to it; default: off")
-    p.add_argument("--report", type=Path, default=Path("report"),
-                   help="report folder of the verification; default: report")
+                        "--recipe, --set, --epochs, --seed, --subset, --device) apply to it; default: off")
     p.add_argument("--model", default="speedrun_cnn", help="registered model to train")
     p.add_argument("--recipe", default="quick", help="recipe file or shipped recipe name")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -42,22 +41,25 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--epochs", type=int, default=None, help="number of epochs; default: the recipe's")
     p.add_argument("--seed", type=int, default=None, help="random seed; default: the recipe's")
     p.add_argument("--subset", type=int, default=None, metavar="N",
-                   help="train on the first N images only; default: all 8,000")
+                   help="train on N images drawn at random, every digit keeping its share; default: all 8,000")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N or mps; default: the recipe's (auto)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="run directory; default: runs/MODEL-mnist-embedded-TIMESTAMP")
+                   help="where the job writes: the report folder (index.html, results.json), or with --train-demo the "
+                        "run directory; default: report, or runs/MODEL-mnist-embedded-TIMESTAMP")
+    add_old_name(p, "--report", dest="out")  # the report folder's earlier name
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar; default: only when stderr is a terminal")
     p.set_defaults(func=run, data="mnist-embedded", data_dir=None, overfit_batch=False)
 
 
 def run(args: argparse.Namespace) -> int:
-    """``dltricks run``: ``dltricks verify --quick --out REPORT``, or the training demo with ``--train-demo``."""
+    """``dltricks run``: ``dltricks verify --quick --out DIR``, or the training demo with ``--train-demo``."""
     if args.train_demo:
         return train_demo(args)
     from dltricks.tips.verify import exit_code, verify
 
-    return exit_code(verify(mode="quick", out=args.report, workers=2))  # two tips at a time on the 2-core budget
+    out = Path(args.out) if args.out is not None else Path("report")
+    return exit_code(verify(mode="quick", out=out, workers=2))  # two tips at a time on the 2-core budget
 
 
 def train_demo(args: argparse.Namespace) -> int:
@@ -77,8 +79,9 @@ def train_demo(args: argparse.Namespace) -> int:
     log(f"dltricks run: {args.model} ({params:,} parameters) on {task.name}: {task.extra.get('train_size', '?'):,} "
         f"training / {task.extra.get('val_size', '?'):,} validation images, {recipe.train.epochs} epochs, "
         f"{recipe.optim.name} lr {recipe.optim.lr:g} {recipe.schedule.name}, device {device}")
-    meta = {"model": args.model, "model_kwargs": model_kwargs_for_task(args.model, task),
-            "data": {"name": args.data, "subset": args.subset}}
+    data_meta, data_source = data_record(args, task, recipe)
+    meta = {"model": args.model, "model_kwargs": model_kwargs_for_task(args.model, task), "data": data_meta,
+            "data_source": data_source}
     result = fit(model, task, recipe, run_dir=run_dir, progress=args.progress, log=log, meta=meta)
     print_history(result.history, title=f"{args.model} on {task.name}")
     per_class = evaluate(result.model, task.val_loader, task, device=device, confusion=True)["per_class_accuracy"]
@@ -86,6 +89,6 @@ def train_demo(args: argparse.Namespace) -> int:
     final = result.final
     print(f"final validation accuracy {final['val_accuracy']:.2%} (loss {final['val_loss']:.4f}) after "
           f"{final['steps']} steps in {final['time_s']:.0f} s; run saved to {run_dir} "
-          f"(evaluate with `dltricks eval {run_dir} --data {args.data}`)")
+          f"(evaluate with `dltricks eval {run_dir}`)")
     sys.stdout.flush()
     return 0

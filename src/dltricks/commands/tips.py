@@ -11,7 +11,7 @@ import argparse
 
 from rich.console import Console
 
-from dltricks.commands._args import json_text
+from dltricks.commands._args import json_text, own_formatter
 from dltricks.tips.catalog import get_catalog, markdown_table
 from dltricks.tips.engine import select_tips
 from dltricks.utils.tables import Column, print_table
@@ -19,7 +19,7 @@ from dltricks.utils.tables import Column, print_table
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p = subparsers.add_parser("tips", help="list the catalog of tips the evidence engine can verify",
-                              formatter_class=formatter,
+                              formatter_class=own_formatter(formatter),
                               description="List every tip of the catalog: id, status (implemented / doc-check / "
                                           "not yet tested), claim, the source passages it cites and, with --rules, "
                                           "the verdict rule fixed before running.")

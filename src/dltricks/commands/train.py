@@ -76,7 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                         "default: off")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar; default: only when stderr is a terminal")
-    p.add_argument("--recipe-help", action="store_true", help="list every recipe key with its default value and exit")
+    p.add_argument("--recipe-help", action="store_true",
+                   help="list every recipe key with its default, written as --set KEY=VALUE takes it, and exit; "
+                        "default: off")
     p.set_defaults(func=run)
 
 
@@ -89,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     from dltricks.train.runtime import resolve_device
 
     if args.recipe_help:
-        for key, tp, default, help_text in describe_recipe():
-            print(f"{key:32s} {default:>14s}  {help_text} ({tp})")
+        defaults = recipe_defaults()
+        for key, tp, _, help_text in describe_recipe():
+            print(f"{key:32s} {defaults[key]:>14s}  {help_text} ({tp})")
         return 0
     if not args.model:
         raise ConfigError("MODEL is required, e.g. `dltricks train small_cnn --data mnist-embedded`")
@@ -135,6 +138,22 @@ def _pretrained_weights(model: Any, name: str, path: str | None) -> str | None:
     report = load_pretrained(unwrap(model), path, family=model_info(name).family, name=name)
     log(report.summary())
     return str(Path(path).resolve())
+
+
+def recipe_defaults() -> dict[str, str]:
+    """Every recipe key's default written as ``--set KEY=VALUE`` reads it back (``null``, ``false``, ``[0.9,
+    0.999]``...), for ``--recipe-help``."""
+    import yaml
+
+    from dltricks.config import to_dict
+    from dltricks.train.recipe import Recipe
+
+    texts = {}
+    for section, values in to_dict(Recipe()).items():
+        for key, value in (values.items() if isinstance(values, dict) and section != "data" else [(None, values)]):
+            dumped = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+            texts[f"{section}.{key}" if key else section] = dumped.removesuffix("...").strip()
+    return texts
 
 
 def _init_weights(model: Any, init_from: str | None) -> str | None:

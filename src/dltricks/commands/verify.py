@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dltricks.commands._args import own_formatter
 from dltricks.tips.verify import exit_code, verify
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p = subparsers.add_parser("verify", help="test the tips on real data and write an HTML evidence report",
-                              formatter_class=formatter, description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+                              formatter_class=own_formatter(formatter),
+                              description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
                       help="small settings, a few minutes for the whole catalog (the default)")

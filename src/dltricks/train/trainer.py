@@ -958,7 +958,8 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
                 return trainer.run(resume)
             except BaseException as err:  # Ctrl-C included: `dltricks runs` shows how the run ended
                 if trainer.writing and trainer.run_dir.is_dir():
-                    write_status(trainer.run_dir, err)
+                    with contextlib.suppress(OSError):  # a full disk: the error that stopped the run is the news
+                        write_status(trainer.run_dir, err)
                 raise
             finally:
                 trainer.tracker.close()

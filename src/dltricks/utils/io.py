@@ -49,10 +49,17 @@ def atomic_open(path: str | Path, mode: str = "wb", *, permissions: int | None =
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        _name_the_path(err, path)
         raise
+
+
+def _name_the_path(err: BaseException, path: Path) -> None:
+    """Raise an ``OSError`` of a write or ``fsync`` (which names no file: a full disk...) again naming ``path``."""
+    if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -92,9 +99,10 @@ def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        _name_the_path(err, path)
         raise
 
 
