@@ -17,7 +17,7 @@ required.
 
 Every page runs in its own fresh folder (so that a command uses only paths the commands before it created),
 beside a link ``../shared`` to the real data sets, so ``--data-dir ../shared/data`` works as written. The
-settings are shortened while the docs run (:func:`shortened`): at most 64 training samples and 1 validation
+settings are shortened while the docs run (:func:`shortened`): at most 8 training samples and 1 validation
 sample per data set (``subset`` / ``val_subset`` capped in ``build_task``), batches of at most 8 (``load_recipe``),
 at most 2 optimizer steps per ``fit`` (the ``train.max_steps`` cap, so every run stops early, evaluates and prints
 its metrics) and quick timings at batch 1 without memory and receptive-field measurements in ``profile`` /
@@ -143,7 +143,7 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         return recipe
 
     def small_task(name: str, **options: Any) -> Any:
-        for key, cap in (("subset", 64), ("val_subset", 1)):
+        for key, cap in (("subset", 8), ("val_subset", 1)):
             options[key] = min(options.get(key) or cap, cap)
         return build_task(name, **options)
 

@@ -4,6 +4,7 @@ accumulation vs one large batch, label smoothing vs nn.CrossEntropyLoss."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -99,6 +100,14 @@ def test_onecycle_edges_torch_does_not_define():
     # Past the last step the factor stays at its final value (1 / (div_factor * final_div_factor)).
     schedule = LRSchedule(load_recipe(None, ["schedule.name=onecycle"]).schedule, 10, 1)
     assert schedule(9) == pytest.approx(1 / 25e4) and schedule(12) == schedule(9)
+
+
+def test_cosine_stays_at_its_floor_past_the_end_and_unknown_shapes_are_named():
+    config = load_recipe(None, ["schedule.name=cosine", "schedule.min_lr_factor=0.1"]).schedule
+    schedule = LRSchedule(config, 5, 2)
+    assert schedule(10) == pytest.approx(0.1) and schedule(13) == schedule(10)
+    with pytest.raises(ValueError, match="'bogus'"):  # past the recipe's check, e.g. a config built by hand
+        LRSchedule(dataclasses.replace(config, name="bogus"), 5, 2)(0)
 
 
 def test_onecycle_per_epoch_matches_torch_stepped_every_epoch():

@@ -8,10 +8,12 @@ lose the rename itself. A failure at any point must leave the old file and no te
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -117,20 +119,52 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
 
 
 @pytest.mark.parametrize("writer", ["text", "with"])
-def test_a_failed_fsync_prevents_the_rename(tmp_path, monkeypatch, writer):
+@pytest.mark.parametrize("strerror", ["disk on fire", ""])
+def test_a_failed_fsync_prevents_the_rename_and_the_error_names_the_file(tmp_path, monkeypatch, writer, strerror):
     path = tmp_path / "keep.txt"
     path.write_text("old")
 
     def fsync(fd: int) -> None:
-        raise OSError(5, "Input/output error")
+        raise OSError(28, strerror)  # as the kernel reports a full disk: an errno, no file name
 
     monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises(OSError, match="Input/output"):
+    with pytest.raises(OSError) as raised:
         if writer == "text":
             dio.atomic_write_text(path, "new")
         else:
             dio.atomic_write_with(path, lambda tmp: tmp.write_text("new"))
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    # Raised again naming the destination (not the temporary file), errno and reason kept.
+    err = raised.value
+    assert (err.errno, err.filename) == (28, str(path))
+    assert err.strerror == (strerror or os.strerror(28))
+    assert isinstance(err.__cause__, OSError) and err.__cause__.filename is None
+
+
+def test_an_error_that_names_its_file_or_has_no_errno_passes_unchanged(tmp_path):
+    def names_another(tmp: Path) -> None:
+        raise FileNotFoundError(2, "No such file or directory", "/elsewhere/input.bin")
+
+    with pytest.raises(FileNotFoundError) as raised:
+        dio.atomic_write_with(tmp_path / "out.bin", names_another)
+    assert raised.value.filename == "/elsewhere/input.bin"
+
+    with pytest.raises(OSError) as raised:
+        with dio.atomic_open(tmp_path / "out.bin") as handle:
+            handle.write(b"x")
+            raise OSError("no errno")
+    assert raised.value.errno is None and raised.value.filename is None and str(raised.value) == "no errno"
+
+
+@pytest.mark.parametrize("how", ["bytes", "text", "json"])
+def test_files_are_private_unless_a_mode_is_given(tmp_path, how):
+    write = {"bytes": lambda p, **kw: dio.atomic_write_bytes(p, b"x", **kw),
+             "text": lambda p, **kw: dio.atomic_write_text(p, "x", **kw),
+             "json": lambda p, **kw: dio.atomic_write_json(p, {"x": 1}, **kw)}[how]
+    write(tmp_path / "private")
+    write(tmp_path / "shared", mode=0o644)
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o600  # mkstemp's mode, kept
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o644
 
 
 def test_a_folder_that_cannot_be_synced_is_not_an_error(tmp_path, monkeypatch):
@@ -149,3 +183,79 @@ def test_a_folder_that_cannot_be_synced_is_not_an_error(tmp_path, monkeypatch):
     dio.atomic_write_text(tmp_path / "a.txt", "new")
     assert (tmp_path / "a.txt").read_text() == "new"
     assert closed == [True]  # the folder's descriptor is closed even when its fsync fails
+
+
+# --------------------------------------------------------------------------------------------------
+# Leftovers of interrupted writes, and the preflights of a command that will write
+
+
+def test_temporary_names_are_recognised_and_only_they() -> None:
+    import tempfile
+
+    fd, made = tempfile.mkstemp(prefix=".metrics.csv.", suffix=".tmp")  # exactly what atomic_open creates
+    os.close(fd)
+    os.unlink(made)
+    assert dio.is_temp_file(Path(made).name)
+    assert dio.is_temp_file(".tmpAb3dE9")  # safetensors' own writer: ".tmp" and 6 random characters
+    for name in ("metrics.csv", ".tmp", "a.tmp", ".a.tmp", ".tmpAb3dE", ".tmpAb3dE9x", "..tmp", "x.metrics.a.tmp"):
+        assert not dio.is_temp_file(name), name
+
+
+def test_remove_temp_files_takes_only_leftovers_down_to_the_given_depth(tmp_path) -> None:
+    keep = [tmp_path / "model.safetensors", tmp_path / "checkpoints" / "last.safetensors",
+            tmp_path / "checkpoints" / "deep" / ".x.json.abc.tmp"]  # two levels down: beyond depth 1
+    gone = [tmp_path / ".result.json.k2j4.tmp", tmp_path / "checkpoints" / ".tmpQw3rTy"]
+    for path in keep + gone:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (tmp_path / ".folder.named.like.tmp").mkdir()  # a folder, not a leftover
+    (tmp_path / ".link.abc.tmp").symlink_to(tmp_path / "model.safetensors")  # a link is never deleted
+    removed = dio.remove_temp_files(tmp_path)
+    assert sorted(removed) == sorted(gone)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in gone)
+    assert (tmp_path / ".folder.named.like.tmp").is_dir() and (tmp_path / ".link.abc.tmp").is_symlink()
+    assert dio.remove_temp_files(tmp_path, depth=2) == [keep[2]]
+    assert dio.remove_temp_files(tmp_path / "missing") == []
+    assert dio.remove_temp_files(tmp_path / "model.safetensors") == []  # a file, not a folder
+
+
+def test_check_writable_dir(tmp_path) -> None:
+    from dltricks.errors import StorageError
+
+    dio.check_writable_dir(tmp_path)
+    dio.check_writable_dir(tmp_path / "new" / "run")  # does not exist yet: its existing ancestor is writable
+    assert not (tmp_path / "new").exists()  # and nothing was created
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StorageError, match="exists and is not a folder"):
+        dio.check_writable_dir(tmp_path / "file")
+    with pytest.raises(StorageError, match="is a file") as raised:
+        dio.check_writable_dir(tmp_path / "file" / "run")
+    assert raised.value.errno == errno.ENOTDIR
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        with pytest.raises(StorageError):
+            dio.check_writable_dir(tmp_path / "ro" / "run")
+
+
+def test_check_free_space(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from dltricks.errors import StorageError
+
+    dio.check_free_space(tmp_path / "run", 1, "a checkpoint")
+    with pytest.raises(StorageError, match="not enough free space for a checkpoint"):
+        dio.check_free_space(tmp_path / "run", 2 ** 62, "a checkpoint")
+
+    disk = SimpleNamespace(total=10 * 2**20, used=7 * 2**20, free=3 * 2**20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: disk)
+    dio.check_free_space(tmp_path, 3 * 2**20, "a checkpoint")  # exactly what is free: enough
+    with pytest.raises(StorageError) as raised:
+        dio.check_free_space(tmp_path / "run", 5 * 2**20, "the weights")
+    assert str(raised.value) == (f"{tmp_path / 'run'}: not enough free space for the weights: about 5.0 MiB needed, "
+                                 "3.0 MiB free; free some space or choose another disk")
+
+    def unknown(path):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(shutil, "disk_usage", unknown)
+    dio.check_free_space(tmp_path, 2 ** 62, "a checkpoint")  # cannot tell: no error, the writes will say

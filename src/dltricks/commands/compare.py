@@ -14,7 +14,7 @@ EPILOG = """\
 examples:
   dltricks compare small_cnn lenet5 mlp --data mnist-embedded --epochs 2
   dltricks compare resnet20 mobilenet_v2 --data cifar10 --data-dir ../shared/data --recipe cifar10-resnet --subset 5000
-  dltricks compare resnet18 resnet50 --data cifar10 --eval-only --weights resnet18=runs/r18/weights.safetensors
+  dltricks compare resnet18 resnet50 --data cifar10 --eval-only --weights resnet18=runs/r18 --weights resnet50=runs/r50
 
 Writes to --out: leaderboard.md, leaderboard.csv, leaderboard.json, accuracy_vs_latency.png,
 macs_vs_latency.png (pairs whose MACs order and latency order disagree are joined in red),

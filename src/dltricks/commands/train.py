@@ -23,10 +23,12 @@ from dltricks.train.recipe import list_recipes
 
 EPILOG = """\
 examples:
-  dltricks train small_cnn --data mnist-embedded --epochs 3
-  dltricks train resnet18 --data cifar10 --data-dir ../shared/data --recipe cifar10-resnet
-  dltricks train small_cnn --data mnist --set optim.lr=0.05 --set train.label_smoothing=0.1
-  dltricks train small_cnn --data mnist-embedded --out runs/a --resume   # continue an interrupted run
+  dltricks train small_cnn --data mnist-embedded --epochs 3 --out runs/a
+  dltricks train small_cnn --data mnist-embedded --epochs 3 --out runs/a --resume   # continue it after a kill
+  dltricks train small_cnn --data mnist-embedded --epochs 6 --out runs/a --resume   # extend it to 6 epochs
+  dltricks train resnet18 --data cifar10 --data-dir ../shared/data --recipe cifar10-resnet --subset 5000 --out runs/r18
+  dltricks train small_cnn --data mnist --set optim.lr=0.05 --set train.label_smoothing=0.1 --init-from runs/a
+  dltricks train unet_small --data isbi2012-membrane --recipe isbi-unet --data-opt fold=2 --out runs/unet
   dltricks train small_cnn --data mnist-embedded --overfit-batch          # sanity check: loss -> 0 on one batch
   torchrun --nproc_per_node 2 -m dltricks.cli train small_cnn --data mnist   # data parallel
 
