@@ -117,6 +117,11 @@ def data_args(args: argparse.Namespace, *, split: str = "train") -> dict[str, An
     if subset is not None and subset < 1:
         raise ConfigError(f"--subset: got {subset}, expected a positive number of samples")
     found = {"data_dir": data_dir, "val_subset" if split == "val" else "subset": subset}
+    val_subset = getattr(args, "val_subset", None)  # `dltricks train --val-subset M`
+    if split == "train" and val_subset is not None:
+        if val_subset < 1:
+            raise ConfigError(f"--val-subset: got {val_subset}, expected a positive number of samples")
+        found["val_subset"] = val_subset
     if getattr(args, "subset_seed", None) is not None:
         found["subset_seed"] = args.subset_seed
     return found

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dltricks.commands._args import (add_common_data_args, add_old_name, data_args, log, own_formatter,
-                                     recipe_from_args, resolve_checkpoint)
+from dltricks.commands._args import (add_common_data_args, add_old_name, data_args, data_record, log,
+                                     own_formatter, recipe_from_args, resolve_checkpoint)
 
 EPILOG = """\
 examples:
@@ -123,8 +123,10 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(recipe.train.device, local_rank=dist.local_rank)
     # Each model is built by compare_models; the task is built once, from the recipe, for all of them.
     task = task_for_recipe(args.data, recipe, device=device, for_training=not args.eval_only, **data)
+    data_meta, data_source = data_record(args, task, recipe)
     rows = compare_models(args.models, task, recipe, out_dir=out, train=not args.eval_only, weights=weights,
-                          batch=args.batch, quick=args.quick, device=device, log=log, progress=args.progress)
+                          batch=args.batch, quick=args.quick, device=device, log=log, progress=args.progress,
+                          run_meta={"data": data_meta, "data_source": data_source})
     shutdown()
     console = Console()
     print_leaderboard(rows, title=f"Leaderboard on {task.name}", wide=args.wide, console=console)

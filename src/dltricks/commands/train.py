@@ -45,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("model", nargs="?", metavar="MODEL",
                    help="registered model name (see `dltricks models`); required unless --recipe-help")
     add_common_data_args(p, data_required=False)
+    p.add_argument("--val-subset", type=int, default=None, metavar="M",
+                   help="evaluate on M validation samples drawn like --subset (quick runs); default: all")
     p.add_argument("--recipe", default=None, metavar="R",
                    help=f"recipe YAML file, or the name of a shipped recipe ({', '.join(list_recipes())}); default: "
                         "the built-in defaults")

@@ -189,7 +189,8 @@ def compare_models(names: Sequence[str], task: Any, recipe: Any, *, out_dir: str
                    weights: Mapping[str, str] | None = None, batch: int | None = None, quick: bool = False,
                    device: str | torch.device | None = None, seed: int | None = None,
                    log: Callable[[str], None] | None = None, progress: bool | None = None,
-                   model_opts: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                   model_opts: Mapping[str, Any] | None = None,
+                   run_meta: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train (or load) and evaluate each model on ``task``, measure it, and write the leaderboard.
 
     Args:
@@ -201,6 +202,8 @@ def compare_models(names: Sequence[str], task: Any, recipe: Any, *, out_dir: str
         train: ``False`` evaluates instead (with ``weights[name]`` when given, else the untrained model).
         batch: batch size of the throughput/memory measurements (default: the recipe's batch size).
         quick: short timings (tests).
+        run_meta: more of what each model's run directory records (``dltricks compare`` gives the data record,
+            so that ``dltricks eval`` finds the data of each run).
     Returns:
         the leaderboard rows.
     """
@@ -221,7 +224,8 @@ def compare_models(names: Sequence[str], task: Any, recipe: Any, *, out_dir: str
             if log:
                 log(f"[{name}] training for {recipe.train.epochs} epoch(s)")
             result = fit(model, task, recipe, run_dir=out / name, progress=progress, log=log,
-                         meta={"model": name, "model_kwargs": kwargs, "data": {"name": task.name}})
+                         meta={"model": name, "model_kwargs": kwargs, "data": {"name": task.name},
+                               **dict(run_meta or {})})
             model = result.model
             metrics.update({"train_time_s": result.final.get("time_s"), "epochs": result.final.get("epochs")})
         elif name in weights:
