@@ -8,7 +8,8 @@ What a block is, by the language of its fence:
   ``\\`` continues a line). ``dltricks ...`` runs the CLI in-process and must exit with status 0;
   ``python -m MODULE ...`` and ``python FILE.py ...`` run the module or script in-process; ``> FILE`` writes the
   output to FILE;
-* ``yaml``: parsed (it must be valid YAML); ``text``: output, layouts and file trees, shown as they are.
+* ``yaml``: parsed (it must be valid YAML), and written to the page's folder when its first line names a file
+  (``# space.yaml``), for the commands after it; ``text``: output, layouts and file trees, shown as they are.
 
 A fence without a language is refused, so that nothing escapes by accident. Before a block, the comment
 ``<!-- not-run: REASON -->`` keeps the whole block from running, and ``<!-- not-run "PREFIX": REASON -->`` the
@@ -213,6 +214,9 @@ def run_page(doc: Path, folder: Path) -> list[str]:
             continue
         if block.lang == "yaml":
             yaml.safe_load(block.body)
+            named = re.match(r"#\s*(\S+\.ya?ml)\s*\n", block.body)  # `# space.yaml` on the first line: a file
+            if named:                                                 # the next commands read
+                (folder / named.group(1)).write_text(block.body)
             continue
         if block.lang == "python":
             start = time.perf_counter()

@@ -59,9 +59,9 @@ def _check_order(log: list[tuple], path: Path, data: bytes, old: str | None) -> 
 
 @pytest.mark.parametrize("old", [None, "old contents"])
 def test_atomic_write_text_syncs_the_data_then_renames_then_syncs_the_folder(tmp_path, calls, old):
-    path = tmp_path / "out" / "metrics.jsonl"
+    path = tmp_path / "out" / "run" / "metrics.jsonl"
     if old is not None:
-        path.parent.mkdir()
+        path.parent.mkdir(parents=True)
         path.write_text(old)
     calls.clear()
     dio.atomic_write_text(path, "x" * 10_000)  # larger than one buffer: the flush matters
@@ -84,7 +84,7 @@ def test_atomic_write_bytes_and_json(tmp_path, calls):
 
 
 def test_atomic_write_with_a_writer_by_path(tmp_path, calls):
-    path = tmp_path / "sub" / "w.safetensors"
+    path = tmp_path / "sub" / "deeper" / "w.safetensors"  # missing folders are created, however deep
     seen = []
 
     def writer(tmp: Path) -> None:
@@ -139,6 +139,16 @@ def test_a_failed_fsync_prevents_the_rename_and_the_error_names_the_file(tmp_pat
     assert (err.errno, err.filename) == (28, str(path))
     assert err.strerror == (strerror or os.strerror(28))
     assert isinstance(err.__cause__, OSError) and err.__cause__.filename is None
+
+
+def test_the_writers_own_error_surfaces_even_when_it_removed_the_temporary_file(tmp_path):
+    def writer(tmp: Path) -> None:
+        tmp.unlink()
+        raise ValueError("bad tensor")
+
+    with pytest.raises(ValueError, match="bad tensor"):
+        dio.atomic_write_with(tmp_path / "w.bin", writer)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_error_that_names_its_file_or_has_no_errno_passes_unchanged(tmp_path):
@@ -216,6 +226,27 @@ def test_remove_temp_files_takes_only_leftovers_down_to_the_given_depth(tmp_path
     assert (tmp_path / ".folder.named.like.tmp").is_dir() and (tmp_path / ".link.abc.tmp").is_symlink()
     assert dio.remove_temp_files(tmp_path, depth=2) == [keep[2]]
     assert dio.remove_temp_files(tmp_path / "missing") == []
+
+
+def test_remove_temp_files_reports_every_subfolder_and_never_follows_links(tmp_path, monkeypatch) -> None:
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    gone = [run / "a" / ".m.json.x1.tmp", run / "b" / ".m.json.x2.tmp", run / "c" / ".m.json.x3.tmp"]
+    for path in [*gone, outside / ".other.json.x4.tmp"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    (run / "linked").symlink_to(outside, target_is_directory=True)  # another folder's files are not ours
+    vanished = run / ".raced.json.x5.tmp"
+    vanished.write_text("x")
+    real_unlink = os.unlink
+
+    def unlink(path):  # another process removed this one between the listing and the unlink
+        if Path(path) == vanished:
+            real_unlink(path)
+        real_unlink(path)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert sorted(dio.remove_temp_files(run)) == sorted(gone)
+    assert (outside / ".other.json.x4.tmp").exists()
     assert dio.remove_temp_files(tmp_path / "model.safetensors") == []  # a file, not a folder
 
 
@@ -235,6 +266,33 @@ def test_check_writable_dir(tmp_path) -> None:
         (tmp_path / "ro").mkdir(mode=0o500)
         with pytest.raises(StorageError):
             dio.check_writable_dir(tmp_path / "ro" / "run")
+
+
+@pytest.mark.parametrize("flags,code", [(0, errno.EACCES), (os.ST_RDONLY, errno.EROFS), (None, errno.EACCES)])
+def test_check_writable_dir_tells_permission_from_a_read_only_disk(tmp_path, monkeypatch, flags, code) -> None:
+    """No write permission (EACCES), or a read-only mount (EROFS), simulated: the tests may run as root."""
+    from dltricks.errors import StorageError
+
+    asked, mounts = [], []
+    monkeypatch.setattr(os, "access", lambda path, mode: asked.append((Path(path), mode)) and False)
+
+    def statvfs(path):
+        mounts.append(Path(path))
+        if flags is None:
+            raise OSError(38, "Function not implemented")  # cannot tell: permission denied it is
+        return SimpleNamespace(f_flag=flags | os.ST_NOSUID)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    with pytest.raises(StorageError) as raised:
+        dio.check_writable_dir(tmp_path / "run")
+    # The closest existing folder is asked for write and search permission (to create entries in it), and its
+    # file system for the read-only flag.
+    assert asked == [(tmp_path, os.W_OK | os.X_OK)] and mounts == [tmp_path]
+    assert raised.value.errno == code
+    assert str(raised.value).startswith(f"{tmp_path / 'run'} (in {tmp_path}): ")
+    with pytest.raises(StorageError) as raised:
+        dio.check_writable_dir(tmp_path)
+    assert str(raised.value).startswith(f"{tmp_path}: ") and raised.value.errno == code
 
 
 def test_check_free_space(tmp_path, monkeypatch) -> None:

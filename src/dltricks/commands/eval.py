@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.set_defaults(func=run)
 
 
-def recorded_data(run_meta: dict[str, Any]) -> dict[str, Any]:
+def recorded_data(run_meta: dict[str, Any], path: Path | str = "the run") -> dict[str, Any]:
     """The run's data record (``meta.data``, see :func:`dltricks.commands._args.data_record`); runs written by
     ``fit`` without one record only the data set's name."""
     data = run_meta.get("data")
@@ -70,7 +70,8 @@ def recorded_data(run_meta: dict[str, Any]) -> dict[str, Any]:
     types = {"name": str, "data_dir": str, "options": dict, "subset": int, "subset_seed": int}
     for key, kind in types.items():  # a hand-edited or hostile record is refused, not half-used
         if data.get(key) is not None and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
-            raise CheckpointError(f"its data record has {key}={data[key]!r}; expected a {kind.__name__} or null")
+            raise CheckpointError(f"{path}: its data record has {key}={data[key]!r}; expected a {kind.__name__} or "
+                                  "null")
     return {key: data.get(key) for key in types}
 
 
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{path}: no model name in its metadata; expected a file written by `dltricks train`")
     model_kwargs = dict(run_meta.get("model_kwargs") or {})
     device = resolve_device(args.device or "auto")
-    recorded = recorded_data(run_meta)
+    recorded = recorded_data(run_meta, path)
     data, options, data_kw = _data_to_evaluate(args, recorded, path)
     recipe = load_recipe(None, [("train.batch_size", args.batch_size),
                                 *((f"data.{k}", v) for k, v in options.items())])

@@ -104,7 +104,7 @@ def skip_connections(ctx: Context) -> Evidence:
      source="Chen et al., DeepLabV3 2017, Table 1", section=SEG,
      exercises=(segmentation.output_stride_tradeoff, segmentation_models, isbi),
      quick={"encoder": "resnet18", "encoder_kwargs": {"stem_width": 16, "stage_widths": [16, 32, 64, 128]},
-            "steps": 120, "batch_size": 4, "crop_size": 64, "lr": 5e-3, "output_strides": [8, 32]},
+            "steps": 120, "batch_size": 2, "crop_size": 64, "lr": 5e-3, "output_strides": [8, 32]},
      full={"encoder": "resnet18", "steps": 300, "batch_size": 4, "crop_size": 128, "output_strides": [8, 32]},
      budget_s=40, seeds={"quick": 3, "full": 5},
      rule=Effect("boundary_f1", "output stride 8", "output stride 32", min_effect=0.01))

@@ -94,7 +94,8 @@ def mamba_adaptive_depth(ctx: Context) -> Evidence:
      cite=(BLOG.at(22, topic="Mamba adds selection, input-dependent parameters, to S4"),
            LECTURE.at(1496, 1501, "S4 + Mamba")),
      source="Gu & Dao, Mamba 2023, Table 1", section=SSM, exercises=(ssm.gate_ablation, ssm_layers),
-     quick={"seq_len": 32, "num_tokens": 4, "vocab_size": 8, "d_model": 32, "steps": 300, "lr": 3e-3, "warmup": 20},
+     quick={"seq_len": 32, "num_tokens": 4, "vocab_size": 8, "d_model": 32, "steps": 300, "lr": 3e-3, "warmup": 20,
+            "batch_size": 16},
      full={"seq_len": 256, "steps": 1500}, budget_s=33, seeds={"quick": 3, "full": 5}, may_fail=("S4",),
      rule=Effect("accuracy", "S6", "S4", min_effect=0.1))
 def selective_copying(ctx: Context) -> Evidence:
@@ -102,13 +103,14 @@ def selective_copying(ctx: Context) -> Evidence:
     :func:`dltricks.experiments.ssm.gate_ablation`."""
     seq_len, steps = ctx.get("seq_len", 128), ctx.get("steps", 150)
     num_tokens, vocab, d_model = ctx.get("num_tokens", 16), ctx.get("vocab_size", 16), ctx.get("d_model", 64)
-    lr, warmup = ctx.get("lr", 2e-3), ctx.get("warmup", 100)
+    lr, warmup, batch = ctx.get("lr", 2e-3), ctx.get("warmup", 100), ctx.get("batch_size", 32)
     ev = Evidence(setup=f"Selective Copying ({num_tokens} tokens to recall, vocabulary {vocab}, length {seq_len}); "
-                        f"2-layer models, d_model {d_model}, {steps} AdamW steps of batch 32 (peak lr {lr:g}, {warmup} "
-                        f"warm-up steps); token accuracy on fresh sequences (dltricks.experiments.ssm.gate_ablation).")
+                        f"2-layer models, d_model {d_model}, {steps} AdamW steps of batch {batch} (peak lr {lr:g}, "
+                        f"{warmup} warm-up steps); token accuracy on fresh sequences "
+                        f"(dltricks.experiments.ssm.gate_ablation).")
     for seed in ctx.seeds:
         ctx.report(f"seed {seed}")
-        cfg = ssm.SeqTrainConfig(steps=steps, batch_size=32, seq_len=seq_len, lr=lr, warmup=warmup, eval_every=0,
+        cfg = ssm.SeqTrainConfig(steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, warmup=warmup, eval_every=0,
                              target_accuracy=None, seed=seed)
         res = ssm.gate_ablation(configs=("S4 (no gate)", "S6 (no gate)"), d_model=d_model, seq_len=seq_len,
                             num_tokens=num_tokens, vocab_size=vocab, train=cfg, log=None)
@@ -120,7 +122,7 @@ def selective_copying(ctx: Context) -> Evidence:
             ev.record_health(arm, f"at chance (token accuracy {accuracy:.3f} < chance {chance:.3f} + 0.05)"
                              if accuracy < chance + 0.05 else "")
     ev.values["chance accuracy"] = round(1 / (vocab - 2), 4)
-    ev.budget = {"optimizer steps": steps, "sequences seen": steps * 32}
+    ev.budget = {"optimizer steps": steps, "sequences seen": steps * batch}
     ev.plots.append(plots.bar_plot(ctx.path("accuracy.png"), {a: m["accuracy"] for a, m in ev.arms.items()},
                                    ylabel="token accuracy", title="Selective Copying, no gate"))
     return ev
@@ -269,7 +271,7 @@ def _h1_evidence(ctx: Context, labels: tuple[str, str], what: str) -> Evidence:
 H1_CODE = (ssm.h1_vision, dltricks.models, dltricks.train)
 # H1 and CNN-vs-ViT in quick mode: the same recipe and model families, scaled down, on the MNIST split shipped in
 # the package (CIFAR-10 is neither embedded nor fast enough for a quick run).
-H1_QUICK = {"data": "mnist-embedded", "epochs": 2, "batch_size": 64, "subset": 2000, "val_subset": 1000}
+H1_QUICK = {"data": "mnist-embedded", "epochs": 2, "batch_size": 64, "subset": 2000, "val_subset": 500}
 H1_FULL = {"epochs": 10, "batch_size": 128, "subset": 10000, "val_subset": 2000}
 
 
