@@ -274,3 +274,21 @@ def test_kill_9_at_an_arbitrary_step_then_resume_is_exact(tmp_path):
     final_a = load_file(str(reference / "model.safetensors"))
     final_b = load_file(str(interrupted / "model.safetensors"))
     assert final_a.keys() == final_b.keys() and all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_reading_while_the_writer_replaces_the_file_sees_one_whole_file(tmp_path, monkeypatch):
+    """A reader polling a live run (the kill test above, `dltricks eval` during training) can stat the old
+    checkpoint and open the new one, which the writer renamed over it in between. The sizes the header is
+    checked against must come from the file that was opened, not from the path's earlier stat; this race made
+    the kill test fail now and then with "byte offsets outside the file's data bytes (truncated or tampered)"."""
+    path = tmp_path / "last.safetensors"
+    ckpt.write_tensors(path, {"w": torch.zeros(4)}, {"state": {"step": 1}})
+    real_sniff = ckpt._sniff
+
+    def sniff_then_replace(p):
+        info = real_sniff(p)  # the old file's stat
+        ckpt.write_tensors(path, {"w": torch.zeros(4), "rng": torch.zeros(64)}, {"state": {"step": 2}})  # bigger
+        return info
+
+    monkeypatch.setattr(ckpt, "_sniff", sniff_then_replace)
+    assert read_metadata(path)["state"]["step"] == 2

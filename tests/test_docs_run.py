@@ -18,12 +18,12 @@ required.
 
 Every page runs in its own fresh folder (so that a command uses only paths the commands before it created),
 beside a link ``../shared`` to the real data sets, so ``--data-dir ../shared/data`` works as written. The
-settings are shortened while the docs run (:func:`shortened`): at most 8 training samples and 1 validation
-sample per data set (``subset`` / ``val_subset`` capped in ``build_task``), batches of at most 8 (``load_recipe``),
-at most 2 optimizer steps per ``fit`` (the ``train.max_steps`` cap, so every run stops early, evaluates and prints
-its metrics) and quick timings at batch 1 without memory and receptive-field measurements in ``profile`` /
-``compare``. What the commands compute is then meaningless; that they run, with the arguments and paths the docs
-give, is what is tested.
+settings are shortened while the docs run (:func:`shortened`): at most 8 training samples and 16 validation
+samples per data set (2 and 1 ISBI slices; ``subset`` / ``val_subset`` capped in ``build_task``), batches of at most 8
+(``load_recipe``), at most 2 optimizer steps per ``fit`` (the ``train.max_steps`` cap, so every run stops early,
+evaluates and prints its metrics), quick timings (``measure_speed``; in ``profile`` / ``compare`` at batch 1
+without memory and receptive-field measurements) and at most 2 trials per ``search``. What the commands compute is then
+meaningless; that they run, with the arguments and paths the docs give, is what is tested.
 """
 
 from __future__ import annotations
@@ -127,7 +127,9 @@ def _replace_everywhere(monkeypatch: pytest.MonkeyPatch, original: Callable, wra
 def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import dltricks.commands.compare  # noqa: F401  (loaded, so that their imported names are replaced too)
     import dltricks.experiments.leaderboard as leaderboard
+    import dltricks.measure.latency as latency
     import dltricks.measure.profile as profile
+    import dltricks.search as searching
     import dltricks.tasks.base as tasks
     import dltricks.train.recipe as recipes
     import dltricks.train.trainer as trainer
@@ -135,6 +137,7 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     build_task, fit, profile_model, compare_models, load_recipe = (
         tasks.build_task, trainer.fit, profile.profile_model, leaderboard.compare_models, recipes.load_recipe)
+    measure_speed, search = latency.measure_speed, searching.search
 
     def small_recipe(*args: Any, **kwargs: Any) -> Any:
         recipe = load_recipe(*args, **kwargs)
@@ -144,7 +147,9 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         return recipe
 
     def small_task(name: str, **options: Any) -> Any:
-        for key, cap in (("subset", 8), ("val_subset", 1)):
+        # 16 validation samples (an evaluation that halves them still has some); ISBI slices are 512 x 512 px.
+        isbi = name.startswith("isbi")
+        for key, cap in (("subset", 2 if isbi else 8), ("val_subset", 1 if isbi else 16)):
             options[key] = min(options.get(key) or cap, cap)
         return build_task(name, **options)
 
@@ -161,8 +166,15 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def quick_compare(*args: Any, **kwargs: Any) -> Any:
         return compare_models(*args, **{**kwargs, "quick": True})
 
+    def quick_speed(*args: Any, **kwargs: Any) -> Any:
+        return measure_speed(*args, **{**kwargs, "min_run_time": 0.01, "warmup": 1, "min_runs": 2})
+
+    def short_search(*args: Any, **kwargs: Any) -> Any:
+        return search(*args, **{**kwargs, "trials": min(kwargs.get("trials", 2), 2)})
+
     for original, wrapper in ((build_task, small_task), (fit, short_fit), (profile_model, quick_profile),
-                              (compare_models, quick_compare), (load_recipe, small_recipe)):
+                              (compare_models, quick_compare), (load_recipe, small_recipe),
+                              (measure_speed, quick_speed), (search, short_search)):
         _replace_everywhere(monkeypatch, original, wrapper)
     yield
 

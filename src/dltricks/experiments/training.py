@@ -682,7 +682,7 @@ class BlockCNN(nn.Module):
                  "made twice as wide (higher cardinality, ResNeXt) are more accurate than plain narrow bottlenecks.",
            cite=LECTURE.at(766, 790, "ResNeXt: group convolutions, cardinality vs error"),
            source="Xie et al., ResNeXt 2017", section=CONV, exercises=(ConvBottleneck, ConvNormAct),
-           quick={"subset": 1000, "batch_size": 32, "epochs": 1, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
+           quick={"subset": 2000, "epochs": 1, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
                   "mid_grouped": 16, "lr": 0.02},
            full={"subset": 8000, "epochs": 3, "width": 16, "blocks": 2, "groups": 8, "mid_plain": 8,
                  "mid_grouped": 16, "lr": 0.02, "lr_grid": [0.33, 1, 3]},
@@ -709,8 +709,7 @@ def group_cardinality(ctx: Context) -> Evidence:
                  "accurate than a deep thin one (4 blocks per stage, width 8).",
            cite=LECTURE.at(968, 982, "WideResNet: wide and shallow beats thin and deep"),
            source="Zagoruyko & Komodakis, Wide ResNets 2016", section=CONV, exercises=(ConvNormAct,),
-           quick={"subset": 1000, "batch_size": 32, "epochs": 1, "deep_width": 8, "deep_blocks": 4, "wide_width": 14,
-                  "wide_blocks": 1},
+           quick={"subset": 2000, "epochs": 1, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1},
            full={"subset": 8000, "epochs": 3, "deep_width": 8, "deep_blocks": 4, "wide_width": 14, "wide_blocks": 1,
                  "lr_grid": [0.33, 1, 3]},
            budget_s=10, rule=Effect("val_acc", "wide", "deep", min_effect=0.01))

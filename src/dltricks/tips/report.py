@@ -128,16 +128,19 @@ def _strip_svg(rows: Sequence[tuple[str, Sequence[float]]], *, interval: tuple[f
     lo, hi = min(finite), max(finite)
     pad = (hi - lo) * 0.08 or max(abs(lo), 1e-9) * 0.1
     lo, hi = lo - pad, hi + pad
-    left, right, row_h = 120, width - 10, 18
-    height = row_h * len(rows) + 22
+    left, right, row_h, top = 120, width - 10, 18, 14
+    height = row_h * len(rows) + top + 16
     x = lambda v: left + (v - lo) / (hi - lo) * (right - left)  # noqa: E731
     e = html.escape
     out = [f'<svg class="strip" width="{width}" height="{height}" role="img" viewBox="0 0 {width} {height}">']
-    for value, label in lines:
-        out.append(f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="2" y2="{height - 18}" class="ref"/>'
-                   f'<text x="{x(value):.1f}" y="{height - 6}" class="tick">{e(label)}</text>')
+    labelled: list[float] = []
+    for value, label in sorted(lines, key=lambda line: line[0]):  # reference lines, labelled above the rows
+        out.append(f'<line x1="{x(value):.1f}" x2="{x(value):.1f}" y1="{top - 2}" y2="{height - 16}" class="ref"/>')
+        if all(abs(x(value) - other) > 60 for other in labelled):  # no overlapping labels
+            out.append(f'<text x="{x(value):.1f}" y="{top - 4}" class="tick mid">{e(label)}</text>')
+            labelled.append(x(value))
     for i, (label, values) in enumerate(rows):
-        y = 12 + i * row_h
+        y = top + 8 + i * row_h
         out.append(f'<text x="{left - 6}" y="{y + 4}" class="lab">{e(label)}</text>')
         if interval is not None and i == len(rows) - 1:
             out.append(f'<line x1="{x(interval[0]):.1f}" x2="{x(interval[1]):.1f}" y1="{y}" y2="{y}" class="ci"/>')
@@ -300,7 +303,8 @@ def render_html(results: Sequence[TipResult], meta: dict[str, Any]) -> str:
                         f'<td>{key_numbers(r)}</td><td class="num">{_time(r)}</td></tr>')
     counts = Counter(r.verdict for r in results)
     count_text = " ".join(f"<span>{_badge(v)} {counts[v]}</span>" for v in VERDICT_ORDER if counts[v])
-    meta_text = " &middot; ".join(f"{e(str(k))}: {e(str(v))}" for k, v in meta.items())
+    meta_text = " &middot; ".join(f"{e(str(k))}: {e(str(v))}" for k, v in meta.items()
+                                  if k != "multiple comparisons")  # stated in words below the counts
     title = f"dltricks evidence report ({meta.get('mode', '')} mode)"
     return template.substitute(title=e(title), meta=meta_text, counts=count_text, rows="\n".join(rows),
                                sections="\n".join(_section(r) for r in results),

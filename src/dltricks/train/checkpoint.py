@@ -136,9 +136,9 @@ def _sniff(path: Path) -> os.stat_result:
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
+            size = os.fstat(handle.fileno()).st_size  # of the file opened (see read_header)
     except OSError as err:
         raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({err.strerror})") from None
-    size = info.st_size
     header_len = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else -1
     if 0 < header_len <= MAX_HEADER_BYTES and 8 + header_len <= size and head[8:9] == b"{":
         return info  # looks like safetensors; read_header checks the rest
@@ -208,9 +208,12 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensor entries, dltricks metadata)`` of a safetensors file, every field checked (see the module
     docstring) before any tensor is read; the metadata is ``{}`` for a plain safetensors file."""
     path = Path(path)
-    info = _sniff(path)
+    _sniff(path)
     try:
         with open(path, "rb") as handle:
+            # The size of the file opened, not of the path's earlier stat: a writer may have renamed a new
+            # checkpoint over the path in between (a reader polling a live run).
+            size = os.fstat(handle.fileno()).st_size
             header_len = struct.unpack("<Q", handle.read(8))[0]
             raw = handle.read(header_len)
     except OSError as err:
@@ -221,7 +224,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     extra = header.pop("__metadata__", None) or {}
     if not isinstance(extra, dict) or not all(isinstance(v, str) for v in extra.values()):
         raise CheckpointError(f"{path}: corrupted safetensors metadata (expected a mapping of strings)")
-    data_size = info.st_size - 8 - header_len
+    data_size = size - 8 - header_len
     for name, entry in header.items():
         _check_entry(name, entry, data_size, path)
     raw_meta = extra.get(_META_KEY)
