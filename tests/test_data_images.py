@@ -260,8 +260,8 @@ def test_cifar10_subset_draws_every_class(shared_data):
     # `dltricks train resnet18_cifar --data cifar10 --subset 2000` passes to prepare) draws every class.
     from dltricks.train import prepare
 
-    _, task = prepare("resnet18_cifar", "cifar10", {"train": {"batch_size": 64}}, data_dir=shared_data / "cifar10-jpg.zip",
-                      subset=2000, device="cpu")
+    _, task = prepare("resnet18_cifar", "cifar10", {"train": {"batch_size": 64}},
+                      data_dir=shared_data / "cifar10-jpg.zip", subset=2000, device="cpu")
     counts = task.train_loader.dataset.labels.bincount(minlength=10).tolist()
     assert sum(counts) == 2000 and all(160 <= c <= 240 for c in counts), counts
     assert task.extra["subset"] == {"size": 2000, "of": 50000, "seed": 0}

@@ -49,8 +49,8 @@ def _needed(column: Column, cells: Sequence[str]) -> tuple[int, int]:
     reads at a short width and prefers its longest line; both at least the longest header word."""
     header = max((len(w) for w in column.header.split()), default=0)
     longest = max((len(line) for cell in cells for line in Text.from_markup(str(cell)).plain.splitlines()), default=0)
-    if column.number:
-        return max(header, longest), max(header, longest)
+    if column.number:  # a number column keeps its header on one line: "val Dice" stays searchable
+        return max(len(column.header), longest), max(len(column.header), longest)
     return max(header, min(longest, _TEXT_MIN)), max(header, longest, len(column.header))
 
 
