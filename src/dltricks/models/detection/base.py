@@ -18,6 +18,8 @@ into per-image ``(boxes, scores, labels)`` with a score threshold and class-wise
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -149,7 +151,7 @@ def init_head(module: nn.Module, *, prior: float | None = None, cls_layer: nn.Co
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
     if cls_layer is not None and prior is not None:
-        nn.init.constant_(cls_layer.bias, -torch.log(torch.tensor((1 - prior) / prior)).item())
+        nn.init.constant_(cls_layer.bias, -math.log((1 - prior) / prior))
 
 
 def flatten_levels(maps: list[torch.Tensor], per_location: int) -> torch.Tensor:
