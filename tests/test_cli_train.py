@@ -165,8 +165,8 @@ def test_every_option_help_states_a_default():
         p = sub.choices[command]
         formatter = p._get_formatter()
         for action in p._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue  # hidden aliases of renamed options (--report for --out) are not shown
             text = formatter._get_help_string(action) or ""
             assert len(text) > 15, (command, action.dest)
             assert "default" in text or "required" in text, (command, action.dest, text)
