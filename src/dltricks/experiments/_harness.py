@@ -122,20 +122,27 @@ def recipe(spec: TrainSpec) -> Recipe:
     })
 
 
-def health(*, val_acc: float, train_loss: float, num_classes: int, val_size: int) -> str:
+def _chance_ceiling(num_classes: int, size: int) -> float:
+    """Chance accuracy plus 3 binomial standard errors over ``size`` samples."""
+    chance = 1.0 / num_classes
+    return chance + 3.0 * math.sqrt(chance * (1.0 - chance) / max(size, 1))
+
+
+def health(*, val_acc: float, num_classes: int, val_size: int, train_acc: float | None = None,
+           train_size: int = 0) -> str:
     """Why a finished, finite run does not count as trained ("" when it does).
 
-    * at chance: validation accuracy within 3 binomial standard errors of ``1 / num_classes``;
-    * not converged: training loss (eval mode, on the training images) still >= 0.9 x ``ln(num_classes)``,
-      the loss of a uniform guess.
+    * at chance: validation accuracy within 3 binomial standard errors of chance, ``1 / num_classes``;
+    * not converged: even on its own training images (eval mode) the accuracy is within 3 standard errors of
+      chance: the optimiser did not get anywhere. (A high training *loss* alone is not the test: a run at a
+      large learning rate can be over-confident and still well above chance.)
     """
-    chance = 1.0 / num_classes
-    ceiling = chance + 3.0 * math.sqrt(chance * (1.0 - chance) / max(val_size, 1))
+    ceiling = _chance_ceiling(num_classes, val_size)
     if val_acc <= ceiling:
-        return f"at chance (validation accuracy {val_acc:.3f} <= {ceiling:.3f}, chance {chance:.3f} + 3 SE)"
-    guess = math.log(num_classes)
-    if train_loss >= 0.9 * guess:
-        return f"not converged (training loss {train_loss:.3f} >= 0.9 x ln {num_classes} = {0.9 * guess:.3f})"
+        return f"at chance (validation accuracy {val_acc:.3f} <= {ceiling:.3f}, chance {1 / num_classes:.3f} + 3 SE)"
+    if train_acc is not None and train_acc <= _chance_ceiling(num_classes, train_size):
+        return (f"not converged (training accuracy {train_acc:.3f} <= {_chance_ceiling(num_classes, train_size):.3f}, "
+                f"chance + 3 SE on its {train_size} training images)")
     return ""
 
 
@@ -174,8 +181,8 @@ def train(model: nn.Module, spec: TrainSpec) -> TrainOutcome:
     if not (math.isfinite(val_loss) and math.isfinite(tr_loss)):
         outcome.diverged, outcome.problem = True, "diverged (non-finite evaluation loss)"
     else:
-        outcome.problem = health(val_acc=val_acc, train_loss=tr_loss, num_classes=task.num_classes,
-                                 val_size=_size(task.val_loader))
+        outcome.problem = health(val_acc=val_acc, num_classes=task.num_classes, val_size=_size(task.val_loader),
+                                 train_acc=tr_acc, train_size=_size(plain.train_loader))
     return outcome
 
 

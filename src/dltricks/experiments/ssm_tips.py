@@ -259,8 +259,9 @@ def _h1_evidence(ctx: Context, labels: tuple[str, str], what: str) -> Evidence:
         for label, run in _H2[key]["models"].items():
             ev.add(label, val_acc=run["val_accuracy"], params=run["params"])
             last = (run.get("history") or [{}])[-1]
-            ev.record_health(label, health(val_acc=run["val_accuracy"], train_loss=last.get("train_loss", 0.0),
-                                           num_classes=10, val_size=options.get("val_subset") or 10000))
+            ev.record_health(label, health(val_acc=run["val_accuracy"], num_classes=10,
+                                           val_size=options.get("val_subset") or 10000,
+                                           train_acc=last.get("train_accuracy"), train_size=options.get("subset") or 0))
     ev.budget = {"epochs": options.get("epochs"), "training images": options.get("subset"),
                  "validation images": options.get("val_subset")}
     ev.plots.append(plots.bar_plot(ctx.path("val_acc.png"), {a: m["val_acc"] for a, m in ev.arms.items()},
