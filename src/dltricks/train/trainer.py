@@ -257,6 +257,22 @@ def _recipe_differences(saved: Mapping[str, Any], current: Mapping[str, Any], pr
     return keys
 
 
+def _same_record(saved: Any, now: Any, *, partial: bool = False) -> bool:
+    """Whether a checkpoint's record (model, options, data) is the current run's. With ``partial`` (the data
+    record) only the keys both have are compared, so that a run written before a key was recorded still resumes,
+    and folders are compared as resolved paths."""
+    now = json.loads(json.dumps(now))
+    if not (partial and isinstance(saved, dict) and isinstance(now, dict)):
+        return saved == now
+    for key in saved.keys() & now.keys():
+        a, b = saved[key], now[key]
+        if key == "data_dir" and isinstance(a, str) and isinstance(b, str):
+            a, b = str(Path(a).resolve()), str(Path(b).resolve())
+        if a != b:
+            return False
+    return True
+
+
 class _Trainer:
     """The state of one :func:`fit` call (see the module docstring for the loop)."""
 
@@ -417,7 +433,8 @@ class _Trainer:
                                   f"{path.parent.parent / 'recipe.yaml'}) or start a new run")
         saved_run = meta.get("run", {})
         for key, what in (("model", "model"), ("model_kwargs", "model options"), ("data", "data")):
-            if key in saved_run and key in self.meta and saved_run[key] != json.loads(json.dumps(self.meta[key])):
+            if key in saved_run and key in self.meta and not _same_record(saved_run[key], self.meta[key],
+                                                                          partial=key == "data"):
                 raise CheckpointError(f"cannot resume {path}: it was trained with {what} {saved_run[key]!r}, not "
                                       f"{self.meta[key]!r}")
         if meta.get("world_size", 1) != self.dist.world_size:
