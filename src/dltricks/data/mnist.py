@@ -22,6 +22,7 @@ from the real files (0.13066 / 0.30811).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.resources
@@ -207,13 +208,33 @@ def embedded_split(num: int = 10_000, train_size: int = EMBEDDED_TRAIN_SIZE) -> 
     and the first 8,000 form the training part. Unlike a seeded RNG this order cannot change with a
     torch or numpy release.
     """
-    keys = [hashlib.sha256(_EMBEDDED_SALT + str(i).encode()).digest()[:8] for i in range(num)]
-    order = torch.tensor(sorted(range(num), key=keys.__getitem__), dtype=torch.int64)
+    order = torch.tensor(_embedded_order(num), dtype=torch.int64)
     return order[:train_size], order[train_size:]
+
+
+@functools.lru_cache(maxsize=4)
+def _embedded_order(num: int) -> tuple[int, ...]:
+    keys = [hashlib.sha256(_EMBEDDED_SALT + str(i).encode()).digest()[:8] for i in range(num)]
+    return tuple(sorted(range(num), key=keys.__getitem__))
 
 
 def _embedded_bytes(name: str) -> bytes:
     return importlib.resources.files("dltricks.data").joinpath("embedded", f"{name}.gz").read_bytes()
+
+
+@functools.lru_cache(maxsize=2)
+def _embedded_arrays(verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded embedded images and labels, decoded once per process (read-only: every dataset built from
+    them copies them). The evidence engine builds this data set for each of its ~150 short training runs."""
+    names = MNIST_FILES["test", "images"], MNIST_FILES["test", "labels"]
+    sources = [f"dltricks/data/embedded/{n}.gz" for n in names]
+    images = decode_idx(_embedded_bytes(names[0]), source=sources[0], ndim=3,
+                        md5=MNIST_MD5[names[0]] if verify else None)
+    labels = decode_idx(_embedded_bytes(names[1]), source=sources[1], ndim=1,
+                        md5=MNIST_MD5[names[1]] if verify else None)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
 
 
 def load_mnist_embedded(split: str = "train", *, verify: bool = True) -> ArrayDataset:
@@ -225,10 +246,7 @@ def load_mnist_embedded(split: str = "train", *, verify: bool = True) -> ArrayDa
         raise DataError(f"unknown split {split!r} of mnist-embedded; expected 'train', 'val' or 'all'")
     names = MNIST_FILES["test", "images"], MNIST_FILES["test", "labels"]
     sources = [f"dltricks/data/embedded/{n}.gz" for n in names]
-    images = decode_idx(_embedded_bytes(names[0]), source=sources[0], ndim=3,
-                        md5=MNIST_MD5[names[0]] if verify else None)
-    labels = decode_idx(_embedded_bytes(names[1]), source=sources[1], ndim=1,
-                        md5=MNIST_MD5[names[1]] if verify else None)
+    images, labels = _embedded_arrays(verify)
     full = _to_dataset(images, labels, "mnist-embedded", sources[0], sources[1], MNIST_MEAN, MNIST_STD)
     train_idx, val_idx = embedded_split(len(full))
     mean, std = channel_stats(full.images.index_select(0, train_idx))

@@ -172,6 +172,10 @@ class _Paired:
     def _wanted(self) -> str:
         raise NotImplementedError
 
+    def _declared(self) -> dict[str, float]:
+        """The tip's declared bound by its name (``min_effect`` or ``margin``), for results.json."""
+        return {"margin": getattr(self, "margin")} if hasattr(self, "margin") else {"min_effect": self._bound()}
+
     def decide(self, evidence: Evidence, mode: str) -> Decision:
         d = self.effects(evidence)
         iv = stats.paired_interval(d)
@@ -188,12 +192,7 @@ class _Paired:
                 "p": min(1.0, 2.0 * min(p_support, p_contradict)), "verdict": verdict.value, "mode": mode,
                 "min_seeds": self.min_seeds, "mde": stats.mde(iv.sd, iv.n),
                 "seeds_to_decide": stats.seeds_to_decide(iv.mean, iv.sd, bound) if iv.n >= 2 else None}
-        if isinstance(self, Equivalent):
-            part["margin"] = self.margin
-        elif isinstance(self, NonInferior):
-            part["margin"] = self.margin
-        else:
-            part["min_effect"] = bound
+        part.update(self._declared())
         what = (f"{self.metric}: {self.treatment} vs {self.control}, effect {_fmt(iv.mean)}, "
                 f"{round(100 * iv.confidence)}% CI [{_fmt(iv.lo)}, {_fmt(iv.hi)}] (n={iv.n}, df={iv.df})")
         if not iv.defined:
