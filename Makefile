@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean bench browser postgres mutation
+.PHONY: run test lint install clean bench browser postgres mutation evidence evidence-table
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ test: $(STAMP) browser postgres lint
 # Lint (ruff, configured in pyproject.toml): style errors, unused or undefined names, complexity over 15.
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+# The stored evidence base (src/dltricks/tips/evidence_base/): `evidence` runs full mode for the tips that fit on
+# 2 CPU cores and stores the results (TIPS=... picks others); `evidence-table` regenerates docs/evidence.md's table.
+EVIDENCE_TIPS ?= conv.*,norm.*,reg.*,optim.*,arch.*,seg.aspp-degeneration,seg.skip-connections,learn.*
+evidence: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/dltricks verify --full --only "$(if $(TIPS),$(TIPS),$(EVIDENCE_TIPS))" --store --out report-full
+	$(BIN)/python -m dltricks.tips.stored --write docs/evidence.md
+
+evidence-table: $(STAMP)
+	$(BIN)/python -m dltricks.tips.stored --write docs/evidence.md
 
 # Mutation testing of the core modules (mutmut; tests/mutation.py, docs/testing.md). Not part of `make test`:
 # hours for all of them on 2 cores; MODULE=src/dltricks/utils/io.py runs one (minutes).

@@ -9,6 +9,7 @@ Results are cached by a hash of each tip's code and configuration, so a rerun re
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from dltricks.commands._args import own_formatter
@@ -42,11 +43,28 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                         "`dltricks run` uses 2)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="seeds start here instead of 0: a disjoint seed set, to check that the verdicts are stable")
+    p.add_argument("--store", nargs="?", const=True, default=False, type=Path, metavar="DIR",
+                   help="with --full: keep the results in the stored evidence base (default folder: the package's "
+                        "tips/evidence_base/, which `dltricks verify` shows beside every later run)")
     p.set_defaults(func=run)
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (recorded in the stored evidence's provenance)."""
+    parts = ["dltricks", "verify", f"--{args.mode}"]
+    if args.only:
+        parts += ["--only", ",".join(args.only)]
+    for flag, value, default in (("--seeds", args.seeds, None), ("--first-seed", args.first_seed, 0),
+                                 ("--workers", args.workers, 1), ("--threads", args.threads, 1)):
+        if value != default:
+            parts += [flag, str(value)]
+    if args.store is not False:
+        parts += ["--store"] + ([] if args.store is True else [str(args.store)])
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def run(args: argparse.Namespace) -> int:
-    results = verify(mode=args.mode, only=args.only, seeds=args.seeds, out=args.out, cache_dir=args.cache_dir,
+    results = verify(command=_command(args), mode=args.mode, only=args.only, seeds=args.seeds, out=args.out, cache_dir=args.cache_dir,
                      use_cache=not args.no_cache, threads=args.threads, workers=args.workers,
-                     first_seed=args.first_seed)
+                     first_seed=args.first_seed, store=args.store)
     return exit_code(results)

@@ -65,6 +65,9 @@ class TipResult:
     error: str = ""
     may_fail: list[str] = field(default_factory=list)
     setup_problems: list[str] = field(default_factory=list)
+    # The stored full-mode verdict of this tip (dltricks.tips.stored), attached by verify after the run:
+    # verdict, seeds, date, commit, machine, wall_s, stale, and "disagrees" with this run's verdict.
+    stored_full: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -184,6 +184,34 @@ def _stat_block(st: dict[str, Any]) -> str:
             f'<div class="strips">{arms}{diffs}</div></div>')
 
 
+def stored_text(r: TipResult) -> str:
+    """The stored full verdict beside this run's (empty when none is stored): ``confirmed (n=5, 2026-12-07)``,
+    with ``DISAGREES`` when it points the other way and ``stale`` when the tip changed since."""
+    s = r.stored_full
+    if not s:
+        return ""
+    text = f"{s['verdict']} (n={s.get('seeds')}, {str(s.get('date', ''))[:10]})"
+    if s.get("stale"):
+        text += " stale"
+    if s.get("disagrees"):
+        text += " DISAGREES"
+    return text
+
+
+def _stored_paragraph(r: TipResult) -> str:
+    s = r.stored_full
+    if not s:
+        return ""
+    e = html.escape
+    flag = (' <b class="disagree">This run points the other way: the difference is worth a look (a quick setting '
+            'too small, a changed tip, or a claim that holds only at one scale).</b>' if s.get("disagrees") else "")
+    stale = f' <span class="small">Stale: {e(s["stale"])}; rerun it with <code>dltricks verify --full --only ' \
+            f'{e(r.id)} --store</code>.</span>' if s.get("stale") else ""
+    return (f'<p><span class="label">Stored full-mode verdict:</span> {_badge(s["verdict"])} with {s.get("seeds")} '
+            f'seeds, {e(str(s.get("wall_s", 0)))} s wall on {e(str(s.get("machine", "")))}, commit '
+            f'<code>{e(str(s.get("commit", ""))[:10])}</code>, {e(str(s.get("date", "")))}.{flag}{stale}</p>')
+
+
 def _budget(r: TipResult) -> str:
     ev = r.evidence or {}
     budget = ev.get("budget") or {}
@@ -231,7 +259,8 @@ def _section(r: TipResult) -> str:
               f'{", ".join("<code>" + e(m) + "</code>" for m in r.exercises)}'
               if r.exercises else "") + "</p>",
            f'<p class="rule"><span class="label">Verdict rule (fixed before running):</span> {e(r.rule)}</p>',
-           f'<p class="reason"><span class="label">Outcome:</span> {e(r.reason)}</p>']
+           f'<p class="reason"><span class="label">Outcome:</span> {e(r.reason)}</p>',
+           _stored_paragraph(r)]
     ev = r.evidence or {}
     if ev.get("setup"):
         out.append(f'<p><span class="label">Setup:</span> {e(ev["setup"])} '
@@ -299,7 +328,9 @@ def render_html(results: Sequence[TipResult], meta: dict[str, Any]) -> str:
             rows.append(f'<tr class="group"><th colspan="5">{e(title)} ({len(members)})</th></tr>')
         for r in members:
             rows.append(f'<tr class="row" data-verdict="{e(r.verdict)}"><td><a href="#{e(r.id)}">{e(r.id)}</a></td>'
-                        f'<td title="{e(r.claim)}">{e(r.title)}</td><td>{_badge(r.verdict)}</td>'
+                        f'<td title="{e(r.claim)}">{e(r.title)}</td><td>{_badge(r.verdict)}'
+                        + (f'<br><span class="small">stored full: {e(stored_text(r))}</span>' if r.stored_full else '')
+                        + '</td>'
                         f'<td>{key_numbers(r)}</td><td class="num">{_time(r)}</td></tr>')
     counts = Counter(r.verdict for r in results)
     count_text = " ".join(f"<span>{_badge(v)} {counts[v]}</span>" for v in VERDICT_ORDER if counts[v])
@@ -338,13 +369,18 @@ def summary_table(results: Sequence[TipResult], *, title: str = "dltricks verify
     table.add_column("verdict", no_wrap=True)
     table.add_column("key numbers", overflow="fold")  # a long number folds onto the next line, never cut
     table.add_column("time", justify="right", no_wrap=True)
+    with_stored = any(r.stored_full for r in results)
+    if with_stored:  # the stored full-mode verdict beside this run's (dltricks.tips.stored)
+        table.add_column("stored full", overflow="fold")
     groups = grouped(results)
     for title, members in groups:
         if len(groups) > 1:
             table.add_section()
-            table.add_row(f"[bold]{title} ({len(members)})[/]", "", "", "")
+            table.add_row(f"[bold]{title} ({len(members)})[/]", "", "", "", *([""] if with_stored else []))
         for r in members:
             style = RICH_STYLE.get(r.verdict, "")
             time_text = "" if r.status != "implemented" else f"{r.elapsed_s:.1f}s" + ("*" if r.cached else "")
-            table.add_row(r.id, f"[{style}]{r.verdict}[/]", key_numbers(r, plain=True), time_text)
+            stored = stored_text(r).replace("DISAGREES", "[bold red]DISAGREES[/]")
+            table.add_row(r.id, f"[{style}]{r.verdict}[/]", key_numbers(r, plain=True), time_text,
+                          *([stored] if with_stored else []))
     return table

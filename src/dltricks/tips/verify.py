@@ -16,6 +16,7 @@ from dltricks.errors import ArgumentError, ConfigError
 from dltricks.tips.catalog import get_catalog
 from dltricks.tips.engine import TipResult, family_control, run_tips, select_tips
 from dltricks.tips.report import summary_table, write_report
+from dltricks.tips.stored import disagreement, load_stored, store_results
 from dltricks.utils.io import check_writable_dir
 
 __all__ = ["verify", "exit_code"]
@@ -24,8 +25,13 @@ __all__ = ["verify", "exit_code"]
 def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int | None = None,
            out: Path = Path("report"), cache_dir: Path | None = None, use_cache: bool = True,
            threads: int | None = 1, console: Console | None = None, workers: int = 1,
-           first_seed: int = 0) -> list[TipResult]:
+           first_seed: int = 0, store: bool | Path = False, command: str = "") -> list[TipResult]:
     """Run the selected tips, write the report and print the summary table; return the results.
+
+    ``command``: the command line recorded with stored results (the CLI passes its own).
+    ``store``: keep the full-mode results in the stored evidence base (:mod:`dltricks.tips.stored`; ``True``:
+    the package's ``evidence_base/``, a path: that folder). Every run shows the stored full verdict of each
+    tip beside its own and flags a disagreement.
 
     ``threads``: torch intra-op threads during the run (restored afterwards); ``None`` leaves them alone.
     ``workers``: worker processes running tips side by side (each with ``threads`` threads).
@@ -45,6 +51,10 @@ def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int
         raise ConfigError(f"--workers: got {workers}, expected a number >= 1")
     if first_seed < 0:
         raise ConfigError(f"--first-seed: got {first_seed}, expected a number >= 0")
+    if store is not False and mode != "full":
+        raise ConfigError("--store: only full-mode results are stored in the evidence base (add --full)")
+    if store is not False and store is not True:
+        check_writable_dir(Path(store))
     # The report and the cache are written after minutes of experiments: check now that they can be.
     check_writable_dir(out)
     if cache_dir is not None:
@@ -55,13 +65,14 @@ def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int
         torch.set_num_threads(threads)
     try:
         return _verify(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache, console=console,
-                       workers=workers, first_seed=first_seed)
+                       workers=workers, first_seed=first_seed, store=store, command=command)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _verify(tips: list, *, mode: str, seeds: int | None, out: Path, cache_dir: Path | None, use_cache: bool,
-            console: Console | None, workers: int = 1, first_seed: int = 0) -> list[TipResult]:
+            console: Console | None, workers: int = 1, first_seed: int = 0,
+            store: bool | Path = False, command: str = "") -> list[TipResult]:
     # A log file or pipe gets a wide table instead of rich's 80-column default.
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     start = time.perf_counter()
@@ -69,12 +80,33 @@ def _verify(tips: list, *, mode: str, seeds: int | None, out: Path, cache_dir: P
                        workers=workers, first_seed=first_seed)
     family = family_control(results, mode=mode)
     elapsed = time.perf_counter() - start
+    if store:
+        written = store_results(results, dest=None if store is True else Path(store), mode=mode, workers=workers,
+                                command=command or f"verify(mode={mode!r}, only={[t.id for t in tips]!r}, store=...)")
+        console.print(f"stored {len(written)} full-mode results in {written[0].parent if written else store}")
+    attach_stored(results, console)
     write_report(results, out, mode=mode, elapsed_s=elapsed, family=family, workers=workers)
     cpu = sum(r.cpu_s for r in results if not r.cached)
     console.print(summary_table(results, title=f"dltricks verify --{mode} ({elapsed:.0f} s wall, {cpu:.0f} s CPU in "
                                                f"tips; * = cached)"))
     console.print(f"report: {Path(out) / 'index.html'}  results: {Path(out) / 'results.json'}")
     return results
+
+
+def attach_stored(results: Sequence[TipResult], console: Console | None = None) -> None:
+    """Put the stored full-mode verdict of each tip (:func:`dltricks.tips.stored.load_stored`) beside the one
+    just measured, flagging a disagreement. A broken stored file is reported in one line, not fatal: the run's
+    own results are still written."""
+    try:
+        stored = load_stored()
+    except ConfigError as err:
+        if console is not None:
+            console.print(f"[yellow]warning:[/] {err}")
+        return
+    for r in results:
+        s = stored.get(r.id)
+        if s is not None:
+            r.stored_full = {**s.summary(), "disagrees": disagreement(r.verdict, s.verdict)}
 
 
 def _check_verify_arguments(*, mode: object, only: object, seeds: object, out: object, cache_dir: object,
