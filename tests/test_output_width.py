@@ -89,6 +89,30 @@ def test_models_table_and_history_fit_80_columns(narrow, capsys):
     assert "92.34%" in out and "0.8000" in out
 
 
+def test_wide_is_an_option_of_every_table_command(narrow, capsys):
+    """`--wide` exists for every command and makes every table full width (issue 24: "--wide for everything")."""
+    from dltricks.cli import build_parser
+    from dltricks.utils.tables import set_wide
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert all("--wide" in p._option_string_actions for p in sub.choices.values())
+    history = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.91, "val_loss": 0.4, "val_accuracy": 0.9234,
+                "val_dice": 0.8, "val_boundary_f1": 0.7, "lr": 0.05, "images_per_s": 123_456.0,
+                "epoch_time_s": 1234.5}]
+    print_history(history, title="narrow")
+    assert "left out" in capsys.readouterr().out
+    try:
+        set_wide(True)
+        print_history(history, title="wide")
+        out = capsys.readouterr().out
+    finally:
+        set_wide(False)
+    assert "left out" not in out and "…" not in out and max(map(len, out.splitlines())) > 80
+    assert "123,456" in out and "1234.5" in out
+    assert main(["models", "resnet*", "--params", "--wide"]) == 0
+    assert "…" not in capsys.readouterr().out
+
+
 def test_progress_in_a_log_is_plain_lines(capsys):
     with ProgressBar(10, "epoch 1/2", enabled=True, every_s=0.0) as bar:
         for _ in range(10):

@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers, _HelpFormatter)
+    for sub in subparsers.choices.values():  # --wide for every command that has not its own (issue 24)
+        if "--wide" not in sub._option_string_actions:
+            sub.add_argument("--wide", action="store_true",
+                             help="print tables at full width, however wide (otherwise tables fit the terminal: text "
+                                  "wraps, the least important columns are left out, numbers are never cut)")
     return parser
 
 
@@ -74,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from dltricks.utils.tables import set_wide
+
+    set_wide(getattr(args, "wide", False))
     try:
         result = args.func(args)
         return int(result or 0)

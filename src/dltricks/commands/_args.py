@@ -232,7 +232,7 @@ def print_final_metrics(final: dict[str, Any], history: list[dict[str, Any]]) ->
 
 def print_metrics(metrics: dict[str, Any], *, title: str) -> None:
     """The ``val_*`` numbers of ``metrics`` as a two-column table (nothing when there are none)."""
-    from rich.console import Console
+    from dltricks.utils.tables import table_console
     from rich.table import Table
 
     values = {k: v for k, v in metrics.items() if k.startswith("val_") and isinstance(v, (int, float))
@@ -244,7 +244,7 @@ def print_metrics(metrics: dict[str, Any], *, title: str) -> None:
     table.add_column("value", justify="right")
     for key, value in values.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    table_console().print(table)
 
 
 def _json_safe(value: Any) -> Any:

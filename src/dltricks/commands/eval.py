@@ -236,12 +236,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_report(report: dict[str, Any], classes: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    from dltricks.utils.tables import Column, print_table
+    from dltricks.utils.tables import Column, print_table, table_console
 
-    console = Console()
+    console = table_console()
     console.print(f"[bold]{report['model']}[/bold] on {report['data']} "
                   f"({report['split']}, {report['samples']:,} samples): "
                   f"loss {report['loss']:.4f}, accuracy {report['accuracy']:.2%}")
@@ -297,10 +296,11 @@ def _run_segmentation_eval(args: argparse.Namespace, model: Any, task: Any, *, c
 
 
 def _print_segmentation_report(report: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from dltricks.utils.tables import table_console
+
+    console = table_console()
     how = "whole images" if not report.get("window") else f"{report['window']} px windows, overlap {report['overlap']}"
     how += ", 8-fold flips" if report.get("tta") else ""
     console.print(f"[bold]{report['model']}[/bold] on {report['data']} ({report['split']}, {int(report['images'])} "

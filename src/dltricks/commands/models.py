@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
 
 from dltricks.commands._args import json_text, own_formatter
 from dltricks.models._registry import create_model, list_models, model_info
-from dltricks.utils.tables import Column, print_table
+from dltricks.utils.tables import Column, print_table, table_console
 
 
 def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
@@ -43,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     print_table([kinds[k] for k in keys], [[f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()]
                                            for row in rows],
                 title=f"{len(rows)} models" + (f" matching {args.pattern!r}" if args.pattern else ""),
-                console=Console())
+                console=table_console())
     return 0

@@ -21,7 +21,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from dltricks.utils.tables import table_console
     from rich.table import Table
 
     from dltricks.serve.runs import find_runs
@@ -40,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         status = f"[{styles.get(r.status, '')}]{r.status}[/]" + (f" ({r.detail})" if r.status == "failed" else "")
         table.add_row(r.name, r.model or "?", r.data or "?", r.recipe or "defaults", status,
                       str(r.epochs or "-"), best)
-    Console().print(table)
+    table_console().print(table)
     return 0

@@ -64,7 +64,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    results = verify(command=_command(args), mode=args.mode, only=args.only, seeds=args.seeds, out=args.out, cache_dir=args.cache_dir,
-                     use_cache=not args.no_cache, threads=args.threads, workers=args.workers,
+    results = verify(command=_command(args), mode=args.mode, only=args.only, seeds=args.seeds, out=args.out,
+                     cache_dir=args.cache_dir, use_cache=not args.no_cache, threads=args.threads, workers=args.workers,
                      first_seed=args.first_seed, store=args.store)
     return exit_code(results)

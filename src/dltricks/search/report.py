@@ -58,7 +58,7 @@ def trial_rows(study: Any, *, metric_names: list[str]) -> list[dict[str, Any]]:
 
 def print_table(study: Any, *, metric_names: list[str], top: int = 10) -> None:
     """The best ``top`` finished trials as a table on stdout (Pareto-optimal ones marked *)."""
-    from rich.console import Console
+    from dltricks.utils.tables import table_console
     from rich.table import Table
 
     rows = trial_rows(study, metric_names=metric_names)
@@ -72,7 +72,7 @@ def print_table(study: Any, *, metric_names: list[str], top: int = 10) -> None:
         cells += [_fmt(r["params"].get(p)) for p in params]
         cells += [r["state"], f"{r['time_s']:.1f}" if r["time_s"] is not None else ""]
         table.add_row(*cells)
-    Console().print(table)
+    table_console().print(table)
 
 
 def _fmt(value: Any) -> str:

@@ -198,9 +198,10 @@ def markdown_table(stored: dict[str, StoredEvidence] | None = None) -> str:
             continue
         p = s.provenance
         budget = (s.result.evidence or {}).get("budget") or {}
-        budget_text = ", ".join(f"{k} {v}" for k, v in budget.items() if k != "runs") if isinstance(budget, dict) else ""
+        budget_text = ", ".join(f"{k} {v}" for k, v in budget.items()) if isinstance(budget, dict) else ""
         verdict = s.verdict + (" (stale)" if s.stale else "")
-        lines.append(f"| `{tip.id}` | {verdict} | {_cell(key_numbers(s.result, plain=True))} | {_cell(budget_text)} "
+        numbers = _cell(key_numbers(s.result, plain=True))
+        lines.append(f"| `{tip.id}` | {verdict} | {numbers} | {_cell(budget_text)} "
                      f"| {float(p.get('wall_s') or 0):.0f} s | {str(p.get('commit', ''))[:8]}, {p.get('date', '')} |")
     return "\n".join(lines) + "\n"
 

@@ -18,7 +18,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["Column", "print_table", "table_width"]
+__all__ = ["Column", "print_table", "table_width", "set_wide", "table_console"]
+
+# `dltricks --wide` / `dltricks COMMAND --wide` (set by the CLI for the whole command): every table at full width.
+_WIDE = False
 
 
 @dataclass(frozen=True)
@@ -74,10 +77,24 @@ def _widths(columns: Sequence[Column], least: list[int], natural: list[int], roo
     return widths
 
 
+def set_wide(flag: bool) -> None:
+    """Make every table of this process full-width (``--wide``): :func:`print_table` leaves nothing out and
+    :func:`table_console` does not fold cells to the terminal's width."""
+    global _WIDE
+    _WIDE = bool(flag)
+
+
+def table_console() -> Console:
+    """The console to print a plain rich table on: the terminal's width, or unbounded under ``--wide`` (a
+    table that does not expand is then printed at its natural width)."""
+    return Console(width=100_000) if _WIDE else Console()
+
+
 def print_table(columns: Sequence[Column], rows: Sequence[Sequence[str]], *, title: str | None = None,
-                wide: bool = False, console: Console | None = None) -> list[str]:
+                wide: bool | None = None, console: Console | None = None) -> list[str]:
     """Print ``rows`` under ``columns`` on ``console`` (default: stdout) without cutting a number; returns the
-    headers of the columns left out (empty with ``wide``)."""
+    headers of the columns left out (empty with ``wide``; ``None``: the process-wide ``--wide`` setting)."""
+    wide = _WIDE if wide is None else wide
     console = console or Console()
     sizes = [_needed(c, [row[i] for row in rows]) for i, c in enumerate(columns)]
     least, natural = [s[0] for s in sizes], [s[1] for s in sizes]
