@@ -46,3 +46,17 @@ def test_task_records_the_subset_and_its_seed():
     assert len(labels) == 300 and int(torch.bincount(labels, minlength=10).min()) >= 20
     same = build_task("mnist-embedded", batch_size=32, subset=300, subset_seed=7)
     assert torch.equal(same.train_loader.dataset.images, task.train_loader.dataset.images)
+
+
+def test_isbi_subset_is_a_seeded_draw_over_the_volume(shared_data):
+    """ISBI slices are consecutive sections of one volume: `subset=N` draws N of them at random (recorded), not
+    the first N."""
+    kwargs = dict(batch_size=1, data_dir=str(shared_data), crop_size=64)
+    task = build_task("isbi2012-membrane", subset=5, val_subset=2, subset_seed=3, **kwargs)
+    record = task.extra["subset"]
+    assert record["size"] == 5 and record["of"] == 25 and record["seed"] == 3
+    assert record["slices"] == sorted(record["slices"]) and record["slices"] != list(range(5))
+    assert task.extra["val_subset"]["size"] == 2 and len(task.extra["val_slices"]) == 2
+    assert build_task("isbi2012-membrane", subset=5, subset_seed=3, **kwargs).extra["subset"] == record
+    assert build_task("isbi2012-membrane", subset=5, subset_seed=4, **kwargs).extra["subset"]["slices"] != \
+        record["slices"]

@@ -42,6 +42,15 @@ def _parse_config(augment: Any, options: Mapping[str, Any]) -> ISBIConfig:
     return from_dict(ISBIConfig, values)
 
 
+def _draw(index: Any, size: int, seed: int) -> tuple[list[int], dict[str, Any]]:
+    """``size`` of the slice indices ``index`` drawn without replacement (seeded), in stack order, with the
+    record of the draw."""
+    index = [int(i) for i in index]
+    generator = torch.Generator().manual_seed(seed)
+    chosen = sorted(index[int(k)] for k in torch.randperm(len(index), generator=generator)[:min(size, len(index))])
+    return chosen, {"size": len(chosen), "of": len(index), "seed": seed, "slices": chosen}
+
+
 @register_task("isbi2012-membrane", help="ISBI 2012 EM membrane segmentation: 30 slices, 25 train / 5 val "
                                          "(--data-dir or DLTRICKS_DATA)", options=ISBIConfig)
 def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = None,
@@ -51,7 +60,8 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     """ISBI 2012 EM membrane segmentation: 30 slices, 25 train / 5 val (--data-dir or DLTRICKS_DATA).
 
     Options: the fields of :class:`ISBIConfig` (``crop_size``, ``elastic``, ``loss``, ``fold``...), ``subset`` /
-    ``val_subset`` (first N slices). The model must output one logit per pixel (``num_classes=1``) for a
+    ``val_subset`` (N slices drawn at random, without replacement, by a permutation seeded with ``subset_seed``,
+    default 0, kept in stack order; recorded in ``task.extra["subset"]``). The model must output one logit per pixel (``num_classes=1``) for a
     1-channel input. ``augment`` may be an :class:`ISBIConfig` or a mapping of its fields; the classification
     :class:`~dltricks.data.augment.AugmentConfig` of a training recipe is ignored.
     """
@@ -59,13 +69,22 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     data = load_isbi(data_dir)
     train_idx, val_idx = isbi_split(len(data), val_size=config.val_size, fold=config.fold,
                                     num_folds=config.num_folds)
-    # ``subset`` / ``val_subset`` (quick runs): the first N training / validation slices.
+    # ``subset`` / ``val_subset`` (quick runs): N training / validation slices drawn at random. The slices are
+    # consecutive sections of one volume, so the first N would all come from one end of it.
+    subset_seed = options.get("subset_seed", 0)
+    if subset_seed is None:
+        subset_seed = 0
+    if not isinstance(subset_seed, int) or isinstance(subset_seed, bool):
+        raise ConfigError(f"subset_seed: got {subset_seed!r}, expected an integer")
+    drawn: dict[str, Any] = {}
     for key in ("subset", "val_subset"):
         value = options.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"{key}: got {value!r}, expected a positive number of slices")
-    train_idx = train_idx[:options.get("subset") or len(train_idx)]
-    val_idx = val_idx[:options.get("val_subset") or len(val_idx)]
+    if options.get("subset") is not None:
+        train_idx, drawn["subset"] = _draw(train_idx, options["subset"], subset_seed)
+    if options.get("val_subset") is not None:
+        val_idx, drawn["val_subset"] = _draw(val_idx, options["val_subset"], subset_seed)
     train, val = data.subset(train_idx, "isbi2012-membrane/train"), data.subset(val_idx, "isbi2012-membrane/val")
     loss_weights = None
     if config.border_weight > 0 or config.balance_classes:
@@ -117,5 +136,5 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
         extra={"mean": mean, "std": std, "train_slices": train.ids, "val_slices": val.ids, "foreground": "membrane",
                "source": str(find_isbi(data_dir)),
                "label_convention": "label PNG 0 = membrane (foreground), 255 = cell interior",
-               "config": config, "task_type": "segmentation", "train_eval_loader": train_eval_loader},
+               "config": config, "task_type": "segmentation", "train_eval_loader": train_eval_loader, **drawn},
     )
