@@ -62,7 +62,11 @@ def test_stale_entry_is_marked(tmp_path):
     data = json.loads(path.read_text())
     data["provenance"]["code"] = "0" * 64  # as if the tip's code had changed since it was stored
     path.write_text(json.dumps(data))
-    assert "code changed" in load_stored(base)["conv.padding"].stale
+    entry = load_stored(base)["conv.padding"]
+    assert entry.code_changed and entry.stale == ""  # the setting still holds: shown, not stale
+    data["provenance"]["config"] = "0" * 20  # as if its full settings or rule had changed
+    path.write_text(json.dumps(data))
+    assert "settings or rule changed" in load_stored(base)["conv.padding"].stale
     assert "(stale)" in markdown_table(load_stored(base))
 
 

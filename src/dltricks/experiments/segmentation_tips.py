@@ -98,13 +98,13 @@ def skip_connections(ctx: Context) -> Evidence:
 @tip(id="seg.pooling-invariance", title="Pooling's invariance hurts segmentation",
      claim="Downsampling by 32 (pooling/striding all the way) loses boundary detail: DeepLabV3 at output stride 8 "
            "segments membrane boundaries better than at output stride 32, for more compute. (Quick mode: a "
-           "narrow ResNet-18 encoder, 120 steps on 64 px crops.)",
+           "narrow ResNet-18 encoder, 90 steps on 64 px crops.)",
      cite=(README.at(55, 56, "pooling and segmentation"), README.at(113, topic="invariance not wanted in segmentation"),
            DILATED.at(1, topic="its lines 8-12 and 22-27: lost detail, output stride")),
      source="Chen et al., DeepLabV3 2017, Table 1", section=SEG,
      exercises=(segmentation.output_stride_tradeoff, segmentation_models, isbi),
      quick={"encoder": "resnet18", "encoder_kwargs": {"stem_width": 16, "stage_widths": [16, 32, 64, 128]},
-            "steps": 120, "batch_size": 2, "crop_size": 64, "lr": 5e-3, "output_strides": [8, 32]},
+            "steps": 90, "batch_size": 2, "crop_size": 64, "lr": 5e-3, "output_strides": [8, 32]},
      full={"encoder": "resnet18", "steps": 300, "batch_size": 4, "crop_size": 128, "output_strides": [8, 32]},
      budget_s=40, seeds={"quick": 3, "full": 5},
      rule=Effect("boundary_f1", "output stride 8", "output stride 32", min_effect=0.01))

@@ -90,11 +90,11 @@ def mamba_adaptive_depth(ctx: Context) -> Evidence:
 @tip(id="ssm.selective-copying", title="Selective (S6) vs time-invariant (S4) SSM",
      claim="On Selective Copying, a selective SSM (S6) without the gate learns the task far better than a "
            "time-invariant S4 without the gate (Mamba paper: 97.0 % vs 18.3 %). (Quick mode: length 32, 4 "
-           "tokens to copy from 6 symbols, d_model 32, 300 steps.)",
+           "tokens to copy from 6 symbols, d_model 32, 200 steps.)",
      cite=(BLOG.at(22, topic="Mamba adds selection, input-dependent parameters, to S4"),
            LECTURE.at(1496, 1501, "S4 + Mamba")),
      source="Gu & Dao, Mamba 2023, Table 1", section=SSM, exercises=(ssm.gate_ablation, ssm_layers),
-     quick={"seq_len": 32, "num_tokens": 4, "vocab_size": 8, "d_model": 32, "steps": 300, "lr": 3e-3, "warmup": 20,
+     quick={"seq_len": 32, "num_tokens": 4, "vocab_size": 8, "d_model": 32, "steps": 200, "lr": 3e-3, "warmup": 20,
             "batch_size": 16},
      full={"seq_len": 256, "steps": 1500}, budget_s=33, seeds={"quick": 3, "full": 5}, may_fail=("S4",),
      rule=Effect("accuracy", "S6", "S4", min_effect=0.1))
@@ -167,7 +167,7 @@ def _h2_evidence(ctx: Context, mixers: dict[str, str], what: str) -> Evidence:
     return ev
 
 
-H2_QUICK = {"quick": True, "tasks": ["selective_copying", "induction_heads"], "steps": 300}
+H2_QUICK = {"quick": True, "tasks": ["selective_copying", "induction_heads"], "steps": 200}
 H2_FULL = {"quick": False, "tasks": ["selective_copying", "induction_heads", "smnist", "listops"]}
 H2_METRICS = {"accuracy": "token accuracy (classification accuracy for sMNIST / ListOps), mean over the tasks; one "
                            "value per seed"}
@@ -176,7 +176,7 @@ H2_METRICS = {"accuracy": "token accuracy (classification accuracy for sMNIST / 
 @tip(id="arch.attention-long-range", title="Attention vs small receptive field",
      claim="On tasks that need long-range recall (Selective Copying, Induction Heads), causal self-attention is "
            "more accurate than a causal gated CNN whose convolution sees only 4 tokens. (Quick mode: the two "
-           "recall tasks at lengths 32 and 16, 300 steps, d_model 32.)",
+           "recall tasks at lengths 32 and 16, 200 steps, d_model 32.)",
      cite=(LECTURE.at(374, 381, "convolution: limited context; self-attention: wide context"),
            README.at(70, topic="self-attention captures long-range dependencies")),
      section=ARCH, exercises=(ssm.h2_sequence, attention_layers, ssm_layers),
@@ -190,7 +190,7 @@ def attention_long_range(ctx: Context) -> Evidence:
 @tip(id="ssm.mamba-long-causal", title="Mamba's SSM helps long causal sequences",
      claim="On sequence tasks that are long and need causal token mixing (Selective Copying, Induction Heads), "
            "Mamba is more accurate than the same block without its SSM (the causal Gated CNN): the two traits "
-           "the blog names for the tasks Mamba suits. (Quick mode: lengths 32 and 16, 300 steps, d_model 32.)",
+           "the blog names for the tasks Mamba suits. (Quick mode: lengths 32 and 16, 200 steps, d_model 32.)",
      cite=(BLOG.at(70, 73, "Mamba suits long tasks with causal token mixing"),
            BLOG.at(64, 66, "causal attention vs RNN-like memory")),
      source="Yu & Wang, MambaOut 2024", section=SSM, exercises=(ssm.h2_sequence, ssm_layers),

@@ -207,6 +207,9 @@ def _stored_paragraph(r: TipResult) -> str:
             'too small, a changed tip, or a claim that holds only at one scale).</b>' if s.get("disagrees") else "")
     stale = f' <span class="small">Stale: {e(s["stale"])}; rerun it with <code>dltricks verify --full --only ' \
             f'{e(r.id)} --store</code>.</span>' if s.get("stale") else ""
+    if s.get("code_changed") and not s.get("stale"):
+        stale = (' <span class="small">Code the tip exercises (the trainer, data or layers included) has changed '
+                 'since; the setting has not.</span>')
     return (f'<p><span class="label">Stored full-mode verdict:</span> {_badge(s["verdict"])} with {s.get("seeds")} '
             f'seeds, {e(str(s.get("wall_s", 0)))} s wall on {e(str(s.get("machine", "")))}, commit '
             f'<code>{e(str(s.get("commit", ""))[:10])}</code>, {e(str(s.get("date", "")))}.{flag}{stale}</p>')

@@ -12,8 +12,8 @@ per tip under ``dltricks/tips/evidence_base/`` (package data, so an installed dl
      "result": <the tip's row of results.json: per-seed values of every arm, intervals, the deciding rule>}
 
 ``dltricks verify`` shows the stored full verdict beside the one it just measured and flags a
-disagreement (:func:`disagreement`); a stored result whose tip has changed since (its code or its full
-settings) is shown as *stale*. ``python -m dltricks.tips.stored`` prints the Markdown table that
+disagreement (:func:`disagreement`); a stored result whose tip's full settings, seeds or rule have changed
+since is shown as *stale*, and one whose code files (trainer and layers included) changed is marked so. ``python -m dltricks.tips.stored`` prints the Markdown table that
 docs/evidence.md carries (a test checks the two are the same), so the table is generated, never typed.
 """
 
@@ -55,11 +55,13 @@ def default_dir() -> Path:
 
 @dataclass
 class StoredEvidence:
-    """One stored full-mode result with its provenance; ``stale`` says why it may no longer describe the code."""
+    """One stored full-mode result with its provenance. ``stale``: why it no longer answers the tip's full
+    setting (empty when it does); ``code_changed``: a code file the tip exercises changed since it was run."""
 
     result: TipResult
     provenance: dict[str, Any]
     stale: str = ""
+    code_changed: bool = False
 
     @property
     def verdict(self) -> str:
@@ -70,7 +72,7 @@ class StoredEvidence:
         p = self.provenance
         return {"verdict": self.verdict, "seeds": len(self.result.seeds), "date": p.get("date"),
                 "commit": p.get("commit"), "machine": p.get("machine"), "wall_s": p.get("wall_s"),
-                "stale": self.stale}
+                "stale": self.stale, "code_changed": self.code_changed}
 
 
 def _git(*args: str) -> str:
@@ -127,24 +129,24 @@ def store_results(results: Sequence[TipResult], *, dest: Path | None = None, mod
     return written
 
 
-def _staleness(result: TipResult, provenance: dict[str, Any], tips: dict[str, Any]) -> str:
+def _staleness(result: TipResult, provenance: dict[str, Any], tips: dict[str, Any]) -> tuple[str, bool]:
+    """``(stale, code_changed)``: why the stored result no longer answers the tip's full setting (the tip is
+    gone, or its settings, seeds or rule changed: empty when it still does), and whether any of the tip's code
+    files (the trainer and layers it exercises included) changed since, which may or may not matter."""
     from dltricks.tips.cache import code_fingerprint
     from dltricks.tips.engine import seed_list
 
     tip = tips.get(result.id)
     if tip is None:
-        return "no such tip in the catalog any more"
-    reasons = []
-    if provenance.get("code") != code_fingerprint(tip):
-        reasons.append("the tip's code changed")
+        return "no such tip in the catalog any more", False
+    code_changed = provenance.get("code") != code_fingerprint(tip)
     full = tip.settings("full")
     seeds = seed_list(len(result.seeds), start=min(result.seeds) if result.seeds else 0)
     if full is not None and provenance.get("config") != config_digest(tip, settings=full, seeds=seeds,
                                                                        rule=repr(tip.rule)):
-        reasons.append("its full settings or rule changed")
-    if reasons:
-        return " and ".join(reasons) + f" since commit {str(provenance.get('commit', '?'))[:10]}"
-    return ""
+        return (f"its full settings or rule changed since commit {str(provenance.get('commit', '?'))[:10]}",
+                code_changed)
+    return "", code_changed
 
 
 def load_stored(src: Path | None = None, *, check_staleness: bool = True) -> dict[str, StoredEvidence]:
@@ -169,8 +171,8 @@ def load_stored(src: Path | None = None, *, check_staleness: bool = True) -> dic
             raise ConfigError(f"stored evidence {path}: {err}") from None
         if result.id != path.stem:
             raise ConfigError(f"stored evidence {path}: holds tip {result.id!r}, expected {path.stem!r}")
-        stale = _staleness(result, data["provenance"], tips) if check_staleness else ""
-        out[result.id] = StoredEvidence(result, data["provenance"], stale)
+        stale, code_changed = _staleness(result, data["provenance"], tips) if check_staleness else ("", False)
+        out[result.id] = StoredEvidence(result, data["provenance"], stale, code_changed)
     return out
 
 
