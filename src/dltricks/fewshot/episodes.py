@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -162,14 +162,19 @@ def train_prototypical(encoder: nn.Module, sampler: EpisodeSampler, *, episodes:
 
 
 @torch.no_grad()
-def evaluate_episodes(encoder: nn.Module, sampler: EpisodeSampler, *, episodes: int = 600) -> dict[str, float]:
-    """Mean query accuracy over ``episodes`` episodes with its 95 % interval (normal approximation)."""
+def evaluate_episodes(encoder: nn.Module, sampler: EpisodeSampler, *, episodes: int = 600,
+                      classify: Callable[[nn.Module, Episode], torch.Tensor] = prototypical_logits,
+                      ) -> dict[str, float]:
+    """Mean query accuracy over ``episodes`` episodes with its 95 % interval (normal approximation).
+
+    ``classify(encoder, episode)`` gives the ``(N*Q, N)`` query scores: prototypes by default,
+    :func:`matching_logits`, :func:`nearest_neighbour_logits` (Siamese), ``MetaLearner.episode_logits``..."""
     encoder.eval()
     t0 = time.perf_counter()
     acc = torch.empty(episodes)
     for i in range(episodes):
         ep = sampler.episode(i)
-        acc[i] = (prototypical_logits(encoder, ep).argmax(1) == ep.query_y).float().mean()
+        acc[i] = (classify(encoder, ep).argmax(1) == ep.query_y).float().mean()
     std = acc.std().item() if episodes > 1 else 0.0
     return {"accuracy": acc.mean().item(), "ci95": 1.96 * std / math.sqrt(episodes), "std": std,
             "episodes": episodes, "time_s": time.perf_counter() - t0}

@@ -18,8 +18,9 @@ from dltricks.train.recipe import Recipe, describe_recipe, list_recipes, load_re
 from dltricks.train.runtime import resolve_device, seed_everything
 from dltricks.tasks.base import Task, build_task, list_tasks, register_task
 from dltricks.train.trainer import FitResult, check_compatible, evaluate, fit
+from dltricks.train.unlabelled import Unlabelled, UnlabelledConfig
 
 __all__ = ["fit", "prepare", "task_for_recipe", "model_for_task", "check_task_recipe", "FitResult", "evaluate",
            "check_compatible", "Recipe", "load_recipe", "list_recipes", "describe_recipe", "Task", "build_task",
            "list_tasks", "register_task", "load_weights", "save_weights", "read_metadata", "resolve_device",
-           "seed_everything"]
+           "seed_everything", "Unlabelled", "UnlabelledConfig"]

@@ -57,6 +57,7 @@ from dltricks.train.runtime import (Precision, deterministic_mode, resolve_chann
                                     resolve_precision, seed_everything)
 from dltricks.train.checks import check_task_recipe
 from dltricks.train.schedule import LRSchedule
+from dltricks.train.unlabelled import Unlabelled, UnlabelledObjective
 from dltricks.train.tracking import RunTracker, inference_meta, write_status
 from dltricks.tasks.base import EvalContext, Task, _logits, classification_metrics
 from dltricks.utils.io import atomic_write_json, atomic_write_text, check_free_space, check_writable_dir
@@ -279,7 +280,7 @@ class _Trainer:
     def __init__(self, model: nn.Module, task: Task, recipe: Recipe, *, run_dir: Path | None,
                  progress: bool | None, log: Callable[[str], None] | None,
                  on_epoch: Callable[[dict[str, Any]], bool | None] | None, meta: Mapping[str, Any] | None,
-                 teacher: nn.Module | None = None) -> None:
+                 teacher: nn.Module | None = None, unlabelled: Unlabelled | None = None) -> None:
         self.recipe, self.task = recipe, task
         cfg = recipe.train
         self.dist = DistInfo.current()
@@ -328,6 +329,14 @@ class _Trainer:
         self.teacher: nn.Module | None = None
         if teacher is not None or recipe.distill.teacher:
             self.teacher = load_teacher(teacher if teacher is not None else recipe.distill.teacher, self.device)
+        # Unlabelled images (fit(unlabelled=...)): one more loss term per step (:mod:`dltricks.train.unlabelled`).
+        self.unlabelled: UnlabelledObjective | None = None
+        if unlabelled is not None and not cfg.overfit_batch:
+            self.unlabelled = UnlabelledObjective(unlabelled, self.raw_model, task, batch_size=cfg.batch_size,
+                                                  total_steps=cfg.steps or self.steps_per_epoch * self.num_epochs,
+                                                  device=self.device)
+            if self.unlabelled.parameters():  # DANN's domain classifier trains with the model
+                self.optimizer.add_param_group({"params": self.unlabelled.parameters()})
 
         # Loop position and bookkeeping (everything here goes into checkpoints).
         self.epoch = 0  # current epoch (0-based)
@@ -552,6 +561,8 @@ class _Trainer:
         self.step += 1
         if self.ema is not None and self.step % self.recipe.ema.every == 0:
             self.ema.update(self.raw_model)
+        if self.unlabelled is not None:
+            self.unlabelled.after_step(self.raw_model)
 
     def _forward_backward(self, x: Any, y: torch.Tensor, scale: float, where: str,
                           sync: bool) -> tuple[float, Any]:
@@ -562,6 +573,8 @@ class _Trainer:
                 loss = self.task.loss(out, y, label_smoothing=self.label_smoothing)
                 if self.teacher is not None:
                     loss = self._distill(x, out, loss)
+                if self.unlabelled is not None:
+                    loss = loss + self.unlabelled.loss(self.model, self.step)
             value = self._check_loss(loss, where)
             loss = loss * scale if scale != 1.0 else loss
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -927,7 +940,8 @@ class _Trainer:
 def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str | Path | None = None, *,
         run_dir: str | Path | None = None, resume: bool = False, progress: bool | None = None,
         log: Callable[[str], None] | None = None, on_epoch: Callable[[dict[str, Any]], bool | None] | None = None,
-        meta: Mapping[str, Any] | None = None, teacher: nn.Module | None = None) -> FitResult:
+        meta: Mapping[str, Any] | None = None, teacher: nn.Module | None = None,
+        unlabelled: Unlabelled | None = None) -> FitResult:
     """Train ``model`` on ``task`` following ``recipe``.
 
     Args:
@@ -951,6 +965,9 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
             "model_kwargs": {...}, "data": {...}}`` (``dltricks eval`` rebuilds the model from it).
         teacher: a trained model to distill from (instead of the recipe's ``distill.teacher`` path); the
             recipe's ``distill.temperature`` and ``distill.alpha`` apply (:mod:`dltricks.train.distill`).
+        unlabelled: unlabelled images and the method that uses them (semi-supervised learning, domain
+            adaptation; :class:`~dltricks.train.unlabelled.Unlabelled`): each step adds their loss term to the
+            task's. Not with ``resume`` (the term's state is not checkpointed); off in ``overfit_batch`` mode.
 
     Raises:
         TrainingError: the loss became NaN/Inf (the message names the step; no update is applied and the
@@ -960,13 +977,20 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
     """
     _check_fit_arguments(model, task, recipe, run_dir=run_dir, log=log, on_epoch=on_epoch, meta=meta,
                          teacher=teacher)
+    if unlabelled is not None and not isinstance(unlabelled, Unlabelled):
+        raise ArgumentError(f"fit: unlabelled must be a dltricks.train.unlabelled.Unlabelled or None, got "
+                            f"{type(unlabelled).__name__}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     check_task_recipe(task, recipe)
     if resume and run_dir is None:
         raise ConfigError("resume=True needs the run_dir whose checkpoint to continue")
+    if resume and unlabelled is not None:
+        raise ConfigError("resume: a run with unlabelled images cannot be resumed (the mean teacher, the domain "
+                          "classifier and the unlabelled order are not checkpointed); start a new run")
     with deterministic_mode(recipe.train.deterministic):
         trainer = _Trainer(model, task, recipe, run_dir=Path(run_dir) if run_dir is not None else None,
-                           progress=progress, log=log, on_epoch=on_epoch, meta=meta, teacher=teacher)
+                           progress=progress, log=log, on_epoch=on_epoch, meta=meta, teacher=teacher,
+                           unlabelled=unlabelled)
         check_compatible(trainer.raw_model, task, device=trainer.device)
         if trainer.teacher is not None:
             check_compatible(trainer.teacher, task, device=trainer.device)
@@ -980,6 +1004,8 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
                 raise
             finally:
                 trainer.tracker.close()
+                if trainer.unlabelled is not None:
+                    trainer.unlabelled.close()
 
 
 def _check_fit_arguments(model: Any, task: Any, recipe: Any, *, run_dir: Any, log: Any, on_epoch: Any, meta: Any,
