@@ -104,3 +104,21 @@ def test_shipped_base_loads_and_docs_table_is_generated_from_it():
     assert match, "docs/evidence.md lacks the stored-evidence table markers"
     assert match.group(1) == markdown_table(load_stored(check_staleness=False)), (
         "docs/evidence.md's stored-evidence table is out of date: run `make evidence-table`")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_larger_runs_point_at_existing_pages_and_headings():
+    from dltricks.tips.catalog import get_catalog
+
+    linked = [t for t in get_catalog() if t.larger_runs]
+    assert len(linked) >= 5
+    for t in linked:
+        for entry in t.larger_runs:
+            page, _, anchor = entry.split(": ")[0].partition("#")
+            text = (ROOT / page).read_text(encoding="utf-8")
+            headings = {_slug(m) for m in re.findall(r"^#+ (.+)$", text, re.M)}
+            assert anchor in headings, f"{t.id}: {page} has no heading #{anchor}"

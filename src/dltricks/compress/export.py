@@ -25,7 +25,8 @@ from torch import nn
 
 from dltricks.errors import CheckpointError, ModelError
 
-__all__ = ["export_onnx", "onnx_session", "run_onnx", "check_onnx", "quantize_onnx", "ATOL", "RTOL"]
+__all__ = ["export_onnx", "onnx_session", "run_onnx", "run_onnx_all", "torch_outputs", "check_onnx", "quantize_onnx",
+           "ATOL", "RTOL"]
 
 # Float32 kernels of onnxruntime and PyTorch sum in different orders: a few ulps per op, more in deep nets.
 ATOL, RTOL = 1e-4, 1e-3
@@ -47,27 +48,57 @@ def onnx_session(path: str | Path, *, threads: int = 1) -> Any:
         raise CheckpointError(f"{path}: not a valid ONNX model ({first[:200]})") from err
 
 
-def run_onnx(session: Any, x: torch.Tensor) -> torch.Tensor:
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _inputs(x: Inputs) -> tuple[torch.Tensor, ...]:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _feed(session: Any, x: Inputs) -> dict[str, np.ndarray]:
+    """Inputs by name: float tensors as float32, token ids and other integers as they are."""
+    arrays = [t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
+              for t in _inputs(x)]
+    return {i.name: a for i, a in zip(session.get_inputs(), arrays)}
+
+
+def run_onnx_all(session: Any, x: Inputs) -> list[torch.Tensor]:
+    """Every output of ``session`` on ``x`` (one tensor or a tuple of the model's positional inputs)."""
+    return [torch.from_numpy(np.asarray(out)) for out in session.run(None, _feed(session, x))]
+
+
+def run_onnx(session: Any, x: Inputs) -> torch.Tensor:
     """The first output of ``session`` on ``x`` as a tensor."""
-    name = session.get_inputs()[0].name
-    return torch.from_numpy(np.asarray(session.run(None, {name: x.detach().float().cpu().numpy()})[0]))
+    return run_onnx_all(session, x)[0]
 
 
-def check_onnx(path: str | Path, model: nn.Module, x: torch.Tensor, *, atol: float = ATOL,
-               rtol: float = RTOL) -> float:
-    """Run ``path`` in onnxruntime and ``model`` in PyTorch on ``x``; returns the largest absolute difference,
-    raises :class:`ModelError` when it exceeds ``atol + rtol * |y|``."""
+def torch_outputs(model: nn.Module, x: Inputs) -> list[torch.Tensor]:
+    """The tensors of ``model``'s output (a tensor, or a tuple/list/dict of them) in the order the exporter
+    flattens them (:mod:`torch.utils._pytree`), as float32."""
+    from torch.utils._pytree import tree_leaves
+
     with torch.no_grad():
-        expected = model.eval()(x).float()
-    got = run_onnx(onnx_session(path), x)
-    if got.shape != expected.shape:
-        raise ModelError(f"ONNX output of shape {tuple(got.shape)} for input {tuple(x.shape)}; PyTorch gives "
-                         f"{tuple(expected.shape)}")
-    diff = (got - expected).abs()
-    if not bool((diff <= atol + rtol * expected.abs()).all()):
-        raise ModelError(f"ONNX outputs differ from PyTorch's by up to {float(diff.max()):.3g} (tolerance "
-                         f"atol {atol:g} + rtol {rtol:g})")
-    return float(diff.max())
+        out = model.eval()(*_inputs(x))
+    return [t.float() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+
+
+def check_onnx(path: str | Path, model: nn.Module, x: Inputs, *, atol: float = ATOL, rtol: float = RTOL) -> float:
+    """Run ``path`` in onnxruntime and ``model`` in PyTorch on ``x``; returns the largest absolute difference
+    over every output, raises :class:`ModelError` when one exceeds ``atol + rtol * |y|``."""
+    expected = torch_outputs(model, x)
+    got = run_onnx_all(onnx_session(path), x)
+    if len(got) != len(expected):
+        raise ModelError(f"the ONNX model has {len(got)} outputs; PyTorch gives {len(expected)}")
+    worst = 0.0
+    for i, (g, e) in enumerate(zip(got, expected)):
+        if g.shape != e.shape:
+            raise ModelError(f"ONNX output {i} has shape {tuple(g.shape)}; PyTorch gives {tuple(e.shape)}")
+        diff = (g.float() - e).abs()
+        if not bool((diff <= atol + rtol * e.abs()).all()):
+            raise ModelError(f"ONNX output {i} differs from PyTorch's by up to {float(diff.max()):.3g} (tolerance "
+                             f"atol {atol:g} + rtol {rtol:g})")
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+    return worst
 
 
 @contextlib.contextmanager
@@ -91,20 +122,25 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, check: bool = True) -> Path:
-    """Write ``model`` (eval mode, float32) to ``path`` as ONNX with a dynamic batch dimension; with ``check``,
+def export_onnx(model: nn.Module, example: Inputs, path: str | Path, *, check: bool = True) -> Path:
+    """Write ``model`` (eval mode, float32) to ``path`` as ONNX with a dynamic batch dimension; ``example`` is one
+    input tensor or a tuple of the model's positional inputs (e.g. source and target tokens). With ``check``,
     the file is run in onnxruntime on a batch of another size and must match PyTorch (:func:`check_onnx`)."""
     path = Path(path)
     model = model.eval()
+    inputs = _inputs(example)
     tmp = _tmp(path)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    names = ["x"] if len(inputs) == 1 else [f"x{i}" for i in range(len(inputs))]
     try:
+        single = len(torch_outputs(model, inputs)) == 1
         with _quiet():
-            torch.onnx.export(model, (example,), str(tmp), dynamo=True, external_data=False,
-                              input_names=["x"], output_names=["logits"], dynamic_shapes=({0: batch},),
-                              verbose=False)
+            torch.onnx.export(model, inputs, str(tmp), dynamo=True, external_data=False, input_names=names,
+                              output_names=["logits"] if single else None,
+                              dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)
         if check:
-            other = torch.cat([example, example[:1]]) if example.shape[0] > 0 else example
+            # One more sample than exported with: a batch size the exporter did not see.
+            other = tuple(torch.cat([t, t[:1]]) if t.shape[0] > 0 else t for t in inputs)
             check_onnx(tmp, model, other)
         tmp.replace(path)
     except ModelError:

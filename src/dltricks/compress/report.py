@@ -4,8 +4,8 @@
 split, and measures, in one process on one thread:
 
 * accuracy (and loss) on the evaluation split;
-* size on disk of the variant's file (safetensors for float models, ``torch.save`` of the state dict for
-  int8 models, whose packed weights safetensors cannot hold, the ``.onnx`` file for ONNX);
+* size on disk of the variant's file: safetensors for every PyTorch variant (int8 ones as integers, scales and
+  zero points, :mod:`dltricks.compress.storage`; no pickle), the ``.onnx`` file for ONNX;
 * parameters and non-zero parameters (of the float model a quantized variant was made from), MACs per
   image (:func:`dltricks.measure.count_macs`, dense: zeros count);
 * latency at batch 1 and 32: median and IQR of CPU time per call on one thread
@@ -35,6 +35,7 @@ from torch import nn
 from dltricks.compress.export import export_onnx, onnx_session, quantize_onnx, run_onnx
 from dltricks.compress.prune import count_nonzero, prune_channels, prune_unstructured
 from dltricks.compress.quantize import quantize_dynamic, quantize_static
+from dltricks.compress.storage import save_quantized
 from dltricks.errors import ConfigError, did_you_mean
 from dltricks.measure import count_macs, time_function
 from dltricks.tasks import Task
@@ -111,16 +112,14 @@ def _evaluate(model: nn.Module, task: Task) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k in ("loss", "accuracy")}
 
 
-def _state_size(model: nn.Module, path: Path) -> int:
-    """Write ``model``'s weights to ``path`` and return its size in bytes."""
+def _state_size(model: nn.Module, path: Path, method: str) -> int:
+    """Write ``model``'s weights to ``path`` (safetensors, int8 ones too) and return its size in bytes."""
     state = model.state_dict()
+    name = getattr(model, "model_name", type(model).__name__)
     if all(isinstance(v, torch.Tensor) and not v.is_quantized for v in state.values()):
-        save_weights(path, model, {"model": getattr(model, "model_name", type(model).__name__)})
-    else:  # quantized tensors and packed parameters: not safetensors types
-        path = path.with_suffix(".pt")
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        path.write_bytes(buffer.getvalue())
+        save_weights(path, model, {"model": name, "method": method})
+    else:  # quantized tensors and packed parameters: integers, scales and zero points as plain tensors
+        save_quantized(path, model, {"model": name, "method": method})
     return path.stat().st_size
 
 
@@ -174,7 +173,7 @@ def compress_model(model: nn.Module, task: Task, methods: str | Sequence[str] | 
             row["size_bytes"] = variant.path.stat().st_size
             row["file"] = str(variant.path.relative_to(out_dir))
         else:
-            row["size_bytes"] = _state_size(variant, folder / "model.safetensors")
+            row["size_bytes"] = _state_size(variant, folder / "model.safetensors", method.name)
             row["file"] = str(next(folder.glob("model.*")).relative_to(out_dir))
         row["params"] = sum(p.numel() for p in source.parameters())
         row["nonzeros"] = count_nonzero(source)

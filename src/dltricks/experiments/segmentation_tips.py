@@ -66,6 +66,7 @@ def aspp_degeneration(ctx: Context) -> Evidence:
 
 
 @tip(id="seg.skip-connections", title="Skip connections preserve detail",
+     larger_runs=("docs/segmentation.md#c-u-net-with-and-without-skip-connections: the ISBI U-Net ablation",),
      claim="In a U-Net, skip connections from the encoder raise the accuracy on pixels next to object boundaries, "
            "where the upsampled coarse features alone lose detail.",
      cite=(README.at(41, 42, "lost boundaries, skip connections"), README.at(57, topic="skips keep spatial detail"),
@@ -96,6 +97,7 @@ def skip_connections(ctx: Context) -> Evidence:
 
 
 @tip(id="seg.pooling-invariance", title="Pooling's invariance hurts segmentation",
+     larger_runs=("docs/segmentation.md#b-output-stride-vs-accuracy-and-compute: output strides 8-32 at larger scale",),
      claim="Downsampling by 32 (pooling/striding all the way) loses boundary detail: DeepLabV3 at output stride 8 "
            "segments membrane boundaries better than at output stride 32, for more compute. (Quick mode: a "
            "narrow ResNet-18 encoder, 90 steps on 64 px crops.)",

@@ -88,6 +88,8 @@ def mamba_adaptive_depth(ctx: Context) -> Evidence:
 
 
 @tip(id="ssm.selective-copying", title="Selective (S6) vs time-invariant (S4) SSM",
+     larger_runs=("docs/ssm.md#gate-and-selection-ablation-on-selective-copying-mamba-paper-table-1: the gate and "
+                  "selection ablation at full length",),
      claim="On Selective Copying, a selective SSM (S6) without the gate learns the task far better than a "
            "time-invariant S4 without the gate (Mamba paper: 97.0 % vs 18.3 %). (Quick mode: length 32, 4 "
            "tokens to copy from 6 symbols, d_model 32, 200 steps.)",
@@ -174,6 +176,8 @@ H2_METRICS = {"accuracy": "token accuracy (classification accuracy for sMNIST / 
 
 
 @tip(id="arch.attention-long-range", title="Attention vs small receptive field",
+     larger_runs=("docs/ssm.md#long-causal-sequence-tasks-the-traits-behind-h2-not-h2-itself: the four long tasks at "
+                  "full size",),
      claim="On tasks that need long-range recall (Selective Copying, Induction Heads), causal self-attention is "
            "more accurate than a causal gated CNN whose convolution sees only 4 tokens. (Quick mode: the two "
            "recall tasks at lengths 32 and 16, 200 steps, d_model 32.)",
@@ -188,6 +192,8 @@ def attention_long_range(ctx: Context) -> Evidence:
 
 
 @tip(id="ssm.mamba-long-causal", title="Mamba's SSM helps long causal sequences",
+     larger_runs=("docs/ssm.md#long-causal-sequence-tasks-the-traits-behind-h2-not-h2-itself: the four long tasks at "
+                  "full size", "docs/ssm.md#induction-heads-the-must-hold-run: Mamba extrapolating to 16,384 tokens"),
      claim="On sequence tasks that are long and need causal token mixing (Selective Copying, Induction Heads), "
            "Mamba is more accurate than the same block without its SSM (the causal Gated CNN): the two traits "
            "the blog names for the tasks Mamba suits. (Quick mode: lengths 32 and 16, 200 steps, d_model 32.)",
@@ -277,6 +283,7 @@ H1_FULL = {"epochs": 10, "batch_size": 128, "subset": 10000, "val_subset": 2000}
 
 
 @tip(id="ssm.mambaout-h1", title="MambaOut H1: no SSM needed for images",
+     larger_runs=("docs/ssm.md#h1-image-classification-on-cifar-10: MambaOut, ViM, ViT and ConvNeXt at 1.6-1.8 M parameters on CIFAR-10",),
      claim="For image classification, MambaOut (gated CNN, no SSM) is at least as accurate as Vision Mamba at "
            "matched parameters (CIFAR-10): the blog's Hypothesis 1, an SSM is not needed for a task that is "
            "neither long nor causal. (Quick mode: both scaled down to about 0.14 M parameters, 2,000 embedded "
@@ -292,6 +299,7 @@ def mambaout_h1(ctx: Context) -> Evidence:
 
 
 @tip(id="arch.cnn-vs-vit-small-data", title="CNN beats ViT on small data",
+     larger_runs=("docs/ssm.md#h1-image-classification-on-cifar-10: MambaOut, ViM, ViT and ConvNeXt at 1.6-1.8 M parameters on CIFAR-10",),
      claim="Trained from scratch on a small data set (10,000 CIFAR-10 images), a ConvNeXt-style CNN beats a ViT of "
            "similar size. (Quick mode: both scaled down to about 0.13-0.16 M parameters, 2,000 embedded MNIST "
            "digits, 2 epochs.)",
@@ -310,6 +318,7 @@ H2_SEG_ARMS = {"vim": "ViM (SSM)", "mambaout": "MambaOut (no SSM)"}
 
 
 @tip(id="ssm.mambaout-h2", title="MambaOut H2: SSMs for long, non-causal vision",
+     larger_runs=("docs/ssm.md#h2-a-long-non-causal-visual-task-isbi-2012: ViM vs MambaOut encoders on ISBI 2012",),
      claim="The blog's Hypothesis 2: an SSM stays worth having for detection and segmentation, whose token "
            "sequences are long (thousands of tokens) but not causal. Tested on ISBI 2012 membrane segmentation "
            "with 128 px crops in 2x2 patches (4,096 tokens): a plain encoder of Vision Mamba blocks "

@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dltricks.errors import ConfigError
+from dltricks.models import create_model
 from dltricks.tasks.base import Task
 from dltricks.train import fit
 from dltricks.train.recipe import load_recipe
 
-__all__ = ["Episode", "EpisodeSampler", "EpisodeLoader", "episode_task", "prototypical_logits", "prototypical_loss",
+__all__ = ["Episode", "EpisodeSampler", "create_encoder", "EpisodeLoader", "episode_task", "prototypical_logits", "prototypical_loss",
            "prototypical_metrics", "train_prototypical", "evaluate_episodes"]
 
 
@@ -78,6 +79,13 @@ class EpisodeSampler:
         ways = torch.arange(self.ways)
         return Episode(self.images[s], ways.repeat_interleave(self.shots), self.images[q],
                        ways.repeat_interleave(self.queries), chosen)
+
+
+def create_encoder(name: str, **kwargs: object) -> nn.Module:
+    """Model ``name`` from the registry with its classifier removed: it returns the pooled features."""
+    model = create_model(name, num_classes=1, **kwargs)
+    model.reset_classifier(0)
+    return model
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ from dltricks.models._speed import optimize_for_speed
 
 # Families (each import registers its models).
 from dltricks.models import simple  # noqa: F401,E402
+from dltricks.models import nas_cnn  # noqa: F401,E402
+from dltricks.models import airbench  # noqa: F401,E402
 from dltricks.models import lenet  # noqa: F401,E402
 from dltricks.models import resnet  # noqa: F401,E402
 from dltricks.models import mobilenet  # noqa: F401,E402

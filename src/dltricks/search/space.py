@@ -11,6 +11,16 @@ A space file maps dotted keys to one distribution each (and may name the objecti
       optim.momentum: {uniform: [0.5, 0.99], when: {optim.name: sgd}}   # only sampled when optim.name is sgd
       model.drop_rate: {uniform: [0.0, 0.5]}   # a model option (a keyword of the model's constructor)
 
+``model.KEY.I`` (``I`` = 0, 1, ...) is element ``I`` of a list option, sampled on its own: the keys
+``model.depths.0`` ... ``model.depths.2`` together give ``depths=[d0, d1, d2]``, which is how an architecture
+search names per-stage choices (docs/search.md, "Neural architecture search"). The indices of one option
+run from 0 without gaps, and an element cannot be conditional (the whole list must be known).
+
+An optional ``constraints:`` mapping puts upper limits on ``params`` (parameter count) and ``latency_ms``
+(batch-1 CPU inference): a trial whose model is over a limit is rejected before it trains (marked failed
+with the user attribute ``infeasible``, not counted among the N trials), so a search under
+``constraints: {params: 50000}`` only trains models of at most 50,000 parameters.
+
 ``model.KEY`` is an option of the model's constructor, checked against its type hints; every other key is
 a recipe key (``dltricks train --recipe-help`` lists them), checked against the recipe's types and value
 checks: a distribution must fit the key's type (``uniform`` on an integer key, or on ``optim.name``, is an
@@ -28,16 +38,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+import re
+import types
+from collections import abc
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from dltricks.config import coerce, load_yaml
 from dltricks.errors import ConfigError, did_you_mean
 from dltricks.train.recipe import Recipe, describe_recipe
 
-__all__ = ["Param", "SearchSpace", "load_space", "parse_objective", "KINDS"]
+__all__ = ["Param", "SearchSpace", "load_space", "parse_objective", "KINDS", "MODEL_OBJECTIVES"]
 
 KINDS = ("log_uniform", "uniform", "int", "choice")
 _OPTIONS = {"when", "log", "step", "grid"}
@@ -108,6 +121,7 @@ class SearchSpace:
 
     params: tuple[Param, ...]
     objectives: tuple[tuple[str, str], ...] = (("val_accuracy", "maximize"),)
+    constraints: tuple[tuple[str, float], ...] = ()  # (MODEL_OBJECTIVES name, upper limit)
 
     def suggest(self, trial: Any) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
         """One point of the space from ``trial``: recipe overrides ``[(key, value)]`` and model options."""
@@ -115,16 +129,13 @@ class SearchSpace:
         for param in self.params:
             if param.active(chosen):
                 chosen[param.key] = param.suggest(trial)
-        overrides = [(k, v) for k, v in chosen.items() if not k.startswith("model.")]
-        model_kwargs = {k[len("model."):]: v for k, v in chosen.items() if k.startswith("model.")}
-        return overrides, model_kwargs
+        return _split(chosen)
 
     def decode(self, params: Mapping[str, Any]) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
         """A trial's stored ``params`` back as recipe overrides and model options."""
         by_key = {p.key: p for p in self.params}
         values = {k: by_key[k].decode(v) if k in by_key else v for k, v in params.items()}
-        return ([(k, v) for k, v in values.items() if not k.startswith("model.")],
-                {k[len("model."):]: v for k, v in values.items() if k.startswith("model.")})
+        return _split(values)
 
     def grid(self, points: int = 5) -> dict[str, list[Any]]:
         if any(p.when for p in self.params):
@@ -134,13 +145,45 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """A canonical, JSON-able form (stored with the study so that another space is refused)."""
-        return {"objectives": [f"{m}:{'max' if d == 'maximize' else 'min'}" for m, d in self.objectives],
-                "params": {p.key: {k: v for k, v in dataclasses.asdict(p).items() if k != "key" and v not in
-                                   (None, False, ())} for p in self.params}}
+        found = {"objectives": [f"{m}:{'max' if d == 'maximize' else 'min'}" for m, d in self.objectives],
+                 "params": {p.key: {k: v for k, v in dataclasses.asdict(p).items() if k != "key" and v not in
+                                    (None, False, ())} for p in self.params}}
+        if self.constraints:  # absent when empty, so that studies stored before constraints existed still match
+            found["constraints"] = dict(self.constraints)
+        return found
+
+    @property
+    def element_options(self) -> dict[str, int]:
+        """List options searched by element (``model.OPTION.I``) and how many elements are searched."""
+        found: dict[str, int] = {}
+        for p in self.params:
+            match = _ELEMENT.match(p.key)
+            if match:
+                found[match[1]] = max(found.get(match[1], 0), int(match[2]) + 1)
+        return found
 
     @property
     def directions(self) -> list[str]:
         return [d for _, d in self.objectives]
+
+
+_ELEMENT = re.compile(r"^model\.([A-Za-z_]\w*)\.(\d+)$")
+
+
+def _split(chosen: Mapping[str, Any]) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """Sampled values as recipe overrides and model options; ``model.OPTION.I`` elements become lists."""
+    overrides = [(k, v) for k, v in chosen.items() if not k.startswith("model.")]
+    model_kwargs: dict[str, Any] = {}
+    elements: dict[str, dict[int, Any]] = {}
+    for key, value in chosen.items():
+        match = _ELEMENT.match(key)
+        if match:
+            elements.setdefault(match[1], {})[int(match[2])] = value
+        elif key.startswith("model."):
+            model_kwargs[key[len("model."):]] = value
+    for option, items in elements.items():
+        model_kwargs[option] = [items[i] for i in sorted(items)]
+    return overrides, model_kwargs
 
 
 def parse_objective(text: str) -> tuple[str, str]:
@@ -200,8 +243,31 @@ def _numeric_kind(tp: Any) -> str | None:
     return {float: "float", int: "int"}.get(tp) if isinstance(tp, type) else None
 
 
+def _element_type(key: str, option: str, tp: Any) -> Any:
+    """The type of one element of list option ``option`` (hint ``tp``): ``X`` of ``Sequence[X]``."""
+    args = [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) is not Literal else []
+    if get_origin(tp) in (Union, types.UnionType) and len(args) == 1:
+        tp = args[0]
+    if tp is Any:
+        return Any
+    if get_origin(tp) not in (list, tuple, Sequence, abc.Sequence) and tp not in (list, tuple):
+        raise ConfigError(f"space key {key}: option {option!r} is not a list ({_name(tp)}); "
+                          f"write model.{option} without an index")
+    items = [a for a in get_args(tp) if a is not Ellipsis]
+    return items[0] if len(set(items)) == 1 else Any
+
+
 def _type_for(key: str, model_hints: dict[str, Any] | None, recipe_fields: dict[str, tuple[Any, Any]]
               ) -> tuple[Any, Any]:
+    element = _ELEMENT.match(key)
+    if element:
+        option = element[1]
+        if model_hints is None:
+            return Any, None
+        if option not in model_hints:
+            raise ConfigError(f"space key {key}: the model has no option {option!r}."
+                              f"{did_you_mean(option, list(model_hints))} Options: {', '.join(model_hints)}")
+        return _element_type(key, option, model_hints[option]), None
     if key.startswith("model."):
         option = key[len("model."):]
         if model_hints is None:
@@ -315,10 +381,10 @@ def load_space(source: str | Path | Mapping[str, Any], *, model: str | None = No
     """
     data = load_yaml(source) if isinstance(source, (str, Path)) else dict(source)
     where = f"space {source}" if isinstance(source, (str, Path)) else "space"
-    unknown = [k for k in data if k not in ("params", "objectives")]
+    unknown = [k for k in data if k not in ("params", "objectives", "constraints")]
     if unknown or not isinstance(data.get("params"), Mapping) or not data["params"]:
         raise ConfigError(f"{where}: expected a mapping with `params:` (dotted keys -> distributions) and optional "
-                          f"`objectives:`{'; unknown entry ' + repr(unknown[0]) if unknown else ''}")
+                          f"`objectives:` and `constraints:`{'; unknown entry ' + repr(unknown[0]) if unknown else ''}")
     recipe_fields, model_hints = _recipe_fields(), _model_fields(model)
     params: dict[str, Param] = {}
     pending = {str(k): v for k, v in data["params"].items()}
@@ -329,10 +395,49 @@ def load_space(source: str | Path | Mapping[str, Any], *, model: str | None = No
         for key in ready or list(pending)[:1]:  # none ready: a cycle, which the first one's check reports
             tp, check = _type_for(key, model_hints, recipe_fields)
             params[key] = _parse_param(key, pending.pop(key), tp, check, params)
+    _check_elements(params)
     given = objectives or data.get("objectives") or ["val_accuracy:max"]
     if not isinstance(given, list):
         raise ConfigError(f"{where}: objectives must be a list such as [val_accuracy:max, params:min]")
     parsed = tuple(parse_objective(o) for o in given)
     if len({m for m, _ in parsed}) != len(parsed):
         raise ConfigError(f"{where}: an objective is listed twice: {given}")
-    return SearchSpace(tuple(params.values()), parsed)
+    return SearchSpace(tuple(params.values()), parsed, _parse_constraints(where, data.get("constraints")))
+
+
+def _check_elements(params: Mapping[str, Param]) -> None:
+    """``model.OPTION.I`` keys: indices 0..n-1 without gaps, never conditional, not mixed with ``model.OPTION``."""
+    indices: dict[str, list[int]] = {}
+    for key, param in params.items():
+        match = _ELEMENT.match(key)
+        if not match:
+            continue
+        if param.when:
+            raise ConfigError(f"space key {key}: an element of a list option cannot have `when` (the list needs all "
+                              "its elements); sample it always, the model ignores what a block does not use")
+        indices.setdefault(match[1], []).append(int(match[2]))
+    for option, found in indices.items():
+        if f"model.{option}" in params:
+            raise ConfigError(f"space key model.{option}: searched both whole and by element (model.{option}.I); "
+                              "keep one")
+        missing = sorted(set(range(max(found) + 1)) - set(found))
+        if missing:
+            raise ConfigError(f"space key model.{option}.{missing[0]}: missing; the elements of model.{option} must "
+                              f"be numbered 0 to {max(found)} without gaps")
+
+
+def _parse_constraints(where: str, given: Any) -> tuple[tuple[str, float], ...]:
+    """``{params: 50000, latency_ms: 2.0}`` -> ``(("params", 50000.0), ...)``: upper limits, checked per trial."""
+    if given is None:
+        return ()
+    if not isinstance(given, Mapping) or not given:
+        raise ConfigError(f"{where}: constraints must be a mapping such as {{params: 50000, latency_ms: 2.0}}")
+    found = []
+    for name, limit in given.items():
+        if name not in MODEL_OBJECTIVES:
+            raise ConfigError(f"{where}: constraint {name!r}: expected one of {', '.join(MODEL_OBJECTIVES)}."
+                              f"{did_you_mean(str(name), list(MODEL_OBJECTIVES))}")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+            raise ConfigError(f"{where}: constraint {name}: got {limit!r}, expected an upper limit > 0")
+        found.append((str(name), float(limit)))
+    return tuple(found)

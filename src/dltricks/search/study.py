@@ -22,6 +22,12 @@ attribute ``surplus``. So the study ends with exactly N finished trials, however
 
 Trials that cannot run (a combination the recipe refuses, a diverged loss) are marked failed with the
 user attribute ``error``; after ``max_failures`` of them the search stops with a :class:`SearchError`.
+
+Constraints. A space with ``constraints: {params: P, latency_ms: L}`` builds each trial's model, measures
+it, and rejects one over a limit before training: the trial is marked failed with the user attribute
+``infeasible`` (not an error, not counted among the N), and the worker asks the sampler again. Rejection
+costs a model build (and, for latency, about 0.3 s of timing); a space whose every point is over the limit
+stops after ``max(200, 20 N)`` rejections with a :class:`SearchError`.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from dltricks.train.recipe import Recipe, load_recipe
 __all__ = ["SearchSpec", "SearchError", "SAMPLERS", "PRUNERS", "open_storage", "open_study", "make_sampler",
            "make_pruner", "run_worker", "trial_counts", "default_storage"]
 
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid")
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "grid", "evolution")
 PRUNERS = ("median", "sha", "hyperband", "none")
 
 
@@ -58,6 +64,10 @@ class _Surplus(Exception):
 
 class _TrialFailed(Exception):
     """A trial that cannot run: the message is kept in the trial's ``error`` attribute."""
+
+
+class _Infeasible(Exception):
+    """A trial whose model is over a limit of the space's ``constraints`` (attribute ``infeasible``)."""
 
 
 @dataclass
@@ -185,6 +195,13 @@ def make_sampler(name: str, space: SearchSpace, *, seed: int, workers: int = 1) 
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
     if name == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if name == "evolution":
+        from dltricks.search.evolution import RegularizedEvolutionSampler
+
+        if multi:
+            raise ConfigError("--sampler evolution: regularised evolution optimises one objective; put a parameter "
+                              "or latency limit in the space's `constraints:` instead, or use tpe for a Pareto front")
+        return RegularizedEvolutionSampler(seed=seed)
     raise ConfigError(f"--sampler {name!r}: expected one of {', '.join(SAMPLERS)}")
 
 
@@ -211,6 +228,7 @@ class TrialCounts:
     running: int
     waiting: int
     errors: int  # failed with an `error` attribute (not killed, not surplus)
+    infeasible: int = 0  # rejected by the space's constraints before training
 
 
 def trial_counts(study: Any) -> TrialCounts:
@@ -220,7 +238,8 @@ def trial_counts(study: Any) -> TrialCounts:
     states = [t.state for t in trials]
     return TrialCounts(finished=sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states),
                        running=states.count(TrialState.RUNNING), waiting=states.count(TrialState.WAITING),
-                       errors=sum(t.state == TrialState.FAIL and "error" in t.user_attrs for t in trials))
+                       errors=sum(t.state == TrialState.FAIL and "error" in t.user_attrs for t in trials),
+                       infeasible=sum(t.state == TrialState.FAIL and "infeasible" in t.user_attrs for t in trials))
 
 
 def _over_budget(study: Any, number: int, budget: int) -> bool:
@@ -254,7 +273,7 @@ class _Objective:
         run_dir = spec.out / "trials" / f"trial-{trial.number:04d}"
         try:
             recipe = load_recipe(spec.recipe, overrides)
-            kwargs = {**spec.model_kwargs, **model_options}
+            kwargs = _model_options(spec, model_options)
             trial.set_user_attr("recipe", recipe.to_dict())
             trial.set_user_attr("seed", recipe.train.seed)
             trial.set_user_attr("model_kwargs", _plain(kwargs))
@@ -277,6 +296,8 @@ class _Objective:
         metric = spec.space.objectives[0][0]
         model, task = prepare(spec.model, spec.data, recipe, model_kwargs=kwargs, data_dir=spec.data_dir,
                               subset=spec.subset)
+        if spec.space.constraints:
+            self._check_constraints(trial, model, task)
         pruned = False
 
         def on_epoch(record: dict[str, Any]) -> bool:
@@ -309,24 +330,57 @@ class _Objective:
             self.log(f"trial {trial.number}: {shown} ({params}) in {time.perf_counter() - t0:.1f} s")
         return values[0] if len(values) == 1 else values
 
+    def _check_constraints(self, trial: Any, model: Any, task: Any) -> None:
+        """Measure the untrained model against the space's limits; over one: :class:`_Infeasible`."""
+        measured = {name: _measure(name, model, task) for name, _ in self.spec.space.constraints}
+        trial.set_user_attr("constraints", measured)
+        over = [f"{name} {measured[name]:.4g} > {limit:.4g}" for name, limit in self.spec.space.constraints
+                if measured[name] > limit]
+        if over:
+            trial.set_user_attr("infeasible", "; ".join(over))
+            raise _Infeasible(f"trial {trial.number}: {'; '.join(over)}")
+
     @staticmethod
     def _value(name: str, result: Any, task: Any) -> float:
-        import torch
-
-        from dltricks.measure.latency import measure_latency
-        from dltricks.measure.params import count_params
-
-        if name == "params":
-            return float(count_params(result.model).total)
-        if name == "latency_ms":
-            # Batch 1 on the CPU, inference mode: what a deployed classifier pays per image.
-            model = result.model.to("cpu")
-            x = torch.zeros(1, *task.input_shape)
-            return measure_latency(model, [x], min_run_time=0.2).median * 1e3
+        if name in ("params", "latency_ms"):
+            return _measure(name, result.model, task)
         if name not in result.final:
             reported = sorted(k for k in result.final if k.startswith("val_"))
             raise ConfigError(f"objective {name}: the run reports no such metric; it reports {', '.join(reported)}")
         return float(result.final[name])
+
+
+def _measure(name: str, model: Any, task: Any) -> float:
+    """``params`` (parameter count) or ``latency_ms`` (batch 1, CPU, inference mode, median) of ``model``."""
+    import copy
+
+    import torch
+
+    from dltricks.measure.latency import measure_latency
+    from dltricks.measure.params import count_params
+
+    if name == "params":
+        return float(count_params(model).total)
+    # What a deployed classifier pays per image; on a copy, so the model stays on its device and in its mode.
+    cpu_model = copy.deepcopy(model).to("cpu").eval()
+    x = torch.zeros(1, *task.input_shape)
+    return measure_latency(cpu_model, [x], min_run_time=0.2).median * 1e3
+
+
+def _model_options(spec: SearchSpec, sampled: dict[str, Any]) -> dict[str, Any]:
+    """The fixed model options updated with the sampled ones; a list option searched by element
+    (``model.OPTION.I``) keeps the fixed (or default) value at the indices the space does not search."""
+    import inspect
+
+    from dltricks.models._registry import model_entrypoint
+
+    kwargs = {**spec.model_kwargs, **sampled}
+    defaults = {k: p.default for k, p in inspect.signature(model_entrypoint(spec.model)).parameters.items()}
+    for option in spec.space.element_options:
+        base = spec.model_kwargs.get(option, defaults.get(option))
+        if isinstance(base, (list, tuple)) and len(base) > len(sampled[option]):
+            kwargs[option] = [*sampled[option], *list(base)[len(sampled[option]):]]
+    return kwargs
 
 
 def _short(value: Any) -> str:
@@ -350,6 +404,7 @@ def run_worker(spec: SearchSpec, index: int = 0, *, log: Callable[[str], None] |
     study.pruner = make_pruner(spec.pruner, epochs=spec.recipe.train.epochs)
     objective = _Objective(spec, study, log=log)
     max_failures = spec.max_failures if spec.max_failures is not None else max(10, spec.trials)
+    max_infeasible = max(200, 20 * spec.trials)
     poll_s = min(1.0, spec.heartbeat_s)
     while True:
         fail_stale_trials(study)
@@ -365,7 +420,10 @@ def run_worker(spec: SearchSpec, index: int = 0, *, log: Callable[[str], None] |
         if counts.finished + counts.running >= spec.trials and not counts.waiting:
             time.sleep(poll_s)  # the budget is taken unless a running trial dies
             continue
-        study.optimize(objective, n_trials=1, catch=(_Surplus, _TrialFailed), gc_after_trial=False,
+        if counts.infeasible >= max_infeasible:
+            raise SearchError(f"{counts.infeasible} trials were over the space's constraints "
+                              f"({dict(spec.space.constraints)}); loosen them or shrink the space")
+        study.optimize(objective, n_trials=1, catch=(_Surplus, _TrialFailed, _Infeasible), gc_after_trial=False,
                        show_progress_bar=False)
 
 

@@ -68,6 +68,7 @@ class TipResult:
     # The stored full-mode verdict of this tip (dltricks.tips.stored), attached by verify after the run:
     # verdict, seeds, date, commit, machine, wall_s, stale, and "disagrees" with this run's verdict.
     stored_full: dict[str, Any] = field(default_factory=dict)
+    larger_runs: list[str] = field(default_factory=list)  # "docs/PAGE.md#anchor: what it is"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,7 +115,7 @@ def select_tips(catalog: Sequence[Tip], only: Iterable[str] | None) -> list[Tip]
 def _base(tip: Tip, mode: str) -> dict[str, Any]:
     return {"id": tip.id, "title": tip.title, "claim": tip.claim, "source": tip.reference, "section": tip.section,
             "kind": tip.kind, "rule": tip.rule.describe(), "mode": mode, "exercises": tip.exercise_names(),
-            "budget_s": tip.budget_s}
+            "budget_s": tip.budget_s, "larger_runs": list(tip.larger_runs)}
 
 
 def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, use_cache: bool = True,

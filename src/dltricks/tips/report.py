@@ -215,6 +215,18 @@ def _stored_paragraph(r: TipResult) -> str:
             f'<code>{e(str(s.get("commit", ""))[:10])}</code>, {e(str(s.get("date", "")))}.{flag}{stale}</p>')
 
 
+def _larger_runs(r: TipResult) -> str:
+    """The repository's larger runs of the same question (docs pages and headings, relative to the repo root)."""
+    if not r.larger_runs:
+        return ""
+    e = html.escape
+    items = []
+    for entry in r.larger_runs:
+        where, _, what = entry.partition(": ")
+        items.append(f"<code>{e(where)}</code>" + (f" ({e(what)})" if what else ""))
+    return '<p class="small"><span class="label">Larger runs in the repository:</span> ' + "; ".join(items) + "</p>"
+
+
 def _budget(r: TipResult) -> str:
     ev = r.evidence or {}
     budget = ev.get("budget") or {}
@@ -271,6 +283,7 @@ def _section(r: TipResult) -> str:
     if ev:
         out.append(f'<p class="small"><span class="label">Budget:</span> {e(_budget(r))}</p>')
     out.append(_tuning(r))
+    out.append(_larger_runs(r))
     if r.setup_problems:
         out.append('<p class="small"><span class="label">Setup check failed</span> (not counted as evidence):</p><ul>'
                    + "".join(f"<li>{e(p)}</li>" for p in r.setup_problems) + "</ul>")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dltricks.train.finetune import is_active, layer_groups, lr_multipliers
+from dltricks.train.lookahead import Lookahead
 from dltricks.train.recipe import FinetuneConfig, OptimConfig
 
 __all__ = ["param_groups", "build_optimizer", "no_weight_decay"]
@@ -35,13 +36,14 @@ def no_weight_decay(model: nn.Module) -> set[str]:
 
 
 def param_groups(model: nn.Module, *, weight_decay: float, skip_norm_bias: bool,
-                 finetune: FinetuneConfig | None = None) -> list[dict]:
+                 finetune: FinetuneConfig | None = None, no_decay_lr_mult: float = 1.0) -> list[dict]:
     """Parameter groups: one with ``weight_decay`` and, with ``skip_norm_bias``, one without for the
     parameters of :func:`no_weight_decay`. Frozen parameters are left out. Empty groups are dropped.
 
     With a ``finetune`` section that asks for anything (:mod:`dltricks.train.finetune`), each of those is split
     by layer group, every group carrying its ``lr_mult``, and the parameters of the groups it freezes stay in
-    (frozen by ``requires_grad`` at each epoch, so gradual unfreezing can thaw them)."""
+    (frozen by ``requires_grad`` at each epoch, so gradual unfreezing can thaw them). ``no_decay_lr_mult``
+    multiplies the ``lr_mult`` of the no-decay groups (``optim.no_decay_lr_mult``)."""
     skip = no_weight_decay(model) if skip_norm_bias else set()
     layer_of: dict[str, str] = {}
     mult = {"all": 1.0}
@@ -60,21 +62,31 @@ def param_groups(model: nn.Module, *, weight_decay: float, skip_norm_bias: bool,
         group = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
         if layer_of:
             group |= {"layer_group": layer, "lr_mult": mult[layer]}
+        if no_decay and no_decay_lr_mult != 1.0:
+            group["lr_mult"] = group.get("lr_mult", 1.0) * no_decay_lr_mult
         groups.append(group)
     return groups
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, *,
                     finetune: FinetuneConfig | None = None) -> torch.optim.Optimizer:
-    """The optimizer the recipe names, at the recipe's peak learning rate (times each group's ``lr_mult``)."""
+    """The optimizer the recipe names, at the recipe's peak learning rate (times each group's ``lr_mult``), wrapped
+    in :class:`~dltricks.train.lookahead.Lookahead` when ``optim.lookahead_steps`` is on."""
     groups = param_groups(model, weight_decay=config.weight_decay, skip_norm_bias=config.skip_norm_bias,
-                          finetune=finetune)
+                          finetune=finetune, no_decay_lr_mult=config.no_decay_lr_mult)
     for group in groups:
         group["lr"] = config.lr * group.get("lr_mult", 1.0)
     if not groups:
         from dltricks.errors import ConfigError
 
         raise ConfigError("the model has no trainable parameters")
+    inner = _inner_optimizer(groups, config)
+    if config.lookahead_steps:
+        return Lookahead(inner, k=config.lookahead_steps, alpha=config.lookahead_alpha)
+    return inner
+
+
+def _inner_optimizer(groups: list[dict], config: OptimConfig) -> torch.optim.Optimizer:
     name, lr = config.name, config.lr
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov)

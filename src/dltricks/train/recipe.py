@@ -63,6 +63,10 @@ def _check_open_unit(value: Any) -> str | None:
     return None if 0.0 < value < 1.0 else "a number in (0, 1)"
 
 
+def _check_lookahead_alpha(value: Any) -> str | None:
+    return None if 0.0 < value <= 1.0 else "a number in (0, 1]"
+
+
 def _check_at_least_one(value: Any) -> str | None:
     return None if value >= 1 else "an integer >= 1"
 
@@ -104,6 +108,14 @@ class OptimConfig:
     eps: float = field(1e-8, help="adam/adamw/rmsprop/adadelta denominator epsilon", check=check_positive)
     alpha: float = field(0.99, help="rmsprop squared-gradient smoothing constant", check=_check_open_unit)
     rho: float = field(0.9, help="adadelta running-average coefficient", check=_check_open_unit)
+    no_decay_lr_mult: float = field(1.0, help="learning-rate multiplier of the parameters skip_norm_bias exempts "
+                                              "from weight decay (airbench94 trains its BN shifts 64x faster)",
+                                    check=check_positive)
+    lookahead_steps: int = field(0, help="Lookahead (Zhang et al. 2019): every this many steps the slow weights move "
+                                         "lookahead_alpha of the way to the fast ones, which restart there; 0 = off",
+                                 check=check_non_negative)
+    lookahead_alpha: float = field(0.5, help="Lookahead step size of the slow weights, in (0, 1]",
+                                   check=_check_lookahead_alpha)
 
 
 @dataclass
@@ -182,6 +194,11 @@ class TrainConfig:
                                         "evaluated model as the plain average over this many training batches "
                                         "(the method of torch.optim.swa_utils.update_bn; 0 = off): after a short "
                                         "run the running averages lag behind the weights", check=check_non_negative)
+    data_init: int = field(0, help="before the first step, pass this many training images (one pass of the training "
+                                   "loader) to the model's init_from_data(x): data-dependent initialisation such as "
+                                   "the patch whitening of airbench_cifar; 0 = off", check=check_non_negative)
+    tta_flip: bool = field(False, help="test-time augmentation: validation logits are the mean of the image's and its "
+                                       "mirror image's (4-D image inputs)")
     log: Literal["none", "tensorboard"] = field(
         "none", help="run tracking besides the metrics files: 'tensorboard' writes scalars per step and epoch, "
                      "hyper-parameters and images to run_dir/tensorboard (rank 0; docs/serve.md)")

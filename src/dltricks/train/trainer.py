@@ -137,8 +137,11 @@ def _model_name(model: nn.Module) -> str:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, task: Task | None = None, *, epoch: int = 0,
              device: torch.device | str | None = None, precision: Precision | None = None,
-             channels_last: bool = False, confusion: bool = False) -> dict[str, Any]:
+             channels_last: bool = False, confusion: bool = False, tta_flip: bool = False) -> dict[str, Any]:
     """Mean metrics of ``model`` over one pass of ``loader`` (sums added across DDP ranks).
+
+    ``tta_flip`` (test-time augmentation, ``train.tta_flip``): the logits of a 4-D image batch are the mean of
+    the model's logits for the images and for their mirror images (``x.flip(-1)``).
 
     Returns ``loss``, ``accuracy`` (when the task reports ``correct``), any other metric of
     ``task.batch_metrics`` divided by ``count``, and ``count``. With ``confusion=True`` (classification)
@@ -165,6 +168,8 @@ def evaluate(model: nn.Module, loader: Any, task: Task | None = None, *, epoch: 
             y = _to_device(y, device, False)
             with (precision.autocast() if precision is not None else contextlib.nullcontext()):
                 out = _call(model, x)
+                if tta_flip and isinstance(x, torch.Tensor) and x.dim() == 4 and isinstance(out, torch.Tensor):
+                    out = 0.5 * (out + model(x.flip(-1)))
             for k, v in metrics_fn(out, y).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             if confusion:
@@ -721,7 +726,8 @@ class _Trainer:
         model = self.ema.module if self.ema is not None else self.raw_model
         if self.task.evaluate is None:
             return evaluate(model, self.task.val_loader, self.task, epoch=epoch, device=self.device,
-                            precision=self.precision, channels_last=self.channels_last)
+                            precision=self.precision, channels_last=self.channels_last,
+                            tta_flip=self.recipe.train.tta_flip)
         ctx = EvalContext(device=self.device, precision=self.precision, channels_last=self.channels_last, epoch=epoch,
                           last=last)
         was_training = model.training
@@ -797,7 +803,26 @@ class _Trainer:
             if resume and checkpoint is not None:
                 self._emit(f"no checkpoint in {self.run_dir}; starting from scratch")
             seed_everything(cfg.seed + self.dist.rank)
+            if cfg.data_init:
+                self._data_init()
             self._write_run_config()
+
+    def _data_init(self) -> None:
+        """``train.data_init``: the model's ``init_from_data(x)`` on the first N images of the training loader's
+        first epoch (a new run only; a resumed one loads its weights). The EMA copy restarts from the result."""
+        init = getattr(self.raw_model, "init_from_data", None)
+        if not callable(init):
+            raise ConfigError(f"train.data_init: model {_model_name(self.raw_model)} has no init_from_data(x) method; "
+                              "set train.data_init=0 (models with one: airbench_cifar)")
+        wanted, images, count = self.recipe.train.data_init, [], 0
+        for x, _ in self.task.train_loader.iter_epoch(0):
+            images.append(x)
+            count += x.shape[0]
+            if count >= wanted:
+                break
+        init(_to_device(torch.cat(images)[:wanted], self.device, False))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.raw_model.state_dict())
 
     def run(self, resume: bool) -> FitResult:
         cfg = self.recipe.train
