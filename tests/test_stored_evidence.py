@@ -122,3 +122,24 @@ def test_larger_runs_point_at_existing_pages_and_headings():
             text = (ROOT / page).read_text(encoding="utf-8")
             headings = {_slug(m) for m in re.findall(r"^#+ (.+)$", text, re.M)}
             assert anchor in headings, f"{t.id}: {page} has no heading #{anchor}"
+
+
+def test_gpu_tips_are_skipped_in_full_mode_on_a_cpu(tmp_path):
+    """A tip whose full setting needs a GPU says so: skipped on a CPU with the command that runs it."""
+    from dltricks.tips.catalog import get_catalog
+    from dltricks.tips.engine import run_tip
+
+    gpu_tips = [t for t in get_catalog() if t.gpu]
+    assert {"ssm.mambaout-h1", "ssm.mambaout-h2"} <= {t.id for t in gpu_tips}
+    result, _ = run_tip(gpu_tips[0], mode="full", cache_dir=tmp_path)
+    assert result.verdict == "skipped" and "--device cuda" in result.reason and "needs a GPU" in result.reason
+
+
+def test_device_is_checked(tmp_path, capsys):
+    assert main(["verify", "--only", "conv.padding", "--device", "tpu", "--out", str(tmp_path / "r")]) == 2
+    assert "expected 'cpu', 'cuda' or 'cuda:N'" in capsys.readouterr().err
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["verify", "--only", "conv.padding", "--device", "cuda", "--out", str(tmp_path / "r")]) == 2
+        assert "no such CUDA device" in capsys.readouterr().err

@@ -43,6 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                         "`dltricks run` uses 2)")
     p.add_argument("--first-seed", type=int, default=0,
                    help="seeds start here instead of 0: a disjoint seed set, to check that the verdicts are stable")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where the experiments that support it train; in full mode the tips "
+                        "that need a GPU run only with cuda")
     p.add_argument("--store", nargs="?", const=True, default=False, type=Path, metavar="DIR",
                    help="with --full: keep the results in the stored evidence base (default folder: the package's "
                         "tips/evidence_base/, which `dltricks verify` shows beside every later run)")
@@ -55,7 +58,8 @@ def _command(args: argparse.Namespace) -> str:
     if args.only:
         parts += ["--only", ",".join(args.only)]
     for flag, value, default in (("--seeds", args.seeds, None), ("--first-seed", args.first_seed, 0),
-                                 ("--workers", args.workers, 1), ("--threads", args.threads, 1)):
+                                 ("--workers", args.workers, 1), ("--threads", args.threads, 1),
+                                 ("--device", args.device, "cpu")):
         if value != default:
             parts += [flag, str(value)]
     if args.store is not False:
@@ -66,5 +70,5 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     results = verify(command=_command(args), mode=args.mode, only=args.only, seeds=args.seeds, out=args.out,
                      cache_dir=args.cache_dir, use_cache=not args.no_cache, threads=args.threads, workers=args.workers,
-                     first_seed=args.first_seed, store=args.store)
+                     first_seed=args.first_seed, store=args.store, device=args.device)
     return exit_code(results)

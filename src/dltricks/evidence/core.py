@@ -124,6 +124,7 @@ class Context:
     seeds: list[int]
     workdir: Path
     report: Callable[[str], None] = lambda note: None
+    device: str = "cpu"  # `verify --device cuda`: where the experiments that support it train
 
     def __getitem__(self, key: str) -> Any:
         return self.settings[key]

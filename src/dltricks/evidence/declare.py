@@ -92,6 +92,8 @@ class Tip:
             broken setup (the unclipped arm of gradient clipping); every other arm with a health problem
             makes the verdict ``invalid setup`` (see :func:`dltricks.evidence.rules.setup_problems`).
         shares: tips with the same non-empty key share memoised runs and run in one worker process.
+        gpu: why the full setting needs a GPU (empty when it runs on CPUs); such a tip is skipped by a full
+            run on a CPU, and run by ``dltricks verify --full --device cuda``.
         larger_runs: the repository's larger runs of the same question, each ``"docs/PAGE.md#anchor: what it
             is"`` (the report links them; a test checks that every page and heading exists).
     """
@@ -116,6 +118,7 @@ class Tip:
     may_fail: tuple[str, ...] = ()
     shares: str = ""
     larger_runs: tuple[str, ...] = ()
+    gpu: str = ""
 
     def __post_init__(self) -> None:
         self.exercises = tuple(self.exercises)
@@ -204,7 +207,7 @@ def tip(*, id: str, title: str, claim: str, section: str, rule: Rule,  # noqa: A
         full: Mapping[str, Any] = _NO_SETTINGS, seeds: Mapping[str, int] | None = None,
         metrics: Mapping[str, str] | None = None, budget_s: float = 5.0, kind: str = EXPERIMENT,
         cite: Sequence[Cite] | Cite = (), finding: str = "", may_fail: Sequence[str] = (),
-        shares: str = "", larger_runs: Sequence[str] = ()) -> Callable[[E], E]:
+        shares: str = "", larger_runs: Sequence[str] = (), gpu: str = "") -> Callable[[E], E]:
     """Declare the decorated function as the experiment of tip ``id`` (see the module docstring).
 
     Returns the function unchanged; stack several ``@tip`` on one experiment that tests several claims.
@@ -217,7 +220,7 @@ def tip(*, id: str, title: str, claim: str, section: str, rule: Rule,  # noqa: A
                       exercises=tuple(exercises), quick=None if quick is None else dict(quick), full=dict(full),
                       seeds=dict(seeds) if seeds is not None else dict(DEFAULT_SEEDS),
                       metrics=dict(metrics or {}), budget_s=budget_s, cite=cite, kind=kind, finding=finding,
-                      may_fail=tuple(may_fail), shares=shares, larger_runs=tuple(larger_runs)))
+                      may_fail=tuple(may_fail), shares=shares, larger_runs=tuple(larger_runs), gpu=gpu))
         return fn
 
     return declare

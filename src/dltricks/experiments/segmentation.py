@@ -332,7 +332,7 @@ def _median_latency(model: nn.Module, x: torch.Tensor, repeats: int = 3) -> floa
 
 
 def isbi_recipe(*, steps: int, batch_size: int = 4, crop_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                amp: bool = True, elastic: bool = False) -> Recipe:
+                amp: bool = True, elastic: bool = False, device: str = "cpu") -> Recipe:
     """The ``isbi-unet`` recipe for a short comparison run: ``steps`` Adam steps of ``batch_size`` crops of
     ``crop_size`` px (flips and rotations; elastic deformation off unless asked), ``min(20, steps / 10)``
     warm-up steps, one evaluation of the whole held-out slices at the end (no sliding windows), after the
@@ -341,7 +341,7 @@ def isbi_recipe(*, steps: int, batch_size: int = 4, crop_size: int = 128, lr: fl
     return load_recipe("isbi-unet", [
         f"train.steps={steps}", f"train.batch_size={batch_size}", f"optim.lr={lr!r}", f"train.seed={seed}",
         f"train.amp={str(amp).lower()}", f"schedule.warmup_steps={min(20, steps // 10)}", f"train.eval_every={steps}",
-        "train.device=cpu", f"data.crop_size={crop_size}", f"data.elastic={str(elastic).lower()}",
+        f"train.device={device}", f"data.crop_size={crop_size}", f"data.elastic={str(elastic).lower()}",
         "data.final_window=null", "data.final_tta=false", f"train.bn_recalibrate={min(steps, 25)}"])
 
 
@@ -462,7 +462,7 @@ def plot_skip_ablation(result: dict[str, Any], path: str | Path) -> Path:
 def token_mixer_ablation(mixers: Sequence[str] = ("vim", "mambaout"), *, embed_dim: int = 32, depth: int = 2,
                          patch_size: int = 2, steps: int = 200, batch_size: int = 4, crop_size: int = 128,
                          lr: float = 2e-3, seed: int = 0, overlap: float = 0.5, data_dir: str | None = None,
-                         log: Any = None) -> dict[str, Any]:
+                         log: Any = None, device: str = "cpu") -> dict[str, Any]:
     """:class:`~dltricks.models.segmentation.token_mixer.TokenMixerSegmenter` with each token mixer, same width,
     depth, patches, recipe (fp32: the selective scan is not run under autocast) and seed, trained ``steps``
     Adam steps on ISBI 2012 crops and evaluated on the 5 held-out slices with sliding windows of
@@ -476,8 +476,9 @@ def token_mixer_ablation(mixers: Sequence[str] = ("vim", "mambaout"), *, embed_d
     from dltricks.models.segmentation.token_mixer import TokenMixerSegmenter
     from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
 
-    recipe = isbi_recipe(steps=steps, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed, amp=False)
-    task = task_for_recipe("isbi2012-membrane", recipe, data_dir=data_dir)
+    recipe = isbi_recipe(steps=steps, batch_size=batch_size, crop_size=crop_size, lr=lr, seed=seed, amp=False,
+                         device=device)
+    task = task_for_recipe("isbi2012-membrane", recipe, data_dir=data_dir, device=device)
     tokens = (crop_size // patch_size) ** 2
     membrane = total = 0.0
     for _, y in task.val_loader.iter_epoch(0):  # y: (B, 1, H, W), 1 on membrane
@@ -495,7 +496,7 @@ def token_mixer_ablation(mixers: Sequence[str] = ("vim", "mambaout"), *, embed_d
                                     patch_size=patch_size)
         run = fit(model, train_task, recipe, progress=False)
         losses = [r["train_loss"] for r in run.history if "train_loss" in r]
-        metrics = evaluate_segmentation(model, task.val_loader, window=crop_size, overlap=overlap)
+        metrics = evaluate_segmentation(model, task.val_loader, window=crop_size, overlap=overlap, device=device)
         result["runs"][mixer] = {"params": sum(p.numel() for p in model.parameters()), "tokens": tokens,
                                  "train_seconds": _train_seconds(run),
                                  "final_train_loss": losses[-1] if losses else float("nan"), **metrics}

@@ -88,6 +88,7 @@ def mamba_adaptive_depth(ctx: Context) -> Evidence:
 
 
 @tip(id="ssm.selective-copying", title="Selective (S6) vs time-invariant (S4) SSM",
+     gpu="length 256, 1,500 steps x 2 models x 5 seeds of the plain-PyTorch scan: over an hour on 2 CPU cores",
      larger_runs=("docs/ssm.md#gate-and-selection-ablation-on-selective-copying-mamba-paper-table-1: the gate and "
                   "selection ablation at full length",),
      claim="On Selective Copying, a selective SSM (S6) without the gate learns the task far better than a "
@@ -134,12 +135,14 @@ def selective_copying(ctx: Context) -> Evidence:
 _H2: dict[tuple, dict[str, Any]] = {}
 
 
-def _h2(mixer: str, tasks: tuple[str, ...], quick: bool, steps: int | None, seed: int) -> dict[str, Any]:
+def _h2(mixer: str, tasks: tuple[str, ...], quick: bool, steps: int | None, seed: int,
+        device: str = "cpu") -> dict[str, Any]:
     """h2_sequence for one mixer and seed (each mixer is trained on its own, so results do not depend on which
     other mixers run); memoised so H2 and the attention tip share the Gated CNN runs (same worker: ``shares``)."""
-    key = (mixer, tasks, quick, steps, seed)
+    key = (mixer, tasks, quick, steps, seed, device)
     if key not in _H2:
-        _H2[key] = ssm.h2_sequence(mixers=(mixer,), tasks=tasks, quick=quick, steps=steps, seed=seed, log=None)
+        _H2[key] = ssm.h2_sequence(mixers=(mixer,), tasks=tasks, quick=quick, steps=steps, seed=seed, log=None,
+                                   device=device)
     return _H2[key]
 
 
@@ -158,7 +161,7 @@ def _h2_evidence(ctx: Context, mixers: dict[str, str], what: str) -> Evidence:
     for seed in ctx.seeds:
         for mixer, name in mixers.items():
             ctx.report(f"{name}, seed {seed}")
-            runs = _h2(mixer, tasks, quick, steps, seed)["tasks"]
+            runs = _h2(mixer, tasks, quick, steps, seed, ctx.device)["tasks"]
             per_task = {t: runs[t][mixer].get("accuracy", runs[t][mixer].get("val_accuracy", float("nan")))
                         for t in tasks}
             ev.add(name, accuracy=sum(per_task.values()) / len(tasks), params=runs[tasks[0]][mixer]["params"],
@@ -176,6 +179,7 @@ H2_METRICS = {"accuracy": "token accuracy (classification accuracy for sMNIST / 
 
 
 @tip(id="arch.attention-long-range", title="Attention vs small receptive field",
+     gpu="four long tasks at full size, 3,000-4,000 steps per mixer, 5 seeds: CPU-hours",
      larger_runs=("docs/ssm.md#long-causal-sequence-tasks-the-traits-behind-h2-not-h2-itself: the four long tasks at "
                   "full size",),
      claim="On tasks that need long-range recall (Selective Copying, Induction Heads), causal self-attention is "
@@ -192,6 +196,7 @@ def attention_long_range(ctx: Context) -> Evidence:
 
 
 @tip(id="ssm.mamba-long-causal", title="Mamba's SSM helps long causal sequences",
+     gpu="four long tasks at full size, 3,000-4,000 steps per mixer, 5 seeds: CPU-hours",
      larger_runs=("docs/ssm.md#long-causal-sequence-tasks-the-traits-behind-h2-not-h2-itself: the four long tasks at "
                   "full size", "docs/ssm.md#induction-heads-the-must-hold-run: Mamba extrapolating to 16,384 tokens"),
      claim="On sequence tasks that are long and need causal token mixing (Selective Copying, Induction Heads), "
@@ -260,7 +265,7 @@ def _h1_evidence(ctx: Context, labels: tuple[str, str], what: str) -> Evidence:
                                   seed=seed, subset=options.get("subset"), val_subset=options.get("val_subset"))
                 run_options = {k: v for k, v in options.items() if k in ("epochs", "batch_size")}
             else:
-                run_options = options
+                run_options = {**options, "device": ctx.device}
             _H2[key] = ssm.h1_vision(models=models, seed=seed, task=task, log=None, **run_options)
         for label, run in _H2[key]["models"].items():
             ev.add(label, val_acc=run["val_accuracy"], params=run["params"])
@@ -283,7 +288,9 @@ H1_FULL = {"epochs": 10, "batch_size": 128, "subset": 10000, "val_subset": 2000}
 
 
 @tip(id="ssm.mambaout-h1", title="MambaOut H1: no SSM needed for images",
-     larger_runs=("docs/ssm.md#h1-image-classification-on-cifar-10: MambaOut, ViM, ViT and ConvNeXt at 1.6-1.8 M parameters on CIFAR-10",),
+     gpu="four 1.6-1.8 M-parameter models, 10 epochs of 10,000 CIFAR-10 images, 5 seeds: many CPU-hours",
+     larger_runs=("docs/ssm.md#h1-image-classification-on-cifar-10: MambaOut, ViM, ViT and ConvNeXt at 1.6-1.8 M "
+                  "parameters on CIFAR-10",),
      claim="For image classification, MambaOut (gated CNN, no SSM) is at least as accurate as Vision Mamba at "
            "matched parameters (CIFAR-10): the blog's Hypothesis 1, an SSM is not needed for a task that is "
            "neither long nor causal. (Quick mode: both scaled down to about 0.14 M parameters, 2,000 embedded "
@@ -299,7 +306,9 @@ def mambaout_h1(ctx: Context) -> Evidence:
 
 
 @tip(id="arch.cnn-vs-vit-small-data", title="CNN beats ViT on small data",
-     larger_runs=("docs/ssm.md#h1-image-classification-on-cifar-10: MambaOut, ViM, ViT and ConvNeXt at 1.6-1.8 M parameters on CIFAR-10",),
+     gpu="shares the H1 CIFAR-10 runs: many CPU-hours",
+     larger_runs=("docs/ssm.md#h1-image-classification-on-cifar-10: MambaOut, ViM, ViT and ConvNeXt at 1.6-1.8 M "
+                  "parameters on CIFAR-10",),
      claim="Trained from scratch on a small data set (10,000 CIFAR-10 images), a ConvNeXt-style CNN beats a ViT of "
            "similar size. (Quick mode: both scaled down to about 0.13-0.16 M parameters, 2,000 embedded MNIST "
            "digits, 2 epochs.)",
@@ -318,6 +327,7 @@ H2_SEG_ARMS = {"vim": "ViM (SSM)", "mambaout": "MambaOut (no SSM)"}
 
 
 @tip(id="ssm.mambaout-h2", title="MambaOut H2: SSMs for long, non-causal vision",
+     gpu="4,096-token selective scans, 200 steps x 2 encoders x 5 seeds: 30-45 CPU-minutes a seed",
      larger_runs=("docs/ssm.md#h2-a-long-non-causal-visual-task-isbi-2012: ViM vs MambaOut encoders on ISBI 2012",),
      claim="The blog's Hypothesis 2: an SSM stays worth having for detection and segmentation, whose token "
            "sequences are long (thousands of tokens) but not causal. Tested on ISBI 2012 membrane segmentation "
@@ -352,7 +362,7 @@ def mambaout_h2(ctx: Context) -> Evidence:
     last: dict[str, Any] = {}
     for seed in ctx.seeds:
         ctx.report(f"seed {seed}")
-        last = segmentation.token_mixer_ablation(tuple(H2_SEG_ARMS), seed=seed, **options)
+        last = segmentation.token_mixer_ablation(tuple(H2_SEG_ARMS), seed=seed, device=ctx.device, **options)
         for mixer, arm in H2_SEG_ARMS.items():
             run = last["runs"][mixer]
             ev.add(arm, dice=run["dice"], boundary_f1=run["boundary_f1"], params=run["params"])

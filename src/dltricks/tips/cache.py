@@ -63,7 +63,7 @@ def code_fingerprint(tip: Tip) -> str:
     return digest.hexdigest()
 
 
-def cache_key(tip: Tip, mode: str, settings: dict[str, Any], seeds: list[int]) -> str:
+def cache_key(tip: Tip, mode: str, settings: dict[str, Any], seeds: list[int], device: str = "cpu") -> str:
     config = {
         "engine": ENGINE_VERSION,
         "tip": tip.id,
@@ -76,6 +76,8 @@ def cache_key(tip: Tip, mode: str, settings: dict[str, Any], seeds: list[int]) -
         "threads": torch.get_num_threads(),  # timings (and float summation order) depend on it
         "code": code_fingerprint(tip),
     }
+    if device != "cpu":  # CPU keys stay what they were before devices were a choice
+        config["device"] = device
     blob = json.dumps(config, sort_keys=True, default=repr).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 

@@ -120,7 +120,7 @@ def _base(tip: Tip, mode: str) -> dict[str, Any]:
 
 def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, use_cache: bool = True,
             note: Callable[[str], None] = lambda s: None, settings: dict[str, Any] | None = None,
-            first_seed: int = 0) -> tuple[TipResult, Path | None]:
+            first_seed: int = 0, device: str = "cpu") -> tuple[TipResult, Path | None]:
     """Run (or load) one tip. Returns the result and the folder holding its plots (None if none).
 
     Before the rule, the setup check (:func:`dltricks.evidence.setup_problems`): an arm that had to train and
@@ -135,15 +135,20 @@ def run_tip(tip: Tip, *, mode: str, seeds: int | None = None, cache_dir: Path, u
         return TipResult(**_base(tip, mode), verdict=Verdict.SKIPPED.value,
                          reason=f"no {mode}-mode setting: this experiment needs more compute; run `dltricks verify "
                                 f"--full --only {tip.id}`"), None
+    if mode == "full" and tip.gpu and device == "cpu":
+        return TipResult(**_base(tip, mode), verdict=Verdict.SKIPPED.value,
+                         reason=f"needs a GPU in full mode ({tip.gpu}); run `dltricks verify --full --only {tip.id} "
+                                f"--device cuda` on a machine with one"), None
     seed_values = seed_list(seeds if seeds is not None else tip.default_seeds(mode), start=first_seed)
-    key = cache.cache_key(tip, mode, settings, seed_values)
+    key = cache.cache_key(tip, mode, settings, seed_values, device)
     if use_cache:
         result = cache.load(cache_dir, tip.id, key, parse=TipResult.checked)  # a malformed entry is discarded
         if result is not None:
             result.cached = True
             return result, cache.entry_dir(cache_dir, tip.id, key)
     workdir = cache.new_workdir(cache_dir, tip.id)
-    ctx = Context(tip_id=tip.id, mode=mode, settings=settings, seeds=seed_values, workdir=workdir, report=note)
+    ctx = Context(tip_id=tip.id, mode=mode, settings=settings, seeds=seed_values, workdir=workdir, report=note,
+                  device=device)
     start, cpu_start = time.perf_counter(), time.process_time()
     torch.manual_seed(0)
     try:
@@ -191,7 +196,7 @@ def _copy_plots(result: TipResult, entry: Path | None, out: Path) -> None:
 
 def run_tips(tips: Sequence[Tip], *, mode: str, seeds: int | None = None, out: Path, cache_dir: Path | None = None,
              use_cache: bool = True, progress: bool | None = None, workers: int = 1,
-             first_seed: int = 0) -> list[TipResult]:
+             first_seed: int = 0, device: str = "cpu") -> list[TipResult]:
     """Run ``tips`` with a progress bar; copy their plots to ``out/plots/<id>/``. Returns the results in the order
     of ``tips``.
 
@@ -204,14 +209,14 @@ def run_tips(tips: Sequence[Tip], *, mode: str, seeds: int | None = None, out: P
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.cache_root(out)
     if workers > 1 and len(tips) > 1 and _all_in_catalog(tips):
         return _run_pool(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache,
-                         progress=progress, workers=workers, first_seed=first_seed)
+                         progress=progress, workers=workers, first_seed=first_seed, device=device)
     results: list[TipResult] = []
     with ProgressBar(len(tips), f"verify --{mode}", enabled=progress) as bar:
         for tip in tips:
             bar.set_description(f"{tip.id}")
             result, entry = run_tip(tip, mode=mode, seeds=seeds, cache_dir=cache_dir, use_cache=use_cache,
                                     note=lambda s, _id=tip.id: bar.set_description(f"{_id}: {s}"),
-                                    first_seed=first_seed)
+                                    first_seed=first_seed, device=device)
             _copy_plots(result, entry, out)
             results.append(result)
             bar.advance(1, last=f"{tip.id}: {result.verdict}")
@@ -235,7 +240,7 @@ def _groups(tips: Sequence[Tip]) -> list[list[Tip]]:
 
 
 def _run_group(ids: list[str], mode: str, seeds: int | None, first_seed: int, cache_dir: str, use_cache: bool,
-               threads: int) -> list[tuple[dict[str, Any], str | None]]:
+               threads: int, device: str = "cpu") -> list[tuple[dict[str, Any], str | None]]:
     """Worker process: rebuild the catalog, run the tips ``ids`` one after the other."""
     torch.set_num_threads(threads)
     from dltricks.tips.catalog import get_catalog
@@ -244,13 +249,13 @@ def _run_group(ids: list[str], mode: str, seeds: int | None, first_seed: int, ca
     done = []
     for tip_id in ids:
         result, entry = run_tip(by_id[tip_id], mode=mode, seeds=seeds, cache_dir=Path(cache_dir), use_cache=use_cache,
-                                first_seed=first_seed)
+                                first_seed=first_seed, device=device)
         done.append((result.to_dict(), None if entry is None else str(entry)))
     return done
 
 
 def _run_pool(tips: Sequence[Tip], *, mode: str, seeds: int | None, out: Path, cache_dir: Path, use_cache: bool,
-              progress: bool | None, workers: int, first_seed: int) -> list[TipResult]:
+              progress: bool | None, workers: int, first_seed: int, device: str = "cpu") -> list[TipResult]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -262,7 +267,7 @@ def _run_pool(tips: Sequence[Tip], *, mode: str, seeds: int | None, out: Path, c
     with ProgressBar(len(tips), f"verify --{mode} ({workers} workers)", enabled=progress) as bar, \
             ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         futures = {pool.submit(_run_group, [t.id for t in group], mode, seeds, first_seed, str(cache_dir), use_cache,
-                               threads): group for group in _groups(tips)}
+                               threads, device): group for group in _groups(tips)}
         for future in as_completed(futures):
             group = futures[future]
             try:

@@ -304,15 +304,6 @@ PLANNED: tuple[Tip, ...] = (
             "With auxiliary information or semantic embeddings a model can recognise classes it never saw in "
             "training.",
             LEARN, README.at(98, 101, "zero-shot learning"), "class embeddings and held-out classes"),
-    planned("learn.semi-supervised", "Semi-supervised learning",
-            "Pseudo-labels or consistency regularisation on unlabelled data improve a model when labels are "
-            "scarce.",
-            LEARN, (README.at(143, 146, "semi-supervised learning"),
-                    LECTURE.at(1522, 1529, "self- and semi-supervision")),
-            "a labelled subset of MNIST, the rest unlabelled, pseudo-labelling vs supervised only"),
-    planned("learn.domain-adaptation", "Domain adaptation",
-            "Domain-adversarial training or self-training adapts a model trained on one domain to a related one.",
-            LEARN, README.at(138, 141, "domain adaptation"), "two related domains (e.g. MNIST and a shifted copy)"),
     planned("learn.meta-learning", "Meta-learning",
             "Meta-learning (e.g. MAML) trains a model to learn new tasks from few examples more efficiently.",
             LEARN, README.at(162, 166, "meta-learning"), "a family of few-shot tasks and a MAML loop"),

@@ -13,8 +13,9 @@ per tip under ``dltricks/tips/evidence_base/`` (package data, so an installed dl
 
 ``dltricks verify`` shows the stored full verdict beside the one it just measured and flags a
 disagreement (:func:`disagreement`); a stored result whose tip's full settings, seeds or rule have changed
-since is shown as *stale*, and one whose code files (trainer and layers included) changed is marked so. ``python -m dltricks.tips.stored`` prints the Markdown table that
-docs/evidence.md carries (a test checks the two are the same), so the table is generated, never typed.
+since is shown as *stale*, and one whose code files (trainer and layers included) changed is marked so.
+``python -m dltricks.tips.stored`` prints the Markdown table that docs/evidence.md carries (a test checks
+the two are the same), so the table is generated, never typed.
 """
 
 from __future__ import annotations

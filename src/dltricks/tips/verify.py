@@ -25,9 +25,11 @@ __all__ = ["verify", "exit_code"]
 def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int | None = None,
            out: Path = Path("report"), cache_dir: Path | None = None, use_cache: bool = True,
            threads: int | None = 1, console: Console | None = None, workers: int = 1,
-           first_seed: int = 0, store: bool | Path = False, command: str = "") -> list[TipResult]:
+           first_seed: int = 0, store: bool | Path = False, command: str = "", device: str = "cpu") -> list[TipResult]:
     """Run the selected tips, write the report and print the summary table; return the results.
 
+    ``device``: ``"cpu"`` or ``"cuda"`` (``"cuda:N"``): where the experiments that support it train; tips whose
+    full setting needs a GPU (``Tip.gpu``) are skipped in full mode on a CPU.
     ``command``: the command line recorded with stored results (the CLI passes its own).
     ``store``: keep the full-mode results in the stored evidence base (:mod:`dltricks.tips.stored`; ``True``:
     the package's ``evidence_base/``, a path: that folder). Every run shows the stored full verdict of each
@@ -51,6 +53,7 @@ def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int
         raise ConfigError(f"--workers: got {workers}, expected a number >= 1")
     if first_seed < 0:
         raise ConfigError(f"--first-seed: got {first_seed}, expected a number >= 0")
+    _check_device(device)
     if store is not False and mode != "full":
         raise ConfigError("--store: only full-mode results are stored in the evidence base (add --full)")
     if store is not False and store is not True:
@@ -65,19 +68,19 @@ def verify(*, mode: str = "quick", only: Sequence[str] | None = None, seeds: int
         torch.set_num_threads(threads)
     try:
         return _verify(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache, console=console,
-                       workers=workers, first_seed=first_seed, store=store, command=command)
+                       workers=workers, first_seed=first_seed, store=store, command=command, device=device)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _verify(tips: list, *, mode: str, seeds: int | None, out: Path, cache_dir: Path | None, use_cache: bool,
             console: Console | None, workers: int = 1, first_seed: int = 0,
-            store: bool | Path = False, command: str = "") -> list[TipResult]:
+            store: bool | Path = False, command: str = "", device: str = "cpu") -> list[TipResult]:
     # A log file or pipe gets a wide table instead of rich's 80-column default.
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     start = time.perf_counter()
     results = run_tips(tips, mode=mode, seeds=seeds, out=out, cache_dir=cache_dir, use_cache=use_cache,
-                       workers=workers, first_seed=first_seed)
+                       workers=workers, first_seed=first_seed, device=device)
     family = family_control(results, mode=mode)
     elapsed = time.perf_counter() - start
     if store:
@@ -91,6 +94,20 @@ def _verify(tips: list, *, mode: str, seeds: int | None, out: Path, cache_dir: P
                                                f"tips; * = cached)"))
     console.print(f"report: {Path(out) / 'index.html'}  results: {Path(out) / 'results.json'}")
     return results
+
+
+def _check_device(device: object) -> None:
+    """``cpu``, or ``cuda`` / ``cuda:N`` on a machine that has that GPU; anything else is one clear error."""
+    import torch
+
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or
+                                           (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"--device: got {device!r}, expected 'cpu', 'cuda' or 'cuda:N'")
+    if device.startswith("cuda"):
+        index = int(device[5:]) if ":" in device else 0
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: no such CUDA device on this machine "
+                              f"({torch.cuda.device_count()} visible); use --device cpu")
 
 
 def attach_stored(results: Sequence[TipResult], console: Console | None = None) -> None:
