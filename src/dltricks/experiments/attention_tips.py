@@ -114,10 +114,10 @@ DATES_CODE = (train_dates, transformer_models, transformer_layers)
 
 @tip(id="optim.warmup-transformers", title="Warmup stabilises Transformers",
      claim="With the same peak learning rate, a post-LN Transformer trained with linear learning-rate warm-up "
-           "ends more accurate than without. (Quick mode: 120 steps of 32 dates, no dropout.)",
+           "ends more accurate than without. (Quick mode: 150 steps of 32 dates, no dropout.)",
      cite=README.at(192, 193, "learning-rate warm-up stabilises early training"),
      source="Xiong et al. 2020; Vaswani et al. 2017", section=NORM, exercises=DATES_CODE,
-     quick={"steps": 120, "batch_size": 32, "lr": 3e-3, "warmup": 40, "train_size": 4800, "val_size": 100,
+     quick={"steps": 150, "batch_size": 32, "lr": 3e-3, "warmup": 40, "train_size": 4800, "val_size": 100,
             "drop_rate": 0.0},
      full={"steps": 600, "lr": 3e-3, "warmup": 100, "train_size": 20000}, budget_s=60,
      seeds={"quick": 3, "full": 5}, shares="dates", may_fail=("no warmup",),
@@ -135,10 +135,10 @@ def transformer_warmup(ctx: Context) -> Evidence:
 
 @tip(id="optim.pre-ln", title="Pre-LN vs post-LN",
      claim="Without warm-up, a pre-LN Transformer trains better than the same post-LN Transformer. (Quick mode: "
-           "120 steps of 32 dates, no dropout; the post-LN run is shared with optim.warmup-transformers.)",
+           "150 steps of 32 dates, no dropout; the post-LN run is shared with optim.warmup-transformers.)",
      cite=README.at(194, 195, "layer norm before the residual connection: more stable"),
      source="Xiong et al. 2020", section=NORM, exercises=DATES_CODE,
-     quick={"steps": 120, "batch_size": 32, "lr": 3e-3, "train_size": 4800, "val_size": 100, "drop_rate": 0.0},
+     quick={"steps": 150, "batch_size": 32, "lr": 3e-3, "train_size": 4800, "val_size": 100, "drop_rate": 0.0},
      full={"steps": 600, "lr": 3e-3, "train_size": 20000}, budget_s=30,
      seeds={"quick": 3, "full": 5}, shares="dates", may_fail=("post-LN",),
      rule=Effect("exact_match", "pre-LN", "post-LN", min_effect=0.02))
