@@ -121,6 +121,7 @@ def store_results(results: Sequence[TipResult], *, dest: Path | None = None, mod
                       "machine": info["machine"], "torch": info["torch"], "python": info["python"],
                       "dltricks": info["dltricks"], "cuda": info["cuda"], "seeds": list(r.seeds),
                       "wall_s": r.elapsed_s, "cpu_s": r.cpu_s, "command": command, "workers": workers,
+                      "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
                       "code": code_fingerprint(tip),
                       "config": config_digest(tip, settings=r.settings, seeds=r.seeds, rule=repr(tip.rule))}
         data = {"format": FORMAT, "provenance": provenance, "result": {**r.to_dict(), "cached": False}}
