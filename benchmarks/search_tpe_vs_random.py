@@ -130,7 +130,7 @@ def main() -> None:
     hyper = {**HYPER, "trials": args.trials}
     args.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[int, list[float]]] = {"tpe": {}, "random": {}}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for seed in range(args.seeds):
         for sampler in ("tpe", "random"):
             t = time.perf_counter()
@@ -138,9 +138,10 @@ def main() -> None:
             print(f"seed {seed} {sampler:6s}: best val error {min(runs[sampler][seed]):.4f} "
                   f"({time.perf_counter() - t:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
+    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, torch threads {torch.get_num_threads()}"
     report = {**summary(runs, args.trials), "hyper": hyper, "space": SPACE, "errors": runs, "wall_s": wall,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
-                         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, torch threads {torch.get_num_threads()}",
+              "cpu_s": time.process_time() - cpu0,
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, {threads}",
               "torch": torch.__version__, "python": platform.python_version()}
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     plot(report, args.plot or args.out / "curves.png")
@@ -153,7 +154,8 @@ def main() -> None:
         if k <= args.trials:
             print(f"after {k:2d} trials: TPE {report['best_so_far']['tpe'][k - 1]['mean']:.4f}, random "
                   f"{report['best_so_far']['random'][k - 1]['mean']:.4f}")
-    print(f"wall {wall:.0f} s, {report['machine']}, torch {torch.__version__}; {args.out / 'report.json'}")
+    print(f"wall {wall:.0f} s, CPU {report['cpu_s']:.0f} s (on a shared machine the CPU time is the one-core cost), "
+          f"{report['machine']}, torch {torch.__version__}; {args.out / 'report.json'}")
 
 
 if __name__ == "__main__":

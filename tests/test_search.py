@@ -246,3 +246,16 @@ def test_search_tip_experiments_pair_their_arms_by_seed(tmp_path, name, arms):
         assert ev.arms["grid"]["distinct_x"] == [3.0, 3.0] and min(ev.arms["random"]["distinct_x"]) > 3
     if name == "pruning_saves_compute":
         assert ev.arms["none"]["compute_fraction"] == [1.0, 1.0]
+
+
+def test_the_table_keeps_an_objective_named_params_apart_from_the_parameters(tmp_path, capsys):
+    from dltricks.search.report import print_table, trial_rows
+
+    space = {"objectives": ["val_accuracy:max", "params:min"], "params": {"model.widths": {"choice": [[4, 8, 8],
+                                                                                                       [8, 8, 16]]}}}
+    result = search("small_cnn", "mnist-embedded", space, trials=2, recipe=TINY, subset=256, out=tmp_path,
+                    sampler="random", plots=False)
+    rows = trial_rows(result.study, metric_names=["val_accuracy", "params"])
+    assert all(r["values"]["params"] in (2214.0, 4962.0) and "model.widths" in r["params"] for r in rows)
+    print_table(result.study, metric_names=["val_accuracy", "params"])
+    assert "params" in capsys.readouterr().out

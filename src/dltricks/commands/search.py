@@ -20,6 +20,8 @@ examples:
   dltricks search small_cnn --data mnist-embedded --space space.yaml --trials 30 --sampler random --pruner none
   dltricks search small_cnn --data mnist-embedded --space space.yaml --trials 40 --objective val_accuracy:max \\
       --objective params:min                          # several objectives: the Pareto front
+  dltricks search nas_cnn --data mnist-embedded --space nas.yaml --trials 40 --sampler evolution
+                                                      # architecture search (docs/search.md)
   dltricks search small_cnn --data mnist --space space.yaml --trials 200 --workers 4 \\
       --storage postgresql://dltricks@db-host/dltricks   # the same command on other machines joins
 
@@ -29,6 +31,8 @@ A space file maps recipe keys (and model.OPTION) to distributions:
     optim.name: {choice: [sgd, adamw]}
     optim.momentum: {uniform: [0.5, 0.99], when: {optim.name: sgd}}
     model.drop_rate: {uniform: [0.0, 0.5]}
+    model.depths.0: {int: [1, 3]}       # one element of a list option (per-stage NAS choices)
+  constraints: {params: 50000}          # optional upper limits (params, latency_ms), checked before training
 """
 
 

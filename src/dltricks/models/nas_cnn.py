@@ -116,7 +116,7 @@ class NasCNN(ClassifierMixin, nn.Module):
                        "expand_ratios": expand_ratios, "se": se}
         lengths = {name: len(value) for name, value in stage_lists.items()}
         if len(set(lengths.values())) != 1 or not depths:
-            raise ModelError(f"nas_cnn: the per-stage lists must have one entry per stage, the same length; got "
+            raise ModelError("nas_cnn: the per-stage lists must have one entry per stage, the same length; got "
                              + ", ".join(f"{k} {n}" for k, n in lengths.items()))
         if any(k % 2 == 0 or k < 1 for k in kernel_sizes):
             raise ModelError(f"nas_cnn: kernel_sizes must be odd (same padding), got {list(kernel_sizes)}")

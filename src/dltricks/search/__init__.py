@@ -5,10 +5,14 @@
 * :mod:`dltricks.search.study`: the study (SQLite in the run directory by default, PostgreSQL for many
   machines), samplers, pruners, the objective (one trial = one :func:`dltricks.train.fit` run) and the
   workers, which stop at exactly N finished trials;
-* :mod:`dltricks.search.report`: the trials table, Optuna's plots and the best recipe as YAML.
+* :mod:`dltricks.search.report`: the trials table, Optuna's plots and the best recipe as YAML;
+* :mod:`dltricks.search.evolution`: regularised evolution (Real et al. 2019) as an Optuna sampler, for
+  architecture search over the per-stage options of ``nas_cnn`` (``model.blocks.0``...), optionally under a
+  parameter or latency limit (the space's ``constraints``).
 
-Optuna does the sampling (TPE, random, CMA-ES, QMC, grid), the pruning (median, successive halving,
-Hyperband) and the storage; dltricks adds the space file, the one training loop and the bookkeeping.
+Optuna does the sampling (TPE, random, CMA-ES, QMC, grid; evolution is ours, on Optuna's sampler API), the
+pruning (median, successive halving, Hyperband) and the storage; dltricks adds the space file, the one
+training loop and the bookkeeping.
 See docs/search.md.
 """
 
@@ -23,7 +27,7 @@ from typing import Any
 from dltricks.errors import ConfigError
 from dltricks.search.space import Param, SearchSpace, load_space, parse_objective
 from dltricks.search.study import (PRUNERS, SAMPLERS, SearchError, SearchSpec, TrialCounts, default_storage,
-                                   open_storage, open_study, run_worker, run_workers, space_for)
+                                   make_sampler, open_storage, open_study, run_worker, run_workers, space_for)
 from dltricks.train.recipe import Recipe, load_recipe
 
 __all__ = ["search", "SearchResult", "SearchSpace", "Param", "load_space", "parse_objective", "SearchSpec",
@@ -83,8 +87,7 @@ def search(model: str, data: str, space: SearchSpace | Mapping[str, Any] | str |
     model_entrypoint(model)
     base = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     space = space_for(space, model=model, objectives=objectives)
-    if sampler == "grid":
-        space.grid()  # conditional parameters are refused before anything is written
+    make_sampler(sampler, space, seed=seed)  # grid with conditional keys, evolution with several objectives: refused
     out = Path(out) if out is not None else Path("runs") / f"search-{model}-{data}"
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")

@@ -76,8 +76,8 @@ class RegularizedEvolutionSampler(BaseSampler):
         if len(study.directions) != 1:
             raise ValueError("RegularizedEvolutionSampler optimises one objective")
         members = self.population(study)
-        if not members:
-            return  # the initial population: random trials
+        if not members or "fixed_params" in trial.system_attrs:
+            return  # the initial population (random trials), or a retried or enqueued trial (its parameters given)
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         tournament = [members[i] for i in self._rng.randint(len(members), size=self.sample_size)]
         parent = max(tournament, key=lambda t: sign * t.value)

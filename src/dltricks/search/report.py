@@ -49,11 +49,12 @@ def trial_rows(study: Any, *, metric_names: list[str]) -> list[dict[str, Any]]:
     pareto = {t.number for t in best_trials(study)}
     for t in _finished(study):
         values = dict(zip(metric_names, t.values)) if t.values is not None else {}
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "best": t.number in pareto, **values,
+        # Objectives under "values": an objective may be called `params`, like the sampled parameters.
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "best": t.number in pareto, "values": values,
                      "params": dict(t.params), "time_s": t.user_attrs.get("time_s"),
                      "run_dir": t.user_attrs.get("run_dir")})
     first = metric_names[0]
-    return sorted(rows, key=lambda r: (r["state"] != "complete", sign * r.get(first, 0.0)))
+    return sorted(rows, key=lambda r: (r["state"] != "complete", sign * r["values"].get(first, 0.0)))
 
 
 def print_table(study: Any, *, metric_names: list[str], top: int = 10) -> None:
@@ -68,7 +69,7 @@ def print_table(study: Any, *, metric_names: list[str], top: int = 10) -> None:
         table.add_column(header, justify="right")
     for r in rows[:top]:
         cells = [f"{r['trial']}{'*' if r['best'] else ''}"]
-        cells += [f"{r[m]:.4g}" if m in r else "" for m in metric_names]
+        cells += [f"{r['values'][m]:.4g}" if m in r["values"] else "" for m in metric_names]
         cells += [_fmt(r["params"].get(p)) for p in params]
         cells += [r["state"], f"{r['time_s']:.1f}" if r["time_s"] is not None else ""]
         table.add_row(*cells)

@@ -262,6 +262,7 @@ class _Objective:
     def __init__(self, spec: SearchSpec, study: Any, *, log: Callable[[str], None] | None = None) -> None:
         self.spec, self.study, self.log = spec, study, log
         self.prunable = len(spec.space.objectives) == 1 and spec.pruner != "none"
+        self._probe_task: Any = None  # a task that sizes models for the constraint check (the first one loaded)
 
     def __call__(self, trial: Any) -> float | list[float]:
         optuna = _quiet_optuna()
@@ -290,13 +291,19 @@ class _Objective:
 
     def _train(self, trial: Any, recipe: Recipe, kwargs: dict[str, Any], run_dir: Path) -> float | list[float]:
         from dltricks.train import fit, prepare
+        from dltricks.train.prepare import model_for_task
 
         optuna = _quiet_optuna()
         spec = self.spec
         metric = spec.space.objectives[0][0]
+        if spec.space.constraints and self._probe_task is not None:
+            # Judge the architecture before any data is loaded, sized for the task the first trial loaded.
+            probe, _ = model_for_task(spec.model, self._probe_task, model_kwargs=kwargs, seed=recipe.train.seed)
+            self._check_constraints(trial, probe, self._probe_task)
         model, task = prepare(spec.model, spec.data, recipe, model_kwargs=kwargs, data_dir=spec.data_dir,
                               subset=spec.subset)
-        if spec.space.constraints:
+        if spec.space.constraints and self._probe_task is None:
+            self._probe_task = task
             self._check_constraints(trial, model, task)
         pruned = False
 
