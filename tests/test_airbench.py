@@ -3,6 +3,7 @@ BN-shift learning-rate multiplier and the cifar10-speedrun recipe on the real CI
 
 from __future__ import annotations
 
+import copy
 import zipfile
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def test_lookahead_state_dict_resumes_the_same_trajectory() -> None:
     p = nn.Parameter(torch.tensor([1.0, -2.0]))
     opt = Lookahead(torch.optim.SGD([p], lr=0.1, momentum=0.9), k=3, alpha=0.5)
     run(opt, p, 4)
-    state, weights = opt.state_dict(), p.detach().clone()
+    state, weights = copy.deepcopy(opt.state_dict()), p.detach().clone()  # as a checkpoint file holds it
     run(opt, p, 4)
     q = nn.Parameter(weights)
     resumed = Lookahead(torch.optim.SGD([q], lr=0.1, momentum=0.9), k=3, alpha=0.5)
@@ -199,3 +200,20 @@ def test_data_init_needs_a_model_that_has_it(tmp_path: Path) -> None:
     model, task = prepare("small_cnn", "mnist-embedded", recipe, subset=256)
     with pytest.raises(ConfigError, match="train.data_init: model small_cnn has no init_from_data"):
         fit(model, task, recipe)
+
+
+def test_cifar_testbed_is_offered_by_name_and_trains(shared_data: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from dltricks.experiments._harness import train
+    from dltricks.experiments.training import testbed
+
+    bed = testbed("cifar10")
+    spec = bed.make_spec(seed=3)
+    assert (spec.dataset, spec.seed, spec.data_init) == ("cifar10", 3, 2000)
+    assert testbed("mnist").make_spec().dataset == "mnist-embedded"
+    with pytest.raises(ConfigError, match="unknown testbed 'cifar'"):
+        testbed("cifar")
+    # The testbed's code path on real CIFAR-10 JPEGs, shrunk: 100 training / 50 test images, one epoch.
+    monkeypatch.setenv("DLTRICKS_DATA", str(small_cifar_zip(shared_data, tmp_path, train=10, test=5)))
+    out = train(bed.make_model(), bed.make_spec(subset=100, val_subset=50, epochs=1, batch_size=50, data_init=50))
+    assert not out.diverged and out.steps == 2 and 0.0 <= out.val_acc <= 1.0

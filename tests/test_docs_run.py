@@ -51,7 +51,7 @@ SHOWN = {"yaml", "text"}
 FENCE = re.compile(r"^```([\w+-]*)[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
 MARKER = re.compile(r"<!--\s*not-run(?:\s+\"([^\"]+)\")?\s*:\s*(.*?)\s*-->", re.S)
 # Pages that read the CIFAR-10 zip share one xdist worker with tests/test_data_images.py (one decode, one cache).
-CIFAR_PAGES = {"README.md", "training.md", "data.md"}
+CIFAR_PAGES = {"README.md", "training.md", "data.md", "speedrun.md"}
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Training harness for tips: one call trains a model on the embedded MNIST split with the project's
-trainer (:func:`dltricks.train.fit`) and evaluates it.
+"""Training harness for tips: one call trains a model on the embedded MNIST split (or another testbed's data set,
+``TrainSpec.dataset``, e.g. CIFAR-10) with the project's trainer (:func:`dltricks.train.fit`) and evaluates it.
 
 :class:`TrainSpec` names the few recipe options tips vary (optimizer, LR, schedule, weight decay,
 label smoothing, clipping, bf16 autocast, augmentation, subset size, epochs); :func:`train` turns it
@@ -60,6 +60,9 @@ class TrainSpec:
     subset: int | None = 2000
     seed: int = 0
     bn_recalibrate: int = 100  # training batches for recomputing BatchNorm statistics after training; 0 = off
+    dataset: str = DATASET  # a registered data set: the testbeds of dltricks.experiments.training.TESTBEDS
+    val_subset: int | None = None  # validation images (stratified draw); None = the whole split
+    data_init: int = 0  # images for the model's data-dependent init (train.data_init: patch whitening)
 
 
 @dataclass
@@ -116,7 +119,7 @@ def recipe(spec: TrainSpec) -> Recipe:
         "train": {"epochs": spec.epochs, "batch_size": spec.batch_size, "eval_batch_size": 1000,
                   "label_smoothing": spec.label_smoothing, "grad_clip": spec.clip_norm or 0.0, "amp": spec.amp,
                   "seed": spec.seed, "device": "cpu", "eval_every": spec.epochs,
-                  "bn_recalibrate": spec.bn_recalibrate},
+                  "bn_recalibrate": spec.bn_recalibrate, "data_init": spec.data_init},
         "augment": dict(spec.augment),
         "checkpoint": {"every_epochs": 0, "keep_best": False},
     })
@@ -151,7 +154,7 @@ def train(model: nn.Module, spec: TrainSpec) -> TrainOutcome:
     NaN metrics (no stand-in values)."""
     torch.manual_seed(spec.seed)
     rec = recipe(spec)
-    model, task = prepare(model, DATASET, rec, subset=spec.subset)
+    model, task = prepare(model, spec.dataset, rec, subset=spec.subset, val_subset=spec.val_subset)
     start = time.perf_counter()
     why = ""
     epoch_losses: list[float] = []
@@ -172,7 +175,7 @@ def train(model: nn.Module, spec: TrainSpec) -> TrainOutcome:
                             problem=f"diverged ({why or 'non-finite training loss'})")
     val_loss, val_acc, val_ece = evaluate(model, task.val_loader)
     # The training subset without augmentation, for the generalisation gap.
-    plain = task_for_recipe(DATASET, rec, subset=spec.subset, for_training=False)
+    plain = task_for_recipe(spec.dataset, rec, subset=spec.subset, for_training=False)
     tr_loss, tr_acc, _ = evaluate(model, plain.train_loader)
     outcome = TrainOutcome(train_loss=epoch_losses[-1], train_loss_auc=sum(epoch_losses) / len(epoch_losses),
                            epoch_train_loss=epoch_losses, val_loss=val_loss, val_acc=val_acc, val_ece=val_ece,

@@ -228,6 +228,61 @@ def _spec(ctx: Context, **kw) -> TrainSpec:
     return TrainSpec(**base)
 
 
+# --------------------------------------------------------------------------------------------- testbeds
+@dataclasses.dataclass(frozen=True)
+class Testbed:
+    """A data set, a baseline model and its training settings that tips can train on by name.
+
+    ``spec`` holds :class:`TrainSpec` fields; ``model`` builds the baseline (``model_kwargs`` change it, e.g. a
+    tip's arm). ``measured`` records the baseline's validation accuracy per seed, as measured (docs/speedrun.md).
+    """
+
+    name: str
+    description: str
+    spec: dict[str, Any]
+    model: str
+    model_kwargs: dict[str, Any]
+    measured: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def make_spec(self, **overrides: Any) -> TrainSpec:
+        return TrainSpec(**{**self.spec, **overrides})
+
+    def make_model(self, **model_kwargs: Any) -> nn.Module:
+        return create_model(self.model, **{**self.model_kwargs, **model_kwargs})
+
+
+TESTBEDS: dict[str, Testbed] = {
+    # The setting of the quick MNIST tips above (their own models: TinyCNN, MLPs).
+    "mnist": Testbed("mnist", "embedded MNIST, 2,000 training / 2,000 validation images, 1 epoch, batch 64",
+                     {"subset": 2000, "epochs": 1, "batch_size": 64, "optimizer": "momentum", "lr": 0.05},
+                     "small_cnn", {"in_chans": 1, "widths": (16, 32, 64)}),
+    # The standard image-classification testbed of the full-mode tips: the speedrun network (airbench_cifar) at
+    # widths 32-64-128 (airbench94: 64-256-256) on a class-stratified 5,000-image subset of CIFAR-10 for 4 epochs
+    # (24-26 s of CPU a run, measured on one EPYC core), validated on 2,000 test images. Nesterov SGD with a
+    # one-cycle schedule, 2-pixel reflect crops and flips, bf16, patch whitening from 2,000 images; no label
+    # smoothing, Lookahead or TTA, so a tip can add those itself. Needs CIFAR-10 (cifar10-jpg.zip or the
+    # tarball) in the default data folders.
+    "cifar10": Testbed(
+        "cifar10", "CIFAR-10, 5,000 training (stratified) / 2,000 test images, 4 epochs, batch 128, airbench_cifar "
+                   "at widths 32-64-128",
+        {"dataset": "cifar10", "subset": 5000, "val_subset": 2000, "epochs": 4, "batch_size": 128,
+         "optimizer": "nesterov", "lr": 0.4, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "onecycle",
+         "amp": True, "augment": {"crop_padding": 2, "crop_padding_mode": "reflect", "hflip": True},
+         "bn_recalibrate": 0, "data_init": 2000},
+        "airbench_cifar", {"widths": (32, 64, 128)},
+        measured={0: 0.6335, 1: 0.6295, 2: 0.634}),  # validation accuracy per seed (docs/benchmarks.md)
+}
+
+
+def testbed(name: str) -> Testbed:
+    """The testbed called ``name`` (:data:`TESTBEDS`)."""
+    if name not in TESTBEDS:
+        from dltricks.errors import ConfigError, did_you_mean
+
+        raise ConfigError(f"unknown testbed {name!r}.{did_you_mean(name, TESTBEDS)} Testbeds: {', '.join(TESTBEDS)}")
+    return TESTBEDS[name]
+
+
 # --------------------------------------------------------------------------------------------- experiments
 @train_tip(id="conv.small-vs-large-kernels", title="Small vs large kernels",
            claim="At the same receptive field, a CNN of stacked 3x3 convolutions has fewer weights and MACs than "
