@@ -62,8 +62,8 @@ def isbi2012_membrane_task(*, batch_size: int, eval_batch_size: int | None = Non
     Options: the fields of :class:`ISBIConfig` (``crop_size``, ``elastic``, ``loss``, ``fold``...), ``subset`` /
     ``val_subset`` (N slices drawn at random, without replacement, by a permutation seeded with ``subset_seed``,
     default 0, kept in stack order; recorded in ``task.extra["subset"]``). The model must output one logit per
-    pixel (``num_classes=1``) for a 1-channel input. ``augment`` may be an :class:`ISBIConfig` or a mapping of its fields; the classification
-    :class:`~dltricks.data.augment.AugmentConfig` of a training recipe is ignored.
+    pixel (``num_classes=1``) for a 1-channel input. ``augment`` may be an :class:`ISBIConfig` or a mapping of
+    its fields; the classification :class:`~dltricks.data.augment.AugmentConfig` of a training recipe is ignored.
     """
     config = _parse_config(augment, options)
     data = load_isbi(data_dir)
