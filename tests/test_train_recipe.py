@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dltricks.data.augment import AugmentConfig
@@ -77,3 +79,22 @@ def test_describe_lists_every_option_with_help():
     assert {"optim.lr", "schedule.warmup_epochs", "train.accum_steps", "ema.decay", "augment.mixup_alpha",
             "early_stop.patience", "checkpoint.every_steps"} <= keys
     assert all(row[3] for row in rows), [row[0] for row in rows if not row[3]]
+
+
+def test_shipped_recipe_names_its_model_and_train_uses_it(tmp_path, capsys):
+    """`dltricks train --recipe R` without MODEL trains the recipe's own model (recipe key `model`)."""
+    from dltricks.cli import main
+    from dltricks.models._registry import model_entrypoint
+    from dltricks.train.recipe import list_recipes, load_recipe
+
+    named = {name: load_recipe(name).model for name in list_recipes()}
+    assert named["cifar10-speedrun"] == "airbench_cifar" and named["isbi-unet"] == "unet_small"
+    for model in filter(None, named.values()):
+        model_entrypoint(model)  # every named model is registered
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "mnist-speedrun", "--data", "mnist-embedded", "--subset", "64",
+                 "--val-subset", "32", "--set", "train.max_steps=2", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["meta"]["model"] == "speedrun_cnn"
+    capsys.readouterr()
+    assert main(["train", "--recipe", "quick", "--data", "mnist-embedded", "--out", str(tmp_path / "q")]) == 2
+    assert "names no model" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from typing import Any
 from dltricks.commands._args import (add_common_data_args, claimed_run_dir, data_args, data_record, log, own_formatter,
                                      parse_options, print_final_metrics, print_history, print_metrics,
                                      recipe_from_args, resolve_checkpoint, run_dir_for)
+from dltricks.commands._unlabelled import add_unlabelled_args, unlabelled_from_args
 from dltricks.errors import ConfigError
 from dltricks.train.recipe import list_recipes
 
@@ -30,6 +31,8 @@ examples:
   dltricks train small_cnn --data mnist --set optim.lr=0.05 --set train.label_smoothing=0.1 --init-from runs/a
   dltricks train unet_small --data isbi2012-membrane --recipe isbi-unet --data-opt fold=2 --out runs/unet
   dltricks train small_cnn --data mnist-embedded --overfit-batch          # sanity check: loss -> 0 on one batch
+  dltricks train small_cnn --data mnist-embedded --subset 100 --unlabelled fixmatch --set train.steps=300
+  dltricks train small_cnn --data mnist-embedded --unlabelled dann --unlabelled-data sklearn-digits
   torchrun --nproc_per_node 2 -m dltricks.cli train small_cnn --data mnist   # data parallel
 
 Recipe keys (--set KEY=VALUE) are listed in docs/training.md and by `dltricks train --recipe-help`.
@@ -43,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
         description="Train MODEL on a data set following a recipe (YAML + --set overrides). Writes metrics, "
                     "checkpoints and final weights to --out, and prints a results table.")
     p.add_argument("model", nargs="?", metavar="MODEL",
-                   help="registered model name (see `dltricks models`); required unless --recipe-help")
+                   help="registered model name (see `dltricks models`); default: the recipe's own model (recipe key "
+                        "`model`), required when the recipe names none")
     add_common_data_args(p, data_required=False)
     p.add_argument("--val-subset", type=int, default=None, metavar="M",
                    help="evaluate on M validation samples drawn like --subset (quick runs); default: all")
@@ -78,6 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--overfit-batch", action="store_true",
                    help="sanity mode: train on one batch until its loss is ~0 (exit status 1 if it is not reached); "
                         "default: off")
+    add_unlabelled_args(p)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar; default: only when stderr is a terminal")
     p.add_argument("--recipe-help", action="store_true",
@@ -99,13 +104,18 @@ def run(args: argparse.Namespace) -> int:
         for key, tp, _, help_text in describe_recipe():
             print(f"{key:32s} {defaults[key]:>14s}  {help_text} ({tp})")
         return 0
-    if not args.model:
+    if not args.model and not args.recipe:
         raise ConfigError("MODEL is required, e.g. `dltricks train small_cnn --data mnist-embedded`")
     if not args.data:
         raise ConfigError("--data NAME is required (e.g. mnist, mnist-embedded, cifar10, imagefolder, "
                           "isbi2012-membrane; see `dltricks train --help`)")
     # 1. Everything that can be checked without data: recipe, model name and options, run directory.
     recipe = recipe_from_args(args)
+    if not args.model:  # the recipe's own model (recipe key `model`), e.g. cifar10-speedrun -> airbench_cifar
+        if not recipe.model:
+            raise ConfigError(f"MODEL is required: recipe {args.recipe} names no model (recipe key `model`), e.g. "
+                              f"`dltricks train small_cnn --recipe {args.recipe} --data mnist-embedded`")
+        args.model = recipe.model
     model_entrypoint(args.model)
     model_opts = parse_options(args.model_opts, "--model-opt")
     data = data_args(args)
@@ -116,17 +126,21 @@ def run(args: argparse.Namespace) -> int:
     model, task = prepare(args.model, args.data, recipe, model_kwargs=model_opts, device=device, **data)
     pretrained = _pretrained_weights(model, args.model, getattr(args, "pretrained", None))
     init_from = _init_weights(model, args.init_from)
+    unlabelled = unlabelled_from_args(args, recipe, task)
     barrier()  # every rank has checked --out before rank 0 creates it
     # 3. Train (the run directory is created by fit).
     data_meta, data_source = data_record(args, task, recipe)
     meta = {"model": args.model, "model_kwargs": model_kwargs_for_task(args.model, task, model_opts),
             "data": data_meta, "data_source": data_source, "init_from": init_from, "pretrained": pretrained,
             "command": "dltricks " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("dltricks") else None}
+    if unlabelled is not None:
+        meta["unlabelled"] = {"data": args.unlabelled_data, "images": len(unlabelled.images),
+                              **vars(unlabelled.config)}
     # The run directory is held from here to the end (a second writer is refused), and checked again under
     # its lock: another command may have used it while the data was being read.
     with claimed_run_dir(run_dir, resume=args.resume, model=args.model, data=args.data, enabled=dist.is_main):
         result = fit(model, task, recipe, run_dir=run_dir, resume=args.resume, progress=args.progress, log=log,
-                     meta=meta)
+                     meta=meta, unlabelled=unlabelled)
     shutdown()  # every rank has finished before the processes exit
     return _print_result(args, result, task, recipe, run_dir) if dist.is_main else 0
 

@@ -286,6 +286,8 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpoints")
     distill: DistillConfig = field(default_factory=DistillConfig, help="knowledge distillation")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig, help="fine-tuning by layer groups")
+    model: str = field("", help="the registered model this recipe is tuned for: `dltricks train --recipe R` "
+                                "trains it when no MODEL is named (a MODEL given on the command line wins)")
     data: dict[str, Any] = field(default_factory=dict,
                                  help="options of the data set itself (the keys of --data-opt, which win over "
                                       "these; e.g. {elastic: true} for isbi2012-membrane), checked against the "
