@@ -218,3 +218,39 @@ def test_eval_uncertainty_bad_inputs_exit_2(two_runs, capsys, argv, message) -> 
     assert main(["eval", a, "--ood", *[b if x == "B" else x for x in argv]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and err[-1].startswith("dltricks eval: error:")
+
+
+@pytest.fixture(scope="module")
+def odd_runs(tmp_path_factory) -> tuple[str, str]:
+    """A run without dropout layers (speedrun_cnn) and an MLP with dropout trained on two letter classes."""
+    from PIL import Image
+
+    from dltricks.cli import main
+
+    root = tmp_path_factory.mktemp("odd")
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            for i in range(3):
+                (root / "letters" / split / c).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8), "L").save(root / "letters" / split / c /
+                                                                                     f"{i}.png")
+    assert main(["train", "speedrun_cnn", "--data", "mnist-embedded", "--epochs", "1", "--subset", "200",
+                 "--val-subset", "100", "--out", str(root / "plain"), "--no-progress"]) == 0
+    assert main(["train", "mlp", "--data", "imagefolder", "--data-dir", str(root / "letters"), "--epochs", "1",
+                 "--model-opt", "drop_rate=0.1", "--out", str(root / "letters-run"), "--no-progress"]) == 0
+    return str(root / "plain"), str(root / "letters-run")
+
+
+@pytest.mark.slow
+def test_eval_uncertainty_model_and_member_mismatch_exit_2(two_runs, odd_runs, capsys) -> None:
+    from dltricks.cli import main
+
+    a, _ = two_runs
+    plain, letters = odd_runs
+    for argv, message in ((["eval", plain, "--uncertainty", "mc-dropout"], "has no dropout layers"),
+                          (["eval", a, "--uncertainty", "ensemble", "--members", letters], "but the first member has")):
+        capsys.readouterr()
+        assert main([*argv, "--ood"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [line for line in err if "error" in line]  # an info line may come first
+        assert len(errors) == 1 and message in err[-1] and err[-1].startswith("dltricks eval: error:"), err

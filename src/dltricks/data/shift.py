@@ -8,6 +8,10 @@
 * :func:`cifar_grey_crops`: CIFAR-10 test images turned grey (ITU-R BT.601 luma
   ``Y = 0.299 R + 0.587 G + 0.114 B``) and cropped to 28x28 at a seeded random offset: images of
   no digit class at all, the far out-of-distribution set.
+* :func:`mnist_m_grey`: MNIST-M in grey (Ganin et al. 2016, JMLR, Sec. 5.1.2, built reproducibly): every digit
+  blended onto a patch of a natural image by the absolute difference ``|patch - digit|``, pixel by pixel; the
+  patches are seeded grey crops of CIFAR-10 test images (:func:`cifar_grey_crops`) instead of the paper's
+  BSDS500 colour photos, so the set stays 28x28 grey like MNIST. Same classes, other backgrounds and contrast.
 * :func:`split_target`: the fixed, class-balanced split of a target set into images an adaptation method
   may see (without labels) and test images it never sees.
 
@@ -26,8 +30,8 @@ from dltricks.data.base import ArrayDataset, stratified_indices
 from dltricks.data.mnist import MNIST_MEAN, MNIST_STD
 from dltricks.errors import DataError
 
-__all__ = ["load_sklearn_digits", "cifar_grey_crops", "split_target", "find_cifar10_zip", "as_float",
-           "DIGIT_CLASSES"]
+__all__ = ["load_sklearn_digits", "cifar_grey_crops", "mnist_m_grey", "split_target", "find_cifar10_zip",
+           "as_float", "DIGIT_CLASSES"]
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
@@ -85,6 +89,22 @@ def cifar_grey_crops(n: int = 2000, *, data_dir: str | os.PathLike[str] | None =
                          for i, (t, s) in enumerate(zip(top.tolist(), left.tolist()))])  # (n, 1, S, S)
     return ArrayDataset(crops.round().clamp(0, 255).to(torch.uint8), test.labels[index], test.classes,
                         "cifar10-grey-crops", MNIST_MEAN, MNIST_STD)
+
+
+def mnist_m_grey(digits: ArrayDataset, *, data_dir: str | os.PathLike[str] | None = None,
+                 seed: int = 0) -> ArrayDataset:
+    """``|patch - digit|`` for every image of ``digits`` (``uint8 (N, 1, 28, 28)``, e.g. the embedded MNIST
+    validation split), each on its own grey CIFAR-10 crop drawn with ``seed``; labels and classes are the digits'."""
+    if digits.in_chans != 1:
+        raise DataError(f"mnist_m_grey blends grey digits; {digits.name} has {digits.in_chans} channels")
+    H, W = digits.image_size
+    if H != W:
+        raise DataError(f"mnist_m_grey needs square digit images, got {H}x{W}")
+    patches = cifar_grey_crops(len(digits), data_dir=data_dir, image_size=H, seed=seed).images  # (N, 1, H, W)
+    blended = (patches.to(torch.int16) - digits.images.to(torch.int16)).abs().to(torch.uint8)  # (N, 1, H, W)
+    # The digits' own statistics: a target image is normalised as its source digits are.
+    return ArrayDataset(blended, digits.labels, digits.classes, f"mnist-m-grey({digits.name})", digits.mean,
+                        digits.std)
 
 
 def split_target(dataset: ArrayDataset, *, test_fraction: float = 0.5, seed: int = 0) -> tuple[ArrayDataset,

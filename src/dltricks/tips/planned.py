@@ -291,22 +291,6 @@ PLANNED: tuple[Tip, ...] = (
                   BLOG.at(66, topic="a fixed-size hidden state")),
             "a memory measurement of step-by-step inference, Mamba vs attention with a key-value cache"),
     # ------------------------------------------------------------------------------------------ learning setups
-    planned("learn.transfer", "Transfer learning",
-            "Fine-tuning a model pre-trained on a large data set converges faster and ends more accurate on a "
-            "small target task than training from scratch.",
-            LEARN, (README.at(158, 160, "transfer learning"), README.at(186, 187, "pre-training and adapters"),
-                    README.at(209, 210, "pre-train Mamba, then fine-tune"), LECTURE.at(1240, 1255, "BERT")),
-            "a pre-trained checkpoint (no download in the sandbox) or pre-training on a second task"),
-    planned("learn.one-shot", "One-shot learning with metric learning",
-            "Siamese networks and metric learning can learn a class from one or a few examples.",
-            LEARN, README.at(93, 96, "one-shot learning"), "a siamese network and a few-shot split of MNIST"),
-    planned("learn.zero-shot", "Zero-shot learning",
-            "With auxiliary information or semantic embeddings a model can recognise classes it never saw in "
-            "training.",
-            LEARN, README.at(98, 101, "zero-shot learning"), "class embeddings and held-out classes"),
-    planned("learn.meta-learning", "Meta-learning",
-            "Meta-learning (e.g. MAML) trains a model to learn new tasks from few examples more efficiently.",
-            LEARN, README.at(162, 166, "meta-learning"), "a family of few-shot tasks and a MAML loop"),
     planned("learn.distillation", "Knowledge distillation",
             "A small student trained to match a large teacher's softened outputs is more accurate than the same "
             "student trained on the labels alone.",

@@ -809,7 +809,8 @@ class _Trainer:
 
     def _data_init(self) -> None:
         """``train.data_init``: the model's ``init_from_data(x)`` on the first N images of the training loader's
-        first epoch (a new run only; a resumed one loads its weights). The EMA copy restarts from the result."""
+        first epoch (a new run only; a resumed one loads its weights). Under DDP every rank takes rank 0's result;
+        the EMA copy restarts from it."""
         init = getattr(self.raw_model, "init_from_data", None)
         if not callable(init):
             raise ConfigError(f"train.data_init: model {_model_name(self.raw_model)} has no init_from_data(x) method; "
@@ -821,6 +822,11 @@ class _Trainer:
             if count >= wanted:
                 break
         init(_to_device(torch.cat(images)[:wanted], self.device, False))
+        if self.dist.enabled:  # each rank saw its own shard: every rank takes rank 0's result
+            import torch.distributed as dist
+
+            for tensor in self.raw_model.state_dict().values():
+                dist.broadcast(tensor, 0)
         if self.ema is not None:
             self.ema.module.load_state_dict(self.raw_model.state_dict())
 

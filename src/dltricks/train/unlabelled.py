@@ -20,7 +20,8 @@ the scikit-learn 8x8 digits). ``L_u`` per method (``p = softmax(f(.))``, ``tau``
   average of the student's (``theta' <- a theta' + (1 - a) theta`` after every step) sees another noisy view;
   ``L_u = mean_i ||p_student(x_u,i) - p_teacher(x_u,i)||^2`` (squared error between the class probabilities).
 * ``coral`` (Sun & Saenko 2016, "Deep CORAL", Eq. 1): ``L_u = ||C_s - C_t||_F^2 / (4 d^2)`` with ``C_s, C_t``
-  the ``d x d`` covariances of the pre-logit features of the labelled (source) and unlabelled (target) batch.
+  the ``d x d`` covariances of the classifier outputs (the logits, ``d = K``: the paper puts the loss on its last
+  classification layer, fc8) of the labelled (source) and unlabelled (target) batch.
 * ``dann`` (Ganin et al. 2016, JMLR): a domain classifier ``D`` (Linear-ReLU-Linear) on the pre-logit features
   behind a gradient reversal (:mod:`dltricks.layers.grad_reverse`); ``L_u = BCE(D(R(h_s)), 0) + BCE(D(R(h_t)),
   1)``. ``D`` learns to tell the domains apart while the reversed gradient makes the features indistinguishable;
@@ -30,8 +31,8 @@ the scikit-learn 8x8 digits). ``L_u`` per method (``p = softmax(f(.))``, ``tau``
 ``w(t)`` ramps up as ``weight * exp(-5 (1 - t / T_r)^2)`` over the first ``rampup`` fraction of the steps
 (Laine & Aila 2017, the ramp mean teacher uses too); ``rampup = 0`` uses ``weight`` from the first step.
 
-Pre-logit features (CORAL, DANN) are read by a forward pre-hook on the model's classifier
-(``get_classifier()``, else its last ``nn.Linear``), so the labelled batch is not run twice.
+DANN's pre-logit features and CORAL's logits are read by hooks on the model's classifier (``get_classifier()``,
+else its last ``nn.Linear``), so the labelled batch is not run twice.
 AdaBN (Li et al. 2016), the other adaptation method of docs/domain-adaptation.md, needs no training: see
 :func:`adabn`. Measured results: docs/semi-supervised.md and docs/domain-adaptation.md.
 """
@@ -52,6 +53,7 @@ from dltricks.data.augment import cutout, random_crop, random_rotate
 from dltricks.data.base import ArrayDataset
 from dltricks.errors import ConfigError, DataError
 from dltricks.layers.grad_reverse import dann_lambda, grad_reverse
+from dltricks.tasks.base import _logits
 from dltricks.train.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from dltricks.train.ema import ModelEma
 
@@ -63,6 +65,10 @@ METHODS = ("pseudo-label", "fixmatch", "mean-teacher", "coral", "dann")
 
 def _check_unit_open_right(value: Any) -> str | None:
     return None if 0.0 <= value < 1.0 else "a number in [0, 1)"
+
+
+def _check_unit(value: Any) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "a number in [0, 1]"
 
 
 def _check_at_least_one(value: Any) -> str | None:
@@ -79,10 +85,11 @@ class UnlabelledConfig:
                              "(Ganin et al. 2016)")
     weight: float = field(1.0, help="weight of the unlabelled term once ramped up", check=check_non_negative)
     threshold: float = field(0.95, help="pseudo-label/fixmatch: confidence a prediction needs to become a "
-                                        "target", check=check_fraction)
+                                        "target", check=_check_unit)
     ratio: int = field(1, help="unlabelled images per labelled image in a step (FixMatch's mu)",
                        check=_check_at_least_one)
-    rampup: float = field(0.0, help="fraction of the steps over which the weight ramps up (exp(-5(1-t)^2))",
+    rampup: float = field(0.0, help="fraction of the steps over which the weight ramps up (exp(-5(1-t)^2)); not "
+                                    "dann, whose reversal strength follows its own schedule",
                           check=check_fraction)
     teacher_decay: float = field(0.99, help="mean-teacher: EMA decay of the teacher's weights",
                                  check=_check_unit_open_right)
@@ -108,7 +115,8 @@ class Unlabelled:
         if isinstance(config, UnlabelledConfig):
             config = {k: getattr(config, k) for k in UnlabelledConfig.__dataclass_fields__}
         if config is not None and not isinstance(config, Mapping):
-            raise ConfigError(f"unlabelled: config must be an UnlabelledConfig or a mapping, got {type(config).__name__}")
+            raise ConfigError(f"unlabelled: config must be an UnlabelledConfig or a mapping, got "
+                              f"{type(config).__name__}")
         self.config = from_dict(UnlabelledConfig, {**dict(config or {}), **options}, prefix="unlabelled.")
         if isinstance(data, ArrayDataset):
             self.images, self.classes, self.name = data.images, data.classes, data.name
@@ -119,10 +127,11 @@ class Unlabelled:
                                 f"{str(data.dtype)} {tuple(data.shape)}")
             self.images, self.classes, self.name, self.mean, self.std = data, None, "unlabelled images", None, None
         else:
-            raise DataError(f"unlabelled data must be an ArrayDataset or a uint8 image tensor, got {type(data).__name__}")
+            raise DataError(f"unlabelled data must be an ArrayDataset or a uint8 image tensor, got "
+                            f"{type(data).__name__}")
 
     def check_task(self, task: Any) -> None:
-        """Refuse images another model input shape, and a data set labelled with another class set."""
+        """Refuse images of another shape than the task's inputs, and a data set labelled with another class set."""
         shape = tuple(task.input_shape)
         if tuple(self.images.shape[1:]) != shape:
             raise DataError(f"unlabelled set {self.name} has images of shape {tuple(self.images.shape[1:])} but data "
@@ -177,7 +186,7 @@ def _classifier(model: nn.Module) -> nn.Module:
         return head
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ConfigError(f"unlabelled.method: coral and dann read the features entering the classifier, and model "
+        raise ConfigError(f"unlabelled.method: coral and dann read the classifier's inputs or outputs, and model "
                           f"{type(model).__name__} has no nn.Linear layer")
     return linears[-1]
 
@@ -200,17 +209,21 @@ class UnlabelledObjective:
         self.features: torch.Tensor | None = None
         self._hook = None
         self.discriminator: nn.Module | None = None
-        self.last: dict[str, float] = {}
-        self.mask_rate = float("nan")
         if self.cfg.method in ("coral", "dann"):
             head = _classifier(model)
-            self._hook = head.register_forward_pre_hook(self._keep_features)
+            if self.cfg.method == "coral":
+                self._hook = head.register_forward_hook(self._keep_output)
+            else:
+                self._hook = head.register_forward_pre_hook(self._keep_features)
             if self.cfg.method == "dann":
                 d, h = head.in_features, self.cfg.dann_hidden
                 self.discriminator = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, 1)).to(device)
 
     def _keep_features(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.features = inputs[0].flatten(1)  # (B, d)
+
+    def _keep_output(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        self.features = output.flatten(1)  # (B, K)
 
     def close(self) -> None:
         if self._hook is not None:
@@ -247,17 +260,17 @@ class UnlabelledObjective:
         x_u = self._batch()
         method = self.cfg.method
         if method == "pseudo-label":
-            logits = model(self._normalise(x_u))
+            logits = _logits(model(self._normalise(x_u)))
             term = self._masked_ce(logits, logits.detach())
         elif method == "fixmatch":
             with torch.no_grad():
-                guess = model(self._normalise(weak_view(x_u, self.generator)))
-            term = self._masked_ce(model(self._normalise(strong_view(x_u, self.generator))), guess)
+                guess = _logits(model(self._normalise(weak_view(x_u, self.generator))))
+            term = self._masked_ce(_logits(model(self._normalise(strong_view(x_u, self.generator)))), guess)
         elif method == "mean-teacher":
-            student = model(self._noisy(x_u)).float().softmax(dim=1)  # (B_u, K)
+            student = _logits(model(self._noisy(x_u))).float().softmax(dim=1)  # (B_u, K)
             with torch.no_grad():
                 self.teacher.module.train(model.training)
-                target = self.teacher.module(self._noisy(x_u)).float().softmax(dim=1)  # (B_u, K)
+                target = _logits(self.teacher.module(self._noisy(x_u))).float().softmax(dim=1)  # (B_u, K)
             term = (student - target).pow(2).sum(dim=1).mean()
         else:
             if source_features is None:
@@ -268,7 +281,6 @@ class UnlabelledObjective:
                 term = coral_loss(source_features, target_features)
             else:
                 term = self._dann(source_features, target_features, step)
-        self.last = {"unlabelled_loss": float(term.detach())}
         return term * (self.weight(step) if method != "dann" else self.cfg.weight)
 
     def _noisy(self, x: torch.Tensor) -> torch.Tensor:
@@ -280,7 +292,6 @@ class UnlabelledObjective:
         probs = guess.float().softmax(dim=1)  # (B_u, K)
         confidence, target = probs.max(dim=1)  # (B_u,)
         mask = (confidence >= self.cfg.threshold).float()
-        self.mask_rate = float(mask.mean())
         # The mean over the whole batch (masked images count as 0), as in FixMatch's Eq. 4.
         return (F.cross_entropy(logits.float(), target, reduction="none") * mask).mean()
 
