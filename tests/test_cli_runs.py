@@ -161,3 +161,21 @@ def test_eval_of_an_isbi_fold_uses_its_held_out_slices(shared_data, tmp_path, ca
     captured = capsys.readouterr()
     assert json.loads(captured.out)["slices"] == ["0", "1", "2", "3", "4", "5"]
     assert "warning: evaluating on training data: 6 of the 6 samples" in captured.err
+
+
+def test_max_steps_at_an_epoch_end_is_evaluated_whatever_eval_every_says(tmp_path, capsys):
+    """A run stopped by max_steps exactly at the end of an epoch that eval_every skips still reports its
+    validation metrics (it used to return a result without them)."""
+    from dltricks.tasks.base import build_task
+    from dltricks.train import Recipe, fit
+    from dltricks.train.recipe import load_recipe
+
+    import dltricks
+
+    task = build_task("mnist-embedded", batch_size=32, subset=64, val_subset=32)  # 2 steps per epoch
+    recipe = load_recipe(None, [("train.epochs", 4), ("train.eval_every", 3), ("train.max_steps", 2),
+                                ("checkpoint.every_epochs", 0)])
+    assert isinstance(recipe, Recipe)
+    result = fit(dltricks.create_model("mlp"), task, recipe, progress=False)
+    assert result.stop_reason == "max_steps"
+    assert "val_accuracy" in result.final and 0 <= result.final["val_accuracy"] <= 1

@@ -689,7 +689,10 @@ class _Trainer:
         self._evaluated_last = bool(last)
         if last and cfg.bn_recalibrate:
             self._recalibrate_batchnorm(epoch)
-        if self._can_evaluate and ((epoch + 1) % cfg.eval_every == 0 or last):
+        # A run stopped by train.max_steps at an epoch's end is evaluated too, whatever eval_every says: its
+        # metrics are printed and returned like those of a run stopped inside an epoch.
+        at_max_steps = bool(cfg.max_steps and self.step >= cfg.max_steps)
+        if self._can_evaluate and ((epoch + 1) % cfg.eval_every == 0 or last or at_max_steps):
             for k, v in self._validate(epoch, last=bool(last)).items():
                 if k != "count":
                     record[f"val_{k}"] = v
