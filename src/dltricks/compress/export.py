@@ -2,9 +2,12 @@
 
 :func:`export_onnx` writes a model with ``torch.onnx.export`` (the dynamo exporter: ``torch.export``, then
 onnxscript's translation), the batch dimension dynamic, and then runs the file in onnxruntime on a batch of a
-different size than the one exported with: the outputs must match PyTorch's to ``atol + rtol * |y|``
-(:data:`ATOL`, :data:`RTOL`) or the export fails. :func:`quantize_onnx` is onnxruntime's own dynamic int8
-quantization of the exported graph (int8 weights of MatMul/Gemm/Conv, activation scales per batch).
+different size than the one exported with: every output (a model may return a tuple or dict of tensors, e.g.
+a detector's maps) must match PyTorch's to ``atol + rtol * |y|`` (:data:`ATOL`, :data:`RTOL`) or the export
+fails. The input is one tensor or a tuple of the model's positional inputs (token ids stay integers; a seq2seq
+model takes source and target). ``tests/test_onnx_zoo.py`` runs it on every model family of the zoo.
+:func:`quantize_onnx` is onnxruntime's own dynamic int8 quantization of the exported graph (int8 weights of
+MatMul/Gemm/Conv, activation scales per batch).
 
 Files are written to a temporary name and renamed, so a failed export leaves nothing behind.
 """

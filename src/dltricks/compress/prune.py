@@ -5,23 +5,35 @@
   threshold) or in every layer separately (``"layer"``), with :mod:`torch.nn.utils.prune`. The tensors keep
   their shape, so dense kernels do the same work: the model is as slow as before (and as large on disk,
   unless stored sparse).
+* **Iterative prune -> fine-tune** (:func:`prune_finetune`, Han et al. 2015 Sec. 3.3): the sparsity is
+  raised in steps ``s_1 < s_2 < ...``; after each step the masks stay on (``weight = weight_orig * mask``, so a
+  pruned weight gets no gradient and stays zero) and the model is fine-tuned with :func:`dltricks.train.fit`,
+  the one training loop, following a recipe. Each step prunes, among the weights still alive, exactly
+  ``round(s_k * N) - round(s_{k-1} * N)`` more (``N``: all Conv/Linear weights), the smallest in magnitude
+  after fine-tuning, so the sparsity after step k is ``s_k`` to the weight.
 * **Structured** (:func:`prune_channels`, Li et al., "Pruning Filters for Efficient ConvNets", 2017): in
   every prunable conv, the fraction ``amount`` of output channels whose filters have the smallest L1 norm
   ``sum |W[c]|`` is removed, with the matching batch-norm channels and the matching input channels of the
   layer that consumes them; the result is a smaller *dense* model, so the speed-up is real.
 
 Which channels may go depends on who reads them. A conv whose output is added to a residual shortcut
-cannot lose channels alone (the sum needs both operands the same width), so inside a residual block only
-the inner channels are pruned (``conv1 -> bn1 -> conv2`` of a basic block, and ``conv2`` too in a
-bottleneck); in a plain ``nn.Sequential`` conv stack a conv (with its BN and any activation, pooling or
-dropout in between) feeds the next conv; the last conv of a classifier's ``features`` feeds the linear
-head through global pooling (one input per channel). Everything else is left as it is.
+cannot lose channels alone (the sum needs both operands the same width). Inside a residual block the inner
+channels are pruned (``conv1 -> bn1 -> conv2`` of a basic block, and ``conv2`` too in a bottleneck). In a
+ResNet the residual stream is pruned too, as groups: every tensor added into one stream (the stem's output,
+each block's last BN, a projection shortcut's BN) keeps the same channels, those with the largest summed L1
+filter norm, and every reader (each block's first conv, the projection conv, the classifier) loses the same
+input channels; a zero-padding shortcut (option A) becomes a :class:`ChannelShortcut` that maps the kept
+channels of the previous stream onto the kept channels of the next. In a plain ``nn.Sequential`` conv stack
+a conv (with its BN and any activation, pooling or dropout in between) feeds the next conv; the last conv of
+a classifier's ``features`` feeds the linear head through global pooling (one input per channel). Everything
+else is left as it is.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -29,7 +41,12 @@ from torch.nn.utils import prune
 
 from dltricks.errors import ConfigError, ModelError
 
-__all__ = ["prune_unstructured", "prune_channels", "count_nonzero", "PRUNABLE"]
+if TYPE_CHECKING:
+    from dltricks.tasks import Task
+    from dltricks.train.recipe import Recipe
+
+__all__ = ["prune_unstructured", "prune_finetune", "prune_channels", "ChannelShortcut", "count_nonzero",
+           "PRUNABLE"]
 
 PRUNABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Modules that act on each channel separately: a channel removed before them is simply absent after them.
@@ -65,6 +82,73 @@ def prune_unstructured(model: nn.Module, amount: float, *, scope: Literal["globa
     for m, name in params:
         prune.remove(m, name)
     return pruned
+
+
+def _prune_count(params: list[tuple[nn.Module, str]], count: int, scope: str) -> None:
+    """Prune ``count`` more of the live weights of ``params`` (all of them at once, or the same fraction of the
+    live weights of each layer), the smallest ``|w|`` first; masks compose with earlier ones."""
+    if count <= 0:
+        return
+    if scope == "global":
+        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=count)
+        return
+    live = [int(torch.count_nonzero(getattr(m, name + "_mask"))) if hasattr(m, name + "_mask")
+            else getattr(m, name).numel() for m, name in params]
+    total = sum(live)
+    for (m, name), n in zip(params, live):
+        prune.l1_unstructured(m, name, amount=round(count * n / total))
+
+
+def prune_finetune(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str | None,
+                   amounts: Sequence[float], *,
+                   scope: Literal["global", "layer"] = "global",
+                   log: Callable[[str], None] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Iterative magnitude pruning with fine-tuning (module docstring): for each sparsity of ``amounts``
+    (increasing), prune a copy of ``model`` to it and fine-tune it with ``fit(copy, task, recipe)``. Returns the
+    pruned, fine-tuned model (masks made permanent) and one record per step: ``amount``, the validation
+    metrics right after pruning (``before_*``) and after fine-tuning (``after_*``)."""
+    from dltricks.train import evaluate, fit, load_recipe
+
+    if scope not in ("global", "layer"):
+        raise ConfigError(f"pruning scope: got {scope!r}, expected 'global' or 'layer'")
+    amounts = [float(a) for a in amounts]
+    for a in amounts:
+        _check_amount(a)
+    if not amounts or any(b <= a for a, b in zip(amounts, amounts[1:])):
+        raise ConfigError(f"pruning schedule: got {amounts}, expected increasing fractions, e.g. [0.5, 0.8, 0.9]")
+    recipe = load_recipe(recipe) if not hasattr(recipe, "train") else recipe
+    pruned = copy.deepcopy(model)
+    params = [(m, "weight") for m in pruned.modules() if isinstance(m, PRUNABLE)]
+    if not params:
+        raise ModelError(f"cannot prune {type(model).__name__}: it has no Conv or Linear layer")
+    total = sum(m.weight.numel() for m, _ in params)
+    records: list[dict[str, float]] = []
+    done = 0
+    for amount in amounts:
+        target = round(amount * total)
+        # fit may leave conv weights channels-last, and prune flattens them with view(): make them contiguous,
+        # the masked weight (a plain attribute, recomputed before each forward) included.
+        pruned.to(memory_format=torch.contiguous_format)
+        for m, name in params:
+            if hasattr(m, name + "_mask"):
+                setattr(m, name, getattr(m, name + "_orig") * getattr(m, name + "_mask"))
+        _prune_count(params, target - done, scope)
+        done = sum(int((getattr(m, name + "_mask") == 0).sum()) for m, name in params if hasattr(m, name + "_mask"))
+        device = next(pruned.parameters()).device
+        before = evaluate(pruned, task.val_loader, task, device=device)
+        fit(pruned, task, recipe, progress=False)
+        after = evaluate(pruned, task.val_loader, task, device=device)
+        record = {"amount": amount, "sparsity": done / total}
+        record.update({f"before_{k}": float(v) for k, v in before.items() if k in ("loss", "accuracy")})
+        record.update({f"after_{k}": float(v) for k, v in after.items() if k in ("loss", "accuracy")})
+        records.append(record)
+        if log is not None:
+            log(f"sparsity {done / total:.3f}: accuracy {record.get('before_accuracy', float('nan')):.4f} after "
+                f"pruning, {record.get('after_accuracy', float('nan')):.4f} after fine-tuning")
+    for m, name in params:
+        if hasattr(m, name + "_mask"):
+            prune.remove(m, name)
+    return pruned, records
 
 
 # --- structured --------------------------------------------------------------------------------------------
@@ -128,19 +212,31 @@ def _prune_pair(owner: nn.Module, conv: str, bn: str | None, consumer: str, amou
     setattr(owner, consumer, _linear_in(nxt, keep) if isinstance(nxt, nn.Linear) else _conv_in(nxt, keep))
 
 
+def _bn_between(block: nn.Module, conv: str, consumer: str) -> str | None:
+    """The batch norm registered between ``conv`` and ``consumer`` in ``block`` (``bn1`` after ``conv1`` in a
+    post-activation block, ``bn2`` in a pre-activation one); ``""`` when something that is not channel-wise sits
+    between them, ``None`` when nothing does."""
+    names = list(block._modules)
+    between = names[names.index(conv) + 1:names.index(consumer)] if names.index(conv) < names.index(consumer) else []
+    bns = [n for n in between if type(block._modules[n]) is nn.BatchNorm2d]
+    if len(bns) > 1 or any(not isinstance(block._modules[n], (*_CHANNELWISE, nn.BatchNorm2d)) for n in between):
+        return ""
+    return bns[0] if bns else None
+
+
 def _prune_block(block: nn.Module, amount: float) -> int:
-    """The inner channels of a residual block (``conv1 -> bn1 -> conv2 [-> bn2 -> conv3]``); returns pairs pruned."""
+    """The inner channels of a residual block (``conv1 -> BN -> conv2 [-> BN -> conv3]``, the BN found by
+    registration order, so pre-activation blocks work too); returns the pairs pruned."""
     done = 0
-    chain = [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", None)]
-    for (conv, bn), (consumer, _) in zip(chain, chain[1:]):
-        last = not hasattr(block, "conv3") and consumer == "conv2" or consumer == "conv3"
-        if not (_plain_conv(getattr(block, conv, None)) and _plain_conv(getattr(block, consumer, None))
-                and type(getattr(block, bn, None)) is nn.BatchNorm2d):
+    convs = [c for c in ("conv1", "conv2", "conv3") if c in block._modules]
+    for conv, consumer in zip(convs, convs[1:]):
+        if not (_plain_conv(getattr(block, conv, None)) and _plain_conv(getattr(block, consumer, None))):
+            break
+        bn = _bn_between(block, conv, consumer)
+        if bn == "":
             break
         _prune_pair(block, conv, bn, consumer, amount)
         done += 1
-        if last:
-            break
     return done
 
 
@@ -174,12 +270,139 @@ def _prune_sequential(seq: nn.Sequential, amount: float, *, head: tuple[nn.Modul
     return done
 
 
+class ChannelShortcut(nn.Module):
+    """An option-A shortcut (subsample, zero-pad the new channels) after the residual streams on both sides were
+    pruned: output channel ``j`` is input channel ``index[j]``, or zero where the stream channel it stands for
+    was zero-padded or pruned before the shortcut (``index[j] == C_in``, the appended zero channel)."""
+
+    def __init__(self, index: torch.Tensor, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.register_buffer("index", index.long())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]  # (B, C_in, H/s, W/s)
+        x = nn.functional.pad(x, (0, 0, 0, 0, 0, 1))  # (B, C_in + 1, H/s, W/s): channel C_in is zero
+        return x.index_select(1, self.index)  # (B, len(index), H/s, W/s)
+
+
+def _last_conv_bn(block: nn.Module) -> tuple[str, str]:
+    return ("conv3", "bn3") if hasattr(block, "conv3") else ("conv2", "bn2")
+
+
+def _stream_blocks(model: nn.Module) -> list[nn.Module] | None:
+    """The residual blocks of a ResNet-like ``model`` whose residual streams can be pruned (a plain conv + BN stem,
+    ``stages`` of blocks without attention, shortcuts that are identities, zero-padding or [pool ->] conv -> BN,
+    a linear classifier), else ``None``."""
+    from dltricks.models.resnet import PadShortcut
+
+    stages, head = getattr(model, "stages", None), getattr(model, "head_attr", None)
+    if not (_plain_conv(getattr(model, "conv1", None)) and type(getattr(model, "bn1", None)) is nn.BatchNorm2d
+            and isinstance(stages, (list, tuple, nn.Sequential, nn.ModuleList)) and head
+            and isinstance(getattr(model, head, None), nn.Linear)):
+        return None
+    blocks = [b for stage in stages for b in stage.children()]
+    for b in blocks:
+        conv, bn = _last_conv_bn(b)
+        ds = getattr(b, "downsample", None)
+        ok_ds = ds is None or isinstance(ds, PadShortcut) or (
+            isinstance(ds, nn.Sequential) and len(ds) >= 2 and _plain_conv(ds[-2]) and type(ds[-1]) is nn.BatchNorm2d
+            and all(isinstance(m, _CHANNELWISE) for m in list(ds)[:-2]))
+        if not (ok_ds and _plain_conv(getattr(b, "conv1", None)) and _plain_conv(getattr(b, conv, None))
+                and type(getattr(b, bn, None)) is nn.BatchNorm2d and isinstance(getattr(b, "attn", nn.Identity()),
+                                                                                 nn.Identity)):
+            return None
+    return blocks or None
+
+
+def _choose_stream_channels(groups: list[dict], amount: float) -> None:
+    """Set ``group["keep"]`` (sorted channel indices) for every stream group.
+
+    A zero-padding shortcut carries the previous stream's channels into the first ``C_in`` channels of the next
+    one, so those are the same channels (one identity path) and must be kept or removed together; only the
+    padded channels are new. Each channel is identified along the identity path, its score is the L1 norm of
+    every filter that writes it in any stage, and in each set of channels created together (the stem's, each
+    projection's, each padding's) the fraction ``amount`` with the lowest scores goes."""
+    from dltricks.models.resnet import PadShortcut
+
+    score: list[torch.Tensor] = []  # by channel id
+    origin: list[int] = []  # the group that created the channel
+    for i, g in enumerate(groups):
+        width = getattr(g["writers"][0][0], g["writers"][0][1]).out_channels
+        inherited = g["previous"]["ids"] if g["entry"] is not None and isinstance(g["entry"].downsample,
+                                                                                   PadShortcut) else []
+        g["ids"] = list(inherited) + list(range(len(score), len(score) + width - len(inherited)))
+        score += [torch.zeros(())] * (width - len(inherited))
+        origin += [i] * (width - len(inherited))
+        norms = sum(getattr(o, c).weight.detach().abs().flatten(1).sum(1) for o, c, _ in g["writers"])  # (C,)
+        for position, channel in enumerate(g["ids"]):
+            score[channel] = score[channel] + norms[position]
+    kept: set[int] = set()
+    for i in range(len(groups)):
+        ids = [c for c, o in enumerate(origin) if o == i]
+        if ids:
+            values = torch.stack([score[c] for c in ids])
+            top = values.topk(max(1, round(len(ids) * (1.0 - amount)))).indices
+            kept |= {ids[int(j)] for j in top}
+    for g in groups:
+        g["keep"] = torch.tensor([p for p, c in enumerate(g["ids"]) if c in kept], dtype=torch.long)
+
+
+def _prune_streams(model: nn.Module, amount: float) -> int:
+    """Prune the residual streams of a ResNet-like model (module docstring); returns the groups pruned.
+
+    The tensors added into one stream (the stem's output, every block's last BN, a projection shortcut's BN) form
+    one group that keeps the same channels (:func:`_choose_stream_channels`); a new group starts at every block
+    with a downsampling shortcut."""
+    from dltricks.models.resnet import PadShortcut
+
+    blocks = _stream_blocks(model)
+    if blocks is None:
+        return 0
+    group: dict = {"writers": [(model, "conv1", "bn1")], "readers": [], "entry": None}
+    groups = [group]
+    for b in blocks:
+        group["readers"].append(b)
+        if b.downsample is not None:
+            group = {"writers": [], "readers": [], "entry": b, "previous": group}
+            groups.append(group)
+            if isinstance(b.downsample, nn.Sequential):
+                names = list(b.downsample._modules)
+                group["writers"].append((b.downsample, names[-2], names[-1]))
+        group["writers"].append((b, *_last_conv_bn(b)))
+    _choose_stream_channels(groups, amount)
+    for g in groups:
+        keep = g["keep"]
+        for owner, conv, bn in g["writers"]:
+            setattr(owner, conv, _conv_out(getattr(owner, conv), keep))
+            setattr(owner, bn, _bn(getattr(owner, bn), keep))
+        for b in g["readers"]:
+            b.conv1 = _conv_in(b.conv1, keep)
+        entry = g["entry"]
+        if entry is None:
+            continue
+        before = g["previous"]["keep"]
+        if isinstance(entry.downsample, PadShortcut):
+            # Stream channel c of this stage is channel c of the previous stream (c < C_in, kept in both streams
+            # or in neither) or a padded zero.
+            position = {int(c): i for i, c in enumerate(before)}
+            index = torch.tensor([position.get(int(c), len(before)) for c in keep])
+            entry.downsample = ChannelShortcut(index, entry.downsample.stride)
+        else:
+            names = list(entry.downsample._modules)
+            entry.downsample._modules[names[-2]] = _conv_in(entry.downsample._modules[names[-2]], before)
+    head = model.head_attr
+    setattr(model, head, _linear_in(getattr(model, head), groups[-1]["keep"]))
+    model.num_features = len(groups[-1]["keep"])
+    return len(groups)
+
+
 def prune_channels(model: nn.Module, amount: float) -> nn.Module:
     """A smaller dense copy of ``model`` with the fraction ``amount`` of the output channels of every prunable conv
     removed (see the module docstring for which convs are prunable); a model with none is a :class:`ModelError`."""
     _check_amount(amount)
     pruned = copy.deepcopy(model)
-    done = 0
+    done = _prune_streams(pruned, amount)
     head_attr = getattr(pruned, "head_attr", "head")
     for m in list(pruned.modules()):
         if hasattr(m, "conv1") and hasattr(m, "conv2") and not isinstance(m, nn.Sequential):

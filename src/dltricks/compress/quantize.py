@@ -14,6 +14,14 @@ point ``z``::
 * **Dynamic** (:func:`quantize_dynamic`, for Linear/LSTM/GRU models): int8 weights, activation scales
   computed on the fly per batch; no calibration, gains where matrix multiplies dominate.
 
+* **Quantization-aware training** (:func:`prepare_qat`, :func:`convert_qat`, :func:`quantize_aware`; Jacob et
+  al., "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only Inference", CVPR
+  2018): fake-quantization modules round weights and activations to the int8 grid in the forward pass
+  (``fq(r) = s * (clamp(round(r / s) + z) - z)``) and pass gradients straight through (Bengio et al. 2013),
+  conv and BN stay separate but BN is folded into the weights the fake-quant sees; the model is trained
+  with :func:`dltricks.train.fit` (the one loop), then converted to the same int8 kernels as static
+  quantization. The converted model computes what the fake-quantized one simulated (tested).
+
 A model the quantizer cannot handle stops with a :class:`~dltricks.errors.ModelError` naming the module
 (FX cannot trace data-dependent control flow) or the node and op (an op without an int8 kernel).
 What it buys on this CPU is measured in ``docs/compression.md``.
@@ -24,8 +32,8 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -33,7 +41,12 @@ from torch import fx, nn
 from dltricks.errors import ModelError
 from dltricks.layers.checks import check_image_input
 
-__all__ = ["quantize_static", "quantize_dynamic", "DYNAMIC_TYPES", "trace"]
+if TYPE_CHECKING:
+    from dltricks.tasks import Task
+    from dltricks.train.recipe import Recipe
+
+__all__ = ["quantize_static", "quantize_dynamic", "prepare_qat", "convert_qat", "quantize_aware", "DYNAMIC_TYPES",
+           "trace"]
 
 DYNAMIC_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.LSTM, nn.GRU)
 # Functions that only check their inputs and return nothing: kept out of the traced graph.
@@ -143,3 +156,46 @@ def quantize_dynamic(model: nn.Module) -> nn.Module:
         quantized = torch.ao.quantization.quantize_dynamic(float_model, set(DYNAMIC_TYPES), dtype=torch.qint8)
     quantized.model_name = _model_name(model)
     return quantized
+
+
+def prepare_qat(model: nn.Module, example: torch.Tensor, *, backend: str = "x86") -> fx.GraphModule:
+    """A copy of ``model`` with fake quantization on weights and activations (FX ``prepare_qat_fx``, the
+    backend's default QAT qconfig: per-channel weights, moving-average activation ranges), in training mode,
+    ready for :func:`dltricks.train.fit`."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    float_model = copy.deepcopy(model).float().train()
+    if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in float_model.modules()):
+        raise ModelError(f"cannot quantize {_model_name(model)}: it has no Conv or Linear layer to run in int8")
+    graph = trace(float_model)
+    torch.backends.quantized.engine = backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_qat_fx(graph, get_default_qat_qconfig_mapping(backend), example_inputs=(example,))
+    prepared.model_name = _model_name(model)
+    return prepared
+
+
+def convert_qat(prepared: fx.GraphModule, example: torch.Tensor) -> nn.Module:
+    """The int8 model of a model prepared by :func:`prepare_qat` (and trained); ``prepared`` is not changed."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = convert_fx(copy.deepcopy(prepared).eval())
+    _run_checked(quantized, example)
+    quantized.model_name = getattr(prepared, "model_name", type(prepared).__name__)
+    return quantized
+
+
+def quantize_aware(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str | None, *,
+                   log: Callable[[str], None] | None = None) -> tuple[nn.Module, nn.Module]:
+    """Quantization-aware fine-tuning of ``model`` on ``task`` with ``fit(..., recipe)``; returns ``(int8 model,
+    trained fake-quantized model)``. ``model`` is not changed."""
+    from dltricks.train import fit
+
+    example = next(iter(task.train_loader.iter_epoch(0)))[0]
+    prepared = prepare_qat(model, example)
+    fit(prepared, task, recipe, progress=False, log=log)
+    return convert_qat(prepared.cpu(), example.cpu()), prepared

@@ -286,6 +286,10 @@ def compress_run(run: str | Path, methods: str | Sequence[str], *, out_dir: str 
     from dltricks.train.runs import load_model, resolve_run
 
     parsed = parse_methods(methods)
+    if Path(run).suffix == ".onnx" and Path(run).is_file():
+        onnx_session(run)  # a corrupted file: CheckpointError "not a valid ONNX model (...)"
+        raise ConfigError(f"{run}: an ONNX file is what compress writes, not what it reads; give the run directory "
+                          "(or weights file) the model was trained into")
     resolve_run(run)
     out = Path(out_dir) if out_dir is not None else Path(run) / "compress"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
