@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import pathlib
+import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,9 +106,24 @@ def test_truncated_and_executable_files_are_refused(tmp_path):
             return pathlib.Path.touch, (marker,)
 
     torch.save({"weight": Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(ModelError, match="refused or unreadable with weights_only=True"):
+    with pytest.raises(ModelError, match=r"refused, .* \(it would call getattr\); nothing in it was run"):
         create_model("small_cnn", pretrained=tmp_path / "evil.pth")
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps({"weight": Payload()}))  # a raw pickle, protocol 4+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Detected pickle protocol" warning must not reach the user
+        with pytest.raises(ModelError, match="refused, the file is a pickle"):
+            create_model("small_cnn", pretrained=tmp_path / "evil.bin")
     assert not marker.exists()
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ModelError, match=r"truncated or not a PyTorch file \(EOFError\)"):
+        create_model("small_cnn", pretrained=tmp_path / "empty.pth")
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "w.pth").read_bytes()[:1000])
+    with pytest.raises(ModelError, match="truncated or not a PyTorch file"):
+        create_model("small_cnn", pretrained=tmp_path / "cut.pth")
+    torch.save({"epoch": 3}, tmp_path / "not_weights.pth")
+    with pytest.raises(ModelError, match="entry 'epoch' is a int"):
+        create_model("small_cnn", pretrained=tmp_path / "not_weights.pth")
     with pytest.raises(ModelError, match="never downloads"):
         create_model("small_cnn", pretrained=True)
 
@@ -123,7 +140,18 @@ def test_cli_train_pretrained(tmp_path, capsys):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["meta"]["pretrained"] == str(weights.resolve())
     (tmp_path / "bad.pth").write_bytes(b"not a pickle")
-    assert main(["train", "small_cnn", *small, "--out", str(tmp_path / "run2"), "--pretrained",
-                 str(tmp_path / "bad.pth")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "bad.pth" in err[0]
+    (tmp_path / "cut.safetensors").write_bytes(weights.read_bytes()[:-8])
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return pathlib.Path.touch, (marker,)
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"conv.weight": Payload()}))
+    # the must-hold: wrong architecture, truncated file, pickle with code -> one line, exit code 2
+    for bad in (tmp_path / "bad.pth", FIXTURES / "resnet18.safetensors", tmp_path / "cut.safetensors",
+                tmp_path / "evil.pkl"):
+        assert main(["train", "small_cnn", *small, "--out", str(tmp_path / "run2"), "--pretrained", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and bad.name in err[0], err
+    assert not marker.exists() and not (tmp_path / "run2").exists()

@@ -32,8 +32,8 @@ from dltricks.tasks.base import Task
 from dltricks.train import fit
 from dltricks.train.recipe import load_recipe
 
-__all__ = ["Episode", "EpisodeSampler", "create_encoder", "EpisodeLoader", "episode_task", "prototypical_logits", "prototypical_loss",
-           "prototypical_metrics", "train_prototypical", "evaluate_episodes"]
+__all__ = ["Episode", "EpisodeSampler", "create_encoder", "EpisodeLoader", "episode_task", "prototypical_logits",
+           "prototypical_loss", "prototypical_metrics", "train_prototypical", "evaluate_episodes"]
 
 
 @dataclass

@@ -26,6 +26,11 @@ returns the logits of every row under the adapted weights plus the Reptile surro
 :func:`meta_loss` adds to the query cross-entropy. BatchNorm layers always normalise with the statistics of
 the batch they see (``track_running_stats=False``), as in Finn et al.'s code: running averages would mix the
 pre- and post-adaptation networks of many episodes.
+
+Measured (docs/transfer.md, ``benchmarks/fewshot_mnist.py``): ``small_cnn`` (16, 32, 64) meta-trained with MAML
+on 300 five-way one-shot episodes of MNIST digits 0-4 reaches 59.0 % +- 0.9 (95 % interval over 600 episodes)
+on 5-way 1-shot episodes of digits 5-9, one seed; in the tip ``learn.meta-learning`` (MLP, 5 seeds) MAML beats
+adapting a jointly trained network with the same 3 steps, 42.8 % against 31.3 %.
 """
 
 from __future__ import annotations

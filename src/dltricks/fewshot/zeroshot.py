@@ -12,7 +12,9 @@ the *seen* classes only must then recognise images of *unseen* classes from thei
   the attribute priors p(a_m) being the attribute's frequency over the seen classes.
 * **Attribute compatibility** (label embedding, Akata et al. 2013/2016 "ALE"; Romera-Paredes & Torr 2015
   "ESZSL"): a bilinear score F(x, c) = theta(x)^T W a_c. The network's last linear layer plays W, so the
-  network outputs theta(x)^T W directly (one number per attribute) and F(x, c) is its dot product with a_c.
+  network outputs theta(x)^T W directly (one number per attribute) and F(x, c) is its dot product with a_c,
+  scaled to unit length (Akata et al. normalise the class embeddings; without it, classes with more
+  attributes would score higher).
   It is trained with the softmax cross-entropy over the seen classes (ALE ranks with a hinge instead).
 
 Evaluation follows Xian et al. 2018 ("Zero-shot learning, the good, the bad and the ugly"): per-class mean
@@ -20,9 +22,12 @@ accuracy on unseen images among the unseen classes only (ZSL), and in the genera
 among all classes: the seen accuracy s, the unseen accuracy u and their harmonic mean H = 2 s u / (s + u).
 
 **Attribute table for the ten digits** (:data:`DIGIT_ATTRIBUTES`; written for this project from the usual
-printed shapes of the digits; no data set ships one). A 1 means the shape has it in its usual form:
+printed shapes of the digits; no data set ships one). A 1 means the shape has it in its usual form. Columns:
+a1 loop in the top half, a2 loop in the bottom half, a3 straight vertical stroke, a4 bar at the top, a5 bar at
+the bottom, a6 bar in the middle, a7 bulge to the right in the top half, a8 bulge to the right in the bottom
+half, a9 bulge to the left in the top half, a10 diagonal stroke, a11 crossing strokes.
 
-| digit | loop top | loop bottom | vertical stroke | bar top | bar bottom | bar middle | bulge right top | bulge right bottom | bulge left top | diagonal | crossing |
+| digit | a1 | a2 | a3 | a4 | a5 | a6 | a7 | a8 | a9 | a10 | a11 |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 | 0 | 1 | 1 | 0 | 0 | 0 | 0 | 1 | 1 | 1 | 0 | 0 |
 | 1 | 0 | 0 | 1 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0 |
@@ -34,6 +39,11 @@ printed shapes of the digits; no data set ships one). A 1 means the shape has it
 | 7 | 0 | 0 | 0 | 1 | 0 | 0 | 0 | 0 | 0 | 1 | 0 |
 | 8 | 1 | 1 | 0 | 0 | 0 | 0 | 1 | 1 | 1 | 0 | 1 |
 | 9 | 1 | 0 | 1 | 0 | 0 | 0 | 1 | 0 | 1 | 0 | 0 |
+
+Measured (docs/transfer.md): ``small_cnn`` (16, 32, 64) trained 2 epochs on the seven seen digits, ZSL accuracy
+on 3, 7, 8 of 43.6 % (DAP) and 23.1 % (compatibility) against 33.3 % chance, one seed; with an MLP on pixels (the
+tip ``learn.zero-shot``, 5 seeds) DAP falls to 14.9 %, below chance: its attribute detectors learn the seen
+digits, not the shapes. In the generalised setting both pick seen digits almost always (H below 10 %).
 
 The default unseen classes, 3, 7 and 8, have every one of their attributes present in some seen class, so
 each attribute detector has positive examples to learn from.
@@ -81,7 +91,7 @@ def class_scores(output: torch.Tensor, table: torch.Tensor, *, method: str,
     """``(B, C)`` scores of the classes whose attribute rows are ``table`` ``(C, A)`` from the network's
     ``(B, A)`` output: DAP's log-posterior (``prior`` ``(A,)`` = p(a_m = 1)) or the compatibility x . a_c."""
     if method == "compatibility":
-        return output @ table.T  # (B, C)
+        return output @ F.normalize(table, dim=1).T  # (B, C): unit-length class vectors, as ALE normalises them
     log_on, log_off = F.logsigmoid(output), F.logsigmoid(-output)  # (B, A): log p(a_m = 1 | x), log p(a_m = 0 | x)
     scores = log_on @ table.T + log_off @ (1 - table).T  # (B, C): sum_m log p(a_m = a_{c,m} | x)
     if prior is not None:
@@ -107,7 +117,7 @@ def attribute_task(data: ArrayDataset, table: torch.Tensor, *, method: Literal["
         out = output.float()
         if method == "dap":
             return F.binary_cross_entropy_with_logits(out, table[target])
-        return F.cross_entropy(out @ table.T, target)
+        return F.cross_entropy(class_scores(out, table, method="compatibility"), target)
 
     def metrics(output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         scores = class_scores(output.float(), table, method=method)

@@ -19,7 +19,9 @@ the manifests of ``../shared/fixtures/timm`` (``tests/test_pretrained.py``).
 
 from __future__ import annotations
 
+import pickle
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,20 +65,44 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
                 return {k: f.get_tensor(k) for k in f.keys()}, meta
         except Exception as err:  # safetensors raises its own error types for truncated or corrupt headers
             raise ModelError(f"pretrained weights {str(path)!r}: not a readable safetensors file "
-                             f"({str(err).splitlines()[0][:120]})") from None
+                             f"({_first_line(err)})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError for code in the pickle, RuntimeError/EOFError for a bad file
-        raise ModelError(f"pretrained weights {str(path)!r}: refused or unreadable with weights_only=True "
-                         f"({str(err).splitlines()[0][:120]})") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # the weights-only unpickler met something other than tensors
+        raise ModelError(f"pretrained weights {str(path)!r}: refused, the file is a pickle that needs more than "
+                         f"tensors ({_refused_global(err)}); nothing in it was run") from None
+    except Exception as err:  # RuntimeError/OSError/EOFError for a truncated or foreign file
+        raise ModelError(f"pretrained weights {str(path)!r}: unreadable with torch.load(weights_only=True), "
+                         f"truncated or not a PyTorch file ({_first_line(err)})") from None
     for wrapper in ("state_dict", "model", "model_state"):  # training checkpoints wrap the weights
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                             for k, v in obj.items()):
+    if not isinstance(obj, dict):
         raise ModelError(f"pretrained weights {str(path)!r}: expected a state dict (names -> tensors), "
                          f"got {type(obj).__name__}")
+    bad = next(((k, v) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))), None)
+    if bad is not None:
+        raise ModelError(f"pretrained weights {str(path)!r}: expected a state dict (names -> tensors), but entry "
+                         f"{bad[0]!r} is a {type(bad[1]).__name__}")
     return dict(obj), {}
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of an error message (at most 120 characters), or the error's type."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:120] if lines else type(err).__name__
+
+
+def _refused_global(err: BaseException) -> str:
+    """What torch's weights-only unpickler refused: a callable such as ``posix.system``, or an opcode."""
+    text = str(err)
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    if match:
+        return f"it would call {match.group(1)}"
+    match = re.search(r"Unsupported operand \d+", text)
+    return match.group(0) if match else _first_line(err)
 
 
 # ----- key rules, one per family -------------------------------------------------------------------------------
