@@ -1,4 +1,4 @@
-"""RetinaNet / FCOS on the MNIST-detection scenes through ``fit`` (docs/detection.md, "Results").
+"""RetinaNet / FCOS / Faster R-CNN on the MNIST-detection scenes through ``fit`` (docs/detection.md, "Results").
 
 Usage: ``python benchmarks/detection_mnist.py [model] [epochs] [seed]`` (defaults: retinanet_tiny, 10, 0).
 One epoch = 4,000 scenes of 64 x 64 = 125 steps of 32. Prints the final validation metrics (500 held-out

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dltricks.layers.boxes import (anchor_grid, batched_nms, box_convert, box_iou, check_boxes, decode_boxes,
-                                   encode_boxes, generalized_box_iou, nms, point_grid)
+                                   encode_boxes, generalized_box_iou, nms, nms_mask, point_grid)
 from dltricks.tasks.detection.matching import hungarian_cost, hungarian_match
 
 coord = st.floats(0, 50, allow_nan=False, width=32)
@@ -105,6 +105,29 @@ def test_nms_matches_loop(b: torch.Tensor, data: st.DataObject, threshold: float
         [scores[j] for j in range(len(b)) if labels[j] == c], threshold)]]
     assert sorted(kept) == sorted(ref)
     assert [scores[i] for i in kept] == sorted((scores[i] for i in kept), reverse=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(boxes(max_size=8), min_size=1, max_size=3), st.sampled_from([0.0, 0.3, 0.5, 0.7]))
+def test_fixed_shape_nms_mask_matches_loop(batch: list[torch.Tensor], threshold: float) -> None:
+    """nms_mask on score-sorted boxes keeps what the loop keeps, image by image of a padded batch."""
+    n = max(len(b) for b in batch)
+    padded = torch.zeros(len(batch), n, 4, dtype=torch.float64)  # zero boxes: area 0, IoU 0 with every box
+    for i, b in enumerate(batch):
+        padded[i, :len(b)] = b
+    keep = nms_mask(padded, threshold)
+    assert keep.shape == (len(batch), n)
+    for i, b in enumerate(batch):
+        scores = [float(len(b) - j) for j in range(len(b))]  # already sorted, best first
+        assert keep[i, :len(b)].nonzero().squeeze(1).tolist() == nms_ref(b.tolist(), scores, threshold)
+    assert nms_mask(torch.zeros(0, 4), 0.5).shape == (0,)
+
+
+def test_nms_chain_a_suppressed_box_suppresses_nothing() -> None:
+    """A overlaps B (IoU 1/3), B overlaps C (1/3), A and C are apart: A drops B, so C stays."""
+    chain = torch.tensor([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 15.0, 10.0], [10.0, 0.0, 20.0, 10.0]])
+    assert nms_mask(chain, 0.3).tolist() == [True, False, True]
+    assert nms(chain, torch.tensor([0.9, 0.8, 0.7]), 0.3).tolist() == [0, 2]
 
 
 def test_nms_empty() -> None:

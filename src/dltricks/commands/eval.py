@@ -214,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
 
     if is_segmentation_task(task):  # per-pixel metrics, sliding windows, saved masks
         return _run_segmentation_eval(args, model, task, checkpoint=path, model_name=name, data_options=options)
+    if task.extra.get("task_type") == "detection":  # COCO box AP (docs/detection.md)
+        return _run_detection_eval(args, model, task, checkpoint=path, model_name=name, data_options=options)
     if args.uncertainty:  # NLL, ECE, Brier, selective prediction, OOD AUROC (docs/uncertainty.md)
         return run_uncertainty(args, model, task, checkpoint=path, name=name, num_classes=num_classes, device=device)
     if args.members:
@@ -270,6 +272,36 @@ def _add_segmentation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tta", action="store_true", help="average the 8 flips / 90-degree rotations; default: off")
     g.add_argument("--save-masks", default=None, metavar="DIR",
                    help="write the predicted masks as PNG files to DIR; default: none")
+
+
+def _run_detection_eval(args: argparse.Namespace, model: Any, task: Any, *, checkpoint: str | Path, model_name: str,
+                        data_options: dict[str, Any] | None = None) -> int:
+    """The detection branch of ``dltricks eval``: COCO mAP, AP50, AP75, AP by size, VOC AP50 and the loss."""
+    from dltricks.data.detection import DetectionLoader
+    from dltricks.tasks.detection import evaluate_detection
+    from dltricks.utils.tables import Column, print_table
+
+    split = getattr(args, "split", "val")
+    device = next(model.parameters()).device
+    loader = task.val_loader
+    if split == "train":  # every training image once, in order (the training loader shuffles and drops a remainder)
+        train = task.train_loader
+        loader = DetectionLoader(train.dataset, batch_size=train.batch_size, device=device)
+    if loader is None:
+        raise DataError(f"data set {task.name} has no validation split; use --split train")
+    metrics = evaluate_detection(model, loader, device=device, loss_fn=task.loss)
+    report = {"checkpoint": str(checkpoint), "model": model_name, "data": task.name,
+              "data_options": dict(data_options or {}), "split": split, **metrics}
+    if getattr(args, "json", False):
+        print(json_text(report))
+        return 0
+    print(f"{model_name} on {task.name} ({split}, {int(metrics['images']):,} images): loss {metrics['loss']:.4f}")
+    names = {"map": "COCO mAP@[.5:.95]", "ap50": "AP50", "ap75": "AP75", "ap_small": "AP small",
+             "ap_medium": "AP medium", "ap_large": "AP large", "voc_ap50": "VOC AP50"}
+    print_table([Column("metric", number=False), Column("value")],
+                [[label, f"{metrics[key]:.4f}"] for key, label in names.items() if key in metrics],
+                title="box detection, COCO protocol")
+    return 0
 
 
 def _run_segmentation_eval(args: argparse.Namespace, model: Any, task: Any, *, checkpoint: str | Path,

@@ -78,6 +78,9 @@ class DetectionDataset:
             raise DataError(f"data set {name}: targets must be (N, M, 5) rows (x1, y1, x2, y2, label) for "
                             f"{len(images)} images, got {tuple(targets.shape)}")
         H, W = images.shape[-2:]
+        if len(images) == 0 or H == 0 or W == 0:
+            raise DataError(f"data set {name} is empty: images of shape {tuple(images.shape)} (need at least one "
+                            "image of at least 1x1 pixels)")
         real = targets[..., 4] >= 0
         boxes, labels = targets[..., :4], targets[..., 4]
         problems = [

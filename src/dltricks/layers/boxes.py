@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = ["box_convert", "box_area", "box_iou", "generalized_box_iou", "check_boxes", "encode_boxes",
-           "decode_boxes", "nms", "batched_nms", "anchor_grid", "point_grid", "BBOX_CLAMP"]
+           "decode_boxes", "nms", "nms_mask", "batched_nms", "clip_boxes", "anchor_grid", "point_grid", "BBOX_CLAMP"]
 
 BBOX_CLAMP = math.log(1000.0 / 16)
 FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -76,17 +76,18 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def _inter_union(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise intersection and union areas of ``(N, 4)`` and ``(M, 4)`` xyxy boxes, both ``(N, M)``."""
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
+    """Pairwise intersection and union areas of ``(..., N, 4)`` and ``(..., M, 4)`` xyxy boxes, both
+    ``(..., N, M)``."""
+    top_left = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])  # (..., N, M, 2)
+    bottom_right = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])  # (..., N, M, 2)
     wh = (bottom_right - top_left).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    union = box_area(a)[..., :, None] + box_area(b)[..., None, :] - inter
     return inter, union
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU ``(N, M)`` of xyxy boxes ``(N, 4)`` and ``(M, 4)``."""
+    """Pairwise IoU ``(N, M)`` of xyxy boxes ``(N, 4)`` and ``(M, 4)`` (or ``(..., N, M)`` for batches)."""
     inter, union = _inter_union(a, b)
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), torch.zeros_like(union))
 
@@ -163,6 +164,30 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         keep.append(i)
         suppressed |= over[i]
     return order[torch.tensor(keep, dtype=torch.long, device=order.device)]
+
+
+def nms_mask(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Greedy NMS on ``(..., N, 4)`` boxes already sorted by decreasing score, as a fixed-shape ``(..., N)``
+    keep mask.
+
+    The same decisions as :func:`nms`, written without data-dependent control flow (a loop over the static
+    ``N``), so a model can run it inside ``forward`` on a batch, on any device (the meta device included) and
+    under ``torch.export``: box ``i`` is kept unless a kept box before it overlaps it by IoU above
+    ``iou_threshold``.
+    """
+    over = box_iou(boxes, boxes) > iou_threshold  # (..., N, N)
+    keep = torch.ones(boxes.shape[:-1], dtype=torch.bool, device=boxes.device)
+    for i in range(1, boxes.shape[-2]):
+        keep[..., i] = ~(over[..., :i, i] & keep[..., :i]).any(dim=-1)
+    return keep
+
+
+def clip_boxes(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(..., 4)`` xyxy boxes clipped to an image of ``size = (H, W)``."""
+    H, W = size
+    x = boxes[..., 0::2].clamp(0, W)
+    y = boxes[..., 1::2].clamp(0, H)
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,

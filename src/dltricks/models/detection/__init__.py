@@ -1,7 +1,8 @@
 """Object detectors: one contract (backbone -> feature pyramid -> dense head, :mod:`.base`), two families.
 
 * :mod:`.retinanet`: ``retinanet_tiny`` (MNIST-detection size) and ``retinanet_resnet18`` (Lin et al. 2017);
-* :mod:`.fcos`: ``fcos_tiny`` and ``fcos_resnet18`` (Tian et al. 2019), anchor-free.
+* :mod:`.fcos`: ``fcos_tiny`` and ``fcos_resnet18`` (Tian et al. 2019), anchor-free;
+* :mod:`.faster_rcnn`: ``faster_rcnn_tiny`` (Ren et al. 2015, with an FPN and RoIAlign), two-stage.
 
 Every model is registered with ``task="detection"`` and returns a dict of dense per-location tensors (class
 logits, box regression and the anchors or points they refer to); ``model.predict(x)`` gives per-image
@@ -10,8 +11,10 @@ logits, box regression and the anchors or points they refer to); ``model.predict
 """
 
 from dltricks.models.detection.base import DenseDetector, FeaturePyramid, select_detections, small_resnet
-from dltricks.models.detection import retinanet, fcos  # noqa: F401  (register the models)
+from dltricks.models.detection import retinanet, fcos, faster_rcnn  # noqa: F401  (register the models)
 from dltricks.models.detection.retinanet import RetinaNet
 from dltricks.models.detection.fcos import FCOS
+from dltricks.models.detection.faster_rcnn import FasterRCNN
 
-__all__ = ["DenseDetector", "FeaturePyramid", "select_detections", "small_resnet", "RetinaNet", "FCOS"]
+__all__ = ["DenseDetector", "FeaturePyramid", "select_detections", "small_resnet", "RetinaNet", "FCOS",
+           "FasterRCNN"]

@@ -64,15 +64,16 @@ class FeaturePyramid(nn.Module):
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, *, score_thresh: float, nms_thresh: float,
                       max_detections: int, pre_nms_top_k: int = 1000) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor]:
-    """Per-image detections from ``boxes (N, 4)`` and per-class ``scores (N, K)``: every (location, class) pair
-    above ``score_thresh``, the ``pre_nms_top_k`` best, class-wise NMS, the ``max_detections`` best."""
+    """Per-image detections from ``boxes (N, 4)`` (or class-specific ``(N, K, 4)``, as in Faster R-CNN) and
+    per-class ``scores (N, K)``: every (location, class) pair above ``score_thresh``, the ``pre_nms_top_k``
+    best, class-wise NMS, the ``max_detections`` best."""
     K = scores.shape[1]
     flat = scores.reshape(-1)  # (N * K,), location-major
     keep = (flat > score_thresh).nonzero().squeeze(1)
     if len(keep) > pre_nms_top_k:
         keep = keep[flat[keep].topk(pre_nms_top_k).indices]
     det_scores, locations, labels = flat[keep], keep // K, keep % K
-    det_boxes = boxes[locations]
+    det_boxes = boxes[locations, labels] if boxes.dim() == 3 else boxes[locations]
     kept = batched_nms(det_boxes, det_scores, labels, nms_thresh)[:max_detections]
     return det_boxes[kept], det_scores[kept], labels[kept]
 
@@ -102,6 +103,8 @@ class DenseDetector(nn.Module):
         name = type(self).__name__
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ModelError(f"{name} expects input of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ModelError(f"{name} got an empty batch (input of shape {tuple(x.shape)}); pass at least one image")
         if min(x.shape[-2:]) < self.min_input_size:
             raise ModelError(f"{name} needs input of at least {self.min_input_size}x{self.min_input_size} pixels, "
                              f"got {x.shape[-2]}x{x.shape[-1]}")

@@ -21,6 +21,15 @@ Positives regress their box with smooth-L1 (beta 1/9) on the encoded deltas.
 ``center_radius`` strides of the box centre and inside the box, and the box's ``max(l, t, r, b)`` from that
 point falls in the level's size range; among several candidate boxes the smallest wins. Positives add the
 GIoU loss (``1 - GIoU``) of their decoded box and the BCE of their centre-ness.
+
+**Faster R-CNN** (Ren et al. 2015, Eq. 1 and Sec. 3.1.3; :class:`FasterRCNNLoss`). The RPN: anchors with IoU
+>= 0.7 are positive (plus each box's best anchors), < 0.3 negative; per image 256 anchors are sampled, at
+most half positive, and the loss is the BCE of their objectness plus smooth-L1 (beta 1/9) on the positives'
+deltas, both divided by the number sampled. The RoI head: proposals with IoU >= 0.5 take their box's class,
+the others are background (class ``K``); per image the valid proposals are sampled with at most 25%
+foreground (Fast R-CNN Sec. 2.3), and the loss is the cross-entropy plus smooth-L1 on the foreground's
+class-specific deltas (weights ``(10, 10, 5, 5)``), both divided by the number sampled. Sampling draws from
+the global generator, which ``fit`` seeds.
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from dltricks.layers.boxes import box_area, box_iou, encode_boxes, generalized_box_iou
+from dltricks.models.detection.faster_rcnn import ROI_BOX_WEIGHTS
 
-__all__ = ["sigmoid_focal_loss", "match_anchors", "assign_points", "RetinaNetLoss", "FCOSLoss", "DetectionLoss",
-           "split_targets", "check_targets"]
+__all__ = ["sigmoid_focal_loss", "match_anchors", "assign_points", "RetinaNetLoss", "FCOSLoss", "FasterRCNNLoss",
+           "DetectionLoss", "split_targets", "check_targets", "sample_balanced"]
+
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.25,
@@ -60,6 +71,11 @@ def check_targets(targets: torch.Tensor, num_classes: int) -> None:
         raise ValueError(f"detection target {j} of image {i} is {targets[i, j].tolist()}: its label must be in "
                          f"[0, {num_classes}) for a head with num_classes={num_classes} (-1 = padding) and its "
                          "coordinates finite")
+    bad = (labels >= 0) & ((targets[..., 2] <= targets[..., 0]) | (targets[..., 3] <= targets[..., 1]))
+    if bad.any():
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"detection target {j} of image {i} is {targets[i, j].tolist()}: a box needs x2 > x1 and "
+                         "y2 > y1 (rows x1, y1, x2, y2, label)")
 
 
 def split_targets(targets: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -207,14 +223,94 @@ class FCOSLoss:
         return cls_loss + box_loss + ctr_loss
 
 
+def sample_balanced(positive: torch.Tensor, negative: torch.Tensor, *, num: int,
+                    positive_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random indices of at most ``num * positive_fraction`` positives and enough negatives to make ``num``
+    (the minibatch sampler of Faster R-CNN), from boolean masks ``(N,)``."""
+    pos, neg = positive.nonzero().squeeze(1), negative.nonzero().squeeze(1)
+    n_pos = min(len(pos), int(num * positive_fraction))
+    n_neg = min(len(neg), num - n_pos)
+    pos = pos[torch.randperm(len(pos), device=pos.device)[:n_pos]]
+    neg = neg[torch.randperm(len(neg), device=neg.device)[:n_neg]]
+    return pos, neg
+
+
+class FasterRCNNLoss:
+    """RPN and RoI-head losses of Faster R-CNN (see the module docstring); :attr:`last` keeps the four terms."""
+
+    def __init__(self, num_classes: int, *, rpn_batch: int = 256, roi_batch: int = 128, roi_fg_fraction: float = 0.25,
+                 beta: float = 1 / 9) -> None:
+        self.num_classes, self.rpn_batch, self.roi_batch = num_classes, rpn_batch, roi_batch
+        self.roi_fg_fraction, self.beta = roi_fg_fraction, beta
+        self.last: dict[str, float] = {}
+
+    def _rpn(self, output: dict[str, torch.Tensor], gt: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, deltas = output["rpn_logits"].float()[..., 0], output["rpn_deltas"].float()
+        anchors = output["rpn_anchors"][0].float()
+        cls_terms, box_terms, sampled = [], [], 0
+        for i, (boxes, _) in enumerate(gt):
+            matched = match_anchors(anchors, boxes, fg_iou=0.7, bg_iou=0.3)
+            pos, neg = sample_balanced(matched >= 0, matched == -1, num=self.rpn_batch, positive_fraction=0.5)
+            index = torch.cat([pos, neg])
+            target = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(logits.device)
+            cls_terms.append(F.binary_cross_entropy_with_logits(logits[i, index], target, reduction="sum"))
+            if len(pos):
+                target_deltas = encode_boxes(boxes[matched[pos]], anchors[pos])
+                box_terms.append(F.smooth_l1_loss(deltas[i, pos], target_deltas, beta=self.beta, reduction="sum"))
+            sampled += len(index)
+        norm = max(sampled, 1)
+        box = torch.stack(box_terms).sum() / norm if box_terms else deltas.sum() * 0.0
+        return torch.stack(cls_terms).sum() / norm, box
+
+    def _roi(self, output: dict[str, torch.Tensor], gt: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.cat([output["logits"], output["background_logits"]], dim=-1).float()  # (B, P, K + 1)
+        deltas = output["roi_deltas"].float()  # (B, P, K, 4)
+        proposals, valid = output["proposals"].float(), output["proposal_valid"].bool()
+        K = self.num_classes
+        cls_terms, box_terms, sampled = [], [], 0
+        for i, (boxes, labels) in enumerate(gt):
+            classes = torch.full((len(proposals[i]),), K, dtype=torch.long, device=logits.device)  # background
+            best_iou = torch.zeros(len(proposals[i]), device=logits.device)
+            if len(boxes):
+                best_iou, best = box_iou(boxes, proposals[i]).max(dim=0)
+                classes = torch.where(best_iou >= 0.5, labels[best], classes)
+            fg_mask = valid[i] & (best_iou >= 0.5)
+            pos, neg = sample_balanced(fg_mask, valid[i] & ~fg_mask, num=self.roi_batch,
+                                       positive_fraction=self.roi_fg_fraction)
+            index = torch.cat([pos, neg])
+            cls_terms.append(F.cross_entropy(logits[i, index], classes[index], reduction="sum"))
+            if len(pos):
+                target_deltas = encode_boxes(boxes[best[pos]], proposals[i, pos], ROI_BOX_WEIGHTS)
+                box_terms.append(F.smooth_l1_loss(deltas[i, pos, classes[pos]], target_deltas, beta=self.beta,
+                                                  reduction="sum"))
+            sampled += len(index)
+        norm = max(sampled, 1)
+        box = torch.stack(box_terms).sum() / norm if box_terms else deltas.sum() * 0.0
+        cls = torch.stack(cls_terms).sum() / norm if sampled else logits.sum() * 0.0
+        return cls, box
+
+    def __call__(self, output: dict[str, torch.Tensor], targets: torch.Tensor, **_: object) -> torch.Tensor:
+        check_targets(targets, self.num_classes)
+        gt = split_targets(targets)
+        rpn_cls, rpn_box = self._rpn(output, gt)
+        roi_cls, roi_box = self._roi(output, gt)
+        self.last = {k: float(v.detach()) for k, v in
+                     {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "roi_cls": roi_cls, "roi_box": roi_box}.items()}
+        return rpn_cls + rpn_box + roi_cls + roi_box
+
+
 class DetectionLoss:
     """The objective of a detection task: :class:`RetinaNetLoss` for an output with ``anchors``,
-    :class:`FCOSLoss` for one with ``points`` (one task serves both families)."""
+    :class:`FCOSLoss` for one with ``points``, :class:`FasterRCNNLoss` for one with ``proposals`` (one task
+    serves every family)."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.retinanet = RetinaNetLoss(num_classes)
         self.fcos = FCOSLoss(num_classes)
+        self.faster_rcnn = FasterRCNNLoss(num_classes)
 
     def __call__(self, output: dict[str, torch.Tensor], targets: torch.Tensor, **_: object) -> torch.Tensor:
         if not isinstance(output, dict):
@@ -224,5 +320,7 @@ class DetectionLoss:
             return self.retinanet(output, targets)
         if "points" in output:
             return self.fcos(output, targets)
-        raise ValueError(f"detector output has keys {sorted(output)}; expected 'anchors' (RetinaNet) or "
-                         "'points' (FCOS)")
+        if "proposals" in output:
+            return self.faster_rcnn(output, targets)
+        raise ValueError(f"detector output has keys {sorted(output)}; expected 'anchors' (RetinaNet), "
+                         "'points' (FCOS) or 'proposals' (Faster R-CNN)")

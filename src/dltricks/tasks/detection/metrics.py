@@ -104,6 +104,15 @@ def _precision_at_recalls(tp: np.ndarray, fp: np.ndarray, num_gt: int) -> np.nda
     return q
 
 
+def _check_image(boxes: np.ndarray, what: str, image: int) -> None:
+    """``ValueError`` naming the first box of ``image`` that is non-finite or has ``x2 < x1`` or ``y2 < y1``."""
+    bad = ~np.isfinite(boxes).all(axis=1) | (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        j = int(np.nonzero(bad)[0][0])
+        raise ValueError(f"{what} of image {image}: box {j} is {boxes[j].tolist()}; boxes must be finite "
+                         "(x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
+
+
 def _by_class(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth]
               ) -> tuple[list[int], list[dict[int, tuple[np.ndarray, np.ndarray]]], list[dict[int, np.ndarray]]]:
     if len(predictions) != len(ground_truth):
@@ -112,6 +121,10 @@ def _by_class(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTr
     for (boxes, scores, labels), (g_boxes, g_labels) in zip(predictions, ground_truth):
         boxes, scores, labels = _np(boxes).reshape(-1, 4), _np(scores).reshape(-1), _np(labels, np.int64).reshape(-1)
         g_boxes, g_labels = _np(g_boxes).reshape(-1, 4), _np(g_labels, np.int64).reshape(-1)
+        _check_image(boxes, "predictions", len(dets))
+        _check_image(g_boxes, "ground truth", len(dets))
+        if not np.isfinite(scores).all():
+            raise ValueError(f"predictions of image {len(dets)}: scores must be finite, got {scores.tolist()}")
         dets.append({int(k): (boxes[labels == k], scores[labels == k]) for k in np.unique(labels)})
         gts.append({int(k): g_boxes[g_labels == k] for k in np.unique(g_labels)})
         classes.update(int(k) for k in np.unique(g_labels))
