@@ -133,11 +133,6 @@ PLANNED: tuple[Tip, ...] = (
     planned("det.anchors-rpn", "Learned proposals on anchors (Faster R-CNN)",
             "A region proposal network on anchor boxes learns the proposals, so no hand-made heuristic is needed.",
             DET, LECTURE.at(1976, 1981, "Faster R-CNN"), "a region proposal network and a detection data set"),
-    planned("det.roialign", "RoIAlign instead of RoI pooling (Mask R-CNN)",
-            "Sampling region features bilinearly (RoIAlign) instead of snapping the region to the grid keeps the "
-            "features aligned with the region, which masks need.",
-            DET, LECTURE.at(1983, 1995, "Mask R-CNN, RoIAlign"),
-            "an exact comparison of torchvision.ops.roi_align and roi_pool on shifted regions"),
     planned("det.single-shot", "Single-shot detectors (SSD, YOLO)",
             "A single network pass that predicts boxes and classes directly, without a proposal stage, detects "
             "faster than two-stage detectors.",
