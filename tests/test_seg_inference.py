@@ -124,10 +124,12 @@ def test_segmentation_eval_branch_writes_masks(shared_data: Path, tmp_path: Path
     assert run_segmentation_eval(args, model, task, checkpoint="x.safetensors", model_name="unet") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 2 and 0 <= report["dice"] <= 1 and report["window"] == 256
-    assert sorted(Path(p).name for p in report["masks"]) == ["25.png", "26.png"]
+    # val_subset=2 draws 2 of the held-out slices 25-29 at random (seeded): the masks are named by slice
+    expected = sorted(f"{i}.png" for i in task.extra["val_slices"])
+    assert len(expected) == 2 and sorted(Path(p).name for p in report["masks"]) == expected
     from PIL import Image
 
-    with Image.open(tmp_path / "masks" / "25.png") as img:
+    with Image.open(tmp_path / "masks" / expected[0]) as img:
         assert img.size == (512, 512) and img.mode == "L"
 
 
@@ -157,7 +159,8 @@ def test_train_and_eval_unet_from_the_command_line(shared_data: Path, tmp_path: 
                  "--save-masks", str(tmp_path / "masks")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "train" and report["images"] == 2 and report["window"] == 256
-    assert sorted(Path(p).name for p in report["masks"]) == ["0.png", "1.png"]
+    names = sorted(Path(p).name for p in report["masks"])  # 2 of the training slices 0-24, drawn at random
+    assert len(names) == 2 and all(0 <= int(n.removesuffix(".png")) <= 24 for n in names)
 
 
 def test_compare_reports_the_dice_of_segmentation_models(shared_data: Path, tmp_path: Path) -> None:
