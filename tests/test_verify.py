@@ -21,7 +21,9 @@ def test_tips_lists_the_catalog(capsys):
 
 def test_verify_quick_end_to_end_and_cached_rerun(tmp_path, capsys):
     out = tmp_path / "report"
-    args = ["verify", "--quick", "--only", "conv.stacked-3x3,conv.padding", "--out", str(out)]
+    # its own cache: the session's shared cache may already hold these tips from other tests
+    args = ["verify", "--quick", "--only", "conv.stacked-3x3,conv.padding", "--out", str(out), "--cache-dir",
+            str(tmp_path / "cache")]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "conv.stacked-3x3" in printed and "confirmed" in printed
