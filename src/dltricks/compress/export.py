@@ -125,10 +125,13 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def export_onnx(model: nn.Module, example: Inputs, path: str | Path, *, check: bool = True) -> Path:
+def export_onnx(model: nn.Module, example: Inputs, path: str | Path, *, check: bool = True,
+                optimize: bool = True) -> Path:
     """Write ``model`` (eval mode, float32) to ``path`` as ONNX with a dynamic batch dimension; ``example`` is one
     input tensor or a tuple of the model's positional inputs (e.g. source and target tokens). With ``check``,
-    the file is run in onnxruntime on a batch of another size and must match PyTorch (:func:`check_onnx`)."""
+    the file is run in onnxruntime on a batch of another size and must match PyTorch (:func:`check_onnx`).
+    ``optimize``: run onnxscript's graph optimizer on the result (constant folding, fusions; the default, for
+    files meant to be served); the zoo-wide test turns it off to save a quarter of the export time."""
     path = Path(path)
     model = model.eval()
     inputs = _inputs(example)
@@ -138,7 +141,8 @@ def export_onnx(model: nn.Module, example: Inputs, path: str | Path, *, check: b
     try:
         single = len(torch_outputs(model, inputs)) == 1
         with _quiet():
-            torch.onnx.export(model, inputs, str(tmp), dynamo=True, external_data=False, input_names=names,
+            torch.onnx.export(model, inputs, str(tmp), dynamo=True, external_data=False, optimize=optimize,
+                              input_names=names,
                               output_names=["logits"] if single else None,
                               dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)
         if check:
