@@ -67,6 +67,21 @@ def _mean(values: list[float], part: slice) -> float:
 
 
 # ------------------------------------------------------------------------------------------------- transfer
+def pretrained_and_few_labels(x: torch.Tensor, y: torch.Tensor, *, seed: int, per_class: int,
+                              pretrain: int) -> tuple[ArrayDataset, dict[str, torch.Tensor]]:
+    """The transfer setting of the transfer tips: an MLP pre-trained for one epoch on ``pretrain`` images of digits
+    0-4 (its weights, cloned) and ``per_class`` labelled images of each of digits 5-9 (drawn with ``seed``)."""
+    source = class_subset(x, y, TRAIN_CLASSES, name="digits 0-4").sample(pretrain, seed=seed)
+    target_all = class_subset(x, y, TEST_CLASSES, name="digits 5-9")
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.cat([torch.nonzero(target_all.labels == c).flatten()[
+        torch.randperm(int((target_all.labels == c).sum()), generator=g)[:per_class]] for c in range(5)])
+    target = target_all.subset(picks, name="digits 5-9 (few labels)")
+    torch.manual_seed(seed)
+    pretrained = train_classifier(create_model("mlp", num_classes=5, hidden=(128, 64)), source, epochs=1, seed=seed)
+    return target, {k: v.clone() for k, v in pretrained.state_dict().items()}
+
+
 def _train_target(model: torch.nn.Module, data: ArrayDataset, val: ArrayDataset, *, epochs: int, seed: int,
                   finetune: dict | None = None) -> float:
     batch_size = max(1, len(data) // 2)  # two full batches per epoch: no image is dropped
@@ -98,16 +113,8 @@ def transfer_few_labels(ctx: Context) -> Evidence:
                         "validation split")
     val = class_subset(vx, vy, TEST_CLASSES, name="digits 5-9 (val)")
     for seed in ctx.seeds:
-        source = class_subset(x, y, TRAIN_CLASSES, name="digits 0-4").sample(ctx.get("pretrain", 2000), seed=seed)
-        target_all = class_subset(x, y, TEST_CLASSES, name="digits 5-9")
-        g = torch.Generator().manual_seed(seed)
-        picks = torch.cat([torch.nonzero(target_all.labels == c).flatten()[
-            torch.randperm(int((target_all.labels == c).sum()), generator=g)[:per_class]] for c in range(5)])
-        target = target_all.subset(picks, name="digits 5-9 (few labels)")
-        torch.manual_seed(seed)
-        pretrained = train_classifier(create_model("mlp", num_classes=5, hidden=(128, 64)), source, epochs=1,
-                                      seed=seed)
-        state = {k: v.clone() for k, v in pretrained.state_dict().items()}
+        target, state = pretrained_and_few_labels(x, y, seed=seed, per_class=per_class,
+                                                  pretrain=ctx.get("pretrain", 2000))
         arms = {"scratch": (None, None), "linear probe": (state, {"linear_probe": True}), "fine-tune": (state, None)}
         for arm, (init, finetune) in arms.items():
             torch.manual_seed(seed)

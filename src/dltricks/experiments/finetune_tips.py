@@ -14,9 +14,9 @@ import torch
 
 import dltricks.train.finetune
 from dltricks.evidence import README, AllOf, Context, Effect, Evidence
-from dltricks.experiments.fewshot_tips import TEST_CLASSES, TRAIN_CLASSES, _digits, _train_target
+from dltricks.experiments.fewshot_tips import TEST_CLASSES, _digits, _train_target, pretrained_and_few_labels
 from dltricks.experiments.training import train_tip
-from dltricks.fewshot.baseline import class_subset, train_classifier
+from dltricks.fewshot.baseline import class_subset
 from dltricks.models import create_model
 
 LEARN = "Learning setups"
@@ -45,16 +45,8 @@ def discriminative_finetuning(ctx: Context) -> Evidence:
     arms = {"one learning rate": None, "discriminative learning rates": {"lr_mult": {"stages": 0.1}},
             "gradual unfreezing": {"freeze": ["stages"], "unfreeze_every": max(1, epochs // 5)}}
     for seed in ctx.seeds:
-        source = class_subset(x, y, TRAIN_CLASSES, name="digits 0-4").sample(ctx.get("pretrain", 2000), seed=seed)
-        target_all = class_subset(x, y, TEST_CLASSES, name="digits 5-9")
-        g = torch.Generator().manual_seed(seed)
-        picks = torch.cat([torch.nonzero(target_all.labels == c).flatten()[
-            torch.randperm(int((target_all.labels == c).sum()), generator=g)[:per_class]] for c in range(5)])
-        target = target_all.subset(picks, name="digits 5-9 (few labels)")
-        torch.manual_seed(seed)
-        pretrained = train_classifier(create_model("mlp", num_classes=5, hidden=(128, 64)), source, epochs=1,
-                                      seed=seed)
-        state = {k: v.clone() for k, v in pretrained.state_dict().items()}
+        target, state = pretrained_and_few_labels(x, y, seed=seed, per_class=per_class,
+                                                  pretrain=ctx.get("pretrain", 2000))
         for arm, finetune in arms.items():
             torch.manual_seed(seed)
             model = create_model("mlp", num_classes=5, hidden=(128, 64))
