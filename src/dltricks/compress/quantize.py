@@ -107,6 +107,17 @@ class _NodeNamer(fx.Interpreter):
                              "kernel on this backend; keep that module in float or change the model") from err
 
 
+def _traced_float_copy(model: nn.Module, backend: str, *, train: bool) -> fx.GraphModule:
+    """A float32 copy of ``model`` (train or eval mode) traced for FX quantization, with ``backend`` selected;
+    a model without a Conv or Linear layer is refused (nothing of it would run in int8)."""
+    float_model = copy.deepcopy(model).float().train(train)
+    if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in float_model.modules()):
+        raise ModelError(f"cannot quantize {_model_name(model)}: it has no Conv or Linear layer to run in int8")
+    graph = trace(float_model)
+    torch.backends.quantized.engine = backend
+    return graph
+
+
 def _run_checked(model: fx.GraphModule, x: torch.Tensor) -> None:
     try:
         with torch.no_grad():
@@ -126,11 +137,7 @@ def quantize_static(model: nn.Module, calibration: Iterable[torch.Tensor], *, ba
     batches = [x for x in calibration]
     if not batches:
         raise ModelError("static quantization needs at least one calibration batch")
-    float_model = copy.deepcopy(model).float().eval()
-    if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in float_model.modules()):
-        raise ModelError(f"cannot quantize {_model_name(model)}: it has no Conv or Linear layer to run in int8")
-    graph = trace(float_model)
-    torch.backends.quantized.engine = backend
+    graph = _traced_float_copy(model, backend, train=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FX graph mode's deprecation notice (see the module docstring)
         prepared = prepare_fx(graph, get_default_qconfig_mapping(backend), example_inputs=(batches[0],))
@@ -165,11 +172,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, *, backend: str = "x86"
     from torch.ao.quantization import get_default_qat_qconfig_mapping
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
-    float_model = copy.deepcopy(model).float().train()
-    if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in float_model.modules()):
-        raise ModelError(f"cannot quantize {_model_name(model)}: it has no Conv or Linear layer to run in int8")
-    graph = trace(float_model)
-    torch.backends.quantized.engine = backend
+    graph = _traced_float_copy(model, backend, train=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = prepare_qat_fx(graph, get_default_qat_qconfig_mapping(backend), example_inputs=(example,))
