@@ -85,7 +85,7 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def config_digest(result_or_tip: Any, *, settings: dict[str, Any], seeds: Sequence[int], rule: str) -> str:
+def config_digest(*, settings: dict[str, Any], seeds: Sequence[int], rule: str) -> str:
     """sha256 of what decides a full run besides the code: its settings, seeds and the verdict rule."""
     blob = json.dumps({"settings": settings, "seeds": list(seeds), "rule": rule}, sort_keys=True, default=repr)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -123,7 +123,7 @@ def store_results(results: Sequence[TipResult], *, dest: Path | None = None, mod
                       "wall_s": r.elapsed_s, "cpu_s": r.cpu_s, "command": command, "workers": workers,
                       "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
                       "code": code_fingerprint(tip),
-                      "config": config_digest(tip, settings=r.settings, seeds=r.seeds, rule=repr(tip.rule))}
+                      "config": config_digest(settings=r.settings, seeds=r.seeds, rule=repr(tip.rule))}
         data = {"format": FORMAT, "provenance": provenance, "result": {**r.to_dict(), "cached": False}}
         path = dest / f"{r.id}.json"
         atomic_write_json(path, data, mode=PUBLIC)
@@ -144,7 +144,7 @@ def _staleness(result: TipResult, provenance: dict[str, Any], tips: dict[str, An
     code_changed = provenance.get("code") != code_fingerprint(tip)
     full = tip.settings("full")
     seeds = seed_list(len(result.seeds), start=min(result.seeds) if result.seeds else 0)
-    if full is not None and provenance.get("config") != config_digest(tip, settings=full, seeds=seeds,
+    if full is not None and provenance.get("config") != config_digest(settings=full, seeds=seeds,
                                                                        rule=repr(tip.rule)):
         return (f"its full settings or rule changed since commit {str(provenance.get('commit', '?'))[:10]}",
                 code_changed)
