@@ -39,8 +39,9 @@ test: $(STAMP) browser postgres lint
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-# The stored evidence base (src/dltricks/tips/evidence_base/): `evidence` runs full mode for the tips that fit on
-# 2 CPU cores and stores the results (TIPS=... picks others); `evidence-table` regenerates docs/evidence.md's table.
+# The stored evidence base (src/dltricks/tips/evidence_base/): `evidence` runs full mode for the CPU tips and stores
+# the results (tips marked gpu= are skipped on a CPU; the two dates tips in optim.* take about an hour of it; TIPS=...
+# picks others); `evidence-table` regenerates docs/evidence.md's table.
 EVIDENCE_TIPS ?= conv.*,norm.*,reg.*,optim.*,arch.*,seg.aspp-degeneration,seg.skip-connections,learn.*
 evidence: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/dltricks verify --full --only "$(if $(TIPS),$(TIPS),$(EVIDENCE_TIPS))" --store --out report-full
