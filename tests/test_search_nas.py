@@ -259,3 +259,29 @@ def test_latency_limit_is_measured_on_a_copy_in_eval_mode():
     latency = _measure("latency_ms", model, task)
     assert 0 < latency < 1000 and model.training  # the searched model is left as it was
     assert _measure("params", model, task) == sum(p.numel() for p in model.parameters())
+
+
+def test_scale_nas_tip_searches_under_lenet5s_size_and_scores_on_held_out_images(tmp_path):
+    """The scale.nas experiment end to end on a tiny setting: every architecture it trains fits LeNet-5's parameter
+    count, the pick comes from the search's Pareto front, and the held-out images are outside the training draw."""
+    import torch
+
+    from dltricks.data.base import stratified_indices
+    from dltricks.data.mnist import load_mnist_embedded
+    from dltricks.evidence import Context
+    from dltricks.experiments.search_tips import _held_out_test, held_out_indices, nas_vs_hand_design
+
+    ctx = Context(tip_id="scale.nas", mode="full", settings={"trials": 2, "subset": 300, "epochs": 1, "test": 300,
+                                                             "lr_grid": [1]}, seeds=[0], workdir=tmp_path)
+    ev = nas_vs_hand_design(ctx)
+    assert set(ev.arms) == {"NAS", "lenet5"}
+    limit = ev.values["limits"]["params"]
+    assert limit == 61706 and ev.arms["NAS"]["params"][0] <= limit
+    found = ev.values["found"][0]
+    assert found["picked"] in [f["trial"] for f in found["front"]]
+    assert ev.arms["lenet5"]["latency_rel"] == [1.0] and 0.0 <= ev.arms["NAS"]["test_acc"][0] <= 1.0
+    # The held-out images are exactly the training images outside the draw.
+    held = held_out_indices(300)
+    drawn = stratified_indices(load_mnist_embedded("train").labels, 300, seed=0)
+    assert len(held) == 8000 - 300 and not set(held.tolist()) & set(torch.as_tensor(drawn).tolist())
+    assert sum(len(y) for _, y in _held_out_test(300, 300).iter_epoch(0)) == 300

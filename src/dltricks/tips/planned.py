@@ -298,11 +298,6 @@ PLANNED: tuple[Tip, ...] = (
             "a Gaussian process or a variational Bayesian network; the ensemble and temperature-scaling tips "
             "(learn.ensembles-uncertainty, learn.temperature-scaling) measure uncertainty without one"),
     # ------------------------------------------------------------------------------------------ search, scale
-    planned("scale.nas", "Neural architecture search",
-            "Architecture search by reinforcement learning or evolution finds networks that keep accuracy at lower "
-            "compute, though FLOPs are a poor measure of that compute.",
-            SCALE, (README.at(128, 131, "neural architecture search"), LECTURE.at(1027, 1042, "NASNet")),
-            "a search space and far more compute than a CPU run allows"),
     planned("scale.quantization", "Quantisation",
             "Storing weights in fewer bits shrinks the model and cuts inference latency.",
             SCALE, README.at(133, 136, "quantization and model compression"),
