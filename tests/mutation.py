@@ -14,6 +14,12 @@ run and reuses the verdicts of unchanged functions).
     python tests/mutation.py src/dltricks/utils/io.py     # one module
     python tests/mutation.py --list                       # the modules and their tests
     python tests/mutation.py --survivors src/dltricks/utils/io.py   # the diffs of its surviving mutants
+    python tests/mutation.py --retest src/dltricks/utils/io.py      # test its survivors again (after new tests)
+    python tests/mutation.py --fresh src/dltricks/utils/io.py       # forget earlier verdicts, test every mutant
+
+Earlier verdicts are keyed by the mutated function, not by the tests, and mutmut keeps its map from functions to
+the tests that reach them: after adding tests, ``--retest`` maps the tests again and runs the surviving mutants
+against them (minutes); ``--fresh`` reruns the whole module.
 
 Not part of ``make test``.
 """
@@ -102,10 +108,19 @@ def survivors(work: Path) -> list[str]:
     return [line.split(":")[0].strip() for line in lines if line.strip().endswith(("survived", "no tests"))]
 
 
-def run_module(module: str, tests: list[str], max_children: int) -> dict[str, float]:
+def run_module(module: str, tests: list[str], max_children: int, *, how: str = "resume") -> dict[str, float]:
+    """Mutate ``module``; ``how``: "resume" (keep earlier verdicts), "retest" (test the earlier survivors again,
+    e.g. after new tests) or "fresh" (forget every earlier verdict)."""
+    work = _scratch_dir(module)
+    again = survivors(work) if how == "retest" and (work / "mutants").is_dir() else []
+    if how == "fresh":
+        shutil.rmtree(work / "mutants", ignore_errors=True)
+    if how == "retest":  # mutmut maps functions to the tests that reach them once; new tests need a new map
+        (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     work = prepare(module, tests)
-    print(f"== {module}: mutating against {' '.join(tests)} in {work}", flush=True)
-    _mutmut(work, "run", "--max-children", str(max_children), capture=False)
+    print(f"== {module}: mutating against {' '.join(tests)} in {work}"
+          + (f" ({len(again)} earlier survivors again)" if again else ""), flush=True)
+    _mutmut(work, "run", "--max-children", str(max_children), *again, capture=False)
     stats = score(work)
     print(f"== {module}: {stats['killed']} killed, {stats.get('timeout', 0)} timeout, {stats['survived']} survived, "
           f"{stats.get('no_tests', 0)} without tests, {stats['total']} mutants: score {stats['score']:.1f} %",
@@ -119,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the modules and their tests, run nothing")
     parser.add_argument("--survivors", action="store_true", help="print the diffs of the surviving mutants")
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested in parallel (default 1)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--retest", action="store_true", help="test the earlier surviving mutants again")
+    again.add_argument("--fresh", action="store_true", help="forget earlier verdicts and test every mutant")
     args = parser.parse_args(argv)
     plan = load_plan()
     unknown = [m for m in args.modules if m not in plan]
@@ -135,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in survivors(work):
                 print(_mutmut(work, "show", name))
         return 0
-    results = {m: run_module(m, plan[m], args.max_children) for m in modules}
+    how = "retest" if args.retest else "fresh" if args.fresh else "resume"
+    results = {m: run_module(m, plan[m], args.max_children, how=how) for m in modules}
     print("\nmodule                                              score  killed  survived  mutants")
     for m, s in results.items():
         print(f"{m:50s} {s['score']:5.1f} %  {s['killed']:6d}  {s['survived'] + s.get('no_tests', 0):8d}  "

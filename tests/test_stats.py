@@ -100,6 +100,8 @@ def test_bound_test_boundaries(lo, hi, outcome):
     (-0.02, 0.02, stats.OPEN),  # wider than the margin on both sides
     (0.011, 0.03, stats.CONTRADICTED),  # wholly above the margin
     (-0.03, -0.012, stats.CONTRADICTED),  # wholly below it
+    (0.01, 0.03, stats.OPEN),  # above, but its lower bound exactly at the margin: not beyond it
+    (-0.03, -0.01, stats.OPEN),  # below, its upper bound exactly at minus the margin
 ])
 def test_equivalence_test_boundaries(lo, hi, outcome):
     assert stats.equivalence_test(_iv(lo, hi), 0.01)[0] == outcome
@@ -294,3 +296,92 @@ def test_the_real_harness_flags_a_baseline_at_chance(tmp_path):
     assert any(p.startswith("baseline, seed 0: at chance") or p.startswith("baseline, seed 0: not converged")
                for p in problems), problems
     assert ev.budget["optimizer steps"] == 2 and ev.budget["training images seen"] == 128
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+# Closed forms used below: for df = 1 (Cauchy) P(T >= t) = 1/2 - atan(t)/pi, and t(0.975, 1) = tan(0.475 pi).
+def _cauchy_sf(t: float) -> float:
+    return 0.5 - math.atan(t) / math.pi
+
+
+def test_paired_interval_of_one_two_and_no_values():
+    with pytest.raises(ValueError, match="^no effects to summarise$"):
+        stats.paired_interval([])
+    assert stats.paired_interval([0.3]) == stats.Interval(1, 0.3, 0.0, 0.0, 0, None, None, None, 0.95)
+    iv = stats.paired_interval([1.0, 3.0])  # mean 2, sd sqrt(2), se 1, df 1
+    t1 = math.tan(0.475 * math.pi)
+    assert (iv.n, iv.mean, iv.df, iv.confidence) == (2, 2.0, 1, 0.95)
+    assert iv.sd == pytest.approx(math.sqrt(2.0)) and iv.se == pytest.approx(1.0)
+    assert iv.t_crit == pytest.approx(t1, rel=1e-9)
+    assert iv.lo == pytest.approx(2.0 - t1, rel=1e-9) and iv.hi == pytest.approx(2.0 + t1, rel=1e-9)
+    assert stats.paired_interval([1.0, 3.0], alpha=0.1).confidence == pytest.approx(0.9)
+
+
+def test_one_sided_p_values_of_small_and_degenerate_samples():
+    iv = stats.paired_interval([1.0, 3.0])  # n = 2 is enough for a p-value: t = (mean - bound) / se, df 1
+    assert iv.p_above(0.0) == pytest.approx(_cauchy_sf(2.0), rel=1e-9)
+    assert iv.p_above(1.0) == pytest.approx(_cauchy_sf(1.0), rel=1e-9)
+    assert iv.p_below(1.0) == pytest.approx(_cauchy_sf(-1.0), rel=1e-9)
+    assert stats.paired_interval([0.3]).p_above(-5.0) == 1.0  # one value: nothing is decided
+    same = stats.paired_interval([0.5, 0.5, 0.5])  # se = 0: the sign of mean - bound is certain
+    assert same.p_above(0.2) == 0.0 and same.p_below(0.7) == 0.0
+    assert same.p_above(0.7) == 1.0 and same.p_below(0.2) == 1.0
+    assert same.p_above(0.5) == 1.0 and same.p_below(0.5) == 1.0  # on the bound: not above it
+
+
+def test_equivalence_p_values_are_the_two_one_sided_tests():
+    iv = stats.paired_interval([0.1, 0.3])  # mean 0.2, se 0.1, df 1
+    _, p_support, p_contradict = stats.equivalence_test(iv, 0.5)
+    # H0: effect <= -0.5 (t = 7) and H0: effect >= 0.5 (t = 3): the larger p supports equivalence
+    assert p_support == pytest.approx(max(_cauchy_sf(7.0), _cauchy_sf(3.0)), rel=1e-9)
+    # H0: effect >= -0.5 (t = -7) and H0: effect <= 0.5 (t = -3): the smaller p contradicts it
+    assert p_contradict == pytest.approx(min(_cauchy_sf(-7.0), _cauchy_sf(-3.0)), rel=1e-9)
+
+
+def test_t_distribution_at_its_edges():
+    with pytest.raises(ValueError, match="degrees of freedom must be > 0"):
+        stats.t_cdf(1.0, 0)
+    assert stats.t_cdf(math.inf, 3) == 1.0 and stats.t_cdf(-math.inf, 3) == 0.0
+    assert stats.t_cdf(0.0, 7) == 0.5  # x = df / (df + 0) = 1: I_1 = 1
+    assert stats._regularized_beta(2.0, 0.5, 0.0) == 0.0 and stats._regularized_beta(2.0, 0.5, 1.0) == 1.0
+    for t in (-3.0, -0.5, 0.5, 3.0):
+        assert stats._t_sf(t, 1) == pytest.approx(_cauchy_sf(t), rel=1e-12)
+    # Far tails keep their relative precision (computed as the lower tail, not 1 - cdf): scipy's reference
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for t, df in ((40.0, 1000), (12.0, 30), (-12.0, 30), (8.0, 4)):
+        assert stats._t_sf(t, df) == pytest.approx(float(scipy_stats.t.sf(t, df)), rel=1e-9, abs=0.0)
+
+
+def test_t_cdf_matches_scipy_over_a_grid():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 4.5, 9, 30, 200, 5000):
+        for t in (-60.0, -7.0, -2.0, -0.3, 0.0, 0.05, 0.7, 1.9, 4.0, 25.0):
+            assert stats.t_cdf(t, df) == pytest.approx(float(scipy_stats.t.cdf(t, df)), rel=1e-10, abs=1e-300)
+
+
+def test_mde_of_two_seeds_and_the_seed_limit():
+    # (t(0.975, 1) + t(0.8, 1)) * sd / sqrt(2); t(0.8, 1) = tan(0.3 pi)
+    assert stats.mde(1.0, 2) == pytest.approx((math.tan(0.475 * math.pi) + math.tan(0.3 * math.pi)) / 2 ** 0.5)
+
+    def half_width(n: int) -> float:
+        return stats.t_quantile(0.975, n - 1) / n ** 0.5
+
+    gap = (half_width(1000) + half_width(1001)) / 2  # cleared first at 1,001 seeds
+    assert stats.seeds_to_decide(gap, 1.0, 0.0) is None  # more than the default limit of 1,000
+    assert stats.seeds_to_decide(gap, 1.0, 0.0, limit=1001) == 1001
+
+
+def test_seeds_to_decide_edge_cases():
+    assert stats.seeds_to_decide(0.02, 0.02, 0.02) is None  # the mean sits on the bound
+    assert stats.seeds_to_decide(0.03, 0.0, 0.01) == 2  # no spread: two seeds decide
+    # a gap of 10 standard deviations: t(0.975, 1) / sqrt(2) = 8.98 < 10, so two seeds already clear it
+    assert stats.seeds_to_decide(10.0, 1.0, 0.0) == 2
+    # the distance to the bound counts, not the mean: mean 0.05 against bound 0.03 is a gap of 0.02
+    n = stats.seeds_to_decide(0.05, 0.02, 0.03)
+    assert isinstance(n, int) and n == stats.seeds_to_decide(0.02, 0.02, 0.0)
+    assert stats.seeds_to_decide(0.01, 0.02, 0.03) == n  # below the bound by the same gap
+
+
+def test_holm_never_exceeds_one():
+    assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
+    assert stats.holm([0.3, 0.01, 0.9]) == pytest.approx([0.6, 0.03, 0.9])
