@@ -128,6 +128,15 @@ def test_unstructured_pruning_reaches_the_sparsity(scope):
     assert not any(name.endswith("_orig") for name, _ in pruned.named_parameters())  # no masks left behind
 
 
+def test_unstructured_pruning_of_channels_last_weights():
+    """``fit`` may leave conv weights channels-last; pruning flattens them and must not fail on that layout."""
+    model = _small("small_cnn", widths=(8, 16)).to(memory_format=torch.channels_last)
+    pruned = prune_unstructured(model, 0.5)
+    dense = prune_unstructured(_small("small_cnn", widths=(8, 16)), 0.5)
+    for a, b in zip(pruned.parameters(), dense.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 def _silence_removed_channels(dense: nn.Module, pruned: nn.Module) -> None:
     """In ``dense``, make every channel that ``pruned`` removed output zero (BN weight and bias 0): after ReLU,
     pooling and the next conv (or global pooling and the head) that is the same as the channel being absent."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dltricks.errors import CheckpointError
+from dltricks.errors import CheckpointError, ConfigError
 from dltricks.train import fit, load_recipe, save_weights
 from dltricks.train.distill import distillation_loss, soft_target_loss
 from train_helpers import TOY, tiny_cnn, tiny_mlp, toy_task
@@ -92,3 +92,146 @@ def test_teacher_from_a_run_directory(tmp_path):
 def test_a_teacher_that_is_not_a_run_is_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a run directory"):
         fit(tiny_mlp(), _one_batch_task(), _recipe(f"distill.teacher={tmp_path}"), progress=False)
+
+
+# ------------------------------------------------------------------------------ FitNets hints (Romero et al. 2015)
+def _hint_recipe(*overrides):
+    return _recipe("distill.hint_weight=0.5", *overrides)
+
+
+def test_hint_loss_of_a_conv_regressor_matches_a_hand_computation():
+    from dltricks.train.distill import FeatureHint
+
+    teacher, student = tiny_cnn(seed=1).eval(), tiny_cnn(seed=2).eval()
+    x = torch.randn(3, 1, 8, 8)
+    hint = FeatureHint(student, teacher, guided_layer="features.1", hint_layer="features.5", weight=0.5, example=x)
+    # Student map (4, 8, 8) onto the teacher's (8, 4, 4): a valid convolution of kernel 8 - 4 + 1 = 5.
+    assert hint.regressor.weight.shape == (8, 4, 5, 5)
+    student(x), teacher(x)
+    loss = hint.loss()
+    with torch.no_grad():
+        u_s = student.features[:2](x)  # (3, 4, 8, 8)
+        u_t = teacher.features[:6](x)  # (3, 8, 4, 4)
+        patches = F.unfold(u_s, kernel_size=5)  # (3, 4 * 25, 16): one column per output position
+        w, b = hint.regressor.weight.reshape(8, -1), hint.regressor.bias
+        predicted = (torch.einsum("ok,bkl->bol", w, patches) + b[None, :, None]).reshape(3, 8, 4, 4)
+        expected = 0.5 * ((predicted - u_t) ** 2).mean()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    hint.close()
+    assert not student.features[1]._forward_hooks and not teacher.features[5]._forward_hooks
+
+
+def test_hint_loss_of_a_linear_regressor_matches_a_hand_computation():
+    from dltricks import create_model
+    from dltricks.train.distill import FeatureHint
+
+    torch.manual_seed(1)
+    teacher = create_model("mlp", num_classes=4, in_chans=1, img_size=8, hidden=(8,)).eval()
+    student = tiny_mlp(seed=2).eval()
+    x = torch.randn(4, 1, 8, 8)
+    hint = FeatureHint(student, teacher, guided_layer="features.1", hint_layer="features.1", weight=2.0, example=x)
+    assert isinstance(hint.regressor, torch.nn.Linear) and hint.regressor.weight.shape == (8, 16)
+    student(x), teacher(x)
+    loss = hint.loss()
+    with torch.no_grad():
+        u_s = student.features[:2](x.flatten(1))  # (4, 16)
+        u_t = teacher.features[:2](x.flatten(1))  # (4, 8)
+        predicted = u_s @ hint.regressor.weight.T + hint.regressor.bias  # (4, 8)
+        expected = 2.0 * ((predicted - u_t) ** 2).sum() / predicted.numel()
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    hint.close()
+
+
+def test_shapes_that_no_regressor_joins_are_one_clear_error():
+    from dltricks.train.distill import hint_regressor
+
+    with pytest.raises(ConfigError, match=r"distill.guided_layer: cannot regress .* \(16,\) onto .* \(8, 1, 1\)"):
+        hint_regressor((16,), (8, 1, 1))
+    with pytest.raises(ConfigError, match=r"distill.guided_layer: the student's map \(4, 2, 2\) is smaller"):
+        hint_regressor((4, 2, 2), (8, 4, 4))
+
+
+def test_a_wrong_layer_name_is_one_clear_error_naming_the_key():
+    task = _one_batch_task()
+    with pytest.raises(ConfigError, match=r"distill.guided_layer: 'feature.1' is not a module of the student .*"
+                                          r"Did you mean: features.1"):
+        fit(tiny_cnn(seed=2), task, _hint_recipe("distill.guided_layer=feature.1", "distill.hint_layer=features.5"),
+            teacher=tiny_cnn(seed=1), progress=False)
+    with pytest.raises(ConfigError, match=r"distill.hint_layer: 'head2' is not a module of the teacher"):
+        fit(tiny_cnn(seed=2), task, _hint_recipe("distill.guided_layer=features.1", "distill.hint_layer=head2"),
+            teacher=tiny_cnn(seed=1), progress=False)
+    with pytest.raises(ConfigError, match=r"distill.guided_layer: distill.hint_weight=0.5 needs both"):
+        _hint_recipe("distill.hint_layer=features.5")
+    with pytest.raises(ConfigError, match=r"distill.hint_layer: set, but distill.hint_weight is 0"):
+        _recipe("distill.hint_layer=features.5")
+    with pytest.raises(ConfigError, match=r"distill.hint_weight: there is no teacher"):
+        fit(tiny_cnn(seed=2), task, _hint_recipe("distill.guided_layer=features.1", "distill.hint_layer=features.5"),
+            progress=False)
+
+
+def test_training_with_a_hint_lowers_the_hint_loss_and_leaves_the_student_clean(tmp_path):
+    from dltricks.train.checkpoint import read_tensors
+
+    task = toy_task()
+    student = tiny_cnn(seed=2)
+    keys = set(student.state_dict())
+    recipe = _hint_recipe("train.epochs=4", "distill.alpha=0.5", "distill.guided_layer=features.1",
+                          "distill.hint_layer=features.5")
+    result = fit(student, task, recipe, teacher=tiny_cnn(seed=1), progress=False, run_dir=tmp_path / "run")
+    hint_losses = [record["train_hint_loss"] for record in result.history]
+    assert hint_losses[-1] < 0.8 * hint_losses[0], hint_losses
+    # The regressor is not part of the student (nor of its weights file), and the hooks are gone.
+    assert set(result.model.state_dict()) == keys
+    assert set(read_tensors(tmp_path / "run" / "model.safetensors")[0]) == keys
+    assert all(not m._forward_hooks for m in result.model.modules())
+    with pytest.raises(ConfigError, match="distill.hint_weight: a run with a FitNets hint cannot be resumed"):
+        fit(tiny_cnn(seed=2), task, recipe, teacher=tiny_cnn(seed=1), progress=False, run_dir=tmp_path / "run",
+            resume=True)
+
+
+def test_the_hint_is_part_of_the_first_batch_objective():
+    task = _one_batch_task()
+    plain = fit(tiny_cnn(seed=2), task, _recipe("distill.alpha=0.5"), teacher=tiny_cnn(seed=1), progress=False)
+    hinted = fit(tiny_cnn(seed=2), task, _hint_recipe("distill.alpha=0.5", "distill.guided_layer=features.1",
+                                                      "distill.hint_layer=features.5"),
+                 teacher=tiny_cnn(seed=1), progress=False)
+    record = hinted.history[0]
+    assert record["train_loss"] == pytest.approx(plain.history[0]["train_loss"] + record["train_hint_loss"], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ cached teacher logits
+class _Counting(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_cached_teacher_logits_give_the_same_losses_with_one_teacher_pass():
+    task = toy_task()  # 12 training batches per epoch, shuffled anew every epoch
+    uncached_teacher, cached_teacher = _Counting(tiny_cnn(seed=1)), _Counting(tiny_cnn(seed=1))
+    recipe = ["train.epochs=3", "distill.temperature=2"]
+    uncached = fit(tiny_mlp(seed=2), task, _recipe(*recipe), teacher=uncached_teacher, progress=False)
+    cached = fit(tiny_mlp(seed=2), task, _recipe(*recipe, "distill.cache_teacher=true"), teacher=cached_teacher,
+                 progress=False)
+    assert [r["train_loss"] for r in cached.history] == pytest.approx([r["train_loss"] for r in uncached.history],
+                                                                        rel=1e-6)
+    assert cached.final["val_loss"] == pytest.approx(uncached.final["val_loss"], rel=1e-6)
+    batches = len(task.train_loader)
+    # One call in fit's compatibility check, then one per batch of the first epoch only.
+    assert uncached_teacher.calls == 1 + 3 * batches
+    assert cached_teacher.calls == 1 + batches
+
+
+def test_the_cache_is_refused_with_augmentation_and_with_a_hint():
+    with pytest.raises(ConfigError, match=r"distill.cache_teacher: augmentation is on \(hflip\)"):
+        _recipe("distill.cache_teacher=true", "augment.hflip=true")
+    with pytest.raises(ConfigError, match=r"distill.cache_teacher: not with distill.hint_weight > 0"):
+        _hint_recipe("distill.cache_teacher=true", "distill.guided_layer=features.1", "distill.hint_layer=features.5")
+    # Without a teacher the cache does nothing, like distill.temperature and distill.alpha.
+    plain = fit(tiny_mlp(seed=2), _one_batch_task(), _recipe(), progress=False)
+    cached = fit(tiny_mlp(seed=2), _one_batch_task(), _recipe("distill.cache_teacher=true"), progress=False)
+    assert cached.history[0]["train_loss"] == plain.history[0]["train_loss"]

@@ -1,8 +1,11 @@
 """``dltricks eval RUN --uncertainty METHOD [--members RUN ...]``: how well a run knows what it does not know.
 
 Methods (see :mod:`dltricks.measure.uncertainty`): ``softmax`` (the run as is), ``temperature``
-(temperature scaling), ``mc-dropout`` (``--mc-samples`` passes with dropout on) and ``ensemble`` (the run
-and the ``--members`` runs, averaged). The softmax baseline is always reported beside the method.
+(temperature scaling), ``mc-dropout`` (``--mc-samples`` passes with dropout on), ``ensemble`` (the run
+and the ``--members`` runs, averaged), ``gp`` (a variational GP head, GPyTorch, fitted with ``--gp-inducing``
+inducing points for ``--gp-epochs`` epochs on the frozen pre-logit features of the run's training images) and
+``sngp`` (the mean-field logits of a run trained as an SNGP model, e.g. ``sngp_mlp``). The softmax baseline
+is always reported beside the method.
 
 The validation split is halved once, class-balanced with seed 0: the first half fits the temperature, and
 every metric of every method is measured on the second half, so the rows compare on the same images.
@@ -24,7 +27,7 @@ import torch
 from dltricks.commands._args import json_text, log
 from dltricks.errors import ConfigError, DltricksError
 
-METHODS = ("softmax", "temperature", "mc-dropout", "ensemble")
+METHODS = ("softmax", "temperature", "mc-dropout", "ensemble", "gp", "sngp")
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -38,6 +41,10 @@ def add_uncertainty_args(p: argparse.ArgumentParser) -> None:
                    help="with --uncertainty ensemble: the other runs of the ensemble (same model and classes)")
     g.add_argument("--mc-samples", type=int, default=20, metavar="S",
                    help="with --uncertainty mc-dropout: stochastic passes per input")
+    g.add_argument("--gp-inducing", type=int, default=64, metavar="M",
+                   help="with --uncertainty gp: inducing points per class of the variational GP head")
+    g.add_argument("--gp-epochs", type=int, default=10, metavar="E",
+                   help="with --uncertainty gp: epochs of fitting the GP head on the training features")
     g.add_argument("--ood", nargs="*", default=None, choices=("digits", "cifar-grey"),
                    help="out-of-distribution sets; default: both for a 28x28 grey-scale model, none otherwise")
     g.add_argument("--plots", default=None, metavar="DIR",
@@ -107,12 +114,29 @@ def _load_members(paths: list[str], name: str, num_classes: int | None, device: 
     return members
 
 
+def _gp_predictor(args: argparse.Namespace, model: torch.nn.Module, task: Any, *,
+                  name: str) -> tuple[Callable[[Batches], Any], dict[str, Any]]:
+    """``--uncertainty gp``: a variational GP head fitted on the frozen pre-logit features of the training split."""
+    from dltricks.train.gp_head import check_feature_model, fit_gp_head, gp_head_probs, pre_logit_features
+
+    if args.gp_inducing < 1 or args.gp_epochs < 1:
+        raise ConfigError(f"--gp-inducing and --gp-epochs must be positive, got {args.gp_inducing} and "
+                          f"{args.gp_epochs}")
+    check_feature_model(model, name)
+    features, labels = pre_logit_features(model, task.train_loader.iter_epoch(0))
+    log(f"fitting a GP head ({args.gp_inducing} inducing points, {args.gp_epochs} epochs) on {len(labels):,} "
+        f"training features of width {features.shape[1]}")
+    head = fit_gp_head(features, labels, num_classes=task.num_classes, num_inducing=args.gp_inducing,
+                       epochs=args.gp_epochs)
+    return lambda b: gp_head_probs(model, head, b), {"inducing_points": args.gp_inducing, "epochs": args.gp_epochs}
+
+
 def _predictor(args: argparse.Namespace, model: torch.nn.Module, fit_half: Batches, *, name: str,
-               num_classes: int | None, device: Any) -> tuple[Callable[[Batches], Any], dict[str, Any]]:
+               num_classes: int | None, device: Any, task: Any) -> tuple[Callable[[Batches], Any], dict[str, Any]]:
     """The chosen method as a function of batches returning ``(probs, labels)``, and what it fitted."""
     from dltricks.measure.calibration import collect_logits
     from dltricks.measure.uncertainty import (ensemble_probs, fit_temperature, has_dropout, mc_dropout_probs,
-                                              predict_probs)
+                                              predict_probs, sngp_layers, sngp_probs)
 
     method = args.uncertainty
     if args.members and method != "ensemble":
@@ -129,6 +153,14 @@ def _predictor(args: argparse.Namespace, model: torch.nn.Module, fit_half: Batch
         if all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)):
             log(f"warning: every dropout layer of {name} has p = 0: MC dropout equals the plain softmax")
         return lambda b: mc_dropout_probs(model, b, samples=args.mc_samples), {"samples": args.mc_samples}
+    if method == "gp":
+        return _gp_predictor(args, model, task, name=name)
+    if method == "sngp":
+        if not sngp_layers(model):
+            raise ConfigError(f"--uncertainty sngp: model {name} has no random-feature GP output layer; train an "
+                              "SNGP model (dltricks train sngp_mlp) or choose another method (gp fits a GP head "
+                              "on any classifier)")
+        return lambda b: sngp_probs(model, b), {}
     if not args.members:
         raise ConfigError("--uncertainty ensemble needs --members RUN [RUN ...], the other runs of the ensemble")
     members = [model, *_load_members(args.members, name, num_classes, device)]
@@ -146,7 +178,8 @@ def run_uncertainty(args: argparse.Namespace, model: torch.nn.Module, task: Any,
     if task.val_loader is None:
         raise ConfigError(f"data set {task.name} has no validation split to measure uncertainty on")
     fit_half, test_half = _halves(task.val_loader)
-    method_probs, fitted = _predictor(args, model, fit_half, name=name, num_classes=num_classes, device=device)
+    method_probs, fitted = _predictor(args, model, fit_half, name=name, num_classes=num_classes, device=device,
+                                      task=task)
     ood = _ood_batches(task, args.ood, getattr(args, "data_dir", None))
     rows, curves = {}, {}
     for label, predict in (("softmax", lambda b: predict_probs(model, b)), (args.uncertainty, method_probs)):

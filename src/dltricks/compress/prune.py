@@ -68,7 +68,8 @@ def prune_unstructured(model: nn.Module, amount: float, *, scope: Literal["globa
     """A copy of ``model`` with the ``amount`` smallest-magnitude Conv/Linear weights set to zero (made permanent:
     plain tensors, no masks)."""
     _check_amount(amount)
-    pruned = copy.deepcopy(model)
+    # fit may leave conv weights channels-last, and prune flattens them with view(): make them contiguous.
+    pruned = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     params = [(m, "weight") for m in pruned.modules() if isinstance(m, PRUNABLE)]
     if not params:
         raise ModelError(f"cannot prune {type(model).__name__}: it has no Conv or Linear layer")

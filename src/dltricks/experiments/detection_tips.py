@@ -1,11 +1,17 @@
-"""Tips about object detection, tested on the detection code itself (:mod:`dltricks.layers.roi`)."""
+"""Tips about object detection: RoIAlign tested on the detection code itself (:mod:`dltricks.layers.roi`); the focal
+loss and anchor-free detection measured on detectors trained on the MNIST-detection scenes."""
 
 from __future__ import annotations
 
+import functools
+import time
+
 import torch
 
-from dltricks.evidence import LECTURE, Context, Evidence, Exact, tip
+from dltricks.evidence import LECTURE, Context, Effect, Evidence, Exact, NonInferior, tip
 from dltricks.layers import roi
+from dltricks.models.detection import fcos, retinanet
+from dltricks.tasks.detection import losses
 
 DET = "Object detection"
 
@@ -59,4 +65,90 @@ def roialign_alignment(ctx: Context) -> Evidence:
     ev.headline = (f"{shifts} sub-cell shifts: RoIAlign {len(set(align_out))} distinct outputs, error "
                    f"{max(align_err):.1e} px; RoI pooling {len(set(pool_out))} distinct, error up to "
                    f"{max(pool_err):.1f} px (cell {stride} px)")
+    return ev
+
+
+# --------------------------------------------------------------------------------------------- trained detectors
+# One-stage detectors on the MNIST-detection scenes (64 px canvases of real digits, dltricks.data.detection) through
+# `fit`, with the recipe of benchmarks/detection_mnist.py; COCO AP from the maintained evaluator's protocol
+# (dltricks.tasks.detection.metrics, tested against pycocotools). Runs are memoised so that the two tips that need
+# the focal-loss RetinaNet train it once per seed.
+_DET_RECIPE = {"optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 1e-4},
+               "schedule": {"name": "cosine", "warmup_steps": 50},
+               "train": {"batch_size": 32, "eval_batch_size": 100, "grad_clip": 10.0, "device": "cpu"},
+               "checkpoint": {"every_epochs": 0, "keep_best": False}}
+
+
+@functools.lru_cache(maxsize=64)
+def _detector_run(model_name: str, loss: str, seed: int, epochs: int, scenes: int) -> dict[str, float]:
+    """Train ``model_name`` on ``scenes`` MNIST-detection training scenes for ``epochs`` epochs with ``loss``
+    ("focal": the paper's gamma 2, alpha 0.25; "ce": plain binary cross-entropy, gamma 0 and no alpha weighting,
+    with the same prior-probability initialisation of the classifier) and score it on the 500 validation scenes."""
+    from dltricks import create_model
+    from dltricks.tasks import build_task
+    from dltricks.tasks.detection.losses import RetinaNetLoss
+    from dltricks.train import fit
+
+    recipe = {**_DET_RECIPE, "train": {**_DET_RECIPE["train"], "epochs": epochs, "seed": seed, "eval_every": epochs}}
+    task = build_task("mnist-detection", batch_size=32, eval_batch_size=100, seed=seed, train_scenes=scenes)
+    if loss == "ce":
+        task.loss.retinanet = RetinaNetLoss(task.num_classes, alpha=-1.0, gamma=0.0)
+    torch.manual_seed(seed)
+    model = create_model(model_name, num_classes=task.num_classes, in_chans=1)
+    t0 = time.perf_counter()
+    result = fit(model, task, recipe, run_dir=None, progress=False)
+    final = result.final
+    return {"map": float(final.get("val_map", float("nan"))), "ap50": float(final.get("val_ap50", float("nan"))),
+            "seconds": time.perf_counter() - t0, "steps": float(final.get("steps", 0)),
+            "train_loss": float(result.history[-1].get("train_loss", float("nan")))}
+
+
+def _detector_arms(ctx: Context, ev: Evidence, arms: dict[str, tuple[str, str]]) -> None:
+    epochs, scenes = int(ctx["epochs"]), int(ctx["scenes"])
+    for seed in ctx.seeds:
+        for arm, (model_name, loss) in arms.items():
+            ctx.report(f"{arm}, seed {seed}")
+            run = _detector_run(model_name, loss, seed, epochs, scenes)
+            ev.add(arm, **{k: v for k, v in run.items() if k != "steps"})
+            # A detector that finds (almost) nothing did not train: the comparison would be meaningless.
+            ev.record_health(arm, "" if run["ap50"] > 0.05 else f"did not train (AP50 {run['ap50']:.3f})")
+            ev.budget = {"epochs": epochs, "training scenes": scenes, "optimizer steps": int(run["steps"]),
+                         "batch": 32}
+    ev.setup = (f"MNIST-detection scenes (64 px canvases of real digits): {scenes} training scenes, {epochs} epochs, "
+                "batch 32, AdamW 2e-3 with cosine decay and 50 warm-up steps, clipping at 10; COCO AP on the 500 "
+                "validation scenes built from digits never seen in training")
+
+
+@tip(id="det.focal-loss", title="Focal loss (RetinaNet)",
+     claim="The focal loss lets a one-stage detector learn from every anchor without hard-negative mining: the same "
+           "RetinaNet trained with the focal loss (gamma 2, alpha 0.25) reaches a higher COCO AP than with plain "
+           "binary cross-entropy (gamma 0, no class weighting), both starting from the paper's foreground prior "
+           "of 0.01. (The lecture's wider claim, closing the gap to two-stage detectors, is not measured here.)",
+     cite=LECTURE.at(2040, 2047, "RetinaNet"), source="Lin et al., Focal Loss for Dense Object Detection, ICCV 2017",
+     section=DET, exercises=(losses, retinanet), quick=None, full={"epochs": 3, "scenes": 4000},
+     seeds={"quick": 2, "full": 5}, budget_s=1500, shares="det-mnist",
+     metrics={"map": "COCO AP@[.5:.95] on the validation scenes", "ap50": "COCO AP at IoU 0.5"},
+     rule=Effect(metric="map", treatment="focal loss", control="cross-entropy", min_effect=0.0))
+def focal_vs_cross_entropy(ctx: Context) -> Evidence:
+    ev = Evidence()
+    _detector_arms(ctx, ev, {"focal loss": ("retinanet_tiny", "focal"), "cross-entropy": ("retinanet_tiny", "ce")})
+    mean = {k: sum(v["map"]) / len(v["map"]) for k, v in ev.arms.items()}
+    ev.headline = f"COCO AP: focal {mean['focal loss']:.3f} vs cross-entropy {mean['cross-entropy']:.3f}"
+    return ev
+
+
+@tip(id="det.anchor-free", title="Anchor-free detection (FCOS)",
+     claim="Predicting at each location inside an object its distances to the four sides of the box (FCOS, with "
+           "centre-ness) detects without anchor boxes and is not less accurate than the anchor-based RetinaNet on the "
+           "same backbone, pyramid and schedule: its COCO AP is at most 0.02 below RetinaNet's.",
+     cite=LECTURE.at(2049, 2054, "FCOS"), source="Tian et al., FCOS, ICCV 2019; Lin et al., RetinaNet, ICCV 2017",
+     section=DET, exercises=(losses, fcos, retinanet), quick=None, full={"epochs": 3, "scenes": 4000},
+     seeds={"quick": 2, "full": 5}, budget_s=1500, shares="det-mnist",
+     metrics={"map": "COCO AP@[.5:.95] on the validation scenes", "ap50": "COCO AP at IoU 0.5"},
+     rule=NonInferior(metric="map", treatment="FCOS", control="RetinaNet", margin=0.02))
+def anchor_free_vs_anchors(ctx: Context) -> Evidence:
+    ev = Evidence()
+    _detector_arms(ctx, ev, {"FCOS": ("fcos_tiny", "focal"), "RetinaNet": ("retinanet_tiny", "focal")})
+    mean = {k: sum(v["map"]) / len(v["map"]) for k, v in ev.arms.items()}
+    ev.headline = f"COCO AP: FCOS {mean['FCOS']:.3f} vs RetinaNet {mean['RetinaNet']:.3f}"
     return ev

@@ -207,7 +207,7 @@ _NAS_SPACE = {
     "model.widths.2": {"choice": [16, 24, 32, 48, 64]},
     **{f"model.kernel_sizes.{i}": {"choice": [3, 5]} for i in range(3)},
     **{f"model.expand_ratios.{i}": {"choice": [2, 4]} for i in range(3)},
-    "optim.lr": {"log_uniform": [3.0e-4, 1.0e-2]},
+    "optim.lr": {"log_uniform": [1.0e-3, 1.0e-2]},
 }
 
 
@@ -235,12 +235,13 @@ def _held_out_test(subset: int, size: int) -> Any:
     return make_classification_task("mnist-embedded/held-out", rest, rest, batch_size=1000).val_loader
 
 
-def _nas_search(ctx: Context, seed: int, *, limits: dict[str, float], spec: Any,
-                lenet: Any) -> tuple[dict[str, Any], float, dict[str, Any]]:
+def _nas_search(ctx: Context, seed: int, *, limits: dict[str, float], spec: Any, lenet: Any,
+                lenet_val: float) -> tuple[dict[str, Any], float, dict[str, Any]]:
     """One multi-objective architecture search for seed ``seed`` (TPE, ``trials`` trials, validation accuracy up and
-    batch-1 latency down, under LeNet-5's parameter count), then the pick from its Pareto front: the most accurate
-    network whose latency, re-measured alternately with LeNet-5's, is at most 1.1x; when none is, the most accurate
-    one (the latency part of the claim then decides).
+    batch-1 latency down, under LeNet-5's parameter count), then the pick from its Pareto front: among the networks
+    that dominate LeNet-5 on the validation split (accuracy at least ``lenet_val``, LeNet-5's with its tuned rate,
+    and CPU latency, re-measured alternately with LeNet-5's, at most 1.1x), the most accurate; when none does, the
+    most accurate of the front (the latency part of the claim then decides).
     Returns the model options, the learning rate and what the search saw."""
     from dltricks import create_model
     from dltricks.experiments._harness import recipe
@@ -260,12 +261,12 @@ def _nas_search(ctx: Context, seed: int, *, limits: dict[str, float], spec: Any,
     for t in best_trials(study):
         kwargs = dict(t.user_attrs["model_kwargs"])
         candidate = create_model("nas_cnn", num_classes=10, in_chans=1, **kwargs)
-        lat, lat_lenet = _latency_pair(candidate, lenet, 3)
+        lat, lat_lenet = _latency_pair(candidate, lenet, 5)
         front.append({"trial": t.number, "val_accuracy": t.values[0], "latency_rel": lat / lat_lenet,
                       "model_kwargs": kwargs, "lr": float(t.params["optim.lr"])})
-    fast = [f for f in front if f["latency_rel"] <= 1.1]
-    pick = max(fast or front, key=lambda f: f["val_accuracy"])
-    seen = {"front": front, "picked": pick["trial"], "as_fast_as_lenet5": bool(fast),
+    dominating = [f for f in front if f["latency_rel"] <= 1.1 and f["val_accuracy"] >= lenet_val]
+    pick = max(dominating or front, key=lambda f: f["val_accuracy"])
+    seen = {"front": front, "picked": pick["trial"], "dominates_lenet5_on_validation": bool(dominating),
             "infeasible": sum(1 for t in study.get_trials(deepcopy=False) if "infeasible" in t.user_attrs)}
     return pick["model_kwargs"], pick["lr"], seen
 
@@ -276,21 +277,27 @@ def _study_for(search: Any) -> Any:
     return optuna.load_study(study_name=search.study_name, storage=search.storage)
 
 
-def _latency_pair(a: Any, b: Any, repeats: int) -> tuple[float, float]:
-    """Batch-1 CPU latency (ms, median) of two models, measured alternately (ABAB...) so that both see the same
-    load of a shared machine."""
+def _latency_pair(a: Any, b: Any, rounds: int) -> tuple[float, float]:
+    """Batch-1 CPU latency (ms) of two models in eval mode, default memory layout: CPU time on one thread
+    (:func:`dltricks.measure.latency.time_function` with ``cpu_time``), measured alternately (A, B, A, B, ...) for
+    ``rounds`` rounds, median over rounds. CPU time rather than wall time: on a shared machine the wall time of
+    the same network moved by 7x between two measurements (the first version of this tip); its CPU time does not
+    count the waits for a core."""
     import statistics
 
     import torch
 
-    from dltricks.measure.latency import measure_latency
+    from dltricks.measure.latency import time_function
 
     x = torch.zeros(1, 1, 28, 28)
-    la, lb = [], []
-    for _ in range(repeats):
-        la.append(measure_latency(a.eval(), [x], min_run_time=0.05).median)
-        lb.append(measure_latency(b.eval(), [x], min_run_time=0.05).median)
-    return statistics.median(la) * 1e3, statistics.median(lb) * 1e3
+    models = [m.eval().to(memory_format=torch.contiguous_format) for m in (a, b)]
+    times: list[list[float]] = [[], []]
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for i, m in enumerate(models):
+                t = time_function(lambda m=m: m(x), min_run_time=0.05, warmup=2, min_runs=3, cpu_time=True)
+                times[i].append(t.median)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
 
 
 @tip(id="scale.nas", title="Architecture search finds a better accuracy-latency point than a hand design of the size",
@@ -298,8 +305,8 @@ def _latency_pair(a: Any, b: Any, repeats: int) -> tuple[float, float]:
            "architecture search (TPE over nas_cnn's per-stage block type, depth, width, kernel, expansion and the "
            "learning rate; validation accuracy up, batch-1 CPU latency down) finds a network that is more accurate "
            "on held-out images than LeNet-5 with its own tuned learning rate, at no more than 1.1x its latency. The "
-           "pick from the Pareto front is the most accurate network within 1.1x LeNet-5's latency (else the most "
-           "accurate). The "
+           "pick from the Pareto front is the most accurate network that dominates LeNet-5 on the validation split "
+           "(as accurate, at most 1.1x its CPU latency), else the most accurate one. The "
            "search's cost (its trials) is part of the budget, not of the comparison.",
      source="the README (neural architecture search); Zoph & Le 2017; Tan et al. 2019 (MnasNet); Li & Talwalkar 2019",
      section="Search, compression and scale",
@@ -335,12 +342,13 @@ def nas_vs_hand_design(ctx: Context) -> Evidence:
     lenet = create_model("lenet5", num_classes=10)
     lenet_spec = TrainSpec(**{**spec.__dict__})
     tune_lr(ctx, ev, "lenet5", lambda: create_model("lenet5", num_classes=10), lenet_spec)
+    lenet_val = max(v for v in ev.tuning["lenet5"]["scores"] if v == v)  # NaN (a failed run) never wins
     limits = {"params": float(count_params(lenet).total)}
     found = []
     for seed in ctx.seeds:
         ctx.report(f"search, seed {seed}")
         kwargs, lr, seen = _nas_search(ctx, seed, limits=limits, spec=TrainSpec(**{**spec.__dict__, "seed": seed}),
-                                       lenet=lenet)
+                                       lenet=lenet, lenet_val=lenet_val)
         found.append({"seed": seed, "model_kwargs": kwargs, "lr": lr, **seen})
         models = {}
         for name, make, arm_spec in (("NAS", lambda: create_model("nas_cnn", num_classes=10, in_chans=1, **kwargs),
@@ -359,7 +367,7 @@ def nas_vs_hand_design(ctx: Context) -> Evidence:
                    latency_rel=(lat_nas if name == "NAS" else lat_lenet) / lat_lenet, seconds=out.seconds)
     ev.values["found"] = found
     ev.values["limits"] = limits
-    ev.notes = ("the found network's learning rate is a searched key (log-uniform 3e-4 to 1e-2); LeNet-5's comes from "
+    ev.notes = ("the found network's learning rate is a searched key (log-uniform 1e-3 to 1e-2); LeNet-5's comes from "
                 "a grid on a separate seed. The search ranks on the validation split; the verdict uses held-out "
                 "images.")
     ev.plots.append(bar_plot(ctx.path("nas_test_acc.png"), {k: v["test_acc"] for k, v in ev.arms.items()},

@@ -10,6 +10,11 @@ Ways to get a predictive distribution ``p(y | x)`` from trained networks:
 * **MC dropout** (Gal & Ghahramani, ICML 2016): keep dropout on at test time and average ``S`` passes,
   ``p = 1/S sum_s softmax(f(x; mask_s))``; batch norm stays in eval mode. A model without dropout layers
   cannot do it (an error); with ``p = 0`` it equals the deterministic model.
+* **SNGP** (Liu et al., NeurIPS 2020): a network trained with spectral normalisation and a random-feature
+  GP output layer (:mod:`dltricks.models.sngp`) predicts with mean-field logits
+  ``logits / sqrt(1 + pi/8 * var)`` from the Laplace posterior of its output layer (:func:`sngp_probs`).
+* **GP head** (sparse variational GP classification with GPyTorch, :mod:`dltricks.layers.gp_head`): fitted
+  on the frozen pre-logit features of a trained network by :func:`dltricks.train.gp_head.fit_gp_head`.
 * **Deep ensembles** (Lakshminarayanan, Pritzel & Blundell, NeurIPS 2017): independently trained
   members (other seeds), ``p = 1/M sum_m softmax(f_m(x))``. An ensemble of identical members is the
   member itself.
@@ -40,7 +45,8 @@ from dltricks.errors import ConfigError
 from dltricks.measure.calibration import calibration_report
 from dltricks.utils.figures import save_figure
 
-__all__ = ["has_dropout", "predict_probs", "mc_dropout_probs", "ensemble_probs", "check_ensemble", "fit_temperature",
+__all__ = ["has_dropout", "predict_probs", "mc_dropout_probs", "sngp_layers", "sngp_probs", "ensemble_probs",
+           "check_ensemble", "fit_temperature",
            "accuracy_coverage", "aurc", "auroc", "confidence_score", "ood_auroc", "uncertainty_metrics",
            "plot_accuracy_coverage"]
 
@@ -116,6 +122,32 @@ def mc_dropout_probs(model: nn.Module, batches: Batches, *, samples: int = 20,
     finally:
         model.train(was_training)
     return torch.cat(probs), torch.cat(labels)
+
+
+def sngp_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` with an SNGP output layer (a ``laplace`` precision and a ``mean_field`` switch)."""
+    from dltricks.layers.random_features import LaplacePrecision
+
+    return [m for m in model.modules() if isinstance(getattr(m, "laplace", None), LaplacePrecision)
+            and hasattr(m, "mean_field")]
+
+
+@torch.no_grad()
+def sngp_probs(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """SNGP's predictive distribution: softmax of the mean-field logits (eval mode). Raises
+    :class:`ConfigError` for a model without an SNGP output layer."""
+    layers = sngp_layers(model)
+    if not layers:
+        raise ConfigError(f"SNGP needs a random-feature GP output layer, and {type(model).__name__} has none; train "
+                          "an SNGP model (e.g. sngp_mlp) or use another uncertainty method")
+    before = [m.mean_field for m in layers]
+    for m in layers:
+        m.mean_field = True
+    try:
+        return predict_probs(model, batches)
+    finally:
+        for m, flag in zip(layers, before):
+            m.mean_field = flag
 
 
 def check_ensemble(models: Sequence[nn.Module]) -> None:

@@ -29,6 +29,7 @@ from dltricks.models import segmentation  # noqa: F401,E402
 from dltricks.models import detection  # noqa: F401,E402
 from dltricks.models import mamba, vim, mambaout  # noqa: F401,E402
 from dltricks.models import vit, swin, mlp_mixer, transformer, seq2seq, bert  # noqa: F401,E402
+from dltricks.models import sngp  # noqa: F401,E402
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model", "optimize_for_speed",
            "check_model_options", "check_model_size"]

@@ -147,14 +147,6 @@ PLANNED: tuple[Tip, ...] = (
             DET, (LECTURE.at(1779, 1783, "FPN as a neck"), LECTURE.at(2022, 2034, "FPN and its variants"),
                   LECTURE.at(1546, topic="feature pyramid = neck")),
             "an FPN neck and small-object accuracy with and without it"),
-    planned("det.focal-loss", "Focal loss (RetinaNet)",
-            "The focal loss closes the accuracy gap between a one-stage detector and two-stage detectors such as "
-            "Faster R-CNN with FPN, while running faster.",
-            DET, LECTURE.at(2040, 2047, "RetinaNet"), "a one-stage detector trained with cross-entropy vs focal loss"),
-    planned("det.anchor-free", "Anchor-free detection (FCOS)",
-            "Predicting at each foreground pixel its distances to the four sides of the box (FCOS) detects "
-            "without anchor boxes.",
-            DET, LECTURE.at(2049, 2054, "FCOS"), "an FCOS-style head and a detection data set"),
     planned("det.centernet", "Objects as points (CenterNet)",
             "A detector can predict object centres as a keypoint heat-map plus an offset and a size per centre.",
             DET, LECTURE.at(2056, 2068, "CenterNet"), "a CenterNet-style head and a detection data set"),
@@ -286,26 +278,7 @@ PLANNED: tuple[Tip, ...] = (
                   BLOG.at(66, topic="a fixed-size hidden state")),
             "a memory measurement of step-by-step inference, Mamba vs attention with a key-value cache"),
     # ------------------------------------------------------------------------------------------ learning setups
-    planned("learn.distillation", "Knowledge distillation",
-            "A small student trained to match a large teacher's softened outputs is more accurate than the same "
-            "student trained on the labels alone.",
-            LEARN, README.at(168, 172, "knowledge distillation"),
-            "a teacher and a student on MNIST, a temperature sweep"),
-    planned("learn.bayesian-uncertainty", "Uncertainty from Bayesian methods",
-            "Gaussian processes, Bayesian neural networks and variational inference give usable uncertainty "
-            "estimates.",
-            LEARN, README.at(149, 152, "Gaussian processes in Bayesian deep learning"),
-            "a Gaussian process or a variational Bayesian network; the ensemble and temperature-scaling tips "
-            "(learn.ensembles-uncertainty, learn.temperature-scaling) measure uncertainty without one"),
     # ------------------------------------------------------------------------------------------ search, scale
-    planned("scale.quantization", "Quantisation",
-            "Storing weights in fewer bits shrinks the model and cuts inference latency.",
-            SCALE, README.at(133, 136, "quantization and model compression"),
-            "int8 post-training quantisation of a trained model, size, latency and accuracy compared"),
-    planned("scale.pruning", "Pruning",
-            "Removing the least important connections shrinks the model and cuts inference latency.",
-            SCALE, README.at(133, 136, "quantization and model compression"),
-            "magnitude pruning of a trained model, accuracy and latency against sparsity"),
     planned("scale.long-inputs", "Handling long inputs in Transformers",
             "For long inputs, truncation, chunking or hierarchical attention keep a Transformer affordable, and "
             "FlashAttention or mixed precision cut its GPU memory.",

@@ -1,6 +1,6 @@
 """The training recipe: one typed dataclass in which every training trick is one option.
 
-A :class:`Recipe` has eight sections, each a small dataclass:
+A :class:`Recipe` has these sections, each a small dataclass:
 
 * ``optim``: the optimizer (SGD with optional Nesterov momentum, Adam, AdamW, RMSprop, Adadelta), the
   learning rate and weight decay, optionally not applied to normalisation weights and biases;
@@ -14,7 +14,10 @@ A :class:`Recipe` has eight sections, each a small dataclass:
 * ``early_stop``: stop when a validation metric has not improved for ``patience`` epochs;
 * ``checkpoint``: how often the full trainer state is saved for ``--resume``.
 * ``distill``: knowledge distillation from a teacher run (soft targets at temperature T mixed with the
-  hard labels by alpha).
+  hard labels by alpha; optionally a FitNets feature hint, and the teacher's logits cached per example).
+* ``finetune``: fine-tuning by layer groups (frozen groups, gradual unfreezing, learning rates per group);
+* ``maml``: the inner loop of gradient-based meta-learning (MAML, first-order MAML, Reptile), read by
+  :func:`dltricks.fewshot.maml.fit_meta` and ignored by plain training.
 
 Recipes are YAML files holding any subset of these keys (everything else keeps its default), e.g.::
 
@@ -44,7 +47,8 @@ from dltricks.data.augment import AugmentConfig
 from dltricks.errors import ConfigError, did_you_mean
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "EmaConfig", "EarlyStopConfig", "CheckpointConfig",
-           "DistillConfig", "FinetuneConfig", "Recipe", "load_recipe", "list_recipes", "recipe_path", "describe_recipe"]
+           "DistillConfig", "FinetuneConfig", "MamlConfig", "Recipe", "load_recipe", "list_recipes", "recipe_path",
+           "describe_recipe"]
 
 
 def _check_momentum(value: Any) -> str | None:
@@ -246,7 +250,8 @@ class CheckpointConfig:
 
 @dataclass
 class DistillConfig:
-    """Knowledge distillation from a trained teacher (Hinton et al. 2015; :mod:`dltricks.train.distill`)."""
+    """Knowledge distillation from a trained teacher (Hinton et al. 2015), with an optional feature hint (FitNets,
+    Romero et al. 2015) and a cache of the teacher's logits (:mod:`dltricks.train.distill`)."""
 
     teacher: str = field("", help="run directory or weights file of the teacher ('' = off; fit(teacher=...) "
                                   "takes a module); it runs in eval mode without gradients")
@@ -254,6 +259,18 @@ class DistillConfig:
                                          "T^2", check=check_positive)
     alpha: float = field(0.9, help="weight of the soft-target loss; the hard-label loss gets 1 - alpha",
                          check=_check_unit)
+    hint_weight: float = field(0.0, help="weight of the FitNets hint loss (Romero et al. 2015): the MSE between a "
+                                         "learned regressor of the student's guided_layer output and the teacher's "
+                                         "hint_layer output, added to the objective; 0 = off",
+                               check=check_non_negative)
+    hint_layer: str = field("", help="the teacher's module whose output is the hint, named as in named_modules() "
+                                     "(e.g. features.3)")
+    guided_layer: str = field("", help="the student's module whose output is regressed onto the hint, named as in "
+                                       "named_modules() (e.g. features.1)")
+    cache_teacher: bool = field(False, help="compute each training example's teacher logits once, in the first "
+                                            "epoch, and reuse them; refused with augmentation (the inputs change) "
+                                            "and with a hint (it needs the teacher's features every step); "
+                                            "nothing without a teacher")
 
 
 @dataclass
@@ -274,6 +291,25 @@ class FinetuneConfig:
 
 
 @dataclass
+class MamlConfig:
+    """The inner loop of MAML, first-order MAML and Reptile (:mod:`dltricks.fewshot.maml`); only
+    :func:`~dltricks.fewshot.maml.fit_meta` reads it."""
+
+    method: Literal["maml", "fomaml", "reptile"] = field(
+        "maml", help="maml (Finn et al. 2017, second order: the outer gradient runs through the inner steps); "
+                     "fomaml (the first-order approximation: inner gradients are constants); reptile (Nichol et al. "
+                     "2018: theta moves towards the adapted weights)")
+    inner_steps: int = field(1, help="SGD steps on an episode's support set during meta-training",
+                             check=_check_at_least_one)
+    inner_lr: float = field(0.4, help="step size alpha of the inner SGD steps", check=check_positive)
+    eval_steps: int = field(0, help="inner steps on the support set of a test episode (0 = inner_steps); Finn et "
+                                    "al. take more at test than in training", check=check_non_negative)
+    tasks_per_batch: int = field(1, help="episodes whose query losses are averaged into one outer step (the "
+                                         "meta-batch; Finn et al. use 32 for 5-way Omniglot); with train.steps, "
+                                         "a run sees steps x tasks_per_batch episodes", check=_check_at_least_one)
+
+
+@dataclass
 class Recipe:
     """Everything that defines a training run apart from the model and the data."""
 
@@ -286,6 +322,7 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpoints")
     distill: DistillConfig = field(default_factory=DistillConfig, help="knowledge distillation")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig, help="fine-tuning by layer groups")
+    maml: MamlConfig = field(default_factory=MamlConfig, help="meta-learning inner loop")
     model: str = field("", help="the registered model this recipe is tuned for: `dltricks train --recipe R` "
                                 "trains it when no MODEL is named (a MODEL given on the command line wins)")
     data: dict[str, Any] = field(default_factory=dict,
@@ -312,6 +349,24 @@ class Recipe:
                               f"(warmup_epochs={self.schedule.warmup_epochs:g})")
         if self.train.overfit_batch and self.train.accum_steps != 1:
             raise ConfigError("train.accum_steps: overfit_batch trains on one batch; expected accum_steps 1")
+        self._check_distill()
+
+    def _check_distill(self) -> None:
+        d = self.distill
+        if d.hint_weight > 0 and not (d.hint_layer and d.guided_layer):
+            missing = "distill.hint_layer" if not d.hint_layer else "distill.guided_layer"
+            raise ConfigError(f"{missing}: distill.hint_weight={d.hint_weight:g} needs both the teacher's "
+                              "hint_layer and the student's guided_layer (module names, e.g. features.3)")
+        if d.hint_weight == 0 and (d.hint_layer or d.guided_layer):
+            key = "distill.hint_layer" if d.hint_layer else "distill.guided_layer"
+            raise ConfigError(f"{key}: set, but distill.hint_weight is 0 so the hint is off; give a weight > 0 "
+                              "or leave the layer empty")
+        if d.cache_teacher and self.augment.active:
+            raise ConfigError(f"distill.cache_teacher: augmentation is on ({self.augment.describe()}), so the "
+                              "teacher sees new inputs every epoch and its logits cannot be cached")
+        if d.cache_teacher and d.hint_weight > 0:
+            raise ConfigError("distill.cache_teacher: not with distill.hint_weight > 0; the hint needs the "
+                              "teacher's features at every step")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

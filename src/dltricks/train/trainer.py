@@ -47,7 +47,7 @@ from dltricks.train.checkpoint import (CHECKPOINT_FORMAT, WEIGHTS_FORMAT, optimi
                                        write_tensors)
 from dltricks.train.batchnorm import recalibrate_batchnorm
 from dltricks.train.checkpoint import check_checkpoint_meta, check_tensors
-from dltricks.train.distill import distillation_loss, load_teacher
+from dltricks.train.distill import FeatureHint, TeacherCache, distillation_loss, load_teacher
 from dltricks.train.distributed import DistInfo, all_reduce_sum
 from dltricks.train.ema import ModelEma
 from dltricks.train.finetune import apply_finetune, is_active
@@ -334,6 +334,7 @@ class _Trainer:
         self.teacher: nn.Module | None = None
         if teacher is not None or recipe.distill.teacher:
             self.teacher = load_teacher(teacher if teacher is not None else recipe.distill.teacher, self.device)
+        self.hint, self.teacher_cache = self._distill_options(recipe, task)
         # Unlabelled images (fit(unlabelled=...)): one more loss term per step (:mod:`dltricks.train.unlabelled`).
         self.unlabelled: UnlabelledObjective | None = None
         if unlabelled is not None and not cfg.overfit_batch:
@@ -570,14 +571,14 @@ class _Trainer:
             self.unlabelled.after_step(self.raw_model)
 
     def _forward_backward(self, x: Any, y: torch.Tensor, scale: float, where: str,
-                          sync: bool) -> tuple[float, Any]:
+                          sync: bool, position: tuple[int, int] | None = None) -> tuple[float, Any]:
         context = self.model.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
         with context:
             with self.precision.autocast():
                 out = _call(self.model, x)
                 loss = self.task.loss(out, y, label_smoothing=self.label_smoothing)
                 if self.teacher is not None:
-                    loss = self._distill(x, out, loss)
+                    loss = self._distill(x, out, loss, position)
                 if self.unlabelled is not None:
                     loss = loss + self.unlabelled.loss(self.model, self.step)
             value = self._check_loss(loss, where)
@@ -585,12 +586,45 @@ class _Trainer:
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         return value, out
 
-    def _distill(self, x: Any, out: Any, hard_loss: torch.Tensor) -> torch.Tensor:
-        """The distillation objective (:mod:`dltricks.train.distill`) from the task's hard-label loss."""
-        with torch.no_grad():
-            teacher_logits = _logits(_call(self.teacher, x))
+    def _distill(self, x: Any, out: Any, hard_loss: torch.Tensor, position: tuple[int, int] | None) -> torch.Tensor:
+        """The distillation objective (:mod:`dltricks.train.distill`) from the task's hard-label loss: soft targets,
+        plus the FitNets hint when ``distill.hint_weight > 0``. ``position`` (epoch, batch) lets the teacher cache
+        (``distill.cache_teacher``) find the batch's examples."""
+        if self.teacher_cache is not None and position is not None:
+            teacher_logits = self.teacher_cache(x, *position)
+        else:
+            with torch.no_grad():
+                teacher_logits = _logits(_call(self.teacher, x))
         cfg = self.recipe.distill
-        return distillation_loss(_logits(out), teacher_logits, hard_loss, temperature=cfg.temperature, alpha=cfg.alpha)
+        loss = distillation_loss(_logits(out), teacher_logits, hard_loss, temperature=cfg.temperature, alpha=cfg.alpha)
+        if self.hint is not None:  # both forward passes above have filled the hint's hooks
+            loss = loss + self.hint.loss()
+        return loss
+
+    def _distill_options(self, recipe: Recipe, task: Task) -> tuple[FeatureHint | None, TeacherCache | None]:
+        """The FitNets hint (its regressor joins the optimizer) and the teacher-logit cache, when the recipe asks."""
+        cfg = recipe.distill
+        if self.teacher is None:  # cache_teacher, like temperature and alpha, does nothing without a teacher
+            if cfg.hint_weight > 0:
+                raise ConfigError("distill.hint_weight: there is no teacher; give distill.teacher or fit(teacher=...)")
+            return None, None
+        cache = TeacherCache(self.teacher, task.train_loader, data=task.name) if cfg.cache_teacher else None
+        if cfg.hint_weight == 0:
+            return None, cache
+        if self.dist.enabled:
+            raise ConfigError("distill.hint_weight: the hint's regressor is not synchronised across processes; train "
+                              "with hints on one process")
+        for model in (self.raw_model, self.teacher):  # a clear error before the hint's own forward passes
+            check_compatible(model, task, device=self.device)
+        x, _ = next(iter(task.train_loader.iter_epoch(0)))
+        example = _to_device(x[:2] if isinstance(x, torch.Tensor) else tuple(t[:2] for t in x), self.device, False)
+        # The regressor's initial weights come from the run's seed, not from whatever the global RNG holds now.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(recipe.train.seed)
+            hint = FeatureHint(self.raw_model, self.teacher, guided_layer=cfg.guided_layer, hint_layer=cfg.hint_layer,
+                               weight=cfg.hint_weight, example=example)
+        self.optimizer.add_param_group({"params": list(hint.parameters())})  # trained with the student
+        return hint, None
 
     # ------------------------------------------------------------------------------------------
     # Epochs
@@ -615,7 +649,8 @@ class _Trainer:
                 group_size = min(accum, n - group_start)
                 last_in_group = b == group_start + group_size - 1
                 where = f"epoch {epoch + 1}, batch {b + 1}/{n} (optimizer step {self.step + 1})"
-                value, out = self._forward_backward(x, y, 1.0 / group_size, where, sync=last_in_group)
+                value, out = self._forward_backward(x, y, 1.0 / group_size, where, sync=last_in_group,
+                                                    position=(epoch, b))
                 self._accumulate(out, y, value)
                 self.tracker.add_loss(value)
                 if last_in_group:
@@ -684,6 +719,8 @@ class _Trainer:
         for k, v in sums.items():
             if k not in ("loss", "count"):
                 record["train_accuracy" if k == "correct" else f"train_{k}"] = v / count
+        if self.hint is not None:  # the FitNets term alone (train_loss includes it)
+            record["train_hint_loss"] = self.hint.epoch_mean()
         t_eval = time.perf_counter()
         last = epoch + 1 >= self.num_epochs or (cfg.steps and self.step >= cfg.steps)
         self._evaluated_last = bool(last)
@@ -998,7 +1035,8 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
         meta: stored in ``config.json``, checkpoints and weight files, e.g. ``{"model": "resnet18",
             "model_kwargs": {...}, "data": {...}}`` (``dltricks eval`` rebuilds the model from it).
         teacher: a trained model to distill from (instead of the recipe's ``distill.teacher`` path); the
-            recipe's ``distill.temperature`` and ``distill.alpha`` apply (:mod:`dltricks.train.distill`).
+            recipe's ``distill.temperature`` and ``distill.alpha`` apply (:mod:`dltricks.train.distill`), and its
+            ``distill.hint_weight`` / ``hint_layer`` / ``guided_layer`` (FitNets hints) and ``cache_teacher``.
         unlabelled: unlabelled images and the method that uses them (semi-supervised learning, domain
             adaptation; :class:`~dltricks.train.unlabelled.Unlabelled`): each step adds their loss term to the
             task's. Not with ``resume`` (the term's state is not checkpointed); off in ``overfit_batch`` mode.
@@ -1018,6 +1056,9 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
     check_task_recipe(task, recipe)
     if resume and run_dir is None:
         raise ConfigError("resume=True needs the run_dir whose checkpoint to continue")
+    if resume and recipe.distill.hint_weight > 0:
+        raise ConfigError("distill.hint_weight: a run with a FitNets hint cannot be resumed (the hint's regressor is "
+                          "not checkpointed); start a new run")
     if resume and unlabelled is not None:
         raise ConfigError("resume: a run with unlabelled images cannot be resumed (the mean teacher, the domain "
                           "classifier and the unlabelled order are not checkpointed); start a new run")
@@ -1038,6 +1079,8 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
                 raise
             finally:
                 trainer.tracker.close()
+                if trainer.hint is not None:  # the student leaves without the hint's hooks
+                    trainer.hint.close()
                 if trainer.unlabelled is not None:
                     trainer.unlabelled.close()
 
