@@ -271,13 +271,13 @@ def _contiguous(model: nn.Module) -> nn.Module:
 @train_tip(id="scale.quantization", title="int8 quantization: 4x smaller, faster",
            claim="Post-training static int8 quantization (per-channel int8 weights, calibrated int8 activations, "
                  "conv-BN-ReLU fused) makes a trained CNN's weight file about 4x smaller (at least 3.5x) and its "
-                 "batch-1 CPU latency lower, losing at most 1 point of accuracy (quick: small_cnn, 2 epochs on 2,000 "
-                 "MNIST images, latency on one thread). It does not change the MAC count: the speed-up comes from "
-                 "cheaper arithmetic and memory traffic, not from fewer FLOPs.",
+                 "batch-1 CPU latency lower, losing at most 1 point of accuracy (small_cnn, 2 epochs on 2,000 "
+                 "MNIST images, latency on one thread; full mode only). It does not change the MAC count: the "
+                 "speed-up comes from cheaper arithmetic and memory traffic, not from fewer FLOPs.",
            cite=README.at(133, 136, "quantization and model compression"),
            source="Jacob et al. 2018 (CVPR); Krishnamoorthi 2018 (arXiv:1806.08342)", section=SCALE,
            exercises=COMPRESS_CODE, shares="compress-mnist",
-           quick={**BASE, "rounds": 5, "min_time": 0.05}, full={**BASE, "rounds": 9, "min_time": 0.1}, budget_s=60,
+           quick=None, full={**BASE, "rounds": 9, "min_time": 0.1}, budget_s=230,
            metrics={"accuracy": "validation accuracy (2,000 embedded-MNIST images)",
                     "log2_speedup_b1": "log2(fp32 latency / arm latency) at batch 1 (fp32: 0)",
                     "log2_speedup_b32": "the same at batch 32", "size_kb": "weights file (safetensors), kB"},
@@ -330,15 +330,14 @@ def quantization(ctx: Context) -> Evidence:
                  "long, but buys no speed-up on dense kernels (batch-32 CPU latency ratio below 1.1x) although a "
                  "sparse kernel would skip 3/4 of the multiplications; removing half of each conv's channels "
                  "(structured, smallest L1 filter norms) gives a real speed-up of at least 1.5x; its accuracy cost "
-                 "is recorded (quick: small_cnn, 2 epochs on 2,000 MNIST images, 1 fine-tuning epoch per step; "
-                 "full also 90 % and 80/90 % of the channels).",
+                 "is recorded (small_cnn, 2 epochs on 2,000 MNIST images, 1 fine-tuning epoch per step, also 90 % "
+                 "and 80/90 % of the channels; full mode only).",
            cite=README.at(133, 136, "quantization and model compression"),
            source="Han et al. 2015 (NeurIPS); Li et al. 2017 (ICLR)", section=SCALE,
            exercises=COMPRESS_CODE, shares="compress-mnist",
-           quick={**BASE, "schedule": [0.5, 0.8], "channels": [0.5], "ft_epochs": 1, "ft_lr": 0.05, "rounds": 5,
-                  "min_time": 0.05},
+           quick=None,
            full={**BASE, "schedule": [0.5, 0.8, 0.9], "channels": [0.5, 0.8, 0.9], "ft_epochs": 1, "ft_lr": 0.05,
-                 "rounds": 7, "min_time": 0.05}, budget_s=150,
+                 "rounds": 7, "min_time": 0.05}, budget_s=700,
            may_fail=("channels 80%", "channels 90%", "unstructured 90%"),
            metrics={"accuracy": "validation accuracy after fine-tuning", "accuracy_pruned": "right after pruning",
                     "log2_speedup_b32": "log2(dense latency / arm latency) at batch 32 (dense: 0)",
