@@ -64,3 +64,37 @@ def test_training_lowers_the_episode_loss():
     losses = train_prototypical(encoder, EpisodeSampler(x, y, classes=[0, 1, 2, 3], ways=4, shots=2, queries=5),
                                 episodes=60, lr=1e-2)
     assert sum(losses[-10:]) < sum(losses[:10])
+
+
+def test_class_splits_never_leak_novel_classes_into_training(monkeypatch):
+    """EpisodeSampler.for_split draws only the classes of its side of CLASS_SPLITS (each image here is its label)."""
+    import types
+
+    import dltricks.data.imagefolder
+    import dltricks.fewshot.episodes as episodes
+    import dltricks.tasks.classification
+    from dltricks.fewshot.episodes import CLASS_SPLITS, split_classes
+
+    labels = torch.arange(10).repeat_interleave(20)
+    images = labels.to(torch.uint8).reshape(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone()  # (200, 3, 4, 4)
+    fake = {"train": types.SimpleNamespace(images=images, labels=labels),
+            "test": types.SimpleNamespace(images=images + 100, labels=labels)}  # test images: label + 100
+    monkeypatch.setattr(dltricks.tasks.classification, "find_cifar10", lambda data_dir=None: ("imagefolder", "x"))
+    monkeypatch.setattr(dltricks.data.imagefolder, "load_image_folder", lambda path: fake)
+    assert set(CLASS_SPLITS["cifar10"]["train"]).isdisjoint(CLASS_SPLITS["cifar10"]["novel"])
+    for split, allowed, offset in (("train", {0, 1, 2, 3, 4}, 0), ("novel", {5, 6, 7, 8, 9}, 100)):
+        sampler = EpisodeSampler.for_split("cifar10", split, ways=5, shots=5, queries=10, seed=2)
+        assert sampler.classes == split_classes("cifar10", split) == sorted(allowed)
+        drawn = set()
+        for i in range(50):
+            ep = sampler.episode(i)
+            for images_, y in ((ep.support, ep.support_y), (ep.query, ep.query_y)):
+                original = images_[:, 0, 0, 0].long() - offset  # (N*K,) or (N*Q,): the class of every image
+                assert torch.equal(original, torch.tensor(ep.classes)[y])
+                drawn |= set(original.tolist())
+        assert drawn == allowed  # every class of the split is used, and only those
+    assert episodes.split_classes("mnist", "novel") == [5, 6, 7, 8, 9]
+    with pytest.raises(ConfigError, match="dataset: no class split for 'cifar100'"):
+        split_classes("cifar100", "train")
+    with pytest.raises(ConfigError, match="split: expected one of train, novel"):
+        split_classes("cifar10", "test")

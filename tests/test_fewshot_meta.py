@@ -3,6 +3,8 @@ matching and Siamese networks (dltricks.fewshot.metric) against brute-force loop
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -158,3 +160,54 @@ def test_contrastive_loss_against_pair_loop_and_training():
     for method in ("siamese", "matching"):
         losses = train_episodic(encoder, sampler, method=method, episodes=40, lr=1e-2)
         assert sum(losses[-10:]) < sum(losses[:10]), method
+
+
+def test_maml_recipe_section_is_typed_and_checked():
+    from dltricks.train.recipe import load_recipe
+
+    recipe = load_recipe("maml-fewshot")
+    assert (recipe.maml.method, recipe.maml.inner_steps, recipe.maml.inner_lr, recipe.maml.eval_steps,
+            recipe.maml.tasks_per_batch) == ("maml", 1, 0.4, 3, 1)
+    assert load_recipe(None, ["maml.method=reptile", "maml.tasks_per_batch=4"]).maml.tasks_per_batch == 4
+    for bad, key in (({"inner_stepz": 2}, "maml.inner_stepz"), ({"inner_steps": "two"}, "maml.inner_steps"),
+                     ({"method": "mamll"}, "maml.method"), ({"inner_lr": 0.0}, "maml.inner_lr"),
+                     ({"tasks_per_batch": 0}, "maml.tasks_per_batch"), ({"eval_steps": 1.5}, "maml.eval_steps")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_recipe({"maml": bad})
+    learner = MetaLearner.from_config(nn.Linear(4, 2), load_recipe({"maml": {"method": "fomaml", "inner_steps": 2,
+                                                                              "inner_lr": 0.3}}).maml)
+    assert (learner.method, learner.inner_steps, learner.inner_lr, learner.eval_steps) == ("fomaml", 2, 0.3, 2)
+
+
+def test_fit_meta_step_is_the_mean_meta_gradient_of_its_tasks():
+    """One outer SGD step with maml.tasks_per_batch = 2 is theta - lr * mean of the two episodes' MAML gradients."""
+    from dltricks.fewshot.maml import fit_meta
+    from dltricks.train.recipe import load_recipe
+
+    x, y = _blobs(noise=1.0)
+    sampler = EpisodeSampler(x, y, classes=[0, 1, 2, 3], ways=2, shots=2, queries=3, seed=3)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    reference = MetaLearner(copy.deepcopy(net), method="maml",
+                            inner_steps=2, inner_lr=0.3).train()
+    grads = []
+    for i in (0, 1):  # the two episodes of the first outer step
+        ep = sampler.episode(i)
+        xs = torch.cat([ep.support, ep.query]).float()
+        meta = torch.stack([torch.cat([ep.support_y, ep.query_y]),
+                            torch.cat([torch.zeros_like(ep.support_y), torch.ones_like(ep.query_y)])], 1)
+        reference.zero_grad()
+        meta_loss(reference(xs, meta), meta).backward()
+        grads.append(_flat_grad(reference).clone())
+    theta = torch.cat([p.detach().flatten() for p in reference.net.parameters()])
+    recipe = load_recipe({"optim": {"name": "sgd", "lr": 0.1, "momentum": 0.0}, "schedule": {"name": "constant"},
+                          "train": {"steps": 1, "device": "cpu", "channels_last": False},
+                          "maml": {"method": "maml", "inner_steps": 2, "inner_lr": 0.3, "tasks_per_batch": 2}})
+    learner, losses = fit_meta(net, sampler, recipe)
+    assert len(losses) == 1 and learner.inner_steps == 2
+    after = torch.cat([p.detach().flatten() for p in learner.net.parameters()])
+    torch.testing.assert_close(after, theta - 0.1 * (grads[0] + grads[1]) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="train.accum_steps"):
+        fit_meta(net, sampler, load_recipe(recipe, ["train.accum_steps=2"]))
+    with pytest.raises(ConfigError, match="train.steps"):
+        fit_meta(net, sampler, load_recipe(recipe, ["train.steps=0"]))

@@ -14,7 +14,7 @@ scored on digit classes the network never saw, with :func:`dltricks.train.fit` f
 * :func:`zero_shot_attributes`: DAP and an attribute-compatibility model trained on seven digits, tested on
   digits 3, 7, 8 from their attribute rows (:mod:`dltricks.fewshot.zeroshot`).
 
-docs/transfer.md has the longer runs (600 test episodes, larger encoders).
+docs/fewshot.md has the longer runs (600 test episodes, larger encoders).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ on par with, the meta-learning methods of the time; "Baseline++" replaces the li
 classifier. Both stages run through :func:`dltricks.train.fit`: the pre-training as a classification task,
 the head of every episode as a task of ``steps`` full-batch steps on the support features.
 
-Measured (docs/transfer.md): ``small_cnn`` (16, 32, 64) trained 2 epochs on MNIST digits 0-4 gives 53.7 % +- 0.9
+Measured (docs/fewshot.md): ``small_cnn`` (16, 32, 64) trained 2 epochs on MNIST digits 0-4 gives 53.7 % +- 0.9
 (5-way 1-shot) and 73.0 % +- 0.5 (5-shot) on digits 5-9, against 57.8 % and 74.9 % for a prototypical network
 trained with the same images (one seed, 600 episodes each).
 """

@@ -40,7 +40,7 @@ half, a9 bulge to the left in the top half, a10 diagonal stroke, a11 crossing st
 | 8 | 1 | 1 | 0 | 0 | 0 | 0 | 1 | 1 | 1 | 0 | 1 |
 | 9 | 1 | 0 | 1 | 0 | 0 | 0 | 1 | 0 | 1 | 0 | 0 |
 
-Measured (docs/transfer.md): ``small_cnn`` (16, 32, 64) trained 2 epochs on the seven seen digits, ZSL accuracy
+Measured (docs/fewshot.md): ``small_cnn`` (16, 32, 64) trained 2 epochs on the seven seen digits, ZSL accuracy
 on 3, 7, 8 of 43.6 % (DAP) and 23.1 % (compatibility) against 33.3 % chance, one seed; with an MLP on pixels (the
 tip ``learn.zero-shot``, 5 seeds) DAP falls to 14.9 %, below chance: its attribute detectors learn the seen
 digits, not the shapes. In the generalised setting both pick seen digits almost always (H below 10 %).
