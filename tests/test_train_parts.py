@@ -272,6 +272,17 @@ def test_ema_warmup_decay():
         decays.append(ema.current_decay())
         ema.update(tiny_mlp())
     assert decays == pytest.approx([1 / 10, 2 / 11, 3 / 12])
+    assert ModelEma(tiny_mlp(), decay=0.999).current_decay() == pytest.approx(0.1)  # warm-up is the default
+
+
+def test_ema_pairs_tensors_once_per_model_and_follows_another_model():
+    a, b = tiny_mlp(), tiny_mlp()
+    ema = ModelEma(a, decay=0.5, warmup=False)
+    first, again = ema._tensor_pairs(a), ema._tensor_pairs(a)
+    assert all(x is y for x, y in zip(first, again))  # computed once per model, not at every step
+    ema.update(b)  # another model object: its tensors, not the cached ones of `a`
+    for (name, e), ta, tb in zip(ema.state_dict().items(), a.state_dict().values(), b.state_dict().values()):
+        assert_close(e, 0.5 * ta + 0.5 * tb, msg=name)
 
 
 # --------------------------------------------------------------------------------------------------
