@@ -105,3 +105,68 @@ def test_inputs_may_be_tensors_and_empty() -> None:
     result = coco_evaluate(preds, gt)
     assert result["map"] == 0.0 and result["images"] == 2
     assert coco_evaluate(preds, [gt[0], gt[0]])["map"] == -1.0  # no ground truth at all
+
+
+def random_mask_case(seed: int, images: int = 5, size: int = 40) -> tuple[list, list]:
+    """Ground-truth masks (blobs of random rectangles and discs, 2 classes) and detections: noisy copies of
+    them (pixels flipped, some shifted) plus random false masks."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    gt, preds = [], []
+
+    def blob() -> np.ndarray:
+        cx, cy, r = rng.uniform(0, size, 2).tolist() + [float(rng.uniform(2, 14))]
+        mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+        return mask if mask.any() else blob()
+
+    for _ in range(images):
+        n = int(rng.integers(0, 5))
+        masks = np.stack([blob() for _ in range(n)]) if n else np.zeros((0, size, size), bool)
+        labels = rng.integers(0, 2, n)
+        det = masks ^ (rng.random(masks.shape) < 0.05)
+        det = np.stack([np.roll(m, int(rng.integers(-3, 4)), axis=1) for m in det]) if n else det
+        k = int(rng.integers(0, 3))
+        det = np.concatenate([det, np.stack([blob() for _ in range(k)]) if k else det[:0]])
+        det_labels = np.concatenate([labels, rng.integers(0, 2, k)])
+        boxes = lambda m: np.array([[0.0, 0.0, 1.0, 1.0]] * len(m)).reshape(-1, 4)  # noqa: E731  (unused by segm)
+        gt.append((boxes(masks), labels, masks))
+        preds.append((boxes(det), rng.random(len(det)), det_labels, det))
+    return gt, preds
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coco_mask_ap_matches_pycocotools(seed: int) -> None:
+    """``iou_type="segm"``: our mask IoU and area ranges against COCOeval('segm') on RLE-encoded masks."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    COCO = pytest.importorskip("pycocotools.coco").COCO
+    COCOeval = pytest.importorskip("pycocotools.cocoeval").COCOeval
+    gt, preds = random_mask_case(seed)
+
+    def rle(mask: np.ndarray) -> dict:
+        r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": r["size"], "counts": r["counts"].decode("ascii")}
+
+    images, annotations, results = [], [], []
+    for i, ((_, labels, masks), (_, scores, det_labels, det)) in enumerate(zip(gt, preds), start=1):
+        images.append({"id": i, "height": 40, "width": 40})
+        for label, mask in zip(labels, masks):
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(label),
+                                "segmentation": rle(mask), "area": float(mask.sum()), "iscrowd": 0,
+                                "bbox": [0, 0, 1, 1]})
+        for score, label, mask in zip(scores, det_labels, det):
+            results.append({"image_id": i, "category_id": int(label), "segmentation": rle(mask),
+                            "score": float(score)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {"images": images, "annotations": annotations,
+                           "categories": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}]}
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "segm")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    ours = coco_evaluate(preds, gt, iou_type="segm")
+    for name, value in zip(["map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"], evaluator.stats[:6]):
+        assert math.isclose(ours[name], value, abs_tol=1e-9), (name, ours[name], value)
+    with pytest.raises(ValueError, match="one \\(H, W\\) mask per box"):
+        coco_evaluate([(*preds[0][:3], preds[0][3][:0])] + preds[1:], gt, iou_type="segm")

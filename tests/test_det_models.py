@@ -28,19 +28,21 @@ SMALLER_HEADS = {"retinanet_resnet18": {"num_convs": 2, "pyramid_chs": 64},
 
 
 def test_every_family_is_registered() -> None:
-    assert {"retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny"} <= set(DETECTORS)
+    assert {"retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny", "yolo_tiny", "detr_tiny"} <= set(DETECTORS)
 
 
 @pytest.mark.parametrize("name", DETECTORS)
 def test_every_detector_overfits_one_batch(name: str) -> None:
     """25 steps of ``fit`` on one batch of 2 scenes (60 for Faster R-CNN, whose RoI head learns only from the
-    RPN's proposals and is the slowest): the loss falls to under 40% of its first value and the detections on
-    those scenes reach AP50 >= 0.5. Measured with seed 0: loss ratio 0.01-0.34 and AP50 0.9-1.0 for the
-    one-stage detectors; for Faster R-CNN AP50 is 0.13 after 25 steps and 0.8 after 61."""
+    RPN's proposals, 40 for DETR): the loss falls to under 40% of its first value and the detections on those
+    scenes reach AP50 >= 0.5. Measured with seed 0: loss ratio 0.01-0.34 and AP50 0.9-1.0 for the one-stage
+    detectors; for Faster R-CNN AP50 is 0.13 after 25 steps and 0.8 after 61; for DETR 0.60 after 25 steps
+    (too close to the bar) and 0.90 after 40."""
     torch.manual_seed(0)
-    task = build_task("mnist-detection", batch_size=2, eval_batch_size=2, train_scenes=2, val_scenes=2)
+    masks = {"masks": True} if name.startswith("mask_rcnn") else {}  # Mask R-CNN trains on the digits' ink masks
+    task = build_task("mnist-detection", batch_size=2, eval_batch_size=2, train_scenes=2, val_scenes=2, **masks)
     model = create_model(name, num_classes=task.num_classes, in_chans=1, **SMALLER_HEADS.get(name, {}))
-    steps = 60 if name.startswith("faster_rcnn") else 25
+    steps = 40 if name.startswith("detr") else 60 if name.startswith(("faster_rcnn", "mask_rcnn")) else 25
     recipe = {"optim": {"name": "adamw", "lr": 2e-3}, "schedule": {"name": "constant"},
               "train": {"epochs": steps, "batch_size": 2, "eval_batch_size": 2, "device": "cpu", "eval_every": steps}}
     result = fit(model, task, recipe)
@@ -49,6 +51,8 @@ def test_every_detector_overfits_one_batch(name: str) -> None:
     assert losses[-1] < 0.4 * losses[0], losses
     metrics = evaluate_detection(model, task.train_loader)
     assert metrics["ap50"] >= 0.5, metrics
+    if masks:  # Mask R-CNN's masks of thin digit strokes learn slower than its boxes: mask AP50 0.40 measured
+        assert metrics["mask_ap50"] >= 0.25, metrics
 
 
 def test_faster_rcnn_proposals_and_detections() -> None:
@@ -86,7 +90,7 @@ def test_faster_rcnn_loss_takes_empty_images_and_finds_foreground() -> None:
     assert model.cls_out.weight.grad.abs().sum() > 0 and model.rpn_cls.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny"])
+@pytest.mark.parametrize("name", ["retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny", "yolo_tiny", "detr_tiny"])
 @pytest.mark.parametrize("row, message", [([1, 1, 9, 9, 10.0], r"label must be in \[0, 10\)"),
                                           ([1, float("nan"), 9, 9, 2.0], "finite"),
                                           ([9, 1, 1, 9, 2.0], "x2 > x1")])
@@ -96,7 +100,7 @@ def test_every_loss_refuses_bad_targets(name: str, row: list, message: str) -> N
         DetectionLoss(10)(out, torch.tensor([[row]]))
 
 
-@pytest.mark.parametrize("name", ["retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny"])
+@pytest.mark.parametrize("name", ["retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny", "yolo_tiny", "detr_tiny"])
 def test_detectors_refuse_empty_and_tiny_inputs(name: str) -> None:
     model = create_model(name).eval()
     with pytest.raises(ModelError, match="empty batch"):

@@ -71,7 +71,7 @@ def test_every_box_gets_an_anchor_and_a_point() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny"])
+@pytest.mark.parametrize("name", ["retinanet_tiny", "fcos_tiny", "faster_rcnn_tiny", "yolo_tiny", "detr_tiny"])
 def test_fit_trains_a_detector_and_reports_coco_metrics(name: str) -> None:
     torch.manual_seed(0)
     task = build_task("mnist-detection", batch_size=16, eval_batch_size=32, train_scenes=48, val_scenes=16)

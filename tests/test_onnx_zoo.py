@@ -40,6 +40,7 @@ def _seq2seq(model: nn.Module, batch: int) -> tuple[torch.Tensor, ...]:
 # exporter's time grows with the number of ops, not with the size of the weights.
 FAMILIES: dict[str, tuple[str, dict[str, Any], Callable[[nn.Module, int], tuple[torch.Tensor, ...]]]] = {
     "simple": ("small_cnn", {"num_classes": 4, "widths": (8, 16)}, _image(1, 16, 16)),
+    "sngp": ("sngp_mlp", {"num_classes": 4, "img_size": 16, "width": 16, "num_random_features": 32}, _image(1, 16, 16)),
     "lenet": ("lenet5", {"num_classes": 4}, _image(1, 28, 28)),
     "alexnet": ("alexnet", {"num_classes": 4}, _image(3, 67, 67)),
     "vgg": ("vgg11_bn", {"num_classes": 4}, _image(3, 32, 32)),
@@ -68,10 +69,16 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], Callable[[nn.Module, int], tuple[
     "token_mixer": ("mambaout_seg_tiny", {"num_classes": 2}, _image(1, 16, 16)),
     "fcos": ("fcos_tiny", {"num_classes": 3}, _image(1, 32, 32)),
     "retinanet": ("retinanet_tiny", {"num_classes": 3}, _image(1, 32, 32)),
+    "yolo": ("yolo_tiny", {"num_classes": 3}, _image(1, 32, 32)),
+    "detr": ("detr_tiny", {"num_classes": 3, "embed_dim": 16, "enc_depth": 1, "dec_depth": 2, "num_queries": 3},
+             _image(1, 32, 32)),
     # One pyramid level and few proposals: the fixed-shape NMS of the proposals unrolls into one step per
     # candidate box, and every level adds its own RoIAlign.
     "faster_rcnn": ("faster_rcnn_tiny", {"num_classes": 3, "pyramid_strides": (16,), "pre_nms_top_k": 4,
                                          "post_nms_top_k": 2, "roi_size": 2, "hidden": 8}, _image(1, 32, 32)),
+    "mask_rcnn": ("mask_rcnn_tiny", {"num_classes": 3, "pyramid_strides": (16,), "pre_nms_top_k": 4,
+                                     "post_nms_top_k": 2, "roi_size": 2, "hidden": 8, "mask_roi_size": 3,
+                                     "mask_convs": 1, "mask_chs": 4}, _image(1, 32, 32)),
 }
 
 # family -> (model, options, input, why torch.onnx.export (dynamo, torch 2.13, onnxscript 0.5) cannot export it);

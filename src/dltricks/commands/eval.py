@@ -297,10 +297,11 @@ def _run_detection_eval(args: argparse.Namespace, model: Any, task: Any, *, chec
         return 0
     print(f"{model_name} on {task.name} ({split}, {int(metrics['images']):,} images): loss {metrics['loss']:.4f}")
     names = {"map": "COCO mAP@[.5:.95]", "ap50": "AP50", "ap75": "AP75", "ap_small": "AP small",
-             "ap_medium": "AP medium", "ap_large": "AP large", "voc_ap50": "VOC AP50"}
+             "ap_medium": "AP medium", "ap_large": "AP large", "voc_ap50": "VOC AP50",
+             "mask_map": "mask mAP@[.5:.95]", "mask_ap50": "mask AP50", "mask_ap75": "mask AP75"}
     print_table([Column("metric", number=False), Column("value")],
                 [[label, f"{metrics[key]:.4f}"] for key, label in names.items() if key in metrics],
-                title="box detection, COCO protocol")
+                title="detection, COCO protocol")
     return 0
 
 

@@ -5,6 +5,9 @@ MNIST-detection scenes (real MNIST digits pasted on a larger canvas), the sanity
 ``images`` ``(B, C, H, W)`` float (normalised), ``targets`` ``(B, M, 5)`` float rows ``(x1, y1, x2, y2, label)``
 in pixels of the image (xyxy, continuous coordinates), padded to ``M`` rows per image with ``label = -1``.
 A padded tensor keeps the trainer's one batch contract (tensors moved to the device as they are).
+A data set with instance masks (``DetectionDataset.instances``, for Mask R-CNN) yields ``(images, (targets,
+instances))`` instead: ``instances`` ``(B, 1, H, W)`` int64, pixel value ``j + 1`` on the mask of target row
+``j``, 0 elsewhere (masks do not overlap; :func:`split_batch` takes either form apart).
 
 **MNIST-detection scenes** (:func:`make_mnist_scenes`). Scene ``i`` of a split is a pure function of
 ``(seed, split, i)``; its generator draws:
@@ -18,14 +21,16 @@ A padded tensor keeps the trainer's one batch contract (tensors moved to the dev
 * the canvas is the pixel-wise maximum of the pasted digits on black.
 
 The box of a digit is the tight box of its resized pixels with intensity at least ``box_threshold`` (of 255):
-the ink, not the 28 x 28 frame with its empty margin; the label is the digit's class. Scenes are made once
-when the task is built (about 1 s for 4,000 scenes).
+the ink, not the 28 x 28 frame with its empty margin; the label is the digit's class. With ``masks=True``
+the same ink pixels are the digit's instance mask (where two digits' ink overlaps, the later one keeps the
+pixel). Scenes are made once when the task is built (about 1 s for 4,000 scenes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +40,8 @@ from dltricks.data.base import ArrayDataset
 from dltricks.data.loader import derive_seed
 from dltricks.errors import DataError
 
-__all__ = ["DetectionDataset", "DetectionLoader", "MnistSceneConfig", "make_mnist_scenes", "pad_targets"]
+__all__ = ["DetectionDataset", "DetectionLoader", "MnistSceneConfig", "make_mnist_scenes", "pad_targets",
+           "split_batch"]
 
 _SPLIT_IDS = {"train": 0, "val": 1}
 
@@ -51,9 +57,18 @@ def pad_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor]) -> torch.
     return out
 
 
+def split_batch(y: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(targets (B, M, 5), instances (B, 1, H, W) or None)`` from a detection batch's ``y``."""
+    if isinstance(y, (tuple, list)):
+        return y[0], (y[1] if len(y) > 1 else None)
+    return y, None
+
+
 @dataclass
 class DetectionDataset:
-    """Images ``(N, C, H, W)`` uint8 and padded targets ``(N, M, 5)`` (see the module docstring).
+    """Images ``(N, C, H, W)`` uint8 and padded targets ``(N, M, 5)`` (see the module docstring); optional
+    ``instances`` ``(N, 1, H, W)`` int16 (pixel value ``j + 1`` on the mask of target row ``j``).
 
     Construction checks every box (finite, ``x2 > x1``, ``y2 > y1``, inside the image) and every label
     (an integer in ``[0, num_classes)``) and raises one :class:`DataError` line naming the first bad one.
@@ -65,9 +80,15 @@ class DetectionDataset:
     name: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    instances: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self._check()
+        if self.instances is not None:
+            shape = (len(self.images), 1, *self.images.shape[-2:])
+            if tuple(self.instances.shape) != shape or self.instances.is_floating_point():
+                raise DataError(f"data set {self.name}: instances must be an integer map of shape {shape}, got "
+                                f"{self.instances.dtype} {tuple(self.instances.shape)}")
 
     def _check(self) -> None:
         images, targets, name = self.images, self.targets, self.name
@@ -127,6 +148,7 @@ class DetectionLoader:
         self.device = torch.device(device)
         self.images = dataset.images.to(self.device)
         self.targets = dataset.targets.to(self.device)
+        self.instances = None if dataset.instances is None else dataset.instances.to(self.device)
         C = dataset.images.shape[1]
         self.mean = torch.tensor(dataset.mean, device=self.device).view(1, C, 1, 1)
         self.std = torch.tensor(dataset.std, device=self.device).view(1, C, 1, 1)
@@ -143,15 +165,19 @@ class DetectionLoader:
         generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
         return torch.randperm(len(self.dataset), generator=generator)
 
-    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, Any]]:
         order = self.order(epoch).to(self.device)
         for b in range(start_batch, self._batches):
             global_batch = self.rank + b * self.world_size
             index = order[global_batch * self.batch_size:(global_batch + 1) * self.batch_size]
             images = self.images.index_select(0, index).float().div_(255)
-            yield (images - self.mean) / self.std, self.targets.index_select(0, index)
+            targets = self.targets.index_select(0, index)
+            if self.instances is None:
+                yield (images - self.mean) / self.std, targets
+            else:
+                yield (images - self.mean) / self.std, (targets, self.instances.index_select(0, index).long())
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
         return self.iter_epoch(0)
 
 
@@ -168,6 +194,7 @@ class MnistSceneConfig:
     box_threshold: int = 64  # ink threshold (of 255) of the tight box
     train_scenes: int = 4000
     val_scenes: int = 500
+    masks: bool = False  # also give each digit's ink mask (pixels >= box_threshold), for Mask R-CNN
 
     def check(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits:
@@ -189,8 +216,9 @@ def _iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 
 def _paste_scene(digits: ArrayDataset, rng: np.random.Generator, cfg: MnistSceneConfig
-                 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[int]]:
+                 ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[int], np.ndarray]:
     canvas = np.zeros((cfg.canvas, cfg.canvas), dtype=np.uint8)
+    instances = np.zeros((cfg.canvas, cfg.canvas), dtype=np.int16)  # j + 1 on digit j's ink, a later digit on top
     boxes: list[tuple[int, int, int, int]] = []
     labels: list[int] = []
     for _ in range(int(rng.integers(cfg.min_digits, cfg.max_digits + 1))):
@@ -208,10 +236,12 @@ def _paste_scene(digits: ArrayDataset, rng: np.random.Generator, cfg: MnistScene
             box = (x0 + ink[0], y0 + ink[1], x0 + ink[2], y0 + ink[3])
             if all(_iou(box, other) <= cfg.max_overlap for other in boxes):
                 np.maximum(canvas[y0:y0 + side, x0:x0 + side], digit, out=canvas[y0:y0 + side, x0:x0 + side])
+                region = instances[y0:y0 + side, x0:x0 + side]
+                region[digit >= cfg.box_threshold] = len(boxes) + 1
                 boxes.append(box)
                 labels.append(int(digits.labels[k]))
                 break
-    return canvas, boxes, labels
+    return canvas, boxes, labels, instances
 
 
 def make_mnist_scenes(digits: ArrayDataset, num_scenes: int, *, split: str, seed: int = 0,
@@ -223,11 +253,15 @@ def make_mnist_scenes(digits: ArrayDataset, num_scenes: int, *, split: str, seed
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(_SPLIT_IDS)}")
     images = np.zeros((num_scenes, 1, cfg.canvas, cfg.canvas), dtype=np.uint8)
     all_boxes, all_labels = [], []
+    instances = np.zeros((num_scenes, 1, cfg.canvas, cfg.canvas), dtype=np.int16) if cfg.masks else None
     for i in range(num_scenes):
         rng = np.random.default_rng(derive_seed(seed, _SPLIT_IDS[split], i))
-        canvas, boxes, labels = _paste_scene(digits, rng, cfg)
+        canvas, boxes, labels, scene_instances = _paste_scene(digits, rng, cfg)
         images[i, 0] = canvas
+        if instances is not None:
+            instances[i, 0] = scene_instances
         all_boxes.append(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
         all_labels.append(torch.tensor(labels, dtype=torch.long))
     return DetectionDataset(torch.from_numpy(images), pad_targets(all_boxes, all_labels), digits.classes,
-                            f"mnist-detection/{split}", digits.mean, digits.std)
+                            f"mnist-detection/{split}", digits.mean, digits.std,
+                            None if instances is None else torch.from_numpy(instances))

@@ -9,6 +9,10 @@ symmetry:
   shift by φ is a fixed rotation: PE(pos + φ) = M(φ) PE(pos) with M(φ) block-diagonal,
   M_i(φ) = [[cos φω_i, sin φω_i], [−sin φω_i, cos φω_i]] (:func:`sinusoidal_shift_matrix`; the
   identity is tested for random pos and φ). Hence relative offsets are linear functions of the code.
+* **2-D sine** (DETR, Carion et al. 2020, Sec. 3.2 and its code): half of the channels encode the row,
+  half the column, each with the table above at a continuous position. With ``normalize`` the cell
+  ``(i, j)`` of an ``H x W`` map sits at ``y = 2π (i + 1) / H``, ``x = 2π (j + 1) / W``, so every map size
+  spans the same angles (:func:`sine_position_encoding_2d`).
 * **Learned absolute** (Gehring et al. 2017; BERT; ViT): a trained (N, D) table, resampled
   bicubically when a ViT sees another grid size (:func:`resample_abs_pos_embed`).
 * **Relative position bias** (Swin, Liu et al. 2021, eq. 4): a learned scalar per head and per 2-D
@@ -21,12 +25,14 @@ symmetry:
 
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["sinusoidal_position_encoding", "sinusoidal_shift_matrix", "SinusoidalPositionalEncoding",
+__all__ = ["sinusoidal_position_encoding", "sine_position_encoding_2d", "sinusoidal_shift_matrix",
+           "SinusoidalPositionalEncoding",
            "LearnedPositionalEmbedding", "resample_abs_pos_embed", "relative_position_index",
            "RelativePositionBias", "RotaryEmbedding", "apply_rotary"]
 
@@ -49,6 +55,30 @@ def sinusoidal_position_encoding(num_positions: int, dim: int, *, base: float = 
     angles = pos * _frequencies(dim, base, device)[None, :]  # (T, d/2)
     pe = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (T, d/2, 2)
     return pe.flatten(1).to(dtype)  # (T, d): sin, cos, sin, cos...
+
+
+def sine_position_encoding_2d(height: int, width: int, dim: int, *, base: float = 10000.0, normalize: bool = True,
+                              device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """DETR's position code ``(height * width, dim)`` of a map's cells, row-major: columns ``[0, dim/2)`` encode
+    the row, ``[dim/2, dim)`` the column, each as ``sin, cos, sin, cos...`` of ``pos * base^(-2i / (dim/2))``
+    with ``pos = i + 1`` (or ``2π (i + 1) / H`` when ``normalize``)."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine encoding needs a dimension divisible by 4, got {dim}")
+    half = dim // 2
+    ys = torch.arange(1, height + 1, device=device, dtype=torch.float64)
+    xs = torch.arange(1, width + 1, device=device, dtype=torch.float64)
+    if normalize:
+        ys, xs = ys * (2 * math.pi / height), xs * (2 * math.pi / width)
+    freqs = _frequencies(half, base, device)  # (dim/4,)
+
+    def table(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos[:, None] * freqs[None]  # (T, dim/4)
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (T, dim/2): sin, cos, sin, cos...
+
+    pe_y, pe_x = table(ys), table(xs)  # (H, dim/2), (W, dim/2)
+    # (H, W, dim) -> (H * W, dim)
+    grid = torch.cat([pe_y[:, None].expand(-1, width, -1), pe_x[None].expand(height, -1, -1)], dim=-1)
+    return grid.reshape(height * width, dim).to(dtype)
 
 
 def sinusoidal_shift_matrix(phi: float, dim: int, *, base: float = 10000.0,

@@ -14,6 +14,12 @@ sample (ViT/DeiT/Swin training recipe).
 
 The blocks are checked against ``nn.TransformerEncoderLayer`` / ``nn.TransformerDecoderLayer`` with
 copied weights in both norm placements (``tests/test_transformer.py``).
+
+**Positions at every layer** (DETR, Carion et al. 2020, Sec. 3.2 and Fig. 10). Instead of adding a position
+encoding once to the input, DETR adds it to the queries and keys of every attention layer, never to the
+values: self-attention reads ``Attn(q = x + p, k = x + p, v = x)`` and cross-attention
+``Attn(q = x + p_query, k = m + p_memory, v = m)``. The optional ``pos`` (encoder) and ``query_pos`` /
+``memory_pos`` (decoder) arguments do this; left out, a layer computes exactly what it did before.
 """
 
 from __future__ import annotations
@@ -37,6 +43,13 @@ def _attn_kwargs(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None and v is not False}
 
 
+def _attend(attn: nn.Module, x: torch.Tensor, pos: torch.Tensor | None, **kwargs: Any):
+    """Self-attention of ``x``; with ``pos``, queries and keys read ``x + pos`` and values ``x`` (DETR)."""
+    if pos is None:
+        return attn(x, **kwargs)
+    return attn(x + pos, x + pos, x, **kwargs)
+
+
 class TransformerEncoderLayer(nn.Module):
     """Self-attention + MLP with residuals (timm ``Block`` naming: norm1, attn, norm2, mlp).
 
@@ -52,7 +65,8 @@ class TransformerEncoderLayer(nn.Module):
             :class:`~dltricks.layers.attention.LocalSelfAttention`, Linformer...
 
     ``forward(x, *, attn_mask=None, key_padding_mask=None, is_causal=False, attn_bias=None,
-    need_weights=False)`` returns x or ``(x, attention weights)``.
+    need_weights=False, pos=None)`` returns x or ``(x, attention weights)``; ``pos`` (broadcastable to x) is
+    added to the queries and keys of the attention (see the module docstring).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -72,17 +86,17 @@ class TransformerEncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None, is_causal: bool = False,
-                attn_bias: torch.Tensor | None = None, need_weights: bool = False):
+                attn_bias: torch.Tensor | None = None, need_weights: bool = False, pos: torch.Tensor | None = None):
         kwargs = _attn_kwargs(attn_mask=attn_mask, key_padding_mask=key_padding_mask, is_causal=is_causal,
                               attn_bias=attn_bias, need_weights=need_weights)
         weights = None
         if self.norm_first:
-            y = self.attn(self.norm1(x), **kwargs)
+            y = _attend(self.attn, self.norm1(x), pos, **kwargs)
             y, weights = y if need_weights else (y, None)
             x = x + self.drop_path1(y)
             x = x + self.drop_path2(self.mlp(self.norm2(x)))
         else:
-            y = self.attn(x, **kwargs)
+            y = _attend(self.attn, x, pos, **kwargs)
             y, weights = y if need_weights else (y, None)
             x = self.norm1(x + self.drop_path1(y))
             x = self.norm2(x + self.drop_path2(self.mlp(x)))
@@ -93,8 +107,9 @@ class TransformerDecoderLayer(nn.Module):
     """Masked self-attention, cross-attention to the encoder output ("memory"), MLP.
 
     ``forward(x, memory, *, self_attn_mask=None, is_causal=True, key_padding_mask=None,
-    memory_key_padding_mask=None, need_weights=False)`` returns x or
-    ``(x, (self-attention weights, cross-attention weights))``.
+    memory_key_padding_mask=None, need_weights=False, query_pos=None, memory_pos=None)`` returns x or
+    ``(x, (self-attention weights, cross-attention weights))``; ``query_pos`` is added to the queries (and the
+    self-attention keys), ``memory_pos`` to the cross-attention keys (see the module docstring).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -116,7 +131,8 @@ class TransformerDecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, *, self_attn_mask: torch.Tensor | None = None,
                 is_causal: bool = True, key_padding_mask: torch.Tensor | None = None,
-                memory_key_padding_mask: torch.Tensor | None = None, need_weights: bool = False):
+                memory_key_padding_mask: torch.Tensor | None = None, need_weights: bool = False,
+                query_pos: torch.Tensor | None = None, memory_pos: torch.Tensor | None = None):
         self_kw = _attn_kwargs(attn_mask=self_attn_mask, is_causal=is_causal, key_padding_mask=key_padding_mask,
                                need_weights=need_weights)
         cross_kw = _attn_kwargs(key_padding_mask=memory_key_padding_mask, need_weights=need_weights)
@@ -124,16 +140,22 @@ class TransformerDecoderLayer(nn.Module):
         def split(y):
             return y if need_weights else (y, None)
 
+        def cross(h):
+            if query_pos is None and memory_pos is None:
+                return self.cross_attn(h, memory, **cross_kw)
+            keys = memory if memory_pos is None else memory + memory_pos
+            return self.cross_attn(h if query_pos is None else h + query_pos, keys, memory, **cross_kw)
+
         if self.norm_first:
-            y, w_self = split(self.self_attn(self.norm1(x), **self_kw))
+            y, w_self = split(_attend(self.self_attn, self.norm1(x), query_pos, **self_kw))
             x = x + self.drop_path(y)
-            y, w_cross = split(self.cross_attn(self.norm2(x), memory, **cross_kw))
+            y, w_cross = split(cross(self.norm2(x)))
             x = x + self.drop_path(y)
             x = x + self.drop_path(self.mlp(self.norm3(x)))
         else:
-            y, w_self = split(self.self_attn(x, **self_kw))
+            y, w_self = split(_attend(self.self_attn, x, query_pos, **self_kw))
             x = self.norm1(x + self.drop_path(y))
-            y, w_cross = split(self.cross_attn(x, memory, **cross_kw))
+            y, w_cross = split(cross(x))
             x = self.norm2(x + self.drop_path(y))
             x = self.norm3(x + self.drop_path(self.mlp(x)))
         return (x, (w_self, w_cross)) if need_weights else x

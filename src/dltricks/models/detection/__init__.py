@@ -2,7 +2,10 @@
 
 * :mod:`.retinanet`: ``retinanet_tiny`` (MNIST-detection size) and ``retinanet_resnet18`` (Lin et al. 2017);
 * :mod:`.fcos`: ``fcos_tiny`` and ``fcos_resnet18`` (Tian et al. 2019), anchor-free;
-* :mod:`.faster_rcnn`: ``faster_rcnn_tiny`` (Ren et al. 2015, with an FPN and RoIAlign), two-stage.
+* :mod:`.faster_rcnn`: ``faster_rcnn_tiny`` (Ren et al. 2015, with an FPN and RoIAlign), two-stage;
+* :mod:`.mask_rcnn`: ``mask_rcnn_tiny`` (He et al. 2017), Faster R-CNN plus a per-box mask head;
+* :mod:`.yolo`: ``yolo_tiny`` (Redmon et al. 2016/2017), anchors on one grid;
+* :mod:`.detr`: ``detr_tiny`` (Carion et al. 2020), a Transformer predicting a set of boxes (per query, no NMS).
 
 Every model is registered with ``task="detection"`` and returns a dict of dense per-location tensors (class
 logits, box regression and the anchors or points they refer to); ``model.predict(x)`` gives per-image
@@ -15,6 +18,9 @@ from dltricks.models.detection import retinanet, fcos, faster_rcnn  # noqa: F401
 from dltricks.models.detection.retinanet import RetinaNet
 from dltricks.models.detection.fcos import FCOS
 from dltricks.models.detection.faster_rcnn import FasterRCNN
+from dltricks.models.detection.mask_rcnn import MaskRCNN  # registers mask_rcnn_tiny
+from dltricks.models.detection.detr import DETR
+from dltricks.models.detection.yolo import YOLO
 
 __all__ = ["DenseDetector", "FeaturePyramid", "select_detections", "small_resnet", "RetinaNet", "FCOS",
-           "FasterRCNN"]
+           "FasterRCNN", "MaskRCNN", "DETR", "YOLO"]

@@ -31,14 +31,22 @@ from dltricks.errors import ModelError
 from dltricks.layers.boxes import batched_nms
 from dltricks.models.resnet import ResNet
 
-__all__ = ["FeaturePyramid", "DenseDetector", "small_resnet", "select_detections", "head_tower", "init_head",
-           "flatten_levels"]
+__all__ = ["FeaturePyramid", "DenseDetector", "small_resnet", "backbone_for_stride", "select_detections",
+           "head_tower", "init_head", "flatten_levels"]
 
 
 def small_resnet(in_chans: int, *, widths: Sequence[int] = (16, 32, 64, 128), **kwargs: Any) -> ResNet:
     """A ResNet-10-like backbone (one basic block per stage, ImageNet stem) for CPU-sized detection tasks."""
     return ResNet("basic", (1,) * len(widths), num_classes=0, in_chans=in_chans, stem_width=widths[0],
                   stage_widths=tuple(widths), **kwargs)
+
+
+def backbone_for_stride(in_chans: int, stride: int) -> ResNet:
+    """:func:`small_resnet` whose last stage has stride ``stride`` (8: widths 16, 32; 16: 16, 32, 64; 32: 16-128),
+    so a detector that reads only the last map (YOLO, DETR) still trains every stage."""
+    if stride not in (8, 16, 32):
+        raise ModelError(f"stride must be 8, 16 or 32, got {stride}")
+    return small_resnet(in_chans, widths=(16, 32, 64, 128)[:int(math.log2(stride)) - 1])
 
 
 class FeaturePyramid(nn.Module):
@@ -62,11 +70,12 @@ class FeaturePyramid(nn.Module):
 
 
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, *, score_thresh: float, nms_thresh: float,
-                      max_detections: int, pre_nms_top_k: int = 1000) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                torch.Tensor]:
+                      max_detections: int, pre_nms_top_k: int = 1000, return_locations: bool = False
+                      ) -> tuple[torch.Tensor, ...]:
     """Per-image detections from ``boxes (N, 4)`` (or class-specific ``(N, K, 4)``, as in Faster R-CNN) and
     per-class ``scores (N, K)``: every (location, class) pair above ``score_thresh``, the ``pre_nms_top_k``
-    best, class-wise NMS, the ``max_detections`` best."""
+    best, class-wise NMS, the ``max_detections`` best. ``return_locations`` adds each detection's row in
+    ``boxes`` (Mask R-CNN reads its mask there)."""
     K = scores.shape[1]
     flat = scores.reshape(-1)  # (N * K,), location-major
     keep = (flat > score_thresh).nonzero().squeeze(1)
@@ -75,6 +84,8 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, *, score_thresh
     det_scores, locations, labels = flat[keep], keep // K, keep % K
     det_boxes = boxes[locations, labels] if boxes.dim() == 3 else boxes[locations]
     kept = batched_nms(det_boxes, det_scores, labels, nms_thresh)[:max_detections]
+    if return_locations:
+        return det_boxes[kept], det_scores[kept], labels[kept], locations[kept]
     return det_boxes[kept], det_scores[kept], labels[kept]
 
 

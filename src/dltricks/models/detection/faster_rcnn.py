@@ -129,15 +129,18 @@ class FasterRCNN(DenseDetector):
         level = torch.floor(self.canonical_level + torch.log2(size / self.canonical_size))
         return level.clamp(0, len(self.strides) - 1).long()
 
-    def pool(self, pyramid: list[torch.Tensor], proposals: torch.Tensor) -> torch.Tensor:
-        """RoIAlign features ``(B P, C, roi_size, roi_size)`` of every proposal from its level."""
+    def pool(self, pyramid: list[torch.Tensor], proposals: torch.Tensor, *, output_size: int | None = None
+             ) -> torch.Tensor:
+        """RoIAlign features ``(B P, C, S, S)`` of every proposal from its level (``S``: ``output_size``, default
+        ``roi_size``)."""
+        size = output_size or self.roi_size
         B, P = proposals.shape[:2]
         levels = self.roi_levels(proposals)  # (B, P)
         pooled = None
         # Every level pools every proposal and the level mask picks one: fixed shapes, no data-dependent split.
         for level, (features, stride) in enumerate(zip(pyramid, self.strides)):
-            out = roi_align_batched(features, proposals.to(features.dtype), self.roi_size, spatial_scale=1.0 / stride,
-                                    sampling_ratio=self.sampling_ratio)  # (B, P, C, roi_size, roi_size)
+            out = roi_align_batched(features, proposals.to(features.dtype), size, spatial_scale=1.0 / stride,
+                                    sampling_ratio=self.sampling_ratio)  # (B, P, C, S, S)
             mask = (levels == level).to(out.dtype)[..., None, None, None]
             pooled = out * mask if pooled is None else pooled + out * mask
         return pooled.flatten(0, 1)

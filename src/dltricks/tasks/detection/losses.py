@@ -30,20 +30,34 @@ the others are background (class ``K``); per image the valid proposals are sampl
 foreground (Fast R-CNN Sec. 2.3), and the loss is the cross-entropy plus smooth-L1 on the foreground's
 class-specific deltas (weights ``(10, 10, 5, 5)``), both divided by the number sampled. Sampling draws from
 the global generator, which ``fit`` seeds.
+
+**Mask R-CNN** (He et al. 2017, Sec. 3; :class:`MaskRCNNLoss`): Faster R-CNN's four terms plus the mean
+per-pixel BCE of the matched class's ``28 x 28`` mask logits on the sampled foreground proposals, against
+:func:`mask_targets` (the ground-truth mask cut out at the proposal by RoIAlign, thresholded at 0.5). Its
+targets are ``(targets, instances)``; :class:`DetectionLoss` gives the other objectives the boxes alone.
+
+**YOLO** (:class:`YOLOLoss`, :func:`assign_yolo`) and **DETR** (:class:`DETRLoss`, the Hungarian loss): the
+equations are in :mod:`dltricks.models.detection.yolo` and :mod:`dltricks.models.detection.detr`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from dltricks.layers.boxes import box_area, box_iou, encode_boxes, generalized_box_iou
+from dltricks.data.detection import split_batch
+from dltricks.layers.boxes import box_area, box_convert, box_iou, encode_boxes, generalized_box_iou
+from dltricks.layers.roi import roi_align
 from dltricks.models.detection.faster_rcnn import ROI_BOX_WEIGHTS
+from dltricks.models.detection.yolo import decode_yolo
+from dltricks.tasks.detection.matching import hungarian_cost, hungarian_match
 
 __all__ = ["sigmoid_focal_loss", "match_anchors", "assign_points", "RetinaNetLoss", "FCOSLoss", "FasterRCNNLoss",
-           "DetectionLoss", "split_targets", "check_targets", "sample_balanced"]
+           "DETRLoss", "YOLOLoss", "assign_yolo", "DetectionLoss", "split_targets", "check_targets", "sample_balanced",
+           "MaskRCNNLoss", "mask_targets"]
 
 
 
@@ -270,6 +284,7 @@ class FasterRCNNLoss:
         proposals, valid = output["proposals"].float(), output["proposal_valid"].bool()
         K = self.num_classes
         cls_terms, box_terms, sampled = [], [], 0
+        self.foreground: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, (boxes, labels) in enumerate(gt):
             classes = torch.full((len(proposals[i]),), K, dtype=torch.long, device=logits.device)  # background
             best_iou = torch.zeros(len(proposals[i]), device=logits.device)
@@ -279,6 +294,7 @@ class FasterRCNNLoss:
             fg_mask = valid[i] & (best_iou >= 0.5)
             pos, neg = sample_balanced(fg_mask, valid[i] & ~fg_mask, num=self.roi_batch,
                                        positive_fraction=self.roi_fg_fraction)
+            self.foreground.append((pos, best[pos] if len(pos) else pos))  # sampled foreground, its gt box
             index = torch.cat([pos, neg])
             cls_terms.append(F.cross_entropy(logits[i, index], classes[index], reduction="sum"))
             if len(pos):
@@ -301,9 +317,183 @@ class FasterRCNNLoss:
         return rpn_cls + rpn_box + roi_cls + roi_box
 
 
+def _set_loss_terms(logits: torch.Tensor, boxes: torch.Tensor, gt: list[tuple[torch.Tensor, torch.Tensor]],
+                    size: torch.Tensor, *, class_weights: torch.Tensor, costs: tuple[float, float, float]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DETR's three terms for one decoder layer: ``logits (B, Q, K + 1)``, ``boxes (B, Q, 4)`` normalised cxcywh,
+    image ``size = (H, W)``. Returns the weighted-mean cross-entropy and the L1 and ``1 - GIoU`` sums (over
+    matched pairs, not yet divided by the number of boxes)."""
+    B, Q, K1 = logits.shape
+    classes = torch.full((B, Q), K1 - 1, dtype=torch.long, device=logits.device)  # "no object" by default
+    l1_terms, giou_terms = [boxes.sum() * 0.0], [boxes.sum() * 0.0]
+    scale = torch.stack([size[1], size[0], size[1], size[0]]).to(boxes)
+    probs = logits.detach().softmax(-1)
+    pred_xyxy = box_convert(boxes, "cxcywh", "xyxy")  # (B, Q, 4) normalised
+    for i, (gt_boxes, labels) in enumerate(gt):
+        if not len(gt_boxes):
+            continue
+        gt_xyxy = gt_boxes.to(boxes) / scale
+        cost = hungarian_cost(probs[i], pred_xyxy[i].detach(), gt_xyxy, labels, class_weight=costs[0],
+                              l1_weight=costs[1], giou_weight=costs[2])  # (Q, M)
+        rows, cols = hungarian_match(cost)
+        rows, cols = rows.to(logits.device), cols.to(logits.device)
+        classes[i, rows] = labels[cols]
+        l1_terms.append((boxes[i, rows] - box_convert(gt_xyxy[cols], "xyxy", "cxcywh")).abs().sum())
+        giou_terms.append((1 - generalized_box_iou(pred_xyxy[i, rows], gt_xyxy[cols]).diagonal()).sum())
+    ce = F.cross_entropy(logits.reshape(B * Q, K1), classes.reshape(-1), weight=class_weights)
+    return ce, torch.stack(l1_terms).sum(), torch.stack(giou_terms).sum()
+
+
+class DETRLoss:
+    """DETR's Hungarian loss (Carion et al. 2020, Eq. 1-2; see :mod:`dltricks.models.detection.detr`).
+
+    Per decoder layer: the cross-entropy over all queries against the matched class or "no object" (class
+    weight ``no_object_weight``), plus ``l1_weight`` L1 on normalised cxcywh and ``giou_weight`` (1 - GIoU) on
+    matched pairs, each divided by the number of boxes in the batch; the matching cost uses the same weights
+    (``class_weight`` on ``-p(class)``). With auxiliary outputs every layer adds its own matched loss.
+    :attr:`last` keeps the last layer's three terms.
+    """
+
+    def __init__(self, num_classes: int, *, class_weight: float = 1.0, l1_weight: float = 5.0,
+                 giou_weight: float = 2.0, no_object_weight: float = 0.1) -> None:
+        self.num_classes = num_classes
+        self.costs = (class_weight, l1_weight, giou_weight)
+        self.no_object_weight = no_object_weight
+        self.last: dict[str, float] = {}
+
+    def __call__(self, output: dict[str, torch.Tensor], targets: torch.Tensor, **_: object) -> torch.Tensor:
+        check_targets(targets, self.num_classes)
+        gt = split_targets(targets)
+        logits = torch.cat([output["logits"], output["no_object_logits"]], dim=-1).float()  # (B, Q, K + 1)
+        layers = [(logits, output["boxes"].float())]
+        if "aux_logits" in output:
+            aux_logits, aux_boxes = output["aux_logits"].float(), output["aux_boxes"].float()  # (B, L - 1, Q, .)
+            layers = [(aux_logits[:, k], aux_boxes[:, k]) for k in range(aux_logits.shape[1])] + layers
+        weights = torch.ones(self.num_classes + 1, device=logits.device)
+        weights[-1] = self.no_object_weight
+        num_boxes = max(sum(len(b) for b, _ in gt), 1)
+        size = output["image_size"][0].float()
+        total = logits.sum() * 0.0
+        class_weight, l1_weight, giou_weight = self.costs
+        for layer_logits, layer_boxes in layers:
+            ce, l1, giou = _set_loss_terms(layer_logits, layer_boxes, gt, size, class_weights=weights,
+                                           costs=self.costs)
+            l1, giou = l1 / num_boxes, giou / num_boxes
+            total = total + class_weight * ce + l1_weight * l1 + giou_weight * giou
+        self.last = {"ce": float(ce.detach()), "l1": float(l1.detach()), "giou": float(giou.detach())}
+        return total
+
+
+def assign_yolo(priors: torch.Tensor, strides: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Index ``(N,)`` of each prior's box (``-1``: none) by the YOLO rule: a box goes to the cell holding its
+    centre and there to the prior whose shape has the highest IoU with its shape (first on ties); of two boxes
+    wanting one prior, the later keeps it. ``priors (N, 4)`` xyxy centred on their cells, ``strides (N,)``."""
+    N = len(priors)
+    assigned = torch.full((N,), -1, dtype=torch.long, device=priors.device)
+    if len(boxes) == 0:
+        return assigned
+    s = strides[:, None]  # (N, 1)
+    prior_centre = (priors[:, :2] + priors[:, 2:]) / 2  # (N, 2)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2  # (M, 2)
+    # (N, M): the box's centre falls in the prior's cell (both floored to cell indices).
+    same_cell = ((torch.floor(centre[None, :, 0] / s) == torch.floor(prior_centre[:, None, 0] / s))
+                 & (torch.floor(centre[None, :, 1] / s) == torch.floor(prior_centre[:, None, 1] / s)))
+    prior_wh, box_wh = priors[:, 2:] - priors[:, :2], boxes[:, 2:] - boxes[:, :2]
+    inter = torch.minimum(prior_wh[:, None], box_wh[None]).prod(-1)  # (N, M) overlap of the two centred shapes
+    shape_iou = inter / (prior_wh.prod(-1)[:, None] + box_wh.prod(-1)[None] - inter)
+    score = torch.where(same_cell, shape_iou, torch.full_like(shape_iou, -1.0))
+    best_score, best_prior = score.max(dim=0)  # (M,): the first maximum
+    found = best_score >= 0
+    box_index = torch.arange(len(boxes), device=priors.device)
+    return assigned.scatter_reduce(0, best_prior[found], box_index[found], reduce="amax")
+
+
+class YOLOLoss:
+    """The YOLO objective of :mod:`dltricks.models.detection.yolo`: squared error on the assigned anchors'
+    offsets, objectness BCE (negatives weighted ``noobj_weight``, ignored above ``ignore_iou``), class
+    cross-entropy; summed per image, mean over images. :attr:`last` keeps the three terms."""
+
+    def __init__(self, num_classes: int, *, coord_weight: float = 5.0, noobj_weight: float = 0.5,
+                 ignore_iou: float = 0.6) -> None:
+        self.num_classes, self.coord_weight = num_classes, coord_weight
+        self.noobj_weight, self.ignore_iou = noobj_weight, ignore_iou
+        self.last: dict[str, float] = {}
+
+    def __call__(self, output: dict[str, torch.Tensor], targets: torch.Tensor, **_: object) -> torch.Tensor:
+        check_targets(targets, self.num_classes)
+        logits, obj = output["logits"].float(), output["objectness"].float()[..., 0]
+        offsets, priors, strides = output["offsets"].float(), output["priors"][0].float(), output["strides"][0].float()
+        pred_boxes = decode_yolo(offsets.detach(), priors, strides)  # (B, N, 4)
+        obj_target = torch.zeros_like(obj)
+        obj_weight = torch.full_like(obj, self.noobj_weight)
+        box_terms, cls_terms = [offsets.sum() * 0.0], [logits.sum() * 0.0]
+        for i, (boxes, labels) in enumerate(split_targets(targets)):
+            if not len(boxes):
+                continue
+            ignore = box_iou(pred_boxes[i], boxes).max(dim=1).values > self.ignore_iou  # (N,)
+            obj_weight[i, ignore] = 0.0
+            matched = assign_yolo(priors, strides[:, 0], boxes)
+            pos = matched >= 0
+            obj_target[i, pos], obj_weight[i, pos] = 1.0, 1.0
+            gt, p, s = boxes[matched[pos]], priors[pos], strides[pos]
+            corner = (p[:, :2] + p[:, 2:]) / 2 - s / 2
+            target_xy = ((gt[:, :2] + gt[:, 2:]) / 2 - corner) / s  # offset of the centre in its cell, in [0, 1)
+            target_wh = torch.log((gt[:, 2:] - gt[:, :2]) / (p[:, 2:] - p[:, :2]))
+            t = offsets[i, pos]
+            box_terms.append((t[:, :2].sigmoid() - target_xy).square().sum() + (t[:, 2:] - target_wh).square().sum())
+            cls_terms.append(F.cross_entropy(logits[i, pos], labels[matched[pos]], reduction="sum"))
+        B = max(len(targets), 1)
+        box_loss = torch.stack(box_terms).sum() / B
+        obj_loss = (F.binary_cross_entropy_with_logits(obj, obj_target, reduction="none") * obj_weight).sum() / B
+        cls_loss = torch.stack(cls_terms).sum() / B
+        self.last = {"box": float(box_loss.detach()), "obj": float(obj_loss.detach()), "cls": float(cls_loss.detach())}
+        return self.coord_weight * box_loss + obj_loss + cls_loss
+
+
+def mask_targets(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """Mask R-CNN's targets: ``masks (n, H, W)`` (0/1) cut out at ``boxes (n, 4)`` by RoIAlign (2 x 2 samples
+    per cell, ``aligned``) to ``size x size`` and thresholded at 0.5 -> ``(n, size, size)`` float 0/1."""
+    if len(masks) == 0:
+        return masks.new_zeros(0, size, size, dtype=torch.float32)
+    rois = torch.cat([torch.arange(len(boxes), device=boxes.device, dtype=torch.float32)[:, None],
+                      boxes.float()], dim=1)  # (n, 5): mask r is image r
+    crops = roi_align(masks[:, None].float(), rois, size, sampling_ratio=2, aligned=True)  # (n, 1, size, size)
+    return (crops[:, 0] >= 0.5).float()
+
+
+class MaskRCNNLoss(FasterRCNNLoss):
+    """Faster R-CNN's four terms plus the mask term of Mask R-CNN (He et al. 2017, Sec. 3; see
+    :mod:`dltricks.models.detection.mask_rcnn`): the mean per-pixel BCE of the matched class's ``28 x 28`` map
+    on the foreground proposals that the RoI sampler drew, against :func:`mask_targets` of their ground-truth
+    instance. Targets are ``(targets (B, M, 5), instances (B, 1, H, W))`` (:mod:`dltricks.data.detection`)."""
+
+    def __call__(self, output: dict[str, torch.Tensor], targets: Any, **_: object) -> torch.Tensor:
+        boxes_targets, instances = split_batch(targets)
+        if instances is None:
+            raise ValueError("Mask R-CNN needs instance masks with its targets, (targets, instances); this data has "
+                             "boxes only (use isbi2012-cells, or mnist-detection with masks=true)")
+        total = super().__call__(output, boxes_targets)
+        logits, mask_boxes = output["mask_logits"], output["mask_boxes"]  # (B, P, K, S, S), (B, P, 4)
+        S = logits.shape[-1]
+        terms, count = [logits.sum() * 0.0], 0
+        for i, (pos, gt_index) in enumerate(self.foreground):
+            if not len(pos):
+                continue
+            labels = boxes_targets[i][boxes_targets[i, :, 4] >= 0][gt_index, 4].long()
+            gt_masks = instances[i, 0][None] == (gt_index + 1)[:, None, None]  # (n, H, W)
+            target = mask_targets(gt_masks, mask_boxes[i, pos], S)  # (n, S, S)
+            pred = logits[i, pos, labels].float()  # (n, S, S): the map of each RoI's ground-truth class
+            terms.append(F.binary_cross_entropy_with_logits(pred, target, reduction="sum") / (S * S))
+            count += len(pos)
+        mask_loss = torch.stack(terms).sum() / max(count, 1)
+        self.last["mask"] = float(mask_loss.detach())
+        return total + mask_loss
+
+
 class DetectionLoss:
     """The objective of a detection task: :class:`RetinaNetLoss` for an output with ``anchors``,
-    :class:`FCOSLoss` for one with ``points``, :class:`FasterRCNNLoss` for one with ``proposals`` (one task
+    :class:`FCOSLoss` for one with ``points``, :class:`FasterRCNNLoss` for one with ``proposals``,
+    :class:`YOLOLoss` for one with ``objectness``, :class:`DETRLoss` for one with ``no_object_logits`` (one task
     serves every family)."""
 
     def __init__(self, num_classes: int) -> None:
@@ -311,16 +501,27 @@ class DetectionLoss:
         self.retinanet = RetinaNetLoss(num_classes)
         self.fcos = FCOSLoss(num_classes)
         self.faster_rcnn = FasterRCNNLoss(num_classes)
+        self.mask_rcnn = MaskRCNNLoss(num_classes)
+        self.yolo = YOLOLoss(num_classes)
+        self.detr = DETRLoss(num_classes)
 
     def __call__(self, output: dict[str, torch.Tensor], targets: torch.Tensor, **_: object) -> torch.Tensor:
         if not isinstance(output, dict):
             raise ValueError(f"a detection loss takes a detector's output dict, got {type(output).__name__}; "
                              "is the model a detector (task='detection')?")
+        if "mask_logits" in output:
+            return self.mask_rcnn(output, targets)
+        targets = split_batch(targets)[0]  # instance masks, where the data has them, serve Mask R-CNN only
         if "anchors" in output:
             return self.retinanet(output, targets)
         if "points" in output:
             return self.fcos(output, targets)
         if "proposals" in output:
             return self.faster_rcnn(output, targets)
+        if "objectness" in output:
+            return self.yolo(output, targets)
+        if "no_object_logits" in output:
+            return self.detr(output, targets)
         raise ValueError(f"detector output has keys {sorted(output)}; expected 'anchors' (RetinaNet), "
-                         "'points' (FCOS) or 'proposals' (Faster R-CNN)")
+                         "'points' (FCOS), 'proposals' (Faster R-CNN), 'objectness' (YOLO) or "
+                         "'no_object_logits' (DETR)")

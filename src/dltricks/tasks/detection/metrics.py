@@ -22,12 +22,18 @@ every recall reached (no 101-point sampling).
 
 Inputs are per image: predictions ``(boxes (n, 4) xyxy, scores (n,), labels (n,))`` and ground truth
 ``(boxes (m, 4), labels (m,))``, as tensors or arrays.
+
+**Mask AP** (``coco_evaluate(..., iou_type="segm")``, COCO's ``segm`` protocol): the same matching and averaging
+with the IoU of binary masks, ``|A and B| / |A or B|``, in place of box IoU, and the mask's pixel count as the
+area that decides small / medium / large. Predictions then carry a fourth entry, ``masks (n, H, W)`` bool, and
+ground truth a third, ``masks (m, H, W)``. ``tests/test_det_metrics.py`` checks it against ``pycocotools`` on
+random masks encoded as RLE.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,8 +44,9 @@ RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 AREA_RANGES = {"all": (0.0, 1e10), "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2),
                "large": (96.0 ** 2, 1e10)}
 
-Prediction = tuple[Any, Any, Any]
-GroundTruth = tuple[Any, Any]
+Prediction = tuple[Any, ...]  # boxes, scores, labels (, masks)
+GroundTruth = tuple[Any, ...]  # boxes, labels (, masks)
+IouType = Literal["bbox", "segm"]
 
 
 def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -60,16 +67,31 @@ def _area(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU ``(len(a), len(b))`` of flattened boolean masks ``(n, H W)``."""
+    inter = a.astype(np.float64) @ b.T.astype(np.float64)
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def _overlap(dt: np.ndarray, gt: np.ndarray, iou_type: IouType) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU ``(D, G)`` and the areas of the detections and ground truth: boxes, or flattened masks."""
+    if iou_type == "segm":
+        return _mask_iou(dt, gt), dt.sum(1).astype(np.float64), gt.sum(1).astype(np.float64)
+    return _iou(dt, gt), _area(dt), _area(gt)
+
+
 def _match_image(dt: np.ndarray, scores: np.ndarray, gt: np.ndarray, area_range: tuple[float, float],
-                 max_detections: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 max_detections: int, iou_type: IouType = "bbox"
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """COCO matching of one image and class: scores, matched ``(T, D)``, ignored ``(T, D)``, gt ignored ``(G,)``."""
     lo, hi = area_range
-    gt_ignore = (_area(gt) < lo) | (_area(gt) > hi)
-    g_order = np.argsort(gt_ignore, kind="mergesort")  # boxes in range first
-    gt, gt_ignore = gt[g_order], gt_ignore[g_order]
     d_order = np.argsort(-scores, kind="mergesort")[:max_detections]
     dt, scores = dt[d_order], scores[d_order]
-    ious = _iou(dt, gt)
+    ious, dt_area, gt_area = _overlap(dt, gt, iou_type)
+    gt_ignore = (gt_area < lo) | (gt_area > hi)
+    g_order = np.argsort(gt_ignore, kind="mergesort")  # boxes in range first
+    gt_ignore, ious = gt_ignore[g_order], ious[:, g_order]
     T, D, G = len(IOU_THRESHOLDS), len(dt), len(gt)
     gt_taken = np.zeros((T, G), dtype=bool)
     matched = np.zeros((T, D), dtype=bool)
@@ -87,7 +109,7 @@ def _match_image(dt: np.ndarray, scores: np.ndarray, gt: np.ndarray, area_range:
                 best, m = ious[d, g], g
             if m >= 0:
                 matched[t, d], ignored[t, d], gt_taken[t, m] = True, gt_ignore[m], True
-    outside = (_area(dt) < lo) | (_area(dt) > hi)
+    outside = (dt_area < lo) | (dt_area > hi)
     ignored |= ~matched & outside[None, :]
     return scores, matched, ignored, gt_ignore
 
@@ -113,18 +135,39 @@ def _check_image(boxes: np.ndarray, what: str, image: int) -> None:
                          "(x1, y1, x2, y2) with x2 >= x1 and y2 >= y1")
 
 
-def _by_class(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth]
+def _flat_masks(masks: Any, n: int, what: str, image: int) -> np.ndarray:
+    """Boolean masks ``(n, H W)``; ``ValueError`` when there is not one mask per box."""
+    masks = _np(masks, bool)
+    if masks.ndim != 3 or len(masks) != n:
+        raise ValueError(f"{what} of image {image}: segm AP needs one (H, W) mask per box, got masks of shape "
+                         f"{masks.shape} for {n} boxes")
+    return masks.reshape(n, masks.shape[1] * masks.shape[2])
+
+
+def _by_class(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], iou_type: IouType = "bbox"
               ) -> tuple[list[int], list[dict[int, tuple[np.ndarray, np.ndarray]]], list[dict[int, np.ndarray]]]:
+    """Per image and class: detections ``(regions, scores)`` and ground-truth regions (boxes, or flattened
+    masks for ``segm``)."""
     if len(predictions) != len(ground_truth):
         raise ValueError(f"{len(predictions)} images of predictions but {len(ground_truth)} of ground truth")
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     dets, gts, classes = [], [], set()
-    for (boxes, scores, labels), (g_boxes, g_labels) in zip(predictions, ground_truth):
+    for prediction, truth in zip(predictions, ground_truth):
+        boxes, scores, labels = prediction[:3]
+        g_boxes, g_labels = truth[:2]
         boxes, scores, labels = _np(boxes).reshape(-1, 4), _np(scores).reshape(-1), _np(labels, np.int64).reshape(-1)
         g_boxes, g_labels = _np(g_boxes).reshape(-1, 4), _np(g_labels, np.int64).reshape(-1)
         _check_image(boxes, "predictions", len(dets))
         _check_image(g_boxes, "ground truth", len(dets))
         if not np.isfinite(scores).all():
             raise ValueError(f"predictions of image {len(dets)}: scores must be finite, got {scores.tolist()}")
+        if iou_type == "segm":
+            if len(prediction) < 4 or len(truth) < 3:
+                raise ValueError(f"image {len(dets)}: segm AP needs predictions (boxes, scores, labels, masks) and "
+                                 "ground truth (boxes, labels, masks)")
+            boxes = _flat_masks(prediction[3], len(boxes), "predictions", len(dets))
+            g_boxes = _flat_masks(truth[2], len(g_boxes), "ground truth", len(dets))
         dets.append({int(k): (boxes[labels == k], scores[labels == k]) for k in np.unique(labels)})
         gts.append({int(k): g_boxes[g_labels == k] for k in np.unique(g_labels)})
         classes.update(int(k) for k in np.unique(g_labels))
@@ -132,11 +175,13 @@ def _by_class(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTr
 
 
 def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
-                  max_detections: int = 100) -> dict[str, float]:
-    """COCO box AP: ``map`` (AP@[.5:.95]), ``ap50``, ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large``
-    (``-1`` where no class has ground truth in that range, as ``pycocotools`` prints), and ``images``."""
-    classes, dets, gts = _by_class(predictions, ground_truth)
-    empty4, empty = np.zeros((0, 4)), np.zeros(0)
+                  max_detections: int = 100, iou_type: IouType = "bbox") -> dict[str, float]:
+    """COCO box AP (or mask AP with ``iou_type="segm"``, module docstring): ``map`` (AP@[.5:.95]), ``ap50``,
+    ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large`` (``-1`` where no class has ground truth in that range,
+    as ``pycocotools`` prints), and ``images``."""
+    classes, dets, gts = _by_class(predictions, ground_truth, iou_type)
+    width = next((r.shape[1] for g in gts for r in g.values()), 4)  # 4 (boxes) or H W (masks)
+    empty4, empty = np.zeros((0, width), dtype=bool if iou_type == "segm" else np.float64), np.zeros(0)
     # precision[area][t, r, k]; -1 where class k has no ground truth in range.
     precision = {a: -np.ones((len(IOU_THRESHOLDS), len(RECALL_POINTS), len(classes))) for a in AREA_RANGES}
     for k_index, k in enumerate(classes):
@@ -146,7 +191,7 @@ def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[Grou
                 d_boxes, d_scores = det.get(k, (empty4, empty))
                 g_boxes = gt.get(k, empty4)
                 if len(d_boxes) or len(g_boxes):
-                    per_image.append(_match_image(d_boxes, d_scores, g_boxes, area_range, max_detections))
+                    per_image.append(_match_image(d_boxes, d_scores, g_boxes, area_range, max_detections, iou_type))
             num_gt = int(sum((~e[3]).sum() for e in per_image))
             if num_gt == 0:
                 continue

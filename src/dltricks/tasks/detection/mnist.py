@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dltricks.config import from_dict
-from dltricks.data.detection import DetectionLoader, MnistSceneConfig, make_mnist_scenes
+from dltricks.data.detection import DetectionLoader, MnistSceneConfig, make_mnist_scenes, split_batch
 from dltricks.data.mnist import load_mnist_embedded
 from dltricks.tasks.base import EvalContext, Task, register_task
 from dltricks.tasks.detection.losses import DetectionLoss, split_targets
@@ -18,9 +18,9 @@ from dltricks.tasks.detection.metrics import coco_evaluate, voc_ap50
 __all__ = ["mnist_detection_task", "evaluate_detection", "detection_batch_metrics"]
 
 
-def detection_batch_metrics(output: Any, targets: torch.Tensor) -> dict[str, float]:
+def detection_batch_metrics(output: Any, targets: Any) -> dict[str, float]:
     """Per-batch sums for the training log: the number of images (the loss is added by ``fit``)."""
-    return {"count": float(targets.shape[0])}
+    return {"count": float(split_batch(targets)[0].shape[0])}
 
 
 @torch.no_grad()
@@ -28,21 +28,31 @@ def evaluate_detection(model: torch.nn.Module, loader: Any, *, device: torch.dev
                        loss_fn: Any = None, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                        max_detections: int = 100) -> dict[str, float]:
     """COCO metrics (``map``, ``ap50``, ``ap75``; AP by size where the data has such objects), VOC ``voc_ap50``
-    and the mean ``loss`` of ``model`` over ``loader``'s batches."""
+    and the mean ``loss`` of ``model`` over ``loader``'s batches. A model that predicts masks (Mask R-CNN) on
+    data with instance masks also gets COCO mask AP: the same keys with a ``mask_`` prefix."""
     model.eval()
     predictions, ground_truth, loss_sum, images = [], [], 0.0, 0
     postprocess = model.postprocess
     for x, y in loader.iter_epoch(0):
         output = model(x.to(device))
-        y = y.to(device)
+        y = tuple(t.to(device) for t in y) if isinstance(y, (tuple, list)) else y.to(device)
+        targets, instances = split_batch(y)
         if loss_fn is not None:
-            loss_sum += float(loss_fn(output, y)) * len(y)
-        images += len(y)
+            loss_sum += float(loss_fn(output, y)) * len(targets)
+        images += len(targets)
         predictions += [tuple(t.cpu() for t in det) for det in postprocess(
             output, score_thresh=score_thresh, nms_thresh=nms_thresh, max_detections=max_detections)]
-        ground_truth += [(b.cpu(), lab.cpu()) for b, lab in split_targets(y)]
+        for i, (b, lab) in enumerate(split_targets(targets)):
+            if instances is None:
+                ground_truth.append((b.cpu(), lab.cpu()))
+            else:  # value j + 1 of the instance map is the mask of target row j
+                ids = torch.arange(1, len(b) + 1, device=instances.device)[:, None, None]
+                ground_truth.append((b.cpu(), lab.cpu(), (instances[i, 0][None] == ids).cpu()))
     metrics = {k: v for k, v in coco_evaluate(predictions, ground_truth).items() if v != -1.0}
     metrics["voc_ap50"] = voc_ap50(predictions, ground_truth)
+    if predictions and len(predictions[0]) > 3 and len(ground_truth[0]) > 2:
+        segm = coco_evaluate(predictions, ground_truth, iou_type="segm")
+        metrics.update({f"mask_{k}": v for k, v in segm.items() if v != -1.0 and k != "images"})
     if loss_fn is not None:
         metrics["loss"] = loss_sum / max(images, 1)
     return metrics
