@@ -4,6 +4,7 @@ end with its bad inputs (one line, exit code 2, no partial output)."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 
 import pytest
@@ -223,10 +224,33 @@ def test_compress_command_writes_one_table(trained_run, tmp_path, capsys):
     assert "batch 32 (ms)" in capsys.readouterr().out
 
 
+def test_compress_methods_that_fine_tune_through_fit(trained_run, tmp_path):
+    """qat and prune-finetune train from the run's weights through fit (compress.qat, compress.prune_amounts)."""
+    out = tmp_path / "c"
+    code = main(["compress", str(trained_run), "--methods", "fp32,qat,prune-finetune:0.5", "--val-subset", "100",
+                 "--min-time", "0.01", "--calibration-batches", "1", "--finetune-set", "optim.lr=0.01",
+                 "--out", str(out)])
+    assert code == 0
+    rows = {r["method"]: r for r in json.loads((out / "compress.json").read_text())["rows"]}
+    assert set(rows) == {"fp32", "qat", "prune-finetune:0.5"}
+    assert rows["prune-finetune:0.5"]["nonzeros"] < rows["fp32"]["nonzeros"]
+    assert read_metadata(out / "qat" / "model.safetensors")["method"] == "qat"
+    # The int8 file of QAT loads back into the structure prepare_qat + convert_qat rebuild.
+    from dltricks.train.runs import load_model
+
+    float_model, _ = load_model(trained_run)
+    x = torch.randn(2, 1, 28, 28)
+    loaded = load_quantized(out / "qat" / "model.safetensors", float_model, x)
+    assert any("quantized" in type(m).__module__ for m in loaded.modules())
+
+
 @pytest.mark.parametrize("args,message", [
     (["--methods", "fp32,int9"], "unknown compression method"),
     (["--methods", "prune"], "give the fraction to prune"),
     (["--calibration-batches", "0"], "--calibration-batches"),
+    (["--methods", "prune-finetune"], "give the fraction to prune"),
+    (["--methods", "qat", "--finetune-epochs", "0"], "--finetune-epochs"),
+    (["--methods", "qat", "--finetune-set", "compress.qatt=1"], "unknown key 'compress.qatt'"),
 ])
 def test_compress_bad_arguments(trained_run, tmp_path, capsys, args, message):
     out = tmp_path / "c"

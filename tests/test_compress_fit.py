@@ -125,3 +125,143 @@ def test_the_cifar10_resnet_recipe_trains_resnet20_on_a_cifar_folder(tmp_path):
     result = fit(model, task, recipe, progress=False)
     assert result.final["steps"] == 2 and 0.0 <= result.final["val_accuracy"] <= 1.0
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()) if a.dim() == 4)
+
+
+# --- the recipe path: compress.qat and compress.prune_amounts as options of fit ------------------------------
+
+def test_recipe_qat_equals_fake_quant_training_then_conversion_by_hand():
+    """``compress.qat`` inside fit against the reference: prepare_qat, a plain fit of the prepared copy,
+    convert_qat (what quantize_aware did before it became an option of fit)."""
+    from dltricks.train import fit
+
+    task = toy_task(n_train=48)
+    model = tiny_cnn(seed=7)
+    example = next(iter(task.train_loader.iter_epoch(0)))[0][:2]
+    prepared = prepare_qat(model, example)
+    fit(prepared, task, _recipe(), progress=False)
+    reference = convert_qat(prepared, example)
+    result = fit(model, task, _recipe("compress.qat=true"), progress=False)
+    got, want = result.model.state_dict(), reference.state_dict()
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(got[key].dequantize() if got[key].is_quantized else got[key],
+                                       value.dequantize() if value.is_quantized else value, msg=key)
+    assert isinstance(result.float_model, torch.fx.GraphModule)  # the trained fake-quantized copy
+    x = next(iter(task.val_loader.iter_epoch(0)))[0]
+    torch.testing.assert_close(result.model(x), reference(x))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny_cnn(seed=7).state_dict().values()))
+
+
+def test_recipe_prune_schedule_equals_the_function_and_prunes_at_epoch_boundaries():
+    from dltricks.train import fit
+
+    task = toy_task(n_train=48)
+    model = tiny_cnn(seed=8)
+    pruned, records = prune_finetune(model, task, _recipe(), [0.5, 0.8])
+    result = fit(tiny_cnn(seed=8), task, _recipe("train.epochs=2", "compress.prune_amounts=[0.5, 0.8]"),
+                 progress=False)
+    for a, b in zip(pruned.state_dict().values(), result.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [r.get("prune_amount") for r in result.history] == [0.5, 0.8]
+    assert result.history[1]["sparsity"] == records[1]["sparsity"] == result.final["sparsity"]
+    assert not any(n.endswith(("_orig", "_mask")) for n in result.model.state_dict())
+    # One-step reference: prune one-shot by hand, then a plain fit of as many epochs (the masks kept on).
+    from torch.nn.utils import prune
+
+    by_hand = tiny_cnn(seed=8)
+    params = [(m, "weight") for m in by_hand.modules() if isinstance(m, PRUNABLE)]
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.5)
+    fit(by_hand, task, _recipe("train.epochs=2"), progress=False)
+    for m, name in params:
+        prune.remove(m, name)
+    one_step = fit(tiny_cnn(seed=8), task, _recipe("train.epochs=2", "compress.prune_amounts=[0.5]",
+                                                   "compress.prune_epochs=2"), progress=False)
+    for a, b in zip(by_hand.state_dict().values(), one_step.model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["compress.prune_amounts=[0.8, 0.5]"], "compress.prune_amounts: got \\[0.8, 0.5\\], expected increasing"),
+    (["compress.prune_amounts=[0.5, 1.0]"], "compress.prune_amounts: got .*expected fractions in \\(0, 1\\)"),
+    (["compress.prune_amounts=[0.0]"], "compress.prune_amounts: got .*expected fractions in \\(0, 1\\)"),
+    (["compress.prune_scope=row"], "compress.prune_scope: got 'row'"),
+    (["compress.prune_epochs=0"], "compress.prune_epochs"),
+    (["compress.qat_backend=arm"], "compress.qat_backend"),
+    (["compress.pruning=[0.5]"], "unknown key 'compress.pruning'"),
+    (["compress.qat=true", "compress.prune_amounts=[0.5]"], "compress.qat: not with compress.prune_amounts"),
+    (["compress.qat=true", "ema.decay=0.9"], "compress.qat: not with ema.decay"),
+])
+def test_bad_compress_keys_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(None, overrides)
+
+
+def test_fit_refuses_a_prune_schedule_longer_than_the_run_and_resuming(tmp_path):
+    from dltricks.train import fit
+
+    with pytest.raises(ConfigError, match="compress.prune_epochs: 2 pruning step.*need at least 4 epochs"):
+        fit(tiny_cnn(), toy_task(n_train=16), _recipe("train.epochs=3", "compress.prune_amounts=[0.5, 0.8]",
+                                                      "compress.prune_epochs=2"), progress=False)
+    with pytest.raises(ConfigError, match="compress.qat: a run that compresses while training cannot be resumed"):
+        fit(tiny_cnn(), toy_task(n_train=16), _recipe("compress.qat=true"), run_dir=tmp_path, resume=True)
+
+
+class _Gate(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x  # data-dependent control flow: FX cannot trace it
+
+
+def test_recipe_qat_on_a_model_the_quantizer_rejects_names_the_module():
+    from dltricks.errors import ModelError
+    from dltricks.train import fit
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), _Gate(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    with pytest.raises(ModelError, match="cannot quantize Sequential: graph tracing failed in module '1' \\(_Gate\\)"):
+        fit(model, toy_task(n_train=16), _recipe("compress.qat=true"), progress=False)
+
+
+def test_train_command_with_qat_writes_an_int8_file_that_loads_back_exactly(tmp_path):
+    """`dltricks train ... --set compress.qat=true`: the fake-quantized model trains, and the converted int8
+    model is written beside it (model-int8.safetensors) and read back bit for bit."""
+    from dltricks.cli import main
+    from dltricks.compress.storage import load_quantized
+    from dltricks.models import create_model
+    from dltricks.train.checkpoint import read_metadata
+
+    run = tmp_path / "run"
+    assert main(["train", "small_cnn", "--data", "mnist-embedded", "--subset", "64", "--model-opt", "widths=[4,8]",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=32", "--set", "train.device=cpu",
+                 "--set", "compress.qat=true", "--out", str(run)]) == 0
+    meta = read_metadata(run / "model-int8.safetensors")
+    assert meta["method"] == "qat" and meta["backend"] == "x86" and meta["model"] == "small_cnn"
+    x = torch.randn(3, 1, 28, 28)
+    loaded = load_quantized(run / "model-int8.safetensors", create_model("small_cnn", num_classes=10, in_chans=1,
+                                                                         widths=(4, 8)), x)
+    again = load_quantized(run / "model-int8.safetensors", create_model("small_cnn", num_classes=10, in_chans=1,
+                                                                        widths=(4, 8)), 3 * x)
+    with torch.no_grad():  # everything that matters comes from the file, not from the batch the structure saw
+        assert torch.equal(loaded(x), again(x))
+    # The run's model.safetensors holds the trained fake-quantized model: load_model (and eval/serve, which use
+    # the same structure_for_weights) rebuild that structure, and it computes what the int8 model computes.
+    from dltricks.train.runs import load_model
+
+    fake, run_meta = load_model(run)
+    assert run_meta["qat_backend"] == "x86"
+    with torch.no_grad():
+        simulated, real = fake(x), loaded(x)
+    # the fake-quantized model simulates the int8 one: they differ by rounding, not by a different network
+    assert float((simulated - real).abs().max()) <= 0.1 * float(real.abs().max()) + 1e-3
+    assert main(["eval", str(run)]) == 0
+
+
+def test_qat_int8_safetensors_round_trip_is_exact(tmp_path):
+    from dltricks.compress.storage import load_quantized, save_quantized
+
+    task = toy_task(n_train=32)
+    int8, _ = quantize_aware(tiny_cnn(seed=9), task, _recipe())
+    path = save_quantized(tmp_path / "q.safetensors", int8, {"method": "qat", "backend": "x86"})
+    x = next(iter(task.val_loader.iter_epoch(0)))[0]
+    loaded = load_quantized(path, tiny_cnn(seed=10), 3 * x[:2])  # other float weights, another batch
+    with torch.no_grad():
+        assert torch.equal(loaded(x), int8(x))

@@ -208,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as err:
         raise CheckpointError(f"{path}: cannot rebuild model {name!r} from its metadata for data set {task.name} "
                               f"({err})") from err
+    from dltricks.train.runs import structure_for_weights
+
+    model = structure_for_weights(model, run_meta, path)
     load_weights(model, path, use_ema=not args.raw)
     model.to(device)
     from dltricks.tasks.segmentation.evaluate import is_segmentation_task

@@ -142,7 +142,18 @@ def run(args: argparse.Namespace) -> int:
         result = fit(model, task, recipe, run_dir=run_dir, resume=args.resume, progress=args.progress, log=log,
                      meta=meta, unlabelled=unlabelled)
     shutdown()  # every rank has finished before the processes exit
+    if dist.is_main and recipe.compress.qat and run_dir is not None:
+        _save_int8(result, Path(run_dir), meta, recipe.compress.qat_backend)
     return _print_result(args, result, task, recipe, run_dir) if dist.is_main else 0
+
+
+def _save_int8(result: Any, run_dir: Path, meta: dict[str, Any], backend: str) -> None:
+    """``compress.qat``: the converted int8 model beside the fake-quantized one (``model.safetensors``)."""
+    from dltricks.compress.storage import save_quantized
+
+    path = save_quantized(run_dir / "model-int8.safetensors", result.model, {**meta, "method": "qat",
+                                                                             "backend": backend})
+    log(f"int8 model (quantization-aware training, {backend}): {path}")
 
 
 def _pretrained_weights(model: Any, name: str, path: str | None) -> str | None:

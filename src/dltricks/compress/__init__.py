@@ -1,10 +1,11 @@
-"""Model compression: knowledge distillation lives in the training loop (:mod:`dltricks.train.distill`);
-here are what comes after training:
+"""Model compression: knowledge distillation, quantization-aware training and iterative prune -> fine-tune live
+in the training loop (:mod:`dltricks.train.distill`, :mod:`dltricks.train.compression`, the recipe's ``distill``
+and ``compress`` sections); here are what comes after training, and those two called as functions:
 
 * :mod:`~dltricks.compress.quantize`: post-training static int8 (FX graph mode, x86), dynamic int8, and
-  quantization-aware training through ``fit``;
-* :mod:`~dltricks.compress.prune`: unstructured magnitude pruning (one-shot, or iterative with fine-tuning
-  through ``fit``) and structured channel pruning that rebuilds a smaller dense model;
+  :func:`quantize_aware` (``fit`` with ``compress.qat``);
+* :mod:`~dltricks.compress.prune`: unstructured magnitude pruning (one-shot, or :func:`prune_finetune`, ``fit``
+  with ``compress.prune_amounts``) and structured channel pruning that rebuilds a smaller dense model;
 * :mod:`~dltricks.compress.storage`: int8 models as safetensors files (no pickle);
 * :mod:`~dltricks.compress.export`: ONNX export checked in onnxruntime, onnxruntime int8;
 * :mod:`~dltricks.compress.report`: every variant of a trained model measured side by side (accuracy,

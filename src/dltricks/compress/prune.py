@@ -6,11 +6,9 @@
   their shape, so dense kernels do the same work: the model is as slow as before (and as large on disk,
   unless stored sparse).
 * **Iterative prune -> fine-tune** (:func:`prune_finetune`, Han et al. 2015 Sec. 3.3): the sparsity is
-  raised in steps ``s_1 < s_2 < ...``; after each step the masks stay on (``weight = weight_orig * mask``, so a
-  pruned weight gets no gradient and stays zero) and the model is fine-tuned with :func:`dltricks.train.fit`,
-  the one training loop, following a recipe. Each step prunes, among the weights still alive, exactly
-  ``round(s_k * N) - round(s_{k-1} * N)`` more (``N``: all Conv/Linear weights), the smallest in magnitude
-  after fine-tuning, so the sparsity after step k is ``s_k`` to the weight.
+  raised in steps ``s_1 < s_2 < ...``, each followed by fine-tuning with the masks on. It is an option of the
+  training loop, the recipe's ``compress.prune_amounts`` (:mod:`dltricks.train.compression`, where the mask
+  arithmetic lives); :func:`prune_finetune` is that option called as a function.
 * **Structured** (:func:`prune_channels`, Li et al., "Pruning Filters for Efficient ConvNets", 2017): in
   every prunable conv, the fraction ``amount`` of output channels whose filters have the smallest L1 norm
   ``sum |W[c]|`` is removed, with the matching batch-norm channels and the matching input channels of the
@@ -40,6 +38,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from dltricks.errors import ConfigError, ModelError
+from dltricks.train.compression import PRUNABLE, check_amount
 
 if TYPE_CHECKING:
     from dltricks.tasks import Task
@@ -48,15 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["prune_unstructured", "prune_finetune", "prune_channels", "ChannelShortcut", "count_nonzero",
            "PRUNABLE"]
 
-PRUNABLE: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 # Modules that act on each channel separately: a channel removed before them is simply absent after them.
 _CHANNELWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.Hardswish, nn.MaxPool2d, nn.AvgPool2d,
                 nn.Dropout, nn.Dropout2d, nn.Identity)
-
-
-def _check_amount(amount: float) -> None:
-    if not 0.0 <= amount < 1.0:
-        raise ConfigError(f"pruning amount: got {amount}, expected a fraction in [0, 1)")
 
 
 def count_nonzero(model: nn.Module) -> int:
@@ -67,7 +60,7 @@ def count_nonzero(model: nn.Module) -> int:
 def prune_unstructured(model: nn.Module, amount: float, *, scope: Literal["global", "layer"] = "global") -> nn.Module:
     """A copy of ``model`` with the ``amount`` smallest-magnitude Conv/Linear weights set to zero (made permanent:
     plain tensors, no masks)."""
-    _check_amount(amount)
+    check_amount(amount)
     # fit may leave conv weights channels-last, and prune flattens them with view(): make them contiguous.
     pruned = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     params = [(m, "weight") for m in pruned.modules() if isinstance(m, PRUNABLE)]
@@ -85,71 +78,37 @@ def prune_unstructured(model: nn.Module, amount: float, *, scope: Literal["globa
     return pruned
 
 
-def _prune_count(params: list[tuple[nn.Module, str]], count: int, scope: str) -> None:
-    """Prune ``count`` more of the live weights of ``params`` (all of them at once, or the same fraction of the
-    live weights of each layer), the smallest ``|w|`` first; masks compose with earlier ones."""
-    if count <= 0:
-        return
-    if scope == "global":
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=count)
-        return
-    live = [int(torch.count_nonzero(getattr(m, name + "_mask"))) if hasattr(m, name + "_mask")
-            else getattr(m, name).numel() for m, name in params]
-    total = sum(live)
-    for (m, name), n in zip(params, live):
-        prune.l1_unstructured(m, name, amount=round(count * n / total))
-
-
 def prune_finetune(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str | None,
                    amounts: Sequence[float], *,
                    scope: Literal["global", "layer"] = "global",
                    log: Callable[[str], None] | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Iterative magnitude pruning with fine-tuning (module docstring): for each sparsity of ``amounts``
-    (increasing), prune a copy of ``model`` to it and fine-tune it with ``fit(copy, task, recipe)``. Returns the
-    pruned, fine-tuned model (masks made permanent) and one record per step: ``amount``, the validation
-    metrics right after pruning (``before_*``) and after fine-tuning (``after_*``)."""
-    from dltricks.train import evaluate, fit, load_recipe
+    """Iterative magnitude pruning with fine-tuning (module docstring): one ``fit`` of a copy of ``model`` with
+    ``compress.prune_amounts=amounts``, ``compress.prune_scope=scope`` and the recipe's ``train.epochs`` of
+    fine-tuning after each step (one optimizer and one learning-rate schedule over the whole run). Returns the
+    pruned, fine-tuned model (masks made permanent) and one record per step: ``amount``, ``sparsity``, the
+    validation metrics right after pruning (``before_*``) and after its fine-tuning (``after_*``)."""
+    from dltricks.train import fit, load_recipe
 
-    if scope not in ("global", "layer"):
-        raise ConfigError(f"pruning scope: got {scope!r}, expected 'global' or 'layer'")
-    amounts = [float(a) for a in amounts]
-    for a in amounts:
-        _check_amount(a)
-    if not amounts or any(b <= a for a, b in zip(amounts, amounts[1:])):
-        raise ConfigError(f"pruning schedule: got {amounts}, expected increasing fractions, e.g. [0.5, 0.8, 0.9]")
-    recipe = load_recipe(recipe) if not hasattr(recipe, "train") else recipe
-    pruned = copy.deepcopy(model)
-    params = [(m, "weight") for m in pruned.modules() if isinstance(m, PRUNABLE)]
-    if not params:
-        raise ModelError(f"cannot prune {type(model).__name__}: it has no Conv or Linear layer")
-    total = sum(m.weight.numel() for m, _ in params)
+    recipe = load_recipe(recipe)
+    if recipe.train.steps:
+        raise ConfigError("train.steps: prune_finetune gives each step train.epochs epochs of fine-tuning; for a "
+                          "step-based run set compress.prune_amounts in the recipe instead")
+    epochs = recipe.train.epochs
+    recipe = load_recipe(recipe, [("compress.prune_amounts", [float(a) for a in amounts]),
+                                  ("compress.prune_scope", scope), ("compress.prune_epochs", epochs),
+                                  ("train.epochs", epochs * max(1, len(amounts)))])
+    result = fit(copy.deepcopy(model), task, recipe, progress=False, log=log)
     records: list[dict[str, float]] = []
-    done = 0
-    for amount in amounts:
-        target = round(amount * total)
-        # fit may leave conv weights channels-last, and prune flattens them with view(): make them contiguous,
-        # the masked weight (a plain attribute, recomputed before each forward) included.
-        pruned.to(memory_format=torch.contiguous_format)
-        for m, name in params:
-            if hasattr(m, name + "_mask"):
-                setattr(m, name, getattr(m, name + "_orig") * getattr(m, name + "_mask"))
-        _prune_count(params, target - done, scope)
-        done = sum(int((getattr(m, name + "_mask") == 0).sum()) for m, name in params if hasattr(m, name + "_mask"))
-        device = next(pruned.parameters()).device
-        before = evaluate(pruned, task.val_loader, task, device=device)
-        fit(pruned, task, recipe, progress=False)
-        after = evaluate(pruned, task.val_loader, task, device=device)
-        record = {"amount": amount, "sparsity": done / total}
-        record.update({f"before_{k}": float(v) for k, v in before.items() if k in ("loss", "accuracy")})
-        record.update({f"after_{k}": float(v) for k, v in after.items() if k in ("loss", "accuracy")})
+    for k, amount in enumerate(recipe.compress.prune_amounts):
+        if (k + 1) * epochs > len(result.history):  # the run stopped early (train.max_steps, early_stop)
+            break
+        pruned_at, last = result.history[k * epochs], result.history[(k + 1) * epochs - 1]
+        record = {"amount": amount, "sparsity": pruned_at["sparsity"]}
+        record.update({f"before_{m}": pruned_at[f"pruned_val_{m}"] for m in ("loss", "accuracy")
+                       if f"pruned_val_{m}" in pruned_at})
+        record.update({f"after_{m}": last[f"val_{m}"] for m in ("loss", "accuracy") if f"val_{m}" in last})
         records.append(record)
-        if log is not None:
-            log(f"sparsity {done / total:.3f}: accuracy {record.get('before_accuracy', float('nan')):.4f} after "
-                f"pruning, {record.get('after_accuracy', float('nan')):.4f} after fine-tuning")
-    for m, name in params:
-        if hasattr(m, name + "_mask"):
-            prune.remove(m, name)
-    return pruned, records
+    return result.model, records
 
 
 # --- structured --------------------------------------------------------------------------------------------
@@ -401,7 +360,7 @@ def _prune_streams(model: nn.Module, amount: float) -> int:
 def prune_channels(model: nn.Module, amount: float) -> nn.Module:
     """A smaller dense copy of ``model`` with the fraction ``amount`` of the output channels of every prunable conv
     removed (see the module docstring for which convs are prunable); a model with none is a :class:`ModelError`."""
-    _check_amount(amount)
+    check_amount(amount)
     pruned = copy.deepcopy(model)
     done = _prune_streams(pruned, amount)
     head_attr = getattr(pruned, "head_attr", "head")

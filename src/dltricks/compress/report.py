@@ -33,16 +33,21 @@ import torch
 from torch import nn
 
 from dltricks.compress.export import export_onnx, onnx_session, quantize_onnx, run_onnx
-from dltricks.compress.prune import count_nonzero, prune_channels, prune_unstructured
-from dltricks.compress.quantize import quantize_dynamic, quantize_static
+from dltricks.compress.prune import count_nonzero, prune_channels, prune_finetune, prune_unstructured
+from dltricks.compress.quantize import quantize_aware, quantize_dynamic, quantize_static
 from dltricks.compress.storage import save_quantized
 from dltricks.errors import ConfigError, did_you_mean
 from dltricks.measure import count_macs, time_function
 from dltricks.tasks import Task
 from dltricks.train.checkpoint import save_weights
+from dltricks.train.recipe import Recipe
 from dltricks.utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["METHODS", "Method", "parse_methods", "compress_model", "compress_run", "markdown_table", "pareto_front"]
+# Methods that train (through fit, from the trained weights): they need a training task and a recipe.
+TRAINING_METHODS = ("qat", "prune-finetune")
+
+__all__ = ["METHODS", "TRAINING_METHODS", "Method", "parse_methods", "compress_model", "compress_run",
+           "markdown_table", "pareto_front"]
 
 # name -> (needs an amount, what it makes)
 METHODS: dict[str, tuple[bool, str]] = {
@@ -52,6 +57,9 @@ METHODS: dict[str, tuple[bool, str]] = {
     "prune": (True, "global unstructured L1 magnitude pruning of Conv/Linear weights, e.g. prune:0.8"),
     "prune-layer": (True, "layer-wise unstructured L1 magnitude pruning, e.g. prune-layer:0.8"),
     "channels": (True, "structured L1 channel pruning into a smaller dense model, e.g. channels:0.5"),
+    "qat": (False, "quantization-aware fine-tuning from the trained weights through fit (compress.qat), then int8"),
+    "prune-finetune": (True, "global L1 pruning to a fraction, fine-tuned through fit with the masks on "
+                             "(compress.prune_amounts), e.g. prune-finetune:0.8"),
     "onnx": (False, "ONNX export (dynamo exporter, dynamic batch) run in onnxruntime"),
     "onnx-int8": (False, "onnxruntime's dynamic int8 quantization of the ONNX export"),
 }
@@ -131,10 +139,20 @@ def _latency(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, min_run_time: f
 
 
 def _make(method: Method, model: nn.Module, calibration: list[torch.Tensor], example: torch.Tensor,
-          folder: Path) -> tuple[nn.Module, nn.Module]:
+          folder: Path, finetune: tuple[Task, Recipe] | None) -> tuple[nn.Module, nn.Module]:
     """``(variant, float model it stands for)`` of one method."""
     if method.name == "fp32":
         return model, model
+    if method.name in TRAINING_METHODS:
+        if finetune is None:
+            raise ConfigError(f"method {method.label!r} fine-tunes the model: give a training task and recipe "
+                              "(compress_model(..., finetune=(task, recipe)))")
+        task, recipe = finetune
+        if method.name == "qat":
+            int8, _ = quantize_aware(model, task, recipe)
+            return int8.eval(), model
+        pruned, _ = prune_finetune(model, task, recipe, [method.amount])
+        return pruned.float().eval().cpu(), pruned
     if method.name == "static-int8":
         return quantize_static(model, calibration), model
     if method.name == "dynamic-int8":
@@ -153,8 +171,10 @@ def _make(method: Method, model: nn.Module, calibration: list[torch.Tensor], exa
 
 def compress_model(model: nn.Module, task: Task, methods: str | Sequence[str] | Sequence[Method], *,
                    out_dir: str | Path, calibration_batches: int = 8, batches: Sequence[int] = (1, 32),
-                   min_run_time: float = 0.3, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """One row per method (see the module docstring); variant files go to ``out_dir``."""
+                   min_run_time: float = 0.3, log: Callable[[str], None] | None = None,
+                   finetune: tuple[Task, Recipe] | None = None) -> list[dict[str, Any]]:
+    """One row per method (see the module docstring); variant files go to ``out_dir``. ``finetune``: the
+    training task and recipe of the methods that train (:data:`TRAINING_METHODS`)."""
     methods = [m if isinstance(m, Method) else parse_methods([m])[0] for m in
                (parse_methods(methods) if isinstance(methods, str) else methods)]
     out_dir = Path(out_dir)
@@ -167,7 +187,7 @@ def compress_model(model: nn.Module, task: Task, methods: str | Sequence[str] | 
     for method in methods:
         folder = out_dir / method.label.replace(":", "-")
         folder.mkdir(parents=True, exist_ok=True)
-        variant, source = _make(method, model, calibration, example[:2], folder)
+        variant, source = _make(method, model, calibration, example[:2], folder, finetune)
         row: dict[str, Any] = {"method": method.label, **_evaluate(variant, task)}
         if isinstance(variant, OnnxModule):
             row["size_bytes"] = variant.path.stat().st_size
@@ -277,12 +297,37 @@ def run_task(meta: dict[str, Any], *, data_dir: str | Path | None = None, val_su
                            subset=data.get("subset") if isinstance(data, dict) else None)
 
 
+def finetune_task(run: str | Path, meta: dict[str, Any], *, epochs: int, overrides: Sequence[str] = (),
+                  data_dir: str | Path | None = None, val_subset: int | None = None) -> tuple[Task, Recipe]:
+    """``(training task, recipe)`` to fine-tune the model of ``run`` on its own data: the run's recipe (its
+    ``config.json``; defaults without one) for ``epochs`` epochs on the CPU, ``overrides`` applied last."""
+    from dltricks.train.prepare import task_for_recipe
+    from dltricks.train.recipe import load_recipe
+
+    config = Path(run) / "config.json"
+    saved = json.loads(config.read_text()).get("recipe", {}) if config.is_file() else {}
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{config}: its recipe is not a mapping")
+    recipe = load_recipe(saved, [("train.epochs", epochs), ("train.steps", 0), ("train.max_steps", 0),
+                                 ("train.device", "cpu"), ("ema.decay", 0.0), ("checkpoint.keep_best", False),
+                                 *overrides])
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {"name": meta.get("data")}
+    folder = data_dir if data_dir is not None else data.get("data_dir")
+    task = task_for_recipe(data.get("name"), recipe, data_dir=folder, data_options=data.get("options") or None,
+                           subset=data.get("subset"), val_subset=val_subset)
+    return task, recipe
+
+
 def compress_run(run: str | Path, methods: str | Sequence[str], *, out_dir: str | Path | None = None,
                  data_dir: str | Path | None = None, val_subset: int | None = None, calibration_batches: int = 8,
-                 min_run_time: float = 0.3, log: Callable[[str], None] | None = None
-                 ) -> tuple[list[dict[str, Any]], Path]:
+                 min_run_time: float = 0.3, log: Callable[[str], None] | None = None, finetune_epochs: int = 1,
+                 finetune_overrides: Sequence[str] = ()) -> tuple[list[dict[str, Any]], Path]:
     """Compress the model of run directory ``run`` with ``methods``; writes the report and the variants to
-    ``out_dir`` (default ``RUN/compress``), which must not hold files yet. Returns ``(rows, out_dir)``."""
+    ``out_dir`` (default ``RUN/compress``), which must not hold files yet. Returns ``(rows, out_dir)``.
+
+    The methods that train (:data:`TRAINING_METHODS`) fine-tune from the run's weights through ``fit`` with the
+    run's recipe (``RUN/config.json``; the defaults for a bare weights file), ``finetune_epochs`` epochs per
+    step, and ``finetune_overrides`` (``"section.key=value"``) on top."""
     from dltricks.train.runs import load_model, resolve_run
 
     parsed = parse_methods(methods)
@@ -296,11 +341,15 @@ def compress_run(run: str | Path, methods: str | Sequence[str], *, out_dir: str 
         raise ConfigError(f"--out {out}: already holds files; choose a new directory")
     model, meta = load_model(run)
     task = run_task(meta, data_dir=data_dir, val_subset=val_subset)
+    finetune = None
+    if any(m.name in TRAINING_METHODS for m in parsed):
+        finetune = finetune_task(run, meta, epochs=finetune_epochs, overrides=finetune_overrides,
+                                 data_dir=data_dir, val_subset=val_subset)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         rows = compress_model(model, task, parsed, out_dir=tmp, calibration_batches=calibration_batches,
-                              min_run_time=min_run_time, log=log)
+                              min_run_time=min_run_time, log=log, finetune=finetune)
         write_report(rows, tmp, title=f"{meta.get('model')} on {task.name}: compression")
         atomic_write_json(tmp / "run.json", {"run": str(run), "methods": [m.label for m in parsed],
                                              "torch": torch.__version__, "threads": 1})

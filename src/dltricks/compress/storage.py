@@ -13,10 +13,11 @@ loaded back by our own rules. Here each entry is written as plain tensors plus a
 * a ``torch.dtype`` -> its name in the JSON.
 
 :func:`load_quantized` rebuilds the int8 *structure* the way it was made (the float model by name, then
-:func:`~dltricks.compress.quantize_static` with one calibration batch, or
-:func:`~dltricks.compress.quantize_dynamic`) and then loads the stored integers, scales and zero points
-into it, so the result computes exactly what the saved model computed whatever batch the structure was
-calibrated on (tested: bit-identical outputs). The file is read with the checks of
+:func:`~dltricks.compress.quantize_static` with one calibration batch,
+:func:`~dltricks.compress.quantize_dynamic`, or for a model of quantization-aware training (``method: qat``)
+:func:`~dltricks.compress.prepare_qat` then :func:`~dltricks.compress.convert_qat`) and then loads the stored
+integers, scales and zero points into it, so the result computes exactly what the saved model computed
+whatever batch the structure was calibrated on (tested: bit-identical outputs). The file is read with the checks of
 :func:`dltricks.train.checkpoint.read_tensors` and every entry must have the dtype and shape of the rebuilt
 model's (nothing is cast).
 """
@@ -141,7 +142,7 @@ def load_quantized(path: str | Path, float_model: nn.Module, example: torch.Tens
     """The int8 model stored at ``path`` by :func:`save_quantized`: the structure rebuilt from ``float_model``
     (static int8 calibrated on ``example``, or dynamic int8, as the file's ``method`` says), then the stored
     state loaded into it. Never unpickles."""
-    from dltricks.compress.quantize import quantize_dynamic, quantize_static
+    from dltricks.compress.quantize import convert_qat, prepare_qat, quantize_dynamic, quantize_static
 
     path = Path(path)
     tensors, meta = read_tensors(path)
@@ -152,9 +153,17 @@ def load_quantized(path: str | Path, float_model: nn.Module, example: torch.Tens
         model = quantize_static(float_model, [example])
     elif method == "dynamic-int8":
         model = quantize_dynamic(float_model)
+    elif method == "qat":  # the structure of compress.qat: fake-quant copy, ranges seen on example, converted
+        backend = meta.get("backend", "x86")
+        if backend not in ("x86", "fbgemm", "qnnpack", "onednn"):
+            raise CheckpointError(f"{path}: unknown int8 backend {str(backend)[:40]!r}")
+        prepared = prepare_qat(float_model, example, backend=backend).eval()
+        with torch.no_grad():
+            prepared(example)
+        model = convert_qat(prepared, example)
     else:
-        raise CheckpointError(f"{path}: unknown int8 method {str(method)[:40]!r}; expected static-int8 or "
-                              "dynamic-int8")
+        raise CheckpointError(f"{path}: unknown int8 method {str(method)[:40]!r}; expected static-int8, "
+                              "dynamic-int8 or qat")
     state = decode_state(tensors, meta["entries"], path)
     reference = model.state_dict()
     if set(state) != set(reference):

@@ -123,6 +123,9 @@ def load_run_model(run_dir: str | Path) -> LoadedModel:
     if not name:
         raise CheckpointError(f"{path}: no model name in its metadata; expected weights written by dltricks")
     model = create_model(name, **dict(meta.get("model_kwargs") or {}))
+    from dltricks.train.runs import structure_for_weights
+
+    model = structure_for_weights(model, meta, path)
     load_weights(model, path)
     model.eval()
     kind = meta.get("task_kind") or ("seq2seq" if (meta.get("data") or {}).get("name") == "dates" else

@@ -7,6 +7,8 @@
   :class:`FitResult`;
 * :mod:`dltricks.train.checkpoint`: exact, atomic, pickle-free checkpoints (:func:`load_weights`);
 * :mod:`dltricks.tasks`: the :class:`Task` a model is trained on and the loader protocol;
+* :mod:`dltricks.train.distill`, :mod:`~dltricks.train.compression`: distillation, quantization-aware training
+  and prune -> fine-tune schedules, options of ``fit``;
 * :mod:`dltricks.train.schedule`, :mod:`~dltricks.train.optim`, :mod:`~dltricks.train.ema`,
   :mod:`~dltricks.train.runtime`, :mod:`~dltricks.train.distributed`: the parts.
 """

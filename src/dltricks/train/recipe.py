@@ -16,6 +16,8 @@ A :class:`Recipe` has these sections, each a small dataclass:
 * ``distill``: knowledge distillation from a teacher run (soft targets at temperature T mixed with the
   hard labels by alpha; optionally a FitNets feature hint, and the teacher's logits cached per example).
 * ``finetune``: fine-tuning by layer groups (frozen groups, gradual unfreezing, learning rates per group);
+* ``compress``: compression while training (:mod:`dltricks.train.compression`): quantization-aware training
+  (fake-quant, then an int8 model) and an iterative prune -> fine-tune schedule;
 * ``maml``: the inner loop of gradient-based meta-learning (MAML, first-order MAML, Reptile), read by
   :func:`dltricks.fewshot.maml.fit_meta` and ignored by plain training.
 
@@ -47,8 +49,8 @@ from dltricks.data.augment import AugmentConfig
 from dltricks.errors import ConfigError, did_you_mean
 
 __all__ = ["OptimConfig", "ScheduleConfig", "TrainConfig", "EmaConfig", "EarlyStopConfig", "CheckpointConfig",
-           "DistillConfig", "FinetuneConfig", "MamlConfig", "Recipe", "load_recipe", "list_recipes", "recipe_path",
-           "describe_recipe"]
+           "DistillConfig", "FinetuneConfig", "CompressConfig", "MamlConfig", "Recipe", "load_recipe", "list_recipes",
+           "recipe_path", "describe_recipe"]
 
 
 def _check_momentum(value: Any) -> str | None:
@@ -69,6 +71,10 @@ def _check_open_unit(value: Any) -> str | None:
 
 def _check_lookahead_alpha(value: Any) -> str | None:
     return None if 0.0 < value <= 1.0 else "a number in (0, 1]"
+
+
+def _check_amounts(value: Any) -> str | None:
+    return None if all(0.0 < a < 1.0 for a in value) else "fractions in (0, 1), e.g. [0.5, 0.8]"
 
 
 def _check_at_least_one(value: Any) -> str | None:
@@ -291,6 +297,26 @@ class FinetuneConfig:
 
 
 @dataclass
+class CompressConfig:
+    """Compression while training (:mod:`dltricks.train.compression`)."""
+
+    qat: bool = field(False, help="quantization-aware training (Jacob et al. 2018): train a fake-quantized copy of "
+                                  "the model (FX, per-channel weights, moving-average activation ranges), then "
+                                  "convert it to int8; fit returns the int8 model")
+    qat_backend: Literal["x86", "fbgemm", "qnnpack", "onednn"] = field(
+        "x86", help="the int8 kernels QAT simulates and converts to (torch.backends.quantized.engine)")
+    prune_amounts: tuple[float, ...] = field((), help="iterative magnitude pruning (Han et al. 2015): increasing "
+                                                      "sparsities of the Conv/Linear weights, one step at the start "
+                                                      "of every prune_epochs epochs, masks kept while training, "
+                                                      "made permanent at the end; e.g. [0.5, 0.8]; [] = off",
+                                             check=_check_amounts)
+    prune_scope: Literal["global", "layer"] = field(
+        "global", help="'global': one magnitude threshold over all layers; 'layer': the same fraction of every layer")
+    prune_epochs: int = field(1, help="fine-tuning epochs after each pruning step (the last step's run to the end)",
+                              check=_check_at_least_one)
+
+
+@dataclass
 class MamlConfig:
     """The inner loop of MAML, first-order MAML and Reptile (:mod:`dltricks.fewshot.maml`); only
     :func:`~dltricks.fewshot.maml.fit_meta` reads it."""
@@ -322,6 +348,7 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, help="checkpoints")
     distill: DistillConfig = field(default_factory=DistillConfig, help="knowledge distillation")
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig, help="fine-tuning by layer groups")
+    compress: CompressConfig = field(default_factory=CompressConfig, help="compression while training")
     maml: MamlConfig = field(default_factory=MamlConfig, help="meta-learning inner loop")
     model: str = field("", help="the registered model this recipe is tuned for: `dltricks train --recipe R` "
                                 "trains it when no MODEL is named (a MODEL given on the command line wins)")
@@ -350,6 +377,7 @@ class Recipe:
         if self.train.overfit_batch and self.train.accum_steps != 1:
             raise ConfigError("train.accum_steps: overfit_batch trains on one batch; expected accum_steps 1")
         self._check_distill()
+        self._check_compress()
 
     def _check_distill(self) -> None:
         d = self.distill
@@ -367,6 +395,19 @@ class Recipe:
         if d.cache_teacher and d.hint_weight > 0:
             raise ConfigError("distill.cache_teacher: not with distill.hint_weight > 0; the hint needs the "
                               "teacher's features at every step")
+
+    def _check_compress(self) -> None:
+        c = self.compress
+        if any(b <= a for a, b in zip(c.prune_amounts, c.prune_amounts[1:])):
+            raise ConfigError(f"compress.prune_amounts: got {list(c.prune_amounts)}, expected increasing fractions, "
+                              "e.g. [0.5, 0.8, 0.9]")
+        if c.qat and c.prune_amounts:
+            raise ConfigError("compress.qat: not with compress.prune_amounts in the same run; prune and fine-tune "
+                              "first, then run QAT from those weights")
+        if (c.qat or c.prune_amounts) and self.ema.decay > 0:
+            key = "compress.qat" if c.qat else "compress.prune_amounts"
+            raise ConfigError(f"{key}: not with ema.decay > 0 (the average would hold neither the fake-quant "
+                              "ranges nor the masks)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

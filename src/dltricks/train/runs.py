@@ -40,6 +40,26 @@ def run_meta(path: str | Path) -> dict[str, Any]:
     return dict(meta.get("run", meta)) if meta.get("format") == CHECKPOINT_FORMAT else dict(meta)
 
 
+def structure_for_weights(model: nn.Module, meta: dict[str, Any], file: str | Path) -> nn.Module:
+    """The module whose state the weights file holds: ``model`` itself, or for a run trained with
+    ``compress.qat`` (metadata ``qat_backend``) its fake-quantized copy (:func:`dltricks.train.compression.
+    prepare_qat`); that run's int8 conversion is ``model-int8.safetensors`` beside it."""
+    if not meta.get("qat_backend"):
+        return model
+    import torch
+
+    from dltricks.train.compression import prepare_qat
+
+    shape = [int(d) for d in meta.get("input_shape") or ()]
+    if not shape:
+        raise CheckpointError(f"{file}: a quantization-aware run without its input shape in the metadata")
+    example = torch.zeros(2, *shape)
+    prepared = prepare_qat(model, example, backend=str(meta["qat_backend"])).eval()
+    with torch.no_grad():
+        prepared(example)  # sizes the observers' range buffers (empty until a first batch), then loaded over
+    return prepared
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)``: the model of run ``path`` rebuilt with its recorded name and options, its weights
     loaded (the EMA weights when the run kept them), in eval mode on the CPU."""
@@ -54,5 +74,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = create_model(name, **dict(meta.get("model_kwargs") or {}))
     except (DltricksError, ValueError, TypeError) as err:
         raise CheckpointError(f"{file}: cannot rebuild model {name!r} from its metadata ({err})") from err
+    model = structure_for_weights(model, meta, file)
     load_weights(model, file)
     return model.eval(), meta

@@ -17,6 +17,12 @@ goes to ``metrics.jsonl``/``metrics.csv`` and the full state to ``checkpoints/la
 only); early stopping looks at the chosen validation metric. With ``train.log: tensorboard`` the step and epoch
 numbers, the hyper-parameters and a few images also go to TensorBoard (:mod:`dltricks.train.tracking`).
 
+Compression while training (``compress``, :mod:`dltricks.train.compression`): with ``compress.qat`` the model is
+replaced by a fake-quantized copy before the first step and converted to int8 after the last; with
+``compress.prune_amounts`` the weights are pruned at the scheduled epoch boundaries (the epoch's record says
+``sparsity`` and the validation metrics right after pruning, ``pruned_val_*``) and the masks made permanent at
+the end.
+
 ``fit`` is a library function first: the CLI, the evidence engine and the hyper-parameter search call it
 in-process. It keeps no state between calls; the only global things it touches are the RNG seeds
 (``train.seed``) and, inside the call only, the deterministic-algorithm flags.
@@ -25,6 +31,7 @@ in-process. It keeps no state between calls; the only global things it touches a
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -56,6 +63,7 @@ from dltricks.train.recipe import Recipe, load_recipe
 from dltricks.train.runtime import (Precision, deterministic_mode, resolve_channels_last, resolve_device,
                                     resolve_precision, seed_everything)
 from dltricks.train.checks import check_task_recipe
+from dltricks.train.compression import PruneSchedule, convert_qat, prepare_qat
 from dltricks.train.schedule import LRSchedule
 from dltricks.train.unlabelled import Unlabelled, UnlabelledObjective
 from dltricks.train.tracking import RunTracker, inference_meta, write_status
@@ -93,6 +101,8 @@ class FitResult:
         run_dir: where logs and checkpoints went (``None`` when not written).
         stop_reason: ``completed``, ``early_stop``, ``target_reached``, ``max_steps``, ``callback``,
             ``overfit_reached`` or ``overfit_not_reached``.
+        float_model: with ``compress.qat``, the trained fake-quantized model ``model`` (int8) was converted
+            from; else ``None``.
     """
 
     history: list[dict[str, Any]]
@@ -100,6 +110,7 @@ class FitResult:
     model: nn.Module
     run_dir: Path | None = None
     stop_reason: str = "completed"
+    float_model: nn.Module | None = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -303,6 +314,9 @@ class _Trainer:
             raise ConfigError("early_stop.patience: early stopping needs a validation split, and this task has none")
 
         self.raw_model = unwrap(model).to(self.device)
+        self.qat_example: torch.Tensor | None = None  # compress.qat: the batch the int8 conversion is checked on
+        if recipe.compress.qat:
+            self.raw_model = self._prepare_qat(task)
         self.channels_last = resolve_channels_last(cfg.channels_last, self.raw_model)
         if self.channels_last:
             self.raw_model.to(memory_format=torch.channels_last)
@@ -330,6 +344,10 @@ class _Trainer:
         else:
             self.schedule = LRSchedule(recipe.schedule, self.steps_per_epoch, self.num_epochs, total=cfg.steps)
         self.label_smoothing = 0.0 if cfg.overfit_batch else cfg.label_smoothing
+        # compress.prune_amounts: magnitude pruning at epoch boundaries, masks kept while training.
+        self.pruning = (PruneSchedule(self.raw_model, recipe.compress, self.num_epochs)
+                        if recipe.compress.prune_amounts and not cfg.overfit_batch else None)
+        self._prune_record: dict[str, Any] = {}
         # Knowledge distillation (recipe.distill, or fit(teacher=...)): a frozen teacher sees the same inputs.
         self.teacher: nn.Module | None = None
         if teacher is not None or recipe.distill.teacher:
@@ -627,6 +645,34 @@ class _Trainer:
         return hint, None
 
     # ------------------------------------------------------------------------------------------
+    # Compression while training (recipe.compress)
+
+    def _prepare_qat(self, task: Task) -> nn.Module:
+        """``compress.qat``: the fake-quantized copy of the model that is trained instead of it (checked on the
+        task's data first, so that a model that does not fit the data is not reported as a quantizer error)."""
+        check_compatible(self.raw_model, task, device=self.device)
+        x, _ = next(iter(task.train_loader.iter_epoch(0)))
+        if not isinstance(x, torch.Tensor):
+            raise ConfigError(f"compress.qat: data set {task.name} gives {len(x)} inputs per example; QAT traces "
+                              "models of one input tensor")
+        self.qat_example = x[:2].to(self.device)
+        return prepare_qat(self.raw_model, self.qat_example, backend=self.recipe.compress.qat_backend)
+
+    def _prune(self, epoch: int) -> dict[str, Any]:
+        """``compress.prune_amounts``: prune before ``epoch`` when the schedule says so; the record of it."""
+        amount = self.pruning.amount_at(epoch) if self.pruning is not None else None
+        if amount is None:
+            return {}
+        record: dict[str, Any] = {"prune_amount": amount, "sparsity": self.pruning.prune_to(amount)}
+        if self.channels_last:  # pruning made the weights (and masks) contiguous: back to the run's layout
+            self.raw_model.to(memory_format=torch.channels_last)
+        if self._can_evaluate:
+            record.update({f"pruned_val_{k}": v for k, v in self._validate(epoch).items() if k != "count"})
+        shown = (f", val loss {record['pruned_val_loss']:.4f} after pruning" if "pruned_val_loss" in record else "")
+        self._emit(f"pruned to sparsity {record['sparsity']:.3f} before epoch {epoch + 1}{shown}")
+        return record
+
+    # ------------------------------------------------------------------------------------------
     # Epochs
 
     def _train_epoch(self, epoch: int) -> str | None:
@@ -880,11 +926,15 @@ class _Trainer:
         stop = None
         while self.epoch < self.num_epochs and stop is None:
             epoch = self.epoch
+            if self.pruning is not None and self.batch == 0:
+                self._prune_record = self._prune(epoch)
             if self.batch < self.batches_per_epoch:
                 stop = self._train_epoch(epoch)
             if stop == "max_steps" and self.batch < self.batches_per_epoch:
                 break  # interrupted inside the epoch: the checkpoint below keeps the position
             record = self._end_epoch(epoch)
+            record.update(self._prune_record)
+            self._prune_record = {}
             self.history.append(record)
             self.tracker.epoch(record)
             self.epoch, self.batch, self.sums = epoch + 1, 0, {}
@@ -951,7 +1001,8 @@ class _Trainer:
         task = self.task
         return {**self.meta, "num_classes": task.num_classes, "in_chans": task.in_chans, "classes": list(task.classes),
                 "input_shape": list(task.input_shape), "ema": self.ema is not None, **inference_meta(task),
-                "metrics": dict(record) if record else {}, "format": WEIGHTS_FORMAT}
+                "metrics": dict(record) if record else {}, "format": WEIGHTS_FORMAT,
+                **({"qat_backend": self.recipe.compress.qat_backend} if self.qat_example is not None else {})}
 
     def _finish(self, stop_reason: str) -> FitResult:
         final: dict[str, Any] = dict(self.history[-1]) if self.history else {"step": self.step}
@@ -962,11 +1013,17 @@ class _Trainer:
             final["best_epoch"] = self.best_epoch
         final.update({"epochs": self.epoch, "steps": self.step, "stop_reason": stop_reason,
                       "time_s": self.elapsed + self._session_time()})
+        if self.pruning is not None:
+            self.pruning.finish()  # the masks made permanent
+            final["sparsity"] = self.pruning.pruned / self.pruning.total
         model = self.ema.module if self.ema is not None else self.raw_model
         self.tracker.finish(model, self.task, to_dict(self.recipe), final, device=self.device)
-        if self.writes:
+        if self.writes:  # with compress.qat: the trained fake-quantized model's state (see docs/compression.md)
             save_weights(self.run_dir / "model.safetensors", model, self._weights_meta(final))
             atomic_write_json(self.run_dir / "result.json", final)
+        if self.qat_example is not None:
+            int8 = convert_qat(copy.deepcopy(model).cpu(), self.qat_example.cpu())
+            return FitResult(self.history, final, int8, self.run_dir, stop_reason, float_model=model)
         return FitResult(self.history, final, model, self.run_dir, stop_reason)
 
     def _overfit(self) -> FitResult:
@@ -1059,6 +1116,10 @@ def fit(model: nn.Module, task: Task, recipe: Recipe | Mapping[str, Any] | str |
     if resume and recipe.distill.hint_weight > 0:
         raise ConfigError("distill.hint_weight: a run with a FitNets hint cannot be resumed (the hint's regressor is "
                           "not checkpointed); start a new run")
+    if resume and (recipe.compress.qat or recipe.compress.prune_amounts):
+        key = "compress.qat" if recipe.compress.qat else "compress.prune_amounts"
+        raise ConfigError(f"{key}: a run that compresses while training cannot be resumed (the fake-quant "
+                          "graph and the pruning masks are not rebuilt from a checkpoint); start a new run")
     if resume and unlabelled is not None:
         raise ConfigError("resume: a run with unlabelled images cannot be resumed (the mean teacher, the domain "
                           "classifier and the unlabelled order are not checkpointed); start a new run")
