@@ -133,20 +133,10 @@ PLANNED: tuple[Tip, ...] = (
     planned("det.anchors-rpn", "Learned proposals on anchors (Faster R-CNN)",
             "A region proposal network on anchor boxes learns the proposals, so no hand-made heuristic is needed.",
             DET, LECTURE.at(1976, 1981, "Faster R-CNN"), "a region proposal network and a detection data set"),
-    planned("det.single-shot", "Single-shot detectors (SSD, YOLO)",
-            "A single network pass that predicts boxes and classes directly, without a proposal stage, detects "
-            "faster than two-stage detectors.",
-            DET, LECTURE.at(1997, 2003, "SSD / YOLO"), "a one-stage and a two-stage detector timed side by side"),
     planned("det.yolov2-tricks", "YOLOv2's bag of tricks",
             "Each of YOLOv2's additions (batch norm, high-resolution classifier, anchors, dimension priors, "
             "multi-scale training, ...) raised VOC2007 mAP, from 63.4 to 78.6 in total.",
             DET, LECTURE.at(2005, 2020, "YOLOv2 ablation table"), "a YOLO-style detector and a detection data set"),
-    planned("det.fpn", "Feature pyramid neck",
-            "A feature pyramid (a top-down path with lateral connections) lets a detector predict at several "
-            "scales from one backbone; it is the neck of modern detectors.",
-            DET, (LECTURE.at(1779, 1783, "FPN as a neck"), LECTURE.at(2022, 2034, "FPN and its variants"),
-                  LECTURE.at(1546, topic="feature pyramid = neck")),
-            "an FPN neck and small-object accuracy with and without it"),
     planned("det.centernet", "Objects as points (CenterNet)",
             "A detector can predict object centres as a keypoint heat-map plus an offset and a size per centre.",
             DET, LECTURE.at(2056, 2068, "CenterNet"), "a CenterNet-style head and a detection data set"),
