@@ -48,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
     limits = Limits(max_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels)
     app = create_app(args.runs, evidence_dir=args.evidence, limits=limits,
                      trusted_hosts=LOOPBACK if loopback else None)
-    server = ServerThread(app, host=args.host, port=args.port or None).start()
-    print(f"dltricks serve: {server.url}/  (runs: {args.runs}, evidence: {args.evidence}; Ctrl-C stops)",
-          file=sys.stderr, flush=True)
+    server = ServerThread(app, host=args.host, port=args.port or None)
+    # Ctrl-C may come at any moment once the thread runs, even before `start` returns: the server must be told
+    # to exit in every case, or its thread pool's worker threads (not daemons) keep the process alive.
     try:
+        server.start()
+        print(f"dltricks serve: {server.url}/  (runs: {args.runs}, evidence: {args.evidence}; Ctrl-C stops)",
+              file=sys.stderr, flush=True)
         server.thread.join()
     except KeyboardInterrupt:
         pass
