@@ -11,10 +11,8 @@ import torch
 
 from dltricks.config import from_dict
 from dltricks.data.cells import CellConfig, make_cell_instances
-from dltricks.data.detection import DetectionLoader
-from dltricks.tasks.base import EvalContext, Task, register_task
-from dltricks.tasks.detection.losses import DetectionLoss
-from dltricks.tasks.detection.mnist import detection_batch_metrics, evaluate_detection
+from dltricks.tasks.base import Task, register_task
+from dltricks.tasks.detection.mnist import detection_task
 
 __all__ = ["isbi2012_cells_task"]
 
@@ -31,16 +29,5 @@ def isbi2012_cells_task(*, batch_size: int, eval_batch_size: int | None = None,
     config = from_dict(CellConfig, {k: v for k, v in options.items() if k in {f.name for f in fields(CellConfig)}})
     train = make_cell_instances(data_dir, split="train", config=config)
     val = make_cell_instances(data_dir, split="val", config=config)
-    train_loader = DetectionLoader(train, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True, rank=rank,
-                                   world_size=world_size, device=device)
-    val_loader = DetectionLoader(val, batch_size=eval_batch_size or batch_size, rank=rank, world_size=world_size,
-                                 device=device)
-    loss = DetectionLoss(train.num_classes)
-
-    def evaluate(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
-        return evaluate_detection(model, val_loader, device=ctx.device, loss_fn=loss)
-
-    return Task(name="isbi2012-cells", train_loader=train_loader, val_loader=val_loader,
-                num_classes=train.num_classes, in_chans=1, loss=loss, batch_metrics=detection_batch_metrics,
-                evaluate=evaluate, classes=train.classes, input_shape=tuple(train.images.shape[1:]),
-                extra={"task_type": "detection", "config": asdict(config), "mean": train.mean, "std": train.std})
+    return detection_task("isbi2012-cells", train, val, asdict(config), batch_size=batch_size,
+                          eval_batch_size=eval_batch_size, seed=seed, rank=rank, world_size=world_size, device=device)

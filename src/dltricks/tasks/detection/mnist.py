@@ -74,6 +74,15 @@ def mnist_detection_task(*, batch_size: int, eval_batch_size: int | None = None,
     config.check()
     train = make_mnist_scenes(load_mnist_embedded("train"), config.train_scenes, split="train", config=config)
     val = make_mnist_scenes(load_mnist_embedded("val"), config.val_scenes, split="val", config=config)
+    return detection_task("mnist-detection", train, val, asdict(config), batch_size=batch_size,
+                          eval_batch_size=eval_batch_size, seed=seed, rank=rank, world_size=world_size, device=device)
+
+
+def detection_task(name: str, train: Any, val: Any, config: dict[str, Any], *, batch_size: int,
+                   eval_batch_size: int | None, seed: int, rank: int, world_size: int,
+                   device: str | torch.device) -> Task:
+    """The :class:`Task` of a detection data set: shuffled training batches (last partial batch dropped), the
+    validation loader, :class:`DetectionLoss`, and COCO evaluation (:func:`evaluate_detection`) every period."""
     train_loader = DetectionLoader(train, batch_size=batch_size, shuffle=True, seed=seed, drop_last=True, rank=rank,
                                    world_size=world_size, device=device)
     val_loader = DetectionLoader(val, batch_size=eval_batch_size or batch_size, rank=rank, world_size=world_size,
@@ -83,7 +92,7 @@ def mnist_detection_task(*, batch_size: int, eval_batch_size: int | None = None,
     def evaluate(model: torch.nn.Module, ctx: EvalContext) -> dict[str, float]:
         return evaluate_detection(model, val_loader, device=ctx.device, loss_fn=loss)
 
-    return Task(name="mnist-detection", train_loader=train_loader, val_loader=val_loader,
-                num_classes=train.num_classes, in_chans=1, loss=loss, batch_metrics=detection_batch_metrics,
-                evaluate=evaluate, classes=train.classes, input_shape=(1, config.canvas, config.canvas),
-                extra={"task_type": "detection", "config": asdict(config), "mean": train.mean, "std": train.std})
+    return Task(name=name, train_loader=train_loader, val_loader=val_loader, num_classes=train.num_classes,
+                in_chans=int(train.images.shape[1]), loss=loss, batch_metrics=detection_batch_metrics,
+                evaluate=evaluate, classes=train.classes, input_shape=tuple(train.images.shape[1:]),
+                extra={"task_type": "detection", "config": config, "mean": train.mean, "std": train.std})
