@@ -43,7 +43,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], Callable[[nn.Module, int], tuple[
     "sngp": ("sngp_mlp", {"num_classes": 4, "img_size": 16, "width": 16, "num_random_features": 32}, _image(1, 16, 16)),
     "lenet": ("lenet5", {"num_classes": 4}, _image(1, 28, 28)),
     "alexnet": ("alexnet", {"num_classes": 4}, _image(3, 67, 67)),
-    "vgg": ("vgg11_bn", {"num_classes": 4}, _image(3, 32, 32)),
+    "vgg": ("vgg16_bn_cifar", {"num_classes": 4}, _image(3, 32, 32)),  # the 15 M-parameter CIFAR VGG: same blocks
     "airbench": ("airbench_cifar", {"num_classes": 4, "widths": (8, 16, 16)}, _image(3, 32, 32)),
     "nas_cnn": ("nas_cnn", {"num_classes": 4, "widths": (8, 8, 16)}, _image(1, 16, 16)),
     "resnet": ("resnet20", {"num_classes": 4}, _image(3, 16, 16)),

@@ -236,8 +236,9 @@ class ServerThread:
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
+        # timeout_graceful_shutdown: open connections and tasks get 5 s after Ctrl-C, not forever (uvicorn's default).
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", access_log=False,
-                                lifespan="off")
+                                lifespan="off", timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="dltricks-serve", daemon=True)
 
