@@ -409,8 +409,11 @@ def test_serve_command_starts_on_loopback_and_stops(runs, tmp_path):
 
     assert main(["serve", "--runs", str(tmp_path / "missing")]) == 2
     port = free_port()
+    # A child inherits an ignored SIGINT from its parent, and Python then installs no KeyboardInterrupt handler:
+    # give the server the default disposition a user's shell gives it (suspected cause of the hang under xdist).
     process = subprocess.Popen([sys.executable, "-m", "dltricks.cli", "serve", "--runs", str(runs), "--port",
-                                str(port)], stderr=subprocess.PIPE, text=True)
+                                str(port)], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while True:
