@@ -54,12 +54,16 @@ def random_case(seed: int, images: int = 6) -> tuple[list, list]:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_coco_map_matches_pycocotools(seed: int) -> None:
+    """Our NumPy implementation against pycocotools called by hand; the default backend (pycocotools through
+    ``coco_evaluate``) gives the same numbers."""
     gt, preds = random_case(seed)
-    ours = coco_evaluate(preds, gt)
+    ours = coco_evaluate(preds, gt, backend="numpy")
+    default = coco_evaluate(preds, gt)
     ref = pycocotools_stats(gt, preds)
     names = ["map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"]
     for name, value in zip(names, ref[:6]):
         assert math.isclose(ours[name], value, abs_tol=1e-9), (name, ours[name], value)
+        assert default[name] == value, (name, default[name], value)
 
 
 def hand_case() -> tuple[list, list]:
@@ -79,12 +83,12 @@ def test_coco_map_of_a_case_worked_by_hand() -> None:
     ap_low = (51 * 1.0 + 50 * 2 / 3) / 101
     ap_high = 51 / 101
     expected = (3 * ap_low + 7 * ap_high) / 10
-    ours = coco_evaluate(preds, gt)
-    assert math.isclose(ours["map"], expected, abs_tol=1e-12)
-    assert math.isclose(ours["ap50"], ap_low, abs_tol=1e-12) and math.isclose(ours["ap75"], ap_high, abs_tol=1e-12)
-    assert ours["ap_medium"] == -1.0  # no object of 32^2-96^2 px
-    ref = pycocotools_stats(gt, preds)
-    assert math.isclose(ref[0], expected, abs_tol=1e-12)  # the maintained package agrees with the hand value
+    for backend in ("pycocotools", "numpy"):  # the maintained package (the default) and our own code
+        ours = coco_evaluate(preds, gt, backend=backend)
+        assert math.isclose(ours["map"], expected, abs_tol=1e-12), backend
+        assert math.isclose(ours["ap50"], ap_low, abs_tol=1e-12), backend
+        assert math.isclose(ours["ap75"], ap_high, abs_tol=1e-12), backend
+        assert ours["ap_medium"] == -1.0 and ours["images"] == 1  # no object of 32^2-96^2 px
 
 
 def test_voc_ap50_by_hand_and_perfect() -> None:
@@ -99,12 +103,18 @@ def test_voc_ap50_by_hand_and_perfect() -> None:
     assert voc_ap50(dup, gt) < 1.0
 
 
-def test_inputs_may_be_tensors_and_empty() -> None:
+@pytest.mark.parametrize("backend", ["pycocotools", "numpy"])
+def test_inputs_may_be_tensors_and_empty(backend: str) -> None:
     gt = [(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)), (torch.tensor([[1.0, 1, 5, 5]]), torch.tensor([2]))]
     preds = [(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))] * 2
-    result = coco_evaluate(preds, gt)
+    result = coco_evaluate(preds, gt, backend=backend)
     assert result["map"] == 0.0 and result["images"] == 2
-    assert coco_evaluate(preds, [gt[0], gt[0]])["map"] == -1.0  # no ground truth at all
+    assert coco_evaluate(preds, [gt[0], gt[0]], backend=backend)["map"] == -1.0  # no ground truth at all
+    # a detection only on the image without objects: a false positive, AP 0 for class 2
+    fp = [(torch.tensor([[1.0, 1, 5, 5]]), torch.tensor([0.9]), torch.tensor([2])), preds[1]]
+    assert coco_evaluate(fp, gt, backend=backend)["map"] == 0.0
+    with pytest.raises(ValueError, match="backend"):
+        coco_evaluate(preds, gt, backend="torchmetrics")
 
 
 def random_mask_case(seed: int, images: int = 5, size: int = 40) -> tuple[list, list]:
@@ -165,8 +175,10 @@ def test_coco_mask_ap_matches_pycocotools(seed: int) -> None:
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    ours = coco_evaluate(preds, gt, iou_type="segm")
+    ours = coco_evaluate(preds, gt, iou_type="segm", backend="numpy")
+    default = coco_evaluate(preds, gt, iou_type="segm")  # pycocotools through coco_evaluate
     for name, value in zip(["map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large"], evaluator.stats[:6]):
         assert math.isclose(ours[name], value, abs_tol=1e-9), (name, ours[name], value)
+        assert default[name] == value, (name, default[name], value)
     with pytest.raises(ValueError, match="one \\(H, W\\) mask per box"):
         coco_evaluate([(*preds[0][:3], preds[0][3][:0])] + preds[1:], gt, iou_type="segm")

@@ -55,6 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction, formatter: type) -> None:
                    help="classify one image file instead of evaluating a data set: the top-5 classes with their "
                         "probabilities, as the playground of `dltricks serve` shows them; default: none")
     _add_segmentation_args(p)
+    g = p.add_argument_group("detection")
+    g.add_argument("--draw", default=None, metavar="FILE",
+                   help="draw the predictions (solid, by class, with scores) and ground-truth boxes (dashed green) "
+                        "of the first --draw-images images of the split on them, into FILE (PNG); default: none")
+    g.add_argument("--draw-images", type=int, default=8, metavar="N", help="images in the --draw figure (default 8)")
+    g.add_argument("--draw-score", type=float, default=0.3, metavar="S",
+                   help="draw predictions scoring at least S (default 0.3)")
     add_uncertainty_args(p)
     p.set_defaults(func=run)
 
@@ -292,9 +299,16 @@ def _run_detection_eval(args: argparse.Namespace, model: Any, task: Any, *, chec
         loader = DetectionLoader(train.dataset, batch_size=train.batch_size, device=device)
     if loader is None:
         raise DataError(f"data set {task.name} has no validation split; use --split train")
+    draw = getattr(args, "draw", None)
+    if draw is not None and getattr(args, "draw_images", 8) < 1:
+        raise DataError(f"--draw-images must be >= 1, got {args.draw_images}")
     metrics = evaluate_detection(model, loader, device=device, loss_fn=task.loss)
     report = {"checkpoint": str(checkpoint), "model": model_name, "data": task.name,
               "data_options": dict(data_options or {}), "split": split, **metrics}
+    if draw is not None:
+        report["drawing"] = str(_draw_detections(model, loader, task, draw, images=args.draw_images,
+                                                 score_thresh=args.draw_score, device=device,
+                                                 title=f"{model_name} on {task.name} ({split})"))
     if getattr(args, "json", False):
         print(json_text(report))
         return 0
@@ -305,7 +319,35 @@ def _run_detection_eval(args: argparse.Namespace, model: Any, task: Any, *, chec
     print_table([Column("metric", number=False), Column("value")],
                 [[label, f"{metrics[key]:.4f}"] for key, label in names.items() if key in metrics],
                 title="detection, COCO protocol")
+    if "drawing" in report:
+        print(f"predictions drawn on {min(args.draw_images, int(metrics['images']))} images: {report['drawing']}")
     return 0
+
+
+def _draw_detections(model: Any, loader: Any, task: Any, path: str, *, images: int, score_thresh: float,
+                     device: Any, title: str) -> Path:
+    """The first ``images`` images of ``loader`` with their predictions and ground truth, drawn into ``path``."""
+    import torch
+
+    from dltricks.data.detection import split_batch
+    from dltricks.tasks.detection.draw import draw_detections
+    from dltricks.tasks.detection.losses import split_targets
+
+    model.eval()
+    xs, predictions, truth = [], [], []
+    with torch.no_grad():
+        for x, y in loader.iter_epoch(0):
+            x = x[:images - len(xs)]
+            targets = split_batch(y)[0][:len(x)]
+            predictions += [tuple(t.cpu() for t in det)
+                            for det in model.predict(x.to(device), score_thresh=score_thresh)]
+            truth += [(b.cpu(), lab.cpu()) for b, lab in split_targets(targets)]
+            xs += list(x.cpu())
+            if len(xs) >= images:
+                break
+    classes = tuple(task.classes) or None
+    return draw_detections(torch.stack(xs), predictions, truth, path, classes=classes, score_thresh=score_thresh,
+                           title=title)
 
 
 def _run_segmentation_eval(args: argparse.Namespace, model: Any, task: Any, *, checkpoint: str | Path,

@@ -118,10 +118,6 @@ PLANNED: tuple[Tip, ...] = (
             SEG, (LECTURE.at(1633, 1635, "two ways to upsample"), LECTURE.at(1817, 1839, "pooling mask, unpooling")),
             "an exact check of nn.MaxUnpool2d against the lecture's worked 4x4 example"),
     # ------------------------------------------------------------------------------------------ object detection
-    planned("det.sliding-window", "Sliding-window CNN detector",
-            "A CNN applied at every location of the image (OverFeat) classifies each window and regresses a shift "
-            "of its box.",
-            DET, LECTURE.at(1939, 1948, "sliding-window detector"), "a detection data set and a box-regression head"),
     planned("det.region-proposals", "Region proposals (R-CNN)",
             "Classifying only the regions a heuristic proposes (selective search) looks at far fewer windows than "
             "a sliding window, but one CNN pass per proposal is still slow.",

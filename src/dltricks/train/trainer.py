@@ -593,7 +593,9 @@ class _Trainer:
         context = self.model.no_sync() if (self.dist.enabled and not sync) else contextlib.nullcontext()
         with context:
             with self.precision.autocast():
-                out = _call(self.model, x)
+                # A model that samples its training inputs from the targets (sliding-window detection) gets them.
+                out = (self.model(x, targets=y) if getattr(self.raw_model, "takes_targets", False)
+                       else _call(self.model, x))
                 loss = self.task.loss(out, y, label_smoothing=self.label_smoothing)
                 if self.teacher is not None:
                     loss = self._distill(x, out, loss, position)

@@ -89,6 +89,18 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, *, score_thresh
     return det_boxes[kept], det_scores[kept], labels[kept]
 
 
+def sample_balanced(positive: torch.Tensor, negative: torch.Tensor, *, num: int,
+                    positive_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random indices of at most ``num * positive_fraction`` positives and enough negatives to make ``num``
+    (the minibatch sampler of Faster R-CNN), from boolean masks ``(N,)``."""
+    pos, neg = positive.nonzero().squeeze(1), negative.nonzero().squeeze(1)
+    n_pos = min(len(pos), int(num * positive_fraction))
+    n_neg = min(len(neg), num - n_pos)
+    pos = pos[torch.randperm(len(pos), device=pos.device)[:n_pos]]
+    neg = neg[torch.randperm(len(neg), device=neg.device)[:n_neg]]
+    return pos, neg
+
+
 class DenseDetector(nn.Module):
     """Backbone + :class:`FeaturePyramid` + a head (set by subclasses). Subclasses define ``head`` and
     ``forward_head(pyramid, image_size) -> dict``, and ``decode(output) -> (boxes (B, N, 4), scores (B, N, K))``.

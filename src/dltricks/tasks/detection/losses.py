@@ -36,6 +36,12 @@ per-pixel BCE of the matched class's ``28 x 28`` mask logits on the sampled fore
 :func:`mask_targets` (the ground-truth mask cut out at the proposal by RoIAlign, thresholded at 0.5). Its
 targets are ``(targets, instances)``; :class:`DetectionLoss` gives the other objectives the boxes alone.
 
+**Sliding windows** (:class:`SlidingWindowLoss`, :func:`label_windows`): a window with IoU >= 0.5 to a box
+takes its class, every other one is background; among the windows the model classified (in training, the
+sample of :meth:`SlidingWindow.sample_windows`) at most 128 per image are taken, at most a quarter foreground,
+and the loss is their mean cross-entropy plus the smooth-L1 loss (beta 1/9) of the foreground windows'
+class-agnostic deltas (weights ``(10, 10, 5, 5)``), both divided by the number taken.
+
 **YOLO** (:class:`YOLOLoss`, :func:`assign_yolo`) and **DETR** (:class:`DETRLoss`, the Hungarian loss): the
 equations are in :mod:`dltricks.models.detection.yolo` and :mod:`dltricks.models.detection.detr`.
 """
@@ -51,13 +57,15 @@ import torch.nn.functional as F
 from dltricks.data.detection import split_batch
 from dltricks.layers.boxes import box_area, box_convert, box_iou, encode_boxes, generalized_box_iou
 from dltricks.layers.roi import roi_align
+from dltricks.models.detection.base import sample_balanced
 from dltricks.models.detection.faster_rcnn import ROI_BOX_WEIGHTS
+from dltricks.models.detection.sliding_window import label_windows
 from dltricks.models.detection.yolo import decode_yolo
 from dltricks.tasks.detection.matching import hungarian_cost, hungarian_match
 
 __all__ = ["sigmoid_focal_loss", "match_anchors", "assign_points", "RetinaNetLoss", "FCOSLoss", "FasterRCNNLoss",
            "DETRLoss", "YOLOLoss", "assign_yolo", "DetectionLoss", "split_targets", "check_targets", "sample_balanced",
-           "MaskRCNNLoss", "mask_targets"]
+           "MaskRCNNLoss", "mask_targets", "SlidingWindowLoss", "label_windows"]
 
 
 
@@ -235,18 +243,6 @@ class FCOSLoss:
             box_loss = ctr_loss = (ltrb.sum() + centerness.sum()) * 0.0
         self.last = {"cls": float(cls_loss.detach()), "box": float(box_loss.detach()), "ctr": float(ctr_loss.detach())}
         return cls_loss + box_loss + ctr_loss
-
-
-def sample_balanced(positive: torch.Tensor, negative: torch.Tensor, *, num: int,
-                    positive_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random indices of at most ``num * positive_fraction`` positives and enough negatives to make ``num``
-    (the minibatch sampler of Faster R-CNN), from boolean masks ``(N,)``."""
-    pos, neg = positive.nonzero().squeeze(1), negative.nonzero().squeeze(1)
-    n_pos = min(len(pos), int(num * positive_fraction))
-    n_neg = min(len(neg), num - n_pos)
-    pos = pos[torch.randperm(len(pos), device=pos.device)[:n_pos]]
-    neg = neg[torch.randperm(len(neg), device=neg.device)[:n_neg]]
-    return pos, neg
 
 
 class FasterRCNNLoss:
@@ -450,6 +446,39 @@ class YOLOLoss:
         return self.coord_weight * box_loss + obj_loss + cls_loss
 
 
+class SlidingWindowLoss:
+    """The objective of :mod:`dltricks.models.detection.sliding_window` (see the module docstring);
+    :attr:`last` keeps the two terms."""
+
+    def __init__(self, num_classes: int, *, batch: int = 128, fg_fraction: float = 0.25, beta: float = 1 / 9) -> None:
+        self.num_classes, self.batch, self.fg_fraction, self.beta = num_classes, batch, fg_fraction, beta
+        self.last: dict[str, float] = {}
+
+    def __call__(self, output: dict[str, torch.Tensor], targets: torch.Tensor, **_: object) -> torch.Tensor:
+        check_targets(targets, self.num_classes)
+        logits = torch.cat([output["logits"], output["background_logits"]], dim=-1).float()  # (B, N, K + 1)
+        windows = output["windows"].float()  # (B, N, 4): the windows each image's logits refer to
+        deltas = output.get("window_deltas")
+        K = self.num_classes
+        cls_terms, box_terms, sampled = [logits.sum() * 0.0], [], 0
+        for i, (boxes, labels) in enumerate(split_targets(targets)):
+            classes, best, _ = label_windows(windows[i], boxes, labels, K)
+            pos, neg = sample_balanced((classes >= 0) & (classes < K), classes == K, num=self.batch,
+                                       positive_fraction=self.fg_fraction)
+            index = torch.cat([pos, neg])
+            cls_terms.append(F.cross_entropy(logits[i, index], classes[index], reduction="sum"))
+            if deltas is not None and len(pos):
+                target = encode_boxes(boxes[best[pos]], windows[i, pos], ROI_BOX_WEIGHTS)
+                box_terms.append(F.smooth_l1_loss(deltas[i, pos].float(), target, beta=self.beta, reduction="sum"))
+            sampled += len(index)
+        norm = max(sampled, 1)
+        cls = torch.stack(cls_terms).sum() / norm
+        box = (torch.stack(box_terms).sum() / norm if box_terms
+               else (deltas.sum() * 0.0 if deltas is not None else cls * 0.0))
+        self.last = {"cls": float(cls.detach()), "box": float(box.detach())}
+        return cls + box
+
+
 def mask_targets(masks: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Mask R-CNN's targets: ``masks (n, H, W)`` (0/1) cut out at ``boxes (n, 4)`` by RoIAlign (2 x 2 samples
     per cell, ``aligned``) to ``size x size`` and thresholded at 0.5 -> ``(n, size, size)`` float 0/1."""
@@ -493,8 +522,8 @@ class MaskRCNNLoss(FasterRCNNLoss):
 class DetectionLoss:
     """The objective of a detection task: :class:`RetinaNetLoss` for an output with ``anchors``,
     :class:`FCOSLoss` for one with ``points``, :class:`FasterRCNNLoss` for one with ``proposals``,
-    :class:`YOLOLoss` for one with ``objectness``, :class:`DETRLoss` for one with ``no_object_logits`` (one task
-    serves every family)."""
+    :class:`YOLOLoss` for one with ``objectness``, :class:`DETRLoss` for one with ``no_object_logits``,
+    :class:`SlidingWindowLoss` for one with ``windows`` (one task serves every family)."""
 
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -504,6 +533,7 @@ class DetectionLoss:
         self.mask_rcnn = MaskRCNNLoss(num_classes)
         self.yolo = YOLOLoss(num_classes)
         self.detr = DETRLoss(num_classes)
+        self.sliding_window = SlidingWindowLoss(num_classes)
 
     def __call__(self, output: dict[str, torch.Tensor], targets: torch.Tensor, **_: object) -> torch.Tensor:
         if not isinstance(output, dict):
@@ -522,6 +552,8 @@ class DetectionLoss:
             return self.yolo(output, targets)
         if "no_object_logits" in output:
             return self.detr(output, targets)
+        if "windows" in output:
+            return self.sliding_window(output, targets)
         raise ValueError(f"detector output has keys {sorted(output)}; expected 'anchors' (RetinaNet), "
-                         "'points' (FCOS), 'proposals' (Faster R-CNN), 'objectness' (YOLO) or "
-                         "'no_object_logits' (DETR)")
+                         "'points' (FCOS), 'proposals' (Faster R-CNN), 'objectness' (YOLO), "
+                         "'no_object_logits' (DETR) or 'windows' (sliding windows)")

@@ -174,12 +174,73 @@ def _by_class(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTr
     return sorted(classes), dets, gts
 
 
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils
+
+    r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": r["size"], "counts": r["counts"].decode("ascii")}
+
+
+def _pycocotools_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
+                          max_detections: int, iou_type: IouType) -> dict[str, float] | None:
+    """The six COCO numbers from ``pycocotools``' ``COCOeval`` (None when there is no detection at all, which
+    ``loadRes`` refuses)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    dataset, results = to_coco_dicts([g[:2] for g in ground_truth], [p[:3] for p in predictions])
+    if not results:
+        return None
+    if iou_type == "segm":  # masks as RLE, the mask's pixel count as the area
+        masks = [_flat_masks(g[2], len(_np(g[1]).reshape(-1)), "ground-truth", i) for i, g in enumerate(ground_truth)]
+        shapes = [np.asarray(g[2]).shape[-2:] for g in ground_truth]
+        annotations = iter(dataset["annotations"])
+        for image, (m, shape) in enumerate(zip(masks, shapes)):
+            dataset["images"][image].update(height=int(shape[0]), width=int(shape[1]))
+            for row in m:
+                a = next(annotations)
+                a["segmentation"], a["area"] = _rle(row.reshape(shape)), float(row.sum())
+        flat = iter(results)
+        for i, p in enumerate(predictions):
+            shape = np.asarray(p[3]).shape[-2:]
+            for row in _flat_masks(p[3], len(_np(p[1]).reshape(-1)), "predicted", i):
+                next(flat)["segmentation"] = _rle(row.reshape(shape))
+        for r in results:
+            r.pop("bbox")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and the table
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iou_type)
+        evaluator.params.imgIds = [im["id"] for im in dataset["images"]]
+        evaluator.params.maxDets = [1, 10, max_detections]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    names = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+    return {**{n: float(v) for n, v in zip(names, evaluator.stats[:6])}, "images": float(len(ground_truth))}
+
+
 def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
-                  max_detections: int = 100, iou_type: IouType = "bbox") -> dict[str, float]:
+                  max_detections: int = 100, iou_type: IouType = "bbox",
+                  backend: Literal["pycocotools", "numpy"] = "pycocotools") -> dict[str, float]:
     """COCO box AP (or mask AP with ``iou_type="segm"``, module docstring): ``map`` (AP@[.5:.95]), ``ap50``,
     ``ap75``, ``ap_small``, ``ap_medium``, ``ap_large`` (``-1`` where no class has ground truth in that range,
-    as ``pycocotools`` prints), and ``images``."""
-    classes, dets, gts = _by_class(predictions, ground_truth, iou_type)
+    as ``pycocotools`` prints), and ``images``.
+
+    ``backend="pycocotools"`` (the default) computes them with the maintained reference, ``COCOeval``;
+    ``"numpy"`` with this module's implementation of the same rules (no pycocotools needed; equal to 1e-9 in
+    ``tests/test_det_metrics.py``, and about 3x faster on the 500 validation scenes)."""
+    if backend not in ("pycocotools", "numpy"):
+        raise ValueError(f"backend must be 'pycocotools' or 'numpy', got {backend!r}")
+    classes, dets, gts = _by_class(predictions, ground_truth, iou_type)  # also checks every box and mask
+    if backend == "pycocotools":
+        result = _pycocotools_evaluate(predictions, ground_truth, max_detections=max_detections, iou_type=iou_type)
+        if result is not None:
+            return result
     width = next((r.shape[1] for g in gts for r in g.values()), 4)  # 4 (boxes) or H W (masks)
     empty4, empty = np.zeros((0, width), dtype=bool if iou_type == "segm" else np.float64), np.zeros(0)
     # precision[area][t, r, k]; -1 where class k has no ground truth in range.
