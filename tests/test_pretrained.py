@@ -26,7 +26,7 @@ needs_fixtures = pytest.mark.skipif(not (FIXTURES / "key_manifests.json").is_fil
 WEIGHTS = {"resnet18": "resnet18", "mobilenetv2_100": "mobilenet_v2",
            "vit_tiny_patch16_224": "vit_tiny_patch16_224", "mambaout_femto": "mambaout_femto"}
 # Reference architectures whose names we do not map yet: loading them must fail with a clear error.
-NOT_MAPPED = {"timm:legacy_xception", "tv:efficientnet_b0", "tv:efficientnet_v2_s"}
+NOT_MAPPED: set[str] = set()
 
 
 def _manifests() -> dict:

@@ -185,6 +185,82 @@ def _timm_mobilenetv2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
                         (r"^classifier\.", "classifier.1.")])(state)
 
 
+# torchvision's EfficientNets number everything: ``features.0`` is the stem, ``features.S.B.block.I`` is child I
+# of block B of stage S (a Conv-BN-act as ``I.0``/``I.1``, or the squeeze-excitation as ``I.fc1``/``I.fc2``), the
+# last ``features.N`` is the 1x1 head conv and ``classifier.1`` the Linear after the Dropout. A block's kind
+# follows from how many Conv-BN children it has and whether it has an SE; our module names in forward order:
+_TV_BLOCK_KINDS: dict[tuple[int, bool], list[str]] = {
+    (1, False): ["conv_exp"],  # FusedMBConv without expansion (EfficientNetV2's first stage)
+    (2, False): ["conv_exp", "conv_pwl"],  # FusedMBConv
+    (2, True): ["conv_dw", "conv_pwl"],  # MBConv without expansion (depthwise-separable + SE)
+    (3, True): ["conv_pw", "conv_dw", "conv_pwl"],  # MBConv
+}
+_TV_BLOCK_KEY = re.compile(r"^features\.(\d+)\.(\d+)\.block\.(\d+)\.(.+)$")
+_TV_LAYER_KEY = re.compile(r"^features\.(\d+)\.([01])\.(.+)$")
+
+
+def _torchvision_efficientnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    children: dict[tuple[int, int], dict[int, bool]] = {}  # block -> {child index: is the SE}
+    for key in state:
+        m = _TV_BLOCK_KEY.match(key)
+        if m:
+            children.setdefault((int(m[1]), int(m[2])), {})[int(m[3])] = m[4].startswith("fc")
+    names: dict[tuple[int, int], dict[int, str]] = {}
+    for block, kids in children.items():
+        convs = sorted(i for i, is_se in kids.items() if not is_se)
+        kind = (len(convs), len(convs) < len(kids))
+        if kind not in _TV_BLOCK_KINDS:
+            raise ModelError(f"torchvision block features.{block[0]}.{block[1]} with {kind[0]} convolutions "
+                             f"{'and' if kind[1] else 'without'} squeeze-excitation is not a known EfficientNet block")
+        names[block] = dict(zip(convs, _TV_BLOCK_KINDS[kind])) | {i: "se" for i, is_se in kids.items() if is_se}
+    last = max((int(m[1]) for m in map(_TV_LAYER_KEY.match, state) if m and not _TV_BLOCK_KEY.match(m[0])),
+               default=-1)
+    out = {}
+    for key, value in state.items():
+        m = _TV_BLOCK_KEY.match(key)
+        if m:
+            stage, block, part = int(m[1]), int(m[2]), names[int(m[1]), int(m[2])][int(m[3])]
+            rest = m[4] if part == "se" else {"0": "conv", "1": "norm"}[m[4][0]] + m[4][1:]
+            key = f"blocks.{stage - 1}.{block}.{part}.{rest}"
+        elif (m := _TV_LAYER_KEY.match(key)) and int(m[1]) in (0, last):
+            key = f"{'stem' if m[1] == '0' else 'conv_head'}.{'conv' if m[2] == '0' else 'norm'}.{m[3]}"
+        elif key.startswith("classifier.1."):
+            key = "classifier." + key[len("classifier.1."):]
+        out[key] = value
+    return out
+
+
+# timm's legacy Xception numbers its modules block1..block12 (three entry, eight middle, one exit module) and
+# calls the separable conv's halves ``conv1``/``pointwise``; its ``rep`` Sequential has our ``main``'s layout
+# (ReLU, SepConv, BN, ..., MaxPool) index for index, and ``skip``/``skipbn`` are our shortcut's conv and BN.
+_XCEPTION_ENTRY = 3
+
+
+def _timm_xception(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    blocks = sorted({int(m[1]) for m in map(re.compile(r"^block(\d+)\.").match, state) if m})
+    exit_block = blocks[-1] if blocks else 0
+
+    def flow(n: int) -> str:
+        if n <= _XCEPTION_ENTRY:
+            return f"entry.{n - 1}"
+        return "exit.0" if n == exit_block else f"middle.{n - _XCEPTION_ENTRY - 1}"
+
+    renamed = {}
+    for key, value in state.items():
+        m = re.match(r"^block(\d+)\.(.+)$", key)
+        renamed[f"{flow(int(m[1]))}.{m[2]}" if m else key] = value
+    return _substitute([
+        (r"^conv1\.", "stem.0."), (r"^bn1\.", "stem.1."), (r"^conv2\.", "stem.3."), (r"^bn2\.", "stem.4."),
+        (r"^(entry|middle|exit)\.(\d+)\.skip\.", r"\1.\2.shortcut.0."),
+        (r"^(entry|middle|exit)\.(\d+)\.skipbn\.", r"\1.\2.shortcut.1."),
+        (r"^(entry|middle|exit)\.(\d+)\.rep\.(\d+)\.conv1\.", r"\1.\2.main.\3.conv_dw."),
+        (r"^(entry|middle|exit)\.(\d+)\.rep\.(\d+)\.pointwise\.", r"\1.\2.main.\3.conv_pw."),
+        (r"^(entry|middle|exit)\.(\d+)\.rep\.", r"\1.\2.main."),
+        (r"^conv3\.conv1\.", "exit.1.conv_dw."), (r"^conv3\.pointwise\.", "exit.1.conv_pw."), (r"^bn3\.", "exit.2."),
+        (r"^conv4\.conv1\.", "exit.4.conv_dw."), (r"^conv4\.pointwise\.", "exit.4.conv_pw."), (r"^bn4\.", "exit.5."),
+    ])(renamed)
+
+
 KEY_RULES: dict[str, dict[str, Rules]] = {
     # family -> {reference format -> rules}; "identity" is always tried too.
     "resnet": {"timm": _substitute([(r"^(layer\d+\.\d+)\.se\.", r"\1.attn.")])},
@@ -197,8 +273,9 @@ KEY_RULES: dict[str, dict[str, Rules]] = {
         (r"^layers\.(\d+)\.(blocks\.\d+\.attn)\.relative_position_bias_table",
          r"stages.\1.\2.rel_pos.relative_position_bias_table"),
         (r"^layers\.", "stages."), (r"^head\.fc\.", "head.")])},
-    "efficientnet": {"timm": _timm_efficientnet},
+    "efficientnet": {"timm": _timm_efficientnet, "torchvision": _torchvision_efficientnet},
     "mobilenet": {"timm": _timm_mobilenetv2},
+    "xception": {"timm": _timm_xception},
 }
 
 
