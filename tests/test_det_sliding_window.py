@@ -172,3 +172,20 @@ def test_draw_detections_writes_boxes_of_both_kinds(tmp_path, monkeypatch: pytes
     plot = plot_ap_latency([{"label": "a", "latency": [1.0, 1.2], "ap": [0.3, 0.32]},
                             {"label": "b", "latency": [9.0], "ap": [0.1]}], tmp_path / "p.png")
     assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluation_in_chunks_gives_the_same_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without gradients the windows are classified a few images at a time (memory); the outputs are those of
+    one pass over the batch."""
+    torch.manual_seed(0)
+    model = create_model("sliding_window_tiny").eval()
+    x = torch.rand(5, 1, 64, 64)
+    with torch.no_grad():
+        chunked = model(x)
+    with torch.enable_grad():
+        whole = model(x)  # eval mode, gradients on: one pass
+    for key in ("logits", "background_logits", "window_deltas"):
+        torch.testing.assert_close(chunked[key], whole[key].detach(), atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(SlidingWindow, "eval_windows", 1)  # one image per chunk
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)["logits"], chunked["logits"], atol=1e-5, rtol=1e-5)

@@ -115,6 +115,8 @@ class SlidingWindow(nn.Module):
 
     #: ``fit`` calls ``model(x, targets=y)`` in training steps (the window sampling needs the boxes).
     takes_targets = True
+    #: without gradients, windows classified at once (whole images; bounds the memory of a large batch)
+    eval_windows = 8192
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 1, window_sizes: Sequence[int] = (16, 20, 24, 28),
                  aspect_ratios: Sequence[float] = (0.4, 0.7, 1.0), window_stride: int = 4, crop: int = 16,
@@ -196,9 +198,12 @@ class SlidingWindow(nn.Module):
         else:
             windows = windows[None].expand(B, -1, -1)  # (B, N, 4)
         N = windows.shape[1]
-        crops = roi_align_batched(x, windows.to(x.dtype), self.crop,
-                                  spatial_scale=1.0, sampling_ratio=2)  # (B, N, C, crop, crop)
-        hidden = self.features(crops.flatten(0, 1))  # (B N, c3)
+        # Without gradients (evaluation, predict) a few images at a time: the activations of every window of a
+        # batch of 500 scenes would take about 15 GB (dltricks eval's default batch was killed for memory).
+        step = B if torch.is_grad_enabled() else max(1, self.eval_windows // max(N, 1))
+        hidden = torch.cat([self.features(roi_align_batched(x[i:i + step], windows[i:i + step].to(x.dtype), self.crop,
+                                                            spatial_scale=1.0, sampling_ratio=2).flatten(0, 1))
+                            for i in range(0, B, step)])  # (B N, hidden); crops (b, N, C, crop, crop) per chunk
         logits = self.cls_out(hidden).view(B, N, self.num_classes + 1)  # background last
         out = {"windows": windows, "logits": logits[..., :-1],
                "background_logits": logits[..., -1:]}

@@ -1,7 +1,9 @@
 """Detection metrics: COCO mAP@[.5:.95] (with AP50, AP75 and AP by object size) and PASCAL VOC AP@0.5.
 
-**COCO** (Lin et al., "Microsoft COCO", ECCV 2014; the rules of ``pycocotools``' ``COCOeval``, which
-``tests/test_det_metrics.py`` runs on the same random predictions and matches to 1e-9). Per image and class,
+**COCO** (Lin et al., "Microsoft COCO", ECCV 2014). ``coco_evaluate`` calls the maintained reference,
+``pycocotools``' ``COCOeval``, by default; ``backend="numpy"`` runs this module's implementation of the same
+rules, which ``tests/test_det_metrics.py`` matches to ``COCOeval`` to 1e-9 on random predictions and both match
+a case worked out by hand. Per image and class,
 the 100 highest-scoring detections are matched greedily in score order, each to the unmatched ground-truth
 box of highest IoU at or above the threshold ``t``. Per class, the detections of all images are sorted by
 score and give a precision/recall curve; precision is made non-increasing (the best precision at any higher
@@ -233,7 +235,7 @@ def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[Grou
 
     ``backend="pycocotools"`` (the default) computes them with the maintained reference, ``COCOeval``;
     ``"numpy"`` with this module's implementation of the same rules (no pycocotools needed; equal to 1e-9 in
-    ``tests/test_det_metrics.py``, and about 3x faster on the 500 validation scenes)."""
+    ``tests/test_det_metrics.py``; 1.3 s against 2.1 s of CPU for 500 images of 100 detections each)."""
     if backend not in ("pycocotools", "numpy"):
         raise ValueError(f"backend must be 'pycocotools' or 'numpy', got {backend!r}")
     classes, dets, gts = _by_class(predictions, ground_truth, iou_type)  # also checks every box and mask
