@@ -207,3 +207,26 @@ def test_peak_memory_inference_and_train() -> None:
     assert peak_memory(model, (x,), mode="inference").peak_bytes == infer.peak_bytes
     # Twice the batch: more activation memory, same parameters.
     assert peak_memory(model, (torch.randn(16, 3, 32, 32),), mode="train").extra_bytes > train.extra_bytes
+
+
+def test_param_count_as_a_dict() -> None:
+    """Every field under its name, frozen = total - trainable (the keys are read by reports and --json)."""
+    from dltricks.measure.params import ParamCount
+
+    count = ParamCount(total=10, trainable=7, param_bytes=40, buffers=3, buffer_bytes=24)
+    assert count.to_dict() == {"total": 10, "trainable": 7, "frozen": 3, "param_bytes": 40, "buffers": 3,
+                               "buffer_bytes": 24}
+
+
+@pytest.mark.parametrize("n, unit, text", [
+    (25_557_032, "", "25.56 M"), (4.09e9, "", "4.09 G"), (2.5e12, "MACs", "2.50 TMACs"), (1e12, "", "1.00 T"),
+    (999_999_999_999, "", "1000.00 G"), (1e9, "", "1.00 G"), (999_999_999, "", "1000.00 M"), (1e6, "B", "1.00 MB"),
+    (999_999, "", "1000.00 k"), (1000, "", "1.00 k"), (999, "", "999"), (999, "B", "999 B"), (0, "", "0"),
+    (-2e6, "", "-2.00 M"), (12.5, "", "12.5"), (12.5, "ms", "12.5 ms"), (0.0123456, "", "0.0123"),
+])
+def test_format_count_at_every_threshold(n: float, unit: str, text: str) -> None:
+    from dltricks.measure.params import format_count
+
+    assert format_count(n, unit) == text
+    if not unit:
+        assert format_count(n) == text  # the default unit is none

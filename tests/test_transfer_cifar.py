@@ -20,6 +20,8 @@ def _cifar_available() -> bool:
 
 
 needs_cifar = pytest.mark.skipif(not _cifar_available(), reason="CIFAR-10 is not in the data folders")
+# The worker that decodes the CIFAR-10 zip once for the other tests (its cache serves these too).
+pytestmark = pytest.mark.xdist_group("cifar10-zip")
 
 
 @needs_cifar
