@@ -230,3 +230,43 @@ def test_format_count_at_every_threshold(n: float, unit: str, text: str) -> None
     assert format_count(n, unit) == text
     if not unit:
         assert format_count(n) == text  # the default unit is none
+
+
+class _TwoOutputs(nn.Module):
+    """A linear layer whose output comes back as a tuple, a dict or (for a bad model) a string."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0):
+        y = self.fc(x) * scale
+        if self.kind == "tuple":
+            return y, (y * 2, [y])
+        if self.kind == "dict":
+            return {"a": y, "b": {"c": y}}
+        return "not a tensor"
+
+
+def test_flop_count_by_module_kwargs_backward_and_its_dict() -> None:
+    """The counts of a (4 -> 3) linear layer on a batch of 2: 2 * 2 * 4 * 3 = 48 FLOPs forward; the module
+    breakdown names the root "" and the child; keyword arguments reach the model; backward=True reduces tuple
+    and dict outputs (nested) and adds the weight gradient's matrix product (48 FLOPs; the input needs no
+    gradient)."""
+    from dltricks.measure.flops import FlopCount, count_flops, image_input
+
+    x = torch.randn(2, 4)
+    for kind in ("tuple", "dict"):
+        model = _TwoOutputs(kind)
+        forward = count_flops(model, x, scale=3.0)
+        assert forward.flops == 48 and forward.macs == 24 and forward.by_op == {"addmm": 48}
+        assert forward.by_module == {"": 48, "fc": 48}
+        both = count_flops(model, x, backward=True, scale=3.0)
+        assert both.flops == 96 and both.by_op == {"addmm": 48, "mm": 48} and both.by_module == {"": 96, "fc": 96}
+    with pytest.raises(TypeError, match="cannot reduce a model output of type str"):
+        count_flops(_TwoOutputs("str"), x, backward=True)
+    assert FlopCount(flops=10, by_op={"mm": 10}).to_dict() == {"flops": 10, "macs": 5, "by_op": {"mm": 10}}
+    batch = image_input((3, 8, 5), batch=4, dtype=torch.float64)
+    assert batch.shape == (4, 3, 8, 5) and batch.dtype == torch.float64 and batch.device.type == "cpu"
+    assert image_input((1, 2, 2)).shape == (1, 1, 2, 2) and image_input((1, 2, 2)).dtype == torch.float32

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltricks.errors import ConfigError
+from dltricks.errors import ConfigError, DataError
 from dltricks.layers.grad_reverse import GradientReversal, dann_lambda, grad_reverse
 from dltricks.measure.calibration import negative_log_likelihood
 from dltricks.measure.uncertainty import (accuracy_coverage, auroc, check_ensemble, ensemble_probs, fit_temperature,
@@ -254,3 +254,46 @@ def test_eval_uncertainty_model_and_member_mismatch_exit_2(two_runs, odd_runs, c
         err = capsys.readouterr().err.strip().splitlines()
         errors = [line for line in err if "error" in line]  # an info line may come first
         assert len(errors) == 1 and message in err[-1] and err[-1].startswith("dltricks eval: error:"), err
+
+
+def test_mnist_rgb_is_the_digits_padded_on_three_channels() -> None:
+    from dltricks.data.mnist import load_mnist_embedded
+    from dltricks.data.shift import mnist_rgb
+
+    ood = mnist_rgb(50)
+    digits = load_mnist_embedded("val").images[:50]
+    assert ood.images.shape == (50, 3, 32, 32) and ood.images.dtype == torch.uint8
+    assert torch.equal(ood.images[:, :, 2:30, 2:30], digits.expand(-1, 3, -1, -1))  # each channel the digit
+    border = ood.images.clone()
+    border[:, :, 2:30, 2:30] = 0
+    assert int(border.sum()) == 0  # a black 2 px frame
+    with pytest.raises(DataError, match="cannot take"):
+        mnist_rgb(0)
+
+
+@pytest.mark.slow
+def test_a_cifar_shaped_run_gets_mnist_as_its_ood_set(tmp_path, capsys) -> None:
+    """A model of 3x32x32 inputs is scored against MNIST digits by default; the 28x28 grey sets are refused."""
+    import json
+
+    from PIL import Image
+
+    from dltricks.cli import main
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in ("sky", "sea"):
+            (tmp_path / "rgb" / split / c).mkdir(parents=True)
+            for i in range(6):
+                colour = (40, 90, 200) if c == "sky" else (20, 140, 120)
+                pixels = np.clip(rng.normal(colour, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels, "RGB").save(tmp_path / "rgb" / split / c / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "small_cnn", "--data", "imagefolder", "--data-dir", str(tmp_path / "rgb"), "--epochs", "1",
+                 "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--uncertainty", "softmax", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ood_sets"] == ["mnist"] and 0.0 <= report["metrics"]["softmax"]["ood_auroc_mnist"] <= 1.0
+    assert main(["eval", str(run), "--uncertainty", "softmax", "--ood", "digits"]) == 2
+    assert "--ood digits holds 1x28x28 images" in capsys.readouterr().err

@@ -9,9 +9,10 @@ is always reported beside the method.
 
 The validation split is halved once, class-balanced with seed 0: the first half fits the temperature, and
 every metric of every method is measured on the second half, so the rows compare on the same images.
-Metrics: accuracy, NLL, ECE (15 bins), Brier, AURC and accuracy at 80 / 90 % coverage, and for a
-28x28 grey-scale model (MNIST) the OOD AUROC against the scikit-learn digits and CIFAR-10 grey crops
-(the latter when ``cifar10-jpg.zip`` is found). ``--plots DIR`` writes the reliability diagrams and the
+Metrics: accuracy, NLL, ECE (15 bins), Brier, AURC and accuracy at 80 / 90 % coverage, and the OOD AUROC:
+for a 28x28 grey-scale model (MNIST) against the scikit-learn digits and CIFAR-10 grey crops (the latter when
+``cifar10-jpg.zip`` is found), for a 3x32x32 model (CIFAR-10) against MNIST digits padded to 32 px on three
+channels. ``--plots DIR`` writes the reliability diagrams and the
 accuracy-coverage curves.
 """
 
@@ -28,6 +29,8 @@ from dltricks.commands._args import json_text, log
 from dltricks.errors import ConfigError, DltricksError
 
 METHODS = ("softmax", "temperature", "mc-dropout", "ensemble", "gp", "sngp")
+# OOD set -> the input shape it is made for
+OOD_SETS = {"digits": (1, 28, 28), "cifar-grey": (1, 28, 28), "mnist": (3, 32, 32)}
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -45,8 +48,9 @@ def add_uncertainty_args(p: argparse.ArgumentParser) -> None:
                    help="with --uncertainty gp: inducing points per class of the variational GP head")
     g.add_argument("--gp-epochs", type=int, default=10, metavar="E",
                    help="with --uncertainty gp: epochs of fitting the GP head on the training features")
-    g.add_argument("--ood", nargs="*", default=None, choices=("digits", "cifar-grey"),
-                   help="out-of-distribution sets; default: both for a 28x28 grey-scale model, none otherwise")
+    g.add_argument("--ood", nargs="*", default=None, choices=OOD_SETS,
+                   help="out-of-distribution sets: digits and cifar-grey for a 28x28 grey-scale model (the default "
+                        "there), mnist for a 3x32x32 model (its default); none for other inputs")
     g.add_argument("--plots", default=None, metavar="DIR",
                    help="write reliability diagrams and accuracy-coverage curves (PNG) to DIR")
 
@@ -73,27 +77,29 @@ def _halves(loader: Any) -> tuple[Batches, Batches]:
 
 def _ood_batches(task: Any, names: list[str] | None, data_dir: str | None) -> dict[str, Batches]:
     """Normalised batches of each OOD set, with the task's own statistics."""
-    from dltricks.data.shift import cifar_grey_crops, load_sklearn_digits
+    from dltricks.data.shift import cifar_grey_crops, load_sklearn_digits, mnist_rgb
 
-    mnist_like = tuple(task.input_shape) == (1, 28, 28)
+    shape = tuple(task.input_shape)
     explicit = names is not None
     if names is None:
-        names = ["digits", "cifar-grey"] if mnist_like else []
-    if names and not mnist_like:
-        raise ConfigError(f"--ood sets are 28x28 grey-scale images; data set {task.name} has input "
-                          f"{tuple(task.input_shape)}")
+        names = [name for name, wanted in OOD_SETS.items() if wanted == shape]
+    for name in names:
+        if OOD_SETS[name] != shape:
+            c, h, w = OOD_SETS[name]
+            raise ConfigError(f"--ood {name} holds {c}x{h}x{w} images; data set {task.name} has input {shape}")
     mean = torch.tensor(task.extra.get("mean", (0.0,))).view(1, -1, 1, 1)
     std = torch.tensor(task.extra.get("std", (1.0,))).view(1, -1, 1, 1)
     out = {}
     for name in names:
         try:
-            data = load_sklearn_digits() if name == "digits" else cifar_grey_crops(2000, data_dir=data_dir)
+            data = (load_sklearn_digits() if name == "digits" else mnist_rgb(2000) if name == "mnist"
+                    else cifar_grey_crops(2000, data_dir=data_dir))
         except DltricksError as err:
             if explicit:
                 raise
             log(f"skipping OOD set {name}: {err}")
             continue
-        x = (data.images.float() / 255.0 - mean) / std  # (N, 1, 28, 28)
+        x = (data.images.float() / 255.0 - mean) / std  # (N, C, H, W), the task's input shape
         out[name] = [(x[i:i + 500], data.labels[i:i + 500]) for i in range(0, len(x), 500)]
     return out
 

@@ -91,6 +91,23 @@ def cifar_grey_crops(n: int = 2000, *, data_dir: str | os.PathLike[str] | None =
                         "cifar10-grey-crops", MNIST_MEAN, MNIST_STD)
 
 
+def mnist_rgb(n: int = 2000, *, image_size: int = 32) -> ArrayDataset:
+    """``n`` embedded-MNIST validation digits as ``uint8 (n, 3, image_size, image_size)`` images: zero-padded
+    equally on every side to ``image_size`` (2 px for 32, as LeNet-5 fed MNIST) and repeated on three channels;
+    the out-of-distribution set of a CIFAR-10 model (labels: the digits, meaningless to it)."""
+    from dltricks.data.mnist import load_mnist_embedded
+
+    digits = load_mnist_embedded("val")
+    if not 0 < n <= len(digits):
+        raise DataError(f"cannot take {n} MNIST digits from {len(digits)} validation images")
+    pad = image_size - digits.images.shape[-1]
+    if pad < 0 or pad % 2:
+        raise DataError(f"MNIST's 28 px digits pad to an even larger size; got image_size {image_size}")
+    x = torch.nn.functional.pad(digits.images[:n], (pad // 2,) * 4)  # (n, 1, S, S), black border
+    return ArrayDataset(x.expand(-1, 3, -1, -1).contiguous(), digits.labels[:n], digits.classes, "mnist-rgb",
+                        (0.0,) * 3, (1.0,) * 3)
+
+
 def mnist_m_grey(digits: ArrayDataset, *, data_dir: str | os.PathLike[str] | None = None,
                  seed: int = 0) -> ArrayDataset:
     """``|patch - digit|`` for every image of ``digits`` (``uint8 (N, 1, 28, 28)``, e.g. the embedded MNIST
