@@ -51,7 +51,7 @@ from dltricks.errors import ModelError
 from dltricks.layers.boxes import box_iou, decode_boxes
 from dltricks.layers.roi import roi_align_batched
 from dltricks.models._registry import register_model
-from dltricks.models.detection.base import sample_balanced, select_detections
+from dltricks.models.detection.base import DenseDetector, sample_balanced
 from dltricks.models.detection.faster_rcnn import ROI_BOX_WEIGHTS
 
 __all__ = ["SlidingWindow", "sliding_window_tiny", "window_grid", "label_windows"]
@@ -220,19 +220,9 @@ class SlidingWindow(nn.Module):
             boxes = decode_boxes(output["window_deltas"].float(), boxes, ROI_BOX_WEIGHTS)
         return boxes, logits.softmax(-1)[..., :-1]
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor, *, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                max_detections: int = 100) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per-image ``(boxes (n, 4) xyxy, scores (n,), labels (n,))``."""
-        return self.postprocess(self(x), score_thresh=score_thresh, nms_thresh=nms_thresh,
-                                max_detections=max_detections)
-
-    @classmethod
-    def postprocess(cls, output: dict[str, torch.Tensor], *, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                    max_detections: int = 100) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        boxes, scores = cls.decode(output)
-        return [select_detections(b, s, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                                  max_detections=max_detections) for b, s in zip(boxes, scores)]
+    # Post-processing is the dense detectors' (score threshold, top-k, class-wise NMS, at most 100 boxes).
+    predict = DenseDetector.predict
+    postprocess = DenseDetector.__dict__["postprocess"]  # the classmethod itself: it calls this class's decode
 
 
 @register_model(task="detection", input_size=(1, 64, 64), test_input_size=(1, 64, 64), min_input_size=32,
