@@ -270,3 +270,68 @@ def test_flop_count_by_module_kwargs_backward_and_its_dict() -> None:
     batch = image_input((3, 8, 5), batch=4, dtype=torch.float64)
     assert batch.shape == (4, 3, 8, 5) and batch.dtype == torch.float64 and batch.device.type == "cpu"
     assert image_input((1, 2, 2)).shape == (1, 1, 2, 2) and image_input((1, 2, 2)).dtype == torch.float32
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": self.fc(x), "skip": x[:, :1]}  # a dict output: its first value gives the shape
+
+
+class _Split(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, :3], x[:, 3:]  # a tuple output: its first element gives the shape
+
+
+class _TableNet(nn.Module):
+    """A root with its own parameter, a ModuleList never called itself, a module called three times, a tuple and
+    a dict output, and a module never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(4))
+        self.stem = nn.Linear(3, 4)
+        self.blocks = nn.ModuleList([_Block(), _Block()])
+        self.act = nn.ReLU()
+        self.split = _Split()
+        self.head = nn.Linear(3, 2)
+        self.unused = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.stem(x)) + self.token
+        for block in self.blocks:
+            h = self.act(block(h)["y"])
+        return self.head(self.split(h)[0])
+
+
+def test_layer_table_rows_of_a_hand_built_model() -> None:
+    """Every row of every depth worked out by hand (batch 2: stem 2*3*4 = 24 MACs, each block 32, head 12)."""
+    from dltricks.measure.layer_table import LayerRow, format_shape
+
+    model = _TableNet()
+    x = torch.randn(2, 3)
+    rows = [r.to_dict() for r in layer_table(model, (x,))]
+    assert rows == [
+        {"name": "(model)", "type": "_TableNet", "output_shape": None, "params": 4, "macs": 0, "calls": 1},
+        {"name": "stem", "type": "Linear", "output_shape": [2, 4], "params": 16, "macs": 24, "calls": 1},
+        {"name": "act", "type": "ReLU", "output_shape": [2, 4], "params": 0, "macs": 0, "calls": 3},
+        {"name": "blocks.0.fc", "type": "Linear", "output_shape": [2, 4], "params": 20, "macs": 32, "calls": 1},
+        {"name": "blocks.1.fc", "type": "Linear", "output_shape": [2, 4], "params": 20, "macs": 32, "calls": 1},
+        {"name": "split", "type": "_Split", "output_shape": [2, 3], "params": 0, "macs": 0, "calls": 1},
+        {"name": "head", "type": "Linear", "output_shape": [2, 2], "params": 8, "macs": 12, "calls": 1},
+        {"name": "unused", "type": "Linear", "output_shape": None, "params": 6, "macs": 0, "calls": 0},
+    ]
+    one = [(r.name, r.output_shape, r.params, r.macs, r.calls) for r in layer_table(model, (x,), depth=1)]
+    assert one == [("(model)", None, 4, 0, 1), ("stem", (2, 4), 16, 24, 1), ("act", (2, 4), 0, 0, 3),
+                   ("blocks", None, 40, 64, 0), ("split", (2, 3), 0, 0, 1), ("head", (2, 2), 8, 12, 1),
+                   ("unused", None, 6, 0, 0)]
+    two = {r.name: (r.type, r.output_shape, r.params, r.macs) for r in layer_table(model, (x,), depth=2)}
+    assert two["blocks.0"] == ("_Block", (2, 4), 20, 32) and two["blocks.1"] == ("_Block", (2, 4), 20, 32)
+    assert "blocks" not in two and "blocks.0.fc" not in two and two["stem"] == ("Linear", (2, 4), 16, 24)
+    assert sum(r.params for r in layer_table(model, (x,), depth=2)) == sum(p.numel() for p in model.parameters())
+    assert LayerRow("a", "T", None, 1, 2).to_dict() == {"name": "a", "type": "T", "output_shape": None,
+                                                        "params": 1, "macs": 2, "calls": 1}
+    assert format_shape(None) == "-" and format_shape((2, 3, 4)) == "2x3x4" and format_shape(()) == ""
