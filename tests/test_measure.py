@@ -240,8 +240,8 @@ class _TwoOutputs(nn.Module):
         self.fc = nn.Linear(4, 3)
         self.kind = kind
 
-    def forward(self, x: torch.Tensor, *, scale: float = 1.0):
-        y = self.fc(x) * scale
+    def forward(self, x: torch.Tensor, *, times: int = 1):
+        y = sum(self.fc(x) for _ in range(times))
         if self.kind == "tuple":
             return y, (y * 2, [y])
         if self.kind == "dict":
@@ -251,7 +251,8 @@ class _TwoOutputs(nn.Module):
 
 def test_flop_count_by_module_kwargs_backward_and_its_dict() -> None:
     """The counts of a (4 -> 3) linear layer on a batch of 2: 2 * 2 * 4 * 3 = 48 FLOPs forward; the module
-    breakdown names the root "" and the child; keyword arguments reach the model; backward=True reduces tuple
+    breakdown names the root "" and the child; keyword arguments reach the model (``times=2`` runs the layer
+    twice); backward=True reduces tuple
     and dict outputs (nested) and adds the weight gradient's matrix product (48 FLOPs; the input needs no
     gradient)."""
     from dltricks.measure.flops import FlopCount, count_flops, image_input
@@ -259,11 +260,13 @@ def test_flop_count_by_module_kwargs_backward_and_its_dict() -> None:
     x = torch.randn(2, 4)
     for kind in ("tuple", "dict"):
         model = _TwoOutputs(kind)
-        forward = count_flops(model, x, scale=3.0)
+        forward = count_flops(model, x)
         assert forward.flops == 48 and forward.macs == 24 and forward.by_op == {"addmm": 48}
         assert forward.by_module == {"": 48, "fc": 48}
-        both = count_flops(model, x, backward=True, scale=3.0)
+        assert count_flops(model, x, times=2).flops == 96
+        both = count_flops(model, x, backward=True)
         assert both.flops == 96 and both.by_op == {"addmm": 48, "mm": 48} and both.by_module == {"": 96, "fc": 96}
+        assert count_flops(model, x, backward=True, times=2).flops == 192
     with pytest.raises(TypeError, match="cannot reduce a model output of type str"):
         count_flops(_TwoOutputs("str"), x, backward=True)
     assert FlopCount(flops=10, by_op={"mm": 10}).to_dict() == {"flops": 10, "macs": 5, "by_op": {"mm": 10}}
