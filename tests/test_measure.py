@@ -289,9 +289,14 @@ class _Split(nn.Module):
         return x[:, :3], x[:, 3:]  # a tuple output: its first element gives the shape
 
 
+class _Tag(nn.Module):
+    def forward(self, x: torch.Tensor) -> str:
+        return "not a tensor"  # no shape
+
+
 class _TableNet(nn.Module):
-    """A root with its own parameter, a ModuleList never called itself, a module called three times, a tuple and
-    a dict output, and a module never called."""
+    """A root with its own parameter, a ModuleList never called itself, a module called three times, a tuple, a
+    dict and a string output, and a module never called."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -302,8 +307,10 @@ class _TableNet(nn.Module):
         self.split = _Split()
         self.head = nn.Linear(3, 2)
         self.unused = nn.Linear(2, 2)
+        self.tag = _Tag()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tag(x)
         h = self.act(self.stem(x)) + self.token
         for block in self.blocks:
             h = self.act(block(h)["y"])
@@ -319,6 +326,7 @@ def test_layer_table_rows_of_a_hand_built_model() -> None:
     rows = [r.to_dict() for r in layer_table(model, (x,))]
     assert rows == [
         {"name": "(model)", "type": "_TableNet", "output_shape": None, "params": 4, "macs": 0, "calls": 1},
+        {"name": "tag", "type": "_Tag", "output_shape": None, "params": 0, "macs": 0, "calls": 1},
         {"name": "stem", "type": "Linear", "output_shape": [2, 4], "params": 16, "macs": 24, "calls": 1},
         {"name": "act", "type": "ReLU", "output_shape": [2, 4], "params": 0, "macs": 0, "calls": 3},
         {"name": "blocks.0.fc", "type": "Linear", "output_shape": [2, 4], "params": 20, "macs": 32, "calls": 1},
@@ -327,8 +335,10 @@ def test_layer_table_rows_of_a_hand_built_model() -> None:
         {"name": "head", "type": "Linear", "output_shape": [2, 2], "params": 8, "macs": 12, "calls": 1},
         {"name": "unused", "type": "Linear", "output_shape": None, "params": 6, "macs": 0, "calls": 0},
     ]
+    assert all(isinstance(r["macs"], int) for r in rows)  # whole multiply-adds
     one = [(r.name, r.output_shape, r.params, r.macs, r.calls) for r in layer_table(model, (x,), depth=1)]
-    assert one == [("(model)", None, 4, 0, 1), ("stem", (2, 4), 16, 24, 1), ("act", (2, 4), 0, 0, 3),
+    assert all(isinstance(r[3], int) for r in one)
+    assert one == [("(model)", None, 4, 0, 1), ("tag", None, 0, 0, 1), ("stem", (2, 4), 16, 24, 1), ("act", (2, 4), 0, 0, 3),
                    ("blocks", None, 40, 64, 0), ("split", (2, 3), 0, 0, 1), ("head", (2, 2), 8, 12, 1),
                    ("unused", None, 6, 0, 0)]
     two = {r.name: (r.type, r.output_shape, r.params, r.macs) for r in layer_table(model, (x,), depth=2)}
