@@ -339,8 +339,8 @@ def test_layer_table_rows_of_a_hand_built_model() -> None:
     one = [(r.name, r.output_shape, r.params, r.macs, r.calls) for r in layer_table(model, (x,), depth=1)]
     assert all(isinstance(r[3], int) for r in one)
     assert one == [("(model)", None, 4, 0, 1), ("tag", None, 0, 0, 1), ("stem", (2, 4), 16, 24, 1),
-                   ("act", (2, 4), 0, 0, 3), ("blocks", None, 40, 64, 0), ("split", (2, 3), 0, 0, 1), ("head", (2, 2), 8, 12, 1),
-                   ("unused", None, 6, 0, 0)]
+                   ("act", (2, 4), 0, 0, 3), ("blocks", None, 40, 64, 0), ("split", (2, 3), 0, 0, 1),
+                   ("head", (2, 2), 8, 12, 1), ("unused", None, 6, 0, 0)]
     two = {r.name: (r.type, r.output_shape, r.params, r.macs) for r in layer_table(model, (x,), depth=2)}
     assert two["blocks.0"] == ("_Block", (2, 4), 20, 32) and two["blocks.1"] == ("_Block", (2, 4), 20, 32)
     assert "blocks" not in two and "blocks.0.fc" not in two and two["stem"] == ("Linear", (2, 4), 16, 24)
