@@ -139,7 +139,7 @@ def test_bad_options_and_inputs_are_clear_errors() -> None:
     model = create_model("sliding_window_tiny")
     with pytest.raises(ModelError, match="empty batch"):
         model(torch.zeros(0, 1, 64, 64))
-    with pytest.raises(ModelError, match="largest window"):
+    with pytest.raises(ModelError, match="at least 28x28 pixels"):
         model(torch.zeros(1, 1, 20, 20))
 
 

@@ -189,8 +189,9 @@ class SlidingWindow(nn.Module):
             raise ModelError(f"SlidingWindow got an empty batch (input of shape {tuple(x.shape)}); pass at least "
                              "one image")
         if min(x.shape[-2:]) < self.min_input_size:
-            raise ModelError(f"SlidingWindow needs images at least as large as its largest window "
-                             f"({self.min_input_size} px), got {x.shape[-2]}x{x.shape[-1]}")
+            m = self.min_input_size
+            raise ModelError(f"SlidingWindow needs input of at least {m}x{m} pixels (its largest window), "
+                             f"got {x.shape[-2]}x{x.shape[-1]}")
         B = x.shape[0]
         windows = self.windows(tuple(x.shape[-2:]), device=x.device)  # (N, 4)
         if self.training and targets is not None and 0 < self.train_windows < len(windows):
@@ -200,10 +201,18 @@ class SlidingWindow(nn.Module):
         N = windows.shape[1]
         # Without gradients (evaluation, predict) a few images at a time: the activations of every window of a
         # batch of 500 scenes would take about 15 GB (dltricks eval's default batch was killed for memory).
-        step = B if torch.is_grad_enabled() else max(1, self.eval_windows // max(N, 1))
-        hidden = torch.cat([self.features(roi_align_batched(x[i:i + step], windows[i:i + step].to(x.dtype), self.crop,
-                                                            spatial_scale=1.0, sampling_ratio=2).flatten(0, 1))
-                            for i in range(0, B, step)])  # (B N, hidden); crops (b, N, C, crop, crop) per chunk
+        # Not while exporting (torch.export / ONNX): a Python loop over the batch would fix the batch size.
+        step = max(1, self.eval_windows // max(N, 1))
+        chunked = not torch.is_grad_enabled() and isinstance(B, int) and B > step and not torch.compiler.is_compiling()
+
+        def classify(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+            crops = roi_align_batched(images, boxes.to(images.dtype), self.crop, spatial_scale=1.0,
+                                      sampling_ratio=2)  # (b, N, C, crop, crop)
+            return self.features(crops.flatten(0, 1))  # (b N, hidden)
+
+        # Unchunked (training, exporting, small batches) the batch is never sliced, so its size stays symbolic.
+        hidden = (torch.cat([classify(x[i:i + step], windows[i:i + step]) for i in range(0, B, step)]) if chunked
+                  else classify(x, windows))  # (B N, hidden)
         logits = self.cls_out(hidden).view(B, N, self.num_classes + 1)  # background last
         out = {"windows": windows, "logits": logits[..., :-1],
                "background_logits": logits[..., -1:]}
@@ -225,7 +234,7 @@ class SlidingWindow(nn.Module):
     postprocess = DenseDetector.__dict__["postprocess"]  # the classmethod itself: it calls this class's decode
 
 
-@register_model(task="detection", input_size=(1, 64, 64), test_input_size=(1, 64, 64), min_input_size=32,
+@register_model(task="detection", input_size=(1, 64, 64), test_input_size=(1, 64, 64), min_input_size=28,
                 paper=PAPER)
 def sliding_window_tiny(*, num_classes: int = 10, in_chans: int = 1, **kwargs) -> SlidingWindow:
     """Sliding-window detector for 64 px MNIST scenes: windows 16-28 px high, 0.4-1x as wide, every 4 px (1,793
