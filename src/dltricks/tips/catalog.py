@@ -41,14 +41,15 @@ def experiment_modules() -> tuple[ModuleType, ...]:
     try:
         from dltricks.experiments import (attention_tips, compression_tips, conv, detection_tips, efficiency,
                                           fewshot_tips, finetune_tips, gradients, search_tips, segmentation_tips,
-                                          ssm_tips, training, transfer_tips, uncertainty_tips, unlabelled_tips)
+                                          ssm_tips, training, transfer_tips, uncertainty_tips, unlabelled_cifar_tips,
+                                          unlabelled_tips)
     except Exception as err:  # any failure of an experiment module to import breaks the catalog
         message = " ".join(str(err).split())  # one line, whatever the error's message looks like
         raise CatalogError(f"the tip catalog cannot be built: an experiment module failed to import "
                            f"({type(err).__name__}: {message}); run with --debug for the traceback") from err
     return (conv, training, segmentation_tips, gradients, attention_tips, efficiency, ssm_tips, search_tips,
-            uncertainty_tips, unlabelled_tips, fewshot_tips, finetune_tips, transfer_tips, detection_tips,
-            compression_tips)
+            uncertainty_tips, unlabelled_tips, unlabelled_cifar_tips, fewshot_tips, finetune_tips, transfer_tips,
+            detection_tips, compression_tips)
 
 
 def build_catalog(modules: Iterable[ModuleType], planned: Sequence[Tip] = PLANNED) -> list[Tip]:
