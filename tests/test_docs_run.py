@@ -19,10 +19,11 @@ required.
 Every page runs in its own fresh folder (so that a command uses only paths the commands before it created),
 beside a link ``../shared`` to the real data sets, so ``--data-dir ../shared/data`` works as written. The
 settings are shortened while the docs run (:func:`shortened`): at most 8 training samples and 16 validation
-samples per data set (2 and 1 ISBI slices; ``subset`` / ``val_subset`` capped in ``build_task``), batches of at most 8
-(``load_recipe``), at most 2 optimizer steps per ``fit`` (the ``train.max_steps`` cap, so every run stops early,
-evaluates and prints its metrics), quick timings (``measure_speed``; in ``profile`` / ``compare`` at batch 1
-without memory and receptive-field measurements) and at most 2 trials per ``search``. What the commands compute is then
+samples per data set (2 and 1 ISBI slices; ``subset`` / ``val_subset`` capped in ``build_task``), batches of at
+most 8 (``load_recipe``), at most 2 optimizer steps per ``fit`` (the ``train.max_steps`` cap, so every run stops
+early, evaluates and prints its metrics), segmentation windows side by side instead of overlapping
+(``predict_sliding_window``), quick timings (``measure_speed``; in ``profile`` / ``compare`` at batch 1 without
+memory and receptive-field measurements) and at most 2 trials per ``search``. What the commands compute is then
 meaningless; that they run, with the arguments and paths the docs give, is what is tested.
 """
 
@@ -131,6 +132,8 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import dltricks.measure.profile as profile
     import dltricks.search as searching
     import dltricks.tasks.base as tasks
+    import dltricks.tasks.segmentation.evaluate  # noqa: F401  (loaded, so that its imported names are replaced too)
+    import dltricks.tasks.segmentation.inference as inference
     import dltricks.train.recipe as recipes
     import dltricks.train.trainer as trainer
     from dltricks.train.recipe import Recipe
@@ -138,6 +141,7 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     build_task, fit, profile_model, compare_models, load_recipe = (
         tasks.build_task, trainer.fit, profile.profile_model, leaderboard.compare_models, recipes.load_recipe)
     measure_speed, search = latency.measure_speed, searching.search
+    sliding_window = inference.predict_sliding_window
 
     def small_recipe(*args: Any, **kwargs: Any) -> Any:
         recipe = load_recipe(*args, **kwargs)
@@ -172,9 +176,13 @@ def shortened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def short_search(*args: Any, **kwargs: Any) -> Any:
         return search(*args, **{**kwargs, "trials": min(kwargs.get("trials", 2), 2)})
 
+    def tiled(*args: Any, **kwargs: Any) -> Any:
+        # Windows side by side: 4 tiles of 256 px per 512 px slice instead of 9 (each run 8 times with flips).
+        return sliding_window(*args, **{**kwargs, "overlap": 0.0})
+
     for original, wrapper in ((build_task, small_task), (fit, short_fit), (profile_model, quick_profile),
                               (compare_models, quick_compare), (load_recipe, small_recipe),
-                              (measure_speed, quick_speed), (search, short_search)):
+                              (measure_speed, quick_speed), (search, short_search), (sliding_window, tiled)):
         _replace_everywhere(monkeypatch, original, wrapper)
     yield
 

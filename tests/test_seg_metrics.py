@@ -179,3 +179,102 @@ def test_evaluate_segmentation_on_an_imperfect_prediction_by_hand() -> None:
     assert m["isbi_threshold"] == 0.3
     # The loss is the mean over images of loss_fn per batch: mean logit -2.6953125 (image 1) and -3 (image 2).
     assert m["loss"] == pytest.approx((-172.5 / 64 - 3) / 2)
+
+
+# ------------------------------------------------------------------ gaps found by mutation testing (issue 23)
+
+def test_masks_with_a_channel_axis_score_as_without_and_other_shapes_are_refused() -> None:
+    pred4, true4 = PRED[:, None], TRUE[:, None]  # (1, 1, 4, 4)
+    for metric in (pixel_accuracy, iou_score, dice_score, boundary_f1):
+        assert torch.equal(metric(pred4, true4), metric(PRED, TRUE))
+    with pytest.raises(ValueError, match=r"expected one-channel masks \(B, 1, H, W\), got \(1, 2, 4, 4\)"):
+        dice_score(torch.cat([pred4, pred4], 1), torch.cat([true4, true4], 1))
+    with pytest.raises(ValueError, match=r"expected masks \(B, H, W\) or \(B, 1, H, W\), got \(4, 4\)"):
+        iou_score(PRED[0], TRUE[0])
+
+
+def test_one_pixel_masks_and_one_empty_mask() -> None:
+    one = _mask(["#.", ".."])
+    none = _mask(["..", ".."])
+    assert iou_score(one, one).item() == 1.0 and dice_score(one, one).item() == 1.0  # 1 / 1, not 1 / 2
+    assert iou_score(one, none).item() == 0.0 and dice_score(none, one).item() == 0.0  # 0 / 1, not "both empty"
+    assert tolerant_dice(one, none, tolerance=1).item() == 0.0 and tolerant_dice(none, none).item() == 1.0
+
+
+def test_tolerant_dice_is_per_image_and_below_one_half_by_hand() -> None:
+    # Image 0: only P's corner (0, 0) and G's (1, 1) are within 1 px of each other: precision 1/4, recall 1/4,
+    # F1 1/4 (precision + recall = 1/2 < 1: the harmonic mean divides by it). Image 1: identical masks, F1 1.
+    p0 = _mask(["#......#", "........", "........", "........", "........", "........", "........", "#......#"])
+    g0 = _mask(["........", ".#......", "....#...", "........", "..#.#...", "........", "........", "........"])
+    p1 = g1 = _mask(["##......"] + ["........"] * 7)
+    pred, true = torch.cat([p0, p1]), torch.cat([g0, g1])
+    assert torch.allclose(tolerant_dice(pred, true, tolerance=1), torch.tensor([0.25, 1.0]))
+    assert torch.allclose(tolerant_dice(pred, true, tolerance=0), dice_score(pred, true))
+
+
+def test_isbi_pixel_error_edge_cases() -> None:
+    with pytest.raises(ValueError, match="^thresholds: expected at least one threshold$"):
+        ISBIPixelError(())
+    # Nothing true and nothing predicted at any threshold: F1 = 1 by convention, error 0, the first threshold.
+    metric = ISBIPixelError()
+    metric.update(torch.zeros(1, 1, 3, 3), torch.zeros(1, 1, 3, 3, dtype=torch.bool))  # (B, 1, H, W) probabilities
+    assert metric.compute() == (0.0, 0.0)
+    # One threshold only: it is the answer.
+    prob = torch.tensor([[[0.9, 0.2], [0.6, 0.1]]])[:, None]  # (1, 1, 2, 2)
+    true = torch.tensor([[[True, False], [False, False]]])
+    assert isbi_pixel_error(prob, true, thresholds=(0.5,)) == pytest.approx((1 - 2 / 3, 0.5))
+    with pytest.raises(ValueError, match=r"probability \(1, 1, 2, 2\) and target \(1, 3, 3\) differ in shape"):
+        ISBIPixelError().update(prob, torch.zeros(1, 3, 3, dtype=torch.bool))
+
+
+def test_binary_metrics_defaults_keys_target_layouts_and_the_loss_per_image() -> None:
+    from dltricks.tasks.segmentation.metrics import SegmentationMetrics
+
+    # Two 12 x 12 images: a 4 x 4 square, predicted 3 px to the right (image 0) and exactly (image 1).
+    true = torch.zeros(2, 12, 12, dtype=torch.bool)
+    true[:, 4:8, 2:6] = True
+    logits = torch.full((2, 1, 12, 12), -1.0)
+    logits[0, 0, 4:8, 5:9] = 1.0
+    logits[1, 0, 4:8, 2:6] = 1.0
+    logits[1, 0, 0, 0] = 0.0  # exactly at the threshold: background (logit > 0 is foreground)
+    sums = binary_segmentation_metrics(logits, true)
+    assert set(sums) == {"pixel_accuracy", "iou", "dice", "dice_background", "boundary_f1", "count"}
+    assert sums["count"] == 2.0 and sums["dice"] == pytest.approx(0.25 + 1.0)  # 2 * 4 / 32 on image 0
+    # The default tolerance is 2 px: a 3 px shift is not forgiven, a 3 px tolerance forgives it.
+    shifted = boundary_f1(logits[:1, 0] > 0, true[:1], tolerance=2).item()
+    assert shifted < 1.0 and sums["boundary_f1"] == pytest.approx(shifted + 1.0)
+    assert binary_segmentation_metrics(logits, true, tolerance=3)["boundary_f1"] == pytest.approx(2.0)
+    # A (B, 1, H, W) target scores as a (B, H, W) one; two logit channels are refused, naming the count.
+    assert binary_segmentation_metrics(logits, true[:, None]) == sums
+    with pytest.raises(ValueError, match="one logit channel, got 2"):
+        binary_segmentation_metrics(torch.cat([logits, logits], 1), true)
+    # The loss: one call per image, summed.
+    calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append((tuple(x.shape), tuple(y.shape)))
+        return torch.nn.functional.binary_cross_entropy_with_logits(x[:, 0], y.float())
+
+    with_loss = binary_segmentation_metrics(logits, true, loss_fn=loss_fn)
+    per_image = [torch.nn.functional.binary_cross_entropy_with_logits(logits[i, 0], true[i].float()).item()
+                 for i in range(2)]
+    assert with_loss["loss"] == pytest.approx(sum(per_image)) and calls == [((1, 1, 12, 12), (1, 12, 12))] * 2
+    # The task's batch_metrics object passes its options through, with the same defaults.
+    assert SegmentationMetrics()(logits, true) == sums
+    assert SegmentationMetrics(loss_fn, threshold=0.5, tolerance=3)(logits, true) == \
+        binary_segmentation_metrics(logits, true, threshold=0.5, tolerance=3, loss_fn=loss_fn)
+    assert SegmentationMetrics(threshold=-1.5)(logits, true)["pixel_accuracy"] == pytest.approx(2 * 16 / 144)
+
+
+def test_default_tolerances_are_the_documented_ones() -> None:
+    # A 4 x 4 square against the same square shifted by 2 px and by 3 px: each default sits at its edge.
+    true = torch.zeros(1, 14, 14, dtype=torch.bool)
+    true[0, 5:9, 3:7] = True
+    two, three = torch.roll(true, 2, dims=2), torch.roll(true, 3, dims=2)
+    for shifted in (two, three):
+        assert torch.equal(boundary_f1(shifted, true), boundary_f1(shifted, true, tolerance=2))
+        assert torch.equal(tolerant_dice(shifted, true), tolerant_dice(shifted, true, tolerance=1))
+    assert boundary_f1(two, true).item() == 1.0 and boundary_f1(three, true).item() < 1.0
+    assert tolerant_dice(two, true).item() < tolerant_dice(two, true, tolerance=2).item()
+    assert torch.equal(boundary_band(true), boundary_band(true, width=2))
+    assert not torch.equal(boundary_band(true, width=2), boundary_band(true, width=3))

@@ -50,7 +50,8 @@ def _leaves(rule) -> list:
 # Tips whose smallest meaningful run does not fit `make run`'s 5 minutes: full mode only. `make run` skips them
 # and shows their stored full-mode verdict instead (the "stored full" column), so each must have one.
 FULL_ONLY = ("scale.nas", "scale.quantization", "scale.pruning", "learn.bayesian-uncertainty", "det.focal-loss",
-             "det.anchor-free", "det.fpn", "det.single-shot", "det.sliding-window", "learn.transfer-cifar")
+             "det.anchor-free", "det.fpn", "det.single-shot", "det.sliding-window", "learn.transfer-cifar",
+             "learn.semi-supervised-cifar")
 
 
 def test_every_implemented_tip_has_a_quick_setting_or_stored_full_evidence():

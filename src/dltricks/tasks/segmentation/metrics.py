@@ -88,9 +88,9 @@ def _tolerant_f1(pred: torch.Tensor, true: torch.Tensor, tolerance: int) -> torc
     n_true = true.flatten(1).sum(1).float()
     precision = _ratio((pred & _dilate(true, tolerance)).flatten(1).sum(1).float(), n_pred)
     recall = _ratio((true & _dilate(pred, tolerance)).flatten(1).sum(1).float(), n_true)
+    # Both empty: precision = recall = 1 (see _ratio), so F1 = 1 without a special case.
     f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
                      torch.zeros_like(precision))
-    f1 = torch.where((n_pred == 0) & (n_true == 0), torch.ones_like(f1), f1)
     return torch.where((n_pred == 0) ^ (n_true == 0), torch.zeros_like(f1), f1)
 
 
