@@ -23,6 +23,7 @@ from dltricks.errors import ModelError
 from dltricks.models import create_model, list_models, model_info
 from dltricks.models.convnext import ConvNeXt
 from dltricks.models.densenet import DenseNet
+from dltricks.models.mobilenet import MOBILENET_V2_SETTINGS, MobileNetV2
 from dltricks.models.swin import SwinTransformer
 
 
@@ -104,6 +105,9 @@ SMALLER: dict[str, Callable[[], nn.Module]] = {
     "densenet": lambda: DenseNet(growth_rate=6, block_config=(2, 2, 2), num_init_features=12, num_classes=4,
                                  stem="cifar"),
     "convnext": lambda: ConvNeXt(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), num_classes=4),
+    # One inverted residual block per stage: 7 instead of 17 (4.6 s instead of 9.7 s of export).
+    "mobilenet": lambda: MobileNetV2(num_classes=4, width_mult=0.25,
+                                     settings=tuple((t, c, 1, s) for t, c, _, s in MOBILENET_V2_SETTINGS)),
     "swin": lambda: SwinTransformer(num_classes=4, img_size=32, patch_size=2, embed_dim=24, depths=(2, 1, 1),
                                     num_heads=(3, 6, 12), window_size=4),
 }
