@@ -212,18 +212,32 @@ def _pycocotools_evaluate(predictions: Sequence[Prediction], ground_truth: Seque
                 next(flat)["segmentation"] = _rle(row.reshape(shape))
         for r in results:
             r.pop("bbox")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and the table
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco_gt = COCO()
         coco_gt.dataset = dataset
         coco_gt.createIndex()
         evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), iou_type)
         evaluator.params.imgIds = [im["id"] for im in dataset["images"]]
-        evaluator.params.maxDets = [1, 10, max_detections]
+        evaluator.params.maxDets = sorted({1, 10, max_detections})  # COCOeval sorts them itself
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    names = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-    return {**{n: float(v) for n, v in zip(names, evaluator.stats[:6])}, "images": float(len(ground_truth))}
+    # COCOeval.summarize reads its AP rows at maxDets=100 whatever params.maxDets holds (every number is -1 for
+    # another limit), so the six numbers are read here as it reads them, at our limit: the mean of
+    # precision[T, R, K, area, maxDets] over the entries > -1, or -1 when there are none.
+    limit = evaluator.params.maxDets.index(max_detections)
+    precision = evaluator.eval["precision"][..., limit]  # (T, R, K, 4 areas) at maxDets = max_detections
+    thresholds = evaluator.params.iouThrs
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return float(values.mean()) if values.size else -1.0
+
+    t50, t75 = (int(np.argmin(np.abs(thresholds - t))) for t in (0.5, 0.75))
+    areas = evaluator.params.areaRngLbl  # ["all", "small", "medium", "large"]
+    by_area = {name: mean(precision[..., areas.index(name)]) for name in ("small", "medium", "large")}
+    return {"map": mean(precision[..., 0]), "ap50": mean(precision[t50, ..., 0]), "ap75": mean(precision[t75, ..., 0]),
+            "ap_small": by_area["small"], "ap_medium": by_area["medium"], "ap_large": by_area["large"],
+            "images": float(len(ground_truth))}
 
 
 def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
