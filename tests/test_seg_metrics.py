@@ -278,3 +278,56 @@ def test_default_tolerances_are_the_documented_ones() -> None:
     assert tolerant_dice(two, true).item() < tolerant_dice(two, true, tolerance=2).item()
     assert torch.equal(boundary_band(true), boundary_band(true, width=2))
     assert not torch.equal(boundary_band(true, width=2), boundary_band(true, width=3))
+
+
+def test_segmentation_report_fields_options_and_refusals(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from dltricks.errors import ConfigError
+    from dltricks.tasks.segmentation import evaluate as seg_eval
+
+    target = torch.zeros(1, 1, 8, 8)
+    target[0, 0, 2:6, 2:6] = 1.0
+
+    class Batches:
+        def iter_epoch(self, epoch: int):
+            yield target * 2 - 1, target  # the model below returns its input: the logits are +-1
+
+    seen: list[dict] = []
+    real = seg_eval.evaluate_segmentation
+
+    def spy(model, loader, **options):
+        seen.append(options)
+        return real(model, loader, **options)
+
+    identity = torch.nn.Identity()
+    task = SimpleNamespace(name="cells", val_loader=Batches(), extra={"task_type": "segmentation"})
+    assert seg_eval.is_segmentation_task(task) and not seg_eval.is_segmentation_task(SimpleNamespace(name="x"))
+    plain = seg_eval.segmentation_report(identity, task)
+    assert {k: plain[k] for k in ("data", "split", "foreground", "window", "overlap", "tta")} == {
+        "data": "cells", "split": "val", "foreground": "class 1", "window": None, "overlap": None, "tta": False}
+    assert plain["dice"] == 1.0 and plain["images"] == 1.0
+    monkeypatch.setattr(seg_eval, "evaluate_segmentation", spy)
+    task.extra["foreground"] = "membrane"
+    report = seg_eval.segmentation_report(identity, task, window=4, overlap=0.25, tta=True)
+    seg_eval.segmentation_report(identity, task)
+    monkeypatch.undo()
+    assert seen == [{"window": 4, "overlap": 0.25, "tta": True}, {"window": None, "overlap": 0.5, "tta": False}]
+    assert (report["foreground"], report["window"], report["overlap"], report["tta"]) == ("membrane", 4, 0.25, True)
+    assert seg_eval.segmentation_report(identity, task, window=1)["window"] == 1  # a 1-pixel tile is allowed
+    assert seg_eval.segmentation_report(identity, task, window=4, overlap=0.0)["overlap"] == 0.0
+    for options, message in (({"window": 0}, "--window: got 0, expected a positive tile size in pixels"),
+                             ({"overlap": 1.0}, "--overlap: got 1.0, expected a number in [0, 1)"),
+                             ({"overlap": -0.1}, "--overlap: got -0.1, expected a number in [0, 1)"),
+                             ({"split": "train"}, "split 'train': data set cells offers whole-image evaluation of "
+                                                  "val only"),
+                             ({"split": "test"}, "split 'test': data set cells offers whole-image evaluation of "
+                                                 "val only")):
+        with pytest.raises(ConfigError) as err:
+            seg_eval.segmentation_report(identity, task, **options)
+        assert str(err.value) == message
+    task.extra["train_eval_loader"] = Batches()
+    assert seg_eval.segmentation_report(identity, task, split="train")["split"] == "train"
+    with pytest.raises(ConfigError) as err:
+        seg_eval.segmentation_report(identity, task, split="test")
+    assert str(err.value) == "split 'test': data set cells offers whole-image evaluation of val and train only"
