@@ -217,8 +217,9 @@ def test_bad_inputs_name_the_image_the_box_and_what_was_expected() -> None:
         coco_evaluate([pred], [good], iou_type="mask")
     assert str(err.value) == "iou_type must be 'bbox' or 'segm', got 'mask'"
     # Zero-width and zero-height boxes are valid (x2 == x1, y2 == y1).
-    flat = [(_box(2, 2, 2, 6), np.array([0.5]), np.array([0]))]
-    assert coco_evaluate(flat, [(_box(2, 2, 2, 6), np.array([0]))], backend="numpy")["map"] == 0.0
+    for box in (_box(2, 2, 2, 6), _box(2, 2, 6, 2)):
+        assert coco_evaluate([(box, np.array([0.5]), np.array([0]))], [(box, np.array([0]))],
+                             backend="numpy")["map"] == 0.0
 
 
 def test_segm_inputs_need_masks_on_both_sides_one_per_box() -> None:
@@ -241,9 +242,10 @@ def test_segm_inputs_need_masks_on_both_sides_one_per_box() -> None:
     assert str(err.value) == ("predictions of image 0: segm AP needs one (H, W) mask per box, got masks of shape "
                               "(6, 8) for 1 boxes")
     # Masks given as 0/255 bytes on a non-square image are masks all the same: a perfect prediction scores 1.
-    as_bytes = [(*pred[0][:3], mask.astype(np.uint8) * 255)]
+    as_bytes = mask.astype(np.uint8) * 255
     for backend in ("numpy", "pycocotools"):
-        assert coco_evaluate(as_bytes, gt, iou_type="segm", backend=backend)["map"] == pytest.approx(1.0, abs=1e-12)
+        result = coco_evaluate([(*pred[0][:3], as_bytes)], [(*gt[0][:2], as_bytes)], iou_type="segm", backend=backend)
+        assert result["map"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_tensors_that_require_gradients_are_read_without_them() -> None:
@@ -253,6 +255,19 @@ def test_tensors_that_require_gradients_are_read_without_them() -> None:
     result = coco_evaluate([(boxes, scores, torch.tensor([1]))], gt, backend="numpy")
     assert result["map"] == pytest.approx(1.0, abs=1e-12)
     assert voc_ap50([(boxes * 1, scores, torch.tensor([1]))], gt) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_values_are_read_as_float64_and_any_shape_of_one_value_per_box() -> None:
+    assert det_metrics._np(torch.tensor([0.1], dtype=torch.float32)).dtype == np.float64
+    assert det_metrics._np(np.array([3], dtype=np.int32)).dtype == np.float64
+    # Scores and labels as columns (n, 1), boxes flat (4 n,): read as n values and n boxes.
+    gt = [(np.array([0.0, 0, 10, 10, 20, 0, 30, 10]), np.array([[0], [1]]))]
+    preds = [(np.array([0.0, 0, 10, 10, 20, 0, 30, 10]), np.array([[0.9], [0.8]]), np.array([[0], [1]]))]
+    for backend in ("numpy", "pycocotools"):
+        assert coco_evaluate(preds, gt, backend=backend)["map"] == pytest.approx(1.0, abs=1e-12)
+    assert voc_ap50(preds, gt) == pytest.approx(1.0, abs=1e-12)
+    dataset, results = to_coco_dicts(gt, preds)
+    assert [a["category_id"] for a in dataset["annotations"]] == [0, 1] and len(results) == 2
 
 
 def test_box_and_mask_iou_edge_cases() -> None:
@@ -377,3 +392,13 @@ def test_to_coco_dicts_field_by_field() -> None:
     assert results == [{"image_id": 1, "category_id": 2, "bbox": [1.0, 2.0, 2.0, 3.0], "score": 0.25}]
     unnamed, _ = to_coco_dicts(gt)
     assert unnamed["categories"] == [{"id": 0, "name": "0"}, {"id": 2, "name": "2"}]
+
+
+def test_voc_ap50_envelope_runs_from_the_right() -> None:
+    # 3 objects; ranking TP, FP, TP, FP, FP, TP: precision 1, 1/2, 2/3, 1/2, 2/5, 1/2 at recall 1/3, 1/3, 2/3,
+    # 2/3, 2/3, 1. Envelope from the right: 1, 2/3, 2/3, 1/2, 1/2, 1/2: AP = (1 + 2/3 + 1/2) / 3.
+    objects = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], float)
+    miss = np.array([[0, 50, 10, 60]], float)
+    boxes = np.concatenate([objects[:1], miss, objects[1:2], miss, miss, objects[2:]])
+    preds = [(boxes, np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), np.zeros(6, int))]
+    assert voc_ap50(preds, [(objects, np.zeros(3, int))]) == pytest.approx((1 + 2 / 3 + 1 / 2) / 3)
