@@ -385,3 +385,112 @@ def test_seeds_to_decide_edge_cases():
 def test_holm_never_exceeds_one():
     assert stats.holm([0.6, 0.7]) == [1.0, 1.0]
     assert stats.holm([0.3, 0.01, 0.9]) == pytest.approx([0.6, 0.03, 0.9])
+
+
+# ------------------------------------------------------------------ gaps found by mutation testing (issue 23)
+
+def _two_arms(t: list[float], c: list[float], metric: str = "acc") -> Evidence:
+    ev = Evidence()
+    for a, b in zip(t, c):
+        ev.add("new", **{metric: a})
+        ev.add("old", **{metric: b})
+    return ev
+
+
+def test_rules_describe_and_brief_themselves_word_for_word() -> None:
+    from dltricks.evidence.rules import AllOf, Exact
+
+    effect = Effect("acc", "new", "old", min_effect=0.02)
+    lower = Effect("loss", "new", "old", higher_is_better=False, min_seeds=3)
+    non_inferior = NonInferior("acc", "new", "old", margin=0.05)
+    equivalent = Equivalent("acc", "new", "old", margin=0.03, higher_is_better=False)
+    exact = Exact(("a", "b"), meaning="Counts by hand.")
+    assert effect.brief() == "Effect(acc: new vs old, higher better, min 0.02)"
+    assert lower.brief() == "Effect(loss: new vs old, lower better, min 0)"
+    assert non_inferior.brief() == "NonInferior(acc: new vs old, margin 0.05)"
+    assert equivalent.brief() == "Equivalent(acc: new vs old, margin 0.03, TOST)"
+    assert exact.brief() == "Exact (2 checks)"
+    assert AllOf((effect, exact)).brief() == effect.brief() + " AND " + exact.brief()
+    assert effect.describe() == (
+        "new vs old on acc (higher is better), paired by seed; the claim needs an effect of at least 0.02. 95% "
+        "Student-t interval of the mean paired effect: wholly above 0.02 = confirmed (full mode, >= 5 seeds) or "
+        "consistent with (quick); wholly below = refuted / not consistent with; across it = inconclusive.")
+    assert "(lower is better)" in lower.describe() and ">= 3 seeds" in lower.describe()
+    assert non_inferior.describe() == (
+        "new no worse than old on acc (higher is better) by more than 0.05, paired by seed. 95% Student-t interval "
+        "of the mean paired effect: wholly above -0.05 = confirmed (full mode, >= 5 seeds) or consistent with "
+        "(quick); wholly below = refuted / not consistent with; across it = inconclusive.")
+    assert equivalent.describe() == (
+        "new and old within 0.03 of each other on acc (lower is better), paired by seed; equivalence test (TOST): "
+        "the 95% Student-t interval of the mean paired difference wholly inside (-0.03, 0.03) = confirmed (full "
+        "mode, >= 5 seeds) or consistent with (quick); wholly outside = refuted / not consistent with; otherwise "
+        "inconclusive.")
+    assert exact.describe() == ("exact (deterministic, any mode): confirmed iff all of a, b hold; refuted if any "
+                                "fails. Counts by hand.")
+    assert Exact(("a",)).describe().endswith("refuted if any fails.")
+    assert AllOf((effect, exact)).describe() == f"all of: ({effect.describe()}) AND ({exact.describe()})"
+    assert AllOf((effect, non_inferior)).arms() == [("new", "acc"), ("old", "acc")] * 2 and exact.arms() == []
+
+
+def test_summarize_and_the_numbers_in_a_reason() -> None:
+    from dltricks.evidence.rules import summarize
+
+    assert summarize([2.0]) == {"mean": 2.0, "std": 0.0, "se": 0.0, "n": 1}
+    s = summarize([1.0, 2.0, 6.0])
+    assert s["mean"] == 3.0 and s["std"] == pytest.approx(math.sqrt(7.0)) and s["n"] == 3
+    assert s["se"] == pytest.approx(math.sqrt(7.0) / math.sqrt(3))
+    empty = summarize([])
+    assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in ("mean", "std", "se"))
+    # The reason quotes the effect and interval to 4 significant digits; one seed has no interval.
+    decision = Effect("acc", "new", "old").decide(_two_arms([0.51234], [0.4]), "full")
+    assert decision.reason == ("acc: new vs old, effect 0.1123, 95% CI [undefined, undefined] (n=1, df=0); one seed "
+                               "gives no interval")
+
+
+def test_paired_rules_report_their_declared_bound_and_the_arms_they_read() -> None:
+    from dltricks.evidence.rules import RuleError
+
+    ev = _two_arms([0.9, 0.91, 0.92, 0.93, 0.95], [0.9, 0.9, 0.9, 0.9, 0.9])
+    part = Effect("acc", "new", "old", min_effect=0.01).decide(ev, "full").stats[0]
+    assert part["min_effect"] == 0.01 and "margin" not in part and part["bound"] == 0.01
+    assert part["treatment_values"] == [0.9, 0.91, 0.92, 0.93, 0.95] and part["control_values"] == [0.9] * 5
+    assert part["differences"] == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.05])
+    ni = NonInferior("acc", "new", "old", margin=0.02).decide(ev, "full").stats[0]
+    assert ni["margin"] == 0.02 and "min_effect" not in ni and ni["bound"] == -0.02
+    eq = Equivalent("acc", "new", "old", margin=0.1).decide(ev, "full").stats[0]
+    assert eq["margin"] == 0.1 and "min_effect" not in eq
+    lower = Effect("acc", "new", "old", higher_is_better=False).decide(ev, "full").stats[0]
+    assert lower["differences"] == pytest.approx([-0.0, -0.01, -0.02, -0.03, -0.05]) and lower["better"] == "lower"
+    for evidence, message in (
+            (_two_arms([1.0], [1.0], metric="loss"), "the experiment reported no 'acc' for arm 'new' (arms: new, old)"),
+            (Evidence(), "the experiment reported no 'acc' for arm 'new' (arms: none)"),
+            (Evidence(arms={"new": {"acc": []}, "old": {"acc": [1.0]}}), "arm 'new' has no 'acc' values"),
+            (Evidence(arms={"new": {"acc": [float("nan")]}, "old": {"acc": [1.0]}}),
+             "arm 'new' has non-finite 'acc' values [nan]"),
+            (Evidence(arms={"new": {"acc": [1.0, 2.0]}, "old": {"acc": [1.0]}}),
+             "acc: 2 values for 'new' but 1 for 'old'")):
+        with pytest.raises(RuleError) as err:
+            Effect("acc", "new", "old").decide(evidence, "full")
+        assert str(err.value) == message
+
+
+def test_exact_and_allof_decisions_in_full() -> None:
+    from dltricks.evidence.rules import AllOf, Exact, RuleError
+
+    ev = Evidence(checks={"a": True, "b": False, "c": True})
+    ok = Exact(("a", "c")).decide(ev, "quick")
+    assert ok.verdict is Verdict.CONFIRMED and ok.reason == "all 2 exact checks hold"
+    assert ok.stats == [{"kind": "exact", "checks": {"a": True, "c": True}, "verdict": "confirmed"}]
+    bad = Exact(("a", "b", "c")).decide(ev, "full")
+    assert bad.verdict is Verdict.REFUTED and bad.reason == "failed: b"
+    assert bad.stats[0]["checks"] == {"a": True, "b": False, "c": True} and bad.stats[0]["verdict"] == "refuted"
+    with pytest.raises(RuleError) as err:
+        Exact(("a", "x", "y")).decide(ev, "full")
+    assert str(err.value) == "the experiment did not report check(s) x, y"
+    both = _two_arms([0.9, 0.91, 0.92, 0.93, 0.95], [0.9] * 5)
+    both.checks.update({"a": True})
+    combined = AllOf((Effect("acc", "new", "old"), Exact(("a",)))).decide(both, "full")
+    first = Effect("acc", "new", "old").decide(both, "full")
+    assert combined.reason == f"[{first.verdict.value}] {first.reason}; [confirmed] all 1 exact checks hold"
+    assert [s["kind"] for s in combined.stats] == ["effect", "exact"]
+    assert combined.verdict is first.verdict
