@@ -170,3 +170,89 @@ def test_cuda_kernel_is_optional() -> None:
     if not cuda_selective_scan_available():
         with pytest.raises(RuntimeError, match="mamba_ssm"):
             selective_scan(x["u"], x["delta"], x["A"], x["B"], x["C"], impl="cuda")
+
+
+# ------------------------------------------------------------------ gaps found by mutation testing (issue 23)
+
+def _plain(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in inputs.items()}
+
+
+def test_dispatch_passes_the_state_through_and_names_bad_choices() -> None:
+    x = _plain(make_inputs(2, 3, 9, 4, seed=5))
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    ref_y, ref_h = selective_scan_ref(*args, return_last_state=True, initial_state=x["initial_state"])
+    for impl in ("auto", "chunked", "ref", "blelloch"):
+        y, h = selective_scan(*args, return_last_state=True, initial_state=x["initial_state"], impl=impl)
+        torch.testing.assert_close(y, ref_y, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(h, ref_h, rtol=RTOL, atol=ATOL)
+        plain = selective_scan(*args, impl=impl)  # no state asked for: a tensor, from zeros
+        assert isinstance(plain, torch.Tensor)
+        torch.testing.assert_close(plain, selective_scan_ref(*args), rtol=RTOL, atol=ATOL)
+        bld = [t.transpose(1, 2) for t in (x["u"], x["delta"], x["B"], x["C"], x["z"])]
+        y2, h2 = selective_scan(bld[0], bld[1], x["A"], bld[2], bld[3], x["D"], bld[4], x["delta_bias"], True,
+                                True, x["initial_state"], impl=impl, layout="bld")
+        torch.testing.assert_close(y2.transpose(1, 2), ref_y, rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(h2, ref_h, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError) as err:
+        selective_scan(*args, layout="lbd")
+    assert str(err.value) == "layout must be 'bdl' or 'bld', got 'lbd'"
+    with pytest.raises(ValueError) as err:
+        selective_scan(*args, impl="fast")
+    assert str(err.value) == ("unknown selective scan implementation 'fast'; choose from auto, cuda, ref, chunked, "
+                              "blelloch")
+
+
+def test_the_cuda_kernel_is_called_only_when_asked_for_or_on_cuda_tensors(monkeypatch) -> None:
+    import importlib
+
+    scan = importlib.import_module("dltricks.layers.ssm.selective_scan")  # the module, not the function
+
+    x = _plain(make_inputs(1, 2, 5, 3, seed=6))
+    args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+    calls: list[int] = []
+
+    def kernel(*a):  # mamba_ssm's selective_scan_fn takes no initial state: 10 arguments
+        calls.append(len(a))
+        return selective_scan_ref(*a)
+
+    monkeypatch.setattr(scan, "_cuda_kernel", lambda: kernel)
+    selective_scan(*args)  # CPU tensors: the chunked scan, never the kernel
+    selective_scan(*args, initial_state=x["initial_state"])
+    assert calls == []
+    y = selective_scan(*args, impl="cuda")
+    assert calls == [10]
+    torch.testing.assert_close(y, selective_scan_ref(*args))
+    with pytest.raises(ValueError) as err:
+        selective_scan(*args, initial_state=x["initial_state"], impl="cuda")
+    assert str(err.value) == "the mamba_ssm CUDA kernel does not take an initial state; use impl='chunked'"
+    monkeypatch.setattr(scan, "_cuda_kernel", lambda: None)
+    with pytest.raises(RuntimeError) as err:
+        selective_scan(*args, impl="cuda")
+    assert str(err.value) == "impl='cuda' needs the mamba_ssm package (pip install mamba-ssm) and a CUDA GPU"
+
+
+def test_state_update_checks_every_shape_and_computes_in_float32_for_bfloat16() -> None:
+    g = torch.Generator().manual_seed(7)
+    b, d, n = 2, 3, 4
+    state = torch.randn(b, d, n, generator=g)
+    x, dt, z = (torch.randn(b, d, generator=g) for _ in range(3))
+    A, B, C = -torch.rand(d, n, generator=g), torch.randn(b, n, generator=g), torch.randn(b, n, generator=g)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    for bad_state, bad_x, bad_B in ((state[0], x, B), (state, x[:, :2], B), (state, x, B[:, :3])):
+        with pytest.raises(ValueError) as err:
+            selective_state_update(bad_state.clone(), bad_x, dt, A, bad_B, C)
+        assert str(err.value) == (f"selective_state_update: expected state (B, D, N), x/dt (B, D), B/C (B, N); got "
+                                  f"state {tuple(bad_state.shape)}, x {tuple(bad_x.shape)}, B {tuple(bad_B.shape)}")
+    # No softplus unless asked for: the default equals dt_softplus=False.
+    s1, s2 = state.clone(), state.clone()
+    torch.testing.assert_close(selective_state_update(s1, x, dt, A, B, C),
+                               selective_state_update(s2, x, dt, A, B, C, dt_softplus=False), rtol=0, atol=0)
+    # bfloat16 inputs: the step is computed in float32 and rounded once, to x's dtype.
+    bf = [t.to(torch.bfloat16) for t in (state, x, dt, A, B, C, D, z, bias)]
+    f32 = [t.float() for t in bf]
+    state_bf, state_f32 = bf[0].clone(), f32[0].clone()
+    out_bf = selective_state_update(state_bf, *bf[1:6], D=bf[6], z=bf[7], dt_bias=bf[8], dt_softplus=True)
+    out_f32 = selective_state_update(state_f32, *f32[1:6], D=f32[6], z=f32[7], dt_bias=f32[8], dt_softplus=True)
+    assert out_bf.dtype == torch.bfloat16 and state_bf.dtype == torch.bfloat16
+    assert torch.equal(out_bf, out_f32.to(torch.bfloat16)) and torch.equal(state_bf, state_f32.to(torch.bfloat16))
