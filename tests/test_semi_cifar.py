@@ -8,19 +8,11 @@ import torch
 
 from dltricks.evidence import Context
 from dltricks.experiments import transfer_tips, unlabelled_cifar_tips
-from dltricks.tasks.classification import find_cifar10
 from dltricks.train.unlabelled import split_labelled
+from train_helpers import cifar10_available
 
 
-def _cifar_available() -> bool:
-    try:
-        find_cifar10(None)
-    except Exception:
-        return False
-    return True
-
-
-needs_cifar = pytest.mark.skipif(not _cifar_available(), reason="CIFAR-10 is not in the data folders")
+needs_cifar = pytest.mark.skipif(not cifar10_available(), reason="CIFAR-10 is not in the data folders")
 # The worker that decodes the CIFAR-10 zip once for the other tests (its cache serves these too).
 pytestmark = pytest.mark.xdist_group("cifar10-zip")
 

@@ -8,18 +8,10 @@ import torch
 
 from dltricks.evidence import Context
 from dltricks.experiments import transfer_tips
-from dltricks.tasks.classification import find_cifar10
+from train_helpers import cifar10_available
 
 
-def _cifar_available() -> bool:
-    try:
-        find_cifar10(None)
-    except Exception:
-        return False
-    return True
-
-
-needs_cifar = pytest.mark.skipif(not _cifar_available(), reason="CIFAR-10 is not in the data folders")
+needs_cifar = pytest.mark.skipif(not cifar10_available(), reason="CIFAR-10 is not in the data folders")
 # The worker that decodes the CIFAR-10 zip once for the other tests (its cache serves these too).
 pytestmark = pytest.mark.xdist_group("cifar10-zip")
 

@@ -56,3 +56,14 @@ def tiny_mlp(seed: int = 0) -> torch.nn.Module:
 
 def strip_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in history]
+
+
+def cifar10_available() -> bool:
+    """Whether CIFAR-10 (the zip, image folder or tarball) is in the default data folders."""
+    from dltricks.tasks.classification import find_cifar10
+
+    try:
+        find_cifar10(None)
+    except Exception:
+        return False
+    return True
