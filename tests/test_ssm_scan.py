@@ -256,3 +256,76 @@ def test_state_update_checks_every_shape_and_computes_in_float32_for_bfloat16() 
     out_f32 = selective_state_update(state_f32, *f32[1:6], D=f32[6], z=f32[7], dt_bias=f32[8], dt_softplus=True)
     assert out_bf.dtype == torch.bfloat16 and state_bf.dtype == torch.bfloat16
     assert torch.equal(out_bf, out_f32.to(torch.bfloat16)) and torch.equal(state_bf, state_f32.to(torch.bfloat16))
+
+
+def test_every_shape_error_names_what_was_expected() -> None:
+    x = _plain(make_inputs(2, 3, 10, 4))
+    u, dl, A, B, C, h0 = x["u"], x["delta"], x["A"], x["B"], x["C"], x["initial_state"]
+    cases = [
+        ((u[0], dl[0], A, B, C, None), "selective scan: u must be (B, D, L), got shape (3, 10)"),
+        ((u, dl[:, :, :9], A, B, C, None), "selective scan: delta must have the shape of u (2, 3, 10), got (2, 3, 9)"),
+        ((u, dl, A[:2], B, C, None), "selective scan: A must be (D, N) = (3, N), got (2, 4)"),
+        ((u, dl, A, B[..., :5], C, None), "selective scan: B must be (B, N, L) = (2, 4, 10), got (2, 4, 5)"),
+        ((u, dl, A, B, C[:, :3], None), "selective scan: C must be (B, N, L) = (2, 4, 10), got (2, 3, 10)"),
+        ((u, dl, A, B, C, h0[:, :2]), "selective scan: initial_state must be (B, D, N) = (2, 3, 4), got (2, 2, 4)"),
+    ]
+    for (u_, dl_, A_, B_, C_, h_), message in cases:
+        for fn in (selective_scan_ref, selective_scan_chunked, selective_scan_blelloch):
+            with pytest.raises(ValueError) as err:
+                fn(u_, dl_, A_, B_, C_, initial_state=h_)
+            assert str(err.value) == message, fn.__name__
+        if u_.dim() == 3 and dl_.shape == u_.shape:  # the (B, L, D) layout checks the same shapes
+            with pytest.raises(ValueError) as err:
+                selective_scan_chunked(u_.transpose(1, 2), dl_.transpose(1, 2), A_, B_.transpose(1, 2),
+                                       C_.transpose(1, 2), initial_state=h_, layout="bld")
+            assert str(err.value) == message
+    with pytest.raises(ValueError) as err:
+        selective_scan_chunked(u[..., :0], dl[..., :0], A, B[..., :0], C[..., :0])
+    assert str(err.value) == "selective scan: the sequence is empty (L = 0)"
+    with pytest.raises(ValueError) as err:
+        selective_scan_chunked(u, dl, A, B, C, layout="dbl")
+    assert str(err.value) == "layout must be 'bdl' or 'bld', got 'dbl'"
+
+
+@pytest.mark.parametrize("fn", [selective_scan_ref, selective_scan_chunked, selective_scan_blelloch])
+def test_bfloat16_inputs_are_scanned_in_float32_and_returned_in_bfloat16(fn) -> None:
+    x = {k: v.to(torch.bfloat16) for k, v in _plain(make_inputs(2, 3, 12, 4, seed=9)).items()}
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    y, h = fn(*args, True, True, x["initial_state"])
+    y32, h32 = fn(*[a.float() for a in args], True, True, x["initial_state"].float())
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y32.to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(h.float(), h32, rtol=1e-6, atol=1e-6)
+
+
+def test_defaults_chunk_sizes_and_strides() -> None:
+    import importlib
+
+    scan = importlib.import_module("dltricks.layers.ssm.selective_scan")
+    x = _plain(make_inputs(2, 3, 9, 4, seed=11))
+    out = selective_scan_blelloch(x["u"], x["delta"], x["A"], x["B"], x["C"])  # no softplus, no state returned
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out, selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"]),
+                               rtol=RTOL, atol=ATOL)
+    assert scan._auto_chunk(1, 1) == 1 and scan._auto_chunk(10**9, 100) == 8
+    assert scan._auto_chunk(1, 10**9) == scan._CHUNK_ELEMENTS and scan._auto_chunk(0, 10**9) == scan._CHUNK_ELEMENTS
+    assert scan._auto_chunk(1024, 10**6) == scan._CHUNK_ELEMENTS // 1024
+    assert isinstance(scan._auto_chunk(3, 10**6), int)
+    t = torch.randn(4, 5)
+    assert scan._last_dim_contiguous(t) is t
+    strided = t.t()  # stride (1, 5): the last dimension is not contiguous
+    fixed = scan._last_dim_contiguous(strided)
+    assert fixed.stride(-1) == 1 and torch.equal(fixed, strided)
+    column = t[:, :1]  # (4, 1): last stride 1 though not contiguous as a whole: kept as it is
+    assert scan._last_dim_contiguous(column) is column
+
+
+def test_chunked_scan_allocates_its_buffers_at_their_final_shapes() -> None:
+    import warnings
+
+    x = make_inputs(2, 3, 21, 4, seed=12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an out= buffer of the wrong shape is resized with a warning
+        y, h = selective_scan_chunked(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"],
+                                      x["delta_bias"], True, True, x["initial_state"], chunk_size=8)
+        (y.square().sum() + h.square().sum()).backward()
