@@ -494,3 +494,61 @@ def test_exact_and_allof_decisions_in_full() -> None:
     assert combined.reason == f"[{first.verdict.value}] {first.reason}; [confirmed] all 1 exact checks hold"
     assert [s["kind"] for s in combined.stats] == ["effect", "exact"]
     assert combined.verdict is first.verdict
+
+
+def test_a_paired_decision_records_every_number_and_says_why_in_each_case() -> None:
+    ev = _two_arms([0.52, 0.55, 0.53, 0.56, 0.54], [0.50, 0.51, 0.50, 0.52, 0.51])
+    decision = Effect("acc", "new", "old", min_effect=0.01).decide(ev, "full")
+    part = decision.stats[0]
+    assert set(part) == {"kind", "metric", "better", "treatment", "control", "treatment_stats", "control_stats",
+                         "treatment_values", "control_values", "differences", "effect", "bound", "wanted", "outcome",
+                         "p_support", "p_contradict", "p", "verdict", "mode", "min_seeds", "mde", "seeds_to_decide",
+                         "min_effect"}
+    iv = stats.paired_interval(part["differences"])
+    assert part["effect"] == {**iv.to_dict(), "std": iv.sd}
+    assert (part["kind"], part["metric"], part["better"], part["treatment"], part["control"]) == (
+        "effect", "acc", "higher", "new", "old")
+    assert (part["wanted"], part["mode"], part["min_seeds"], part["verdict"]) == (
+        "interval above 0.01", "full", 5, "confirmed")
+    assert part["outcome"] == stats.SUPPORTED and part["p_support"] < 0.025 < part["p_contradict"]
+    assert part["p"] == pytest.approx(min(1.0, 2 * part["p_support"]))
+    assert part["mde"] == stats.mde(iv.sd, iv.n) and part["seeds_to_decide"] == stats.seeds_to_decide(
+        iv.mean, iv.sd, 0.01)
+    assert decision.reason == (f"acc: new vs old, effect {iv.mean:.4g}, 95% CI [{iv.lo:.4g}, {iv.hi:.4g}] (n=5, df=4); "
+                               "interval above 0.01: yes")
+    # p is capped at 1; a contradicted claim, an open one, and a decisive one with too few seeds say so.
+    worse = _two_arms([0.40, 0.41, 0.42, 0.40, 0.41], [0.50, 0.51, 0.50, 0.52, 0.51])
+    no = Effect("acc", "new", "old").decide(worse, "full")
+    assert no.reason.endswith("interval above 0: no, the interval lies on the other side")
+    assert no.stats[0]["p"] <= 1.0 and no.stats[0]["verdict"] == "refuted"
+    open_ = Effect("acc", "new", "old").decide(_two_arms([0.5, 0.6, 0.4], [0.5, 0.5, 0.5]), "quick")
+    assert open_.reason.endswith("interval above 0: the interval straddles the bound")
+    assert open_.stats[0]["p"] == pytest.approx(1.0)
+    few = Effect("acc", "new", "old").decide(_two_arms([0.6, 0.61, 0.62], [0.5, 0.5, 0.5]), "full")
+    assert few.reason.endswith("the interval is decisive but full mode needs >= 5 seeds")
+    four = Effect("acc", "new", "old", min_seeds=4).decide(_two_arms([0.6, 0.61, 0.62, 0.6], [0.5] * 4), "full")
+    assert four.reason.endswith("interval above 0: yes") and four.verdict is Verdict.CONFIRMED
+    quick_few = Effect("acc", "new", "old").decide(_two_arms([0.6, 0.61, 0.62], [0.5, 0.5, 0.5]), "quick")
+    assert quick_few.reason.endswith("interval above 0: yes")  # quick mode has no seed minimum
+    two = Effect("acc", "new", "old").decide(_two_arms([0.6, 0.7], [0.5, 0.5]), "quick").stats[0]
+    assert two["seeds_to_decide"] == stats.seeds_to_decide(two["effect"]["mean"], two["effect"]["sd"], 0.0)
+    one = Effect("acc", "new", "old").decide(_two_arms([0.6], [0.5]), "quick").stats[0]
+    assert one["seeds_to_decide"] is None
+    assert Effect("acc", "new", "old", higher_is_better=False).decide(worse, "full").stats[0]["better"] == "lower"
+
+
+def test_setup_problems_name_the_seed_and_the_non_finite_metrics() -> None:
+    ev = _two_arms([0.5, float("nan"), 0.6], [0.5, 0.5, 0.5])
+    ev.record_health("new", "")
+    ev.record_health("new", "diverged")
+    ev.record_health("old", "at chance")
+    rule = Effect("acc", "new", "old")
+    assert setup_problems(ev, rule, seeds=[10, 11]) == ["new, seed 11: diverged", "old, seed 10: at chance",
+                                                         "new: acc is not finite in 1 of 3 runs"]
+    # A run beyond the listed seeds is named by its index.
+    assert setup_problems(ev, rule, seeds=[10]) == ["new, seed 1: diverged", "old, seed 10: at chance",
+                                                    "new: acc is not finite in 1 of 3 runs"]
+    assert setup_problems(ev, rule, may_fail=("new",)) == ["old, seed 0: at chance",
+                                                          "new: acc is not finite in 1 of 3 runs"]
+    assert setup_problems(ev, object()) == ["new, seed 1: diverged", "old, seed 0: at chance"]  # no arms() to read
+    assert setup_problems(Evidence(), Effect("acc", "x", "y")) == []  # arms the experiment never reported
