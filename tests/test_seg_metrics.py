@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -331,3 +332,76 @@ def test_segmentation_report_fields_options_and_refusals(monkeypatch) -> None:
     with pytest.raises(ConfigError) as err:
         seg_eval.segmentation_report(identity, task, split="test")
     assert str(err.value) == "split 'test': data set cells offers whole-image evaluation of val and train only"
+
+
+class _Loader:
+    """Whole images one per batch; records the epochs it was asked for."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.images, self.targets, self.epochs = images, targets, []
+
+    def iter_epoch(self, epoch: int):
+        self.epochs.append(epoch)
+        for i in range(len(self.images)):
+            yield self.images[i:i + 1], self.targets[i:i + 1]
+
+
+def test_save_predicted_masks_names_values_paths_and_windows(tmp_path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from dltricks.tasks.segmentation import evaluate as seg_eval
+
+    logits = torch.full((3, 1, 4, 6), -1.0)  # the model returns its input: these are the logits
+    logits[:, 0, 1, 2] = 1.0
+    logits[:, 0, 2, 2] = 0.0  # exactly 0: background
+    val, train = _Loader(logits, torch.zeros(3, 1, 4, 6)), _Loader(logits[:1], torch.zeros(1, 1, 4, 6))
+    task = SimpleNamespace(name="cells", val_loader=val, extra={"val_slices": ["s20", "s21"], "foreground": "membrane",
+                                                                 "train_slices": ["t0"], "train_eval_loader": train})
+    written = seg_eval.save_predicted_masks(torch.nn.Identity(), task, tmp_path)
+    assert written == [tmp_path / "s20.png", tmp_path / "s21.png", tmp_path / "2.png"] and val.epochs == [0]
+    expected = np.full((4, 6), 255, np.uint8)
+    expected[1, 2] = 0  # membrane black, the rest white
+    for path in written:
+        assert np.array_equal(np.asarray(Image.open(path)), expected)
+    task.extra["foreground"] = "cell"
+    (path,) = seg_eval.save_predicted_masks(torch.nn.Identity(), task, tmp_path / "train", split="train")
+    assert path == tmp_path / "train" / "t0.png" and np.array_equal(np.asarray(Image.open(path)), 255 - expected)
+    calls: list[dict] = []
+
+    def windows(model, x, **options):
+        calls.append(options)
+        return model(x)
+
+    monkeypatch.setattr(seg_eval, "predict_sliding_window", windows)
+    seg_eval.save_predicted_masks(torch.nn.Identity(), task, tmp_path / "w", window=2, overlap=0.25, split="train")
+    seg_eval.save_predicted_masks(torch.nn.Identity(), task, tmp_path / "t", tta=True, split="train")
+    assert calls == [{"window": 2, "overlap": 0.25, "tta": False}, {"window": 6, "overlap": 0.5, "tta": True}]
+
+
+def test_evaluate_segmentation_routes_windows_and_flips_and_its_defaults(monkeypatch) -> None:
+    from dltricks.tasks.segmentation import evaluate as seg_eval
+
+    # A 4 x 4 square predicted 3 px to the right on a 14 x 14 image: boundary F1 differs at tolerance 2 and 3.
+    target = torch.zeros(1, 1, 14, 14)
+    target[0, 0, 5:9, 3:7] = 1.0
+    logits = torch.roll(target, 3, dims=3) * 2 - 1
+    loader = _Loader(logits, target)
+    plain = seg_eval.evaluate_segmentation(torch.nn.Identity(), loader)  # no parameters: evaluated on the CPU
+    assert loader.epochs == [0]
+    assert plain["boundary_f1"] == pytest.approx(boundary_f1(logits[:, 0] > 0, target[:, 0] > 0, tolerance=2).item())
+    assert plain["boundary_f1"] != seg_eval.evaluate_segmentation(torch.nn.Identity(), loader,
+                                                                  tolerance=3)["boundary_f1"]
+    calls: list[dict] = []
+
+    def windows(model, x, **options):
+        calls.append(options)
+        return model(x)
+
+    monkeypatch.setattr(seg_eval, "predict_sliding_window", windows)
+    assert seg_eval.evaluate_segmentation(torch.nn.Identity(), loader, window=8, overlap=0.25)["dice"] == plain["dice"]
+    seg_eval.evaluate_segmentation(torch.nn.Identity(), loader, window=8, tta=True)
+    seg_eval.evaluate_segmentation(torch.nn.Identity(), loader, tta=True)
+    assert calls == [{"window": 8, "overlap": 0.25, "tta": False}, {"window": 8, "overlap": 0.5, "tta": True},
+                     {"window": 14, "overlap": 0.0, "tta": True}]
