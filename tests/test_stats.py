@@ -552,3 +552,24 @@ def test_setup_problems_name_the_seed_and_the_non_finite_metrics() -> None:
                                                           "new: acc is not finite in 1 of 3 runs"]
     assert setup_problems(ev, object()) == ["new, seed 1: diverged", "old, seed 0: at chance"]  # no arms() to read
     assert setup_problems(Evidence(), Effect("acc", "x", "y")) == []  # arms the experiment never reported
+
+
+def test_rule_details_the_other_tests_leave_open() -> None:
+    from dltricks.evidence.rules import Exact, summarize
+
+    assert "(lower is better)" in NonInferior("loss", "new", "old", higher_is_better=False).describe()
+    assert "(higher is better)" in Equivalent("acc", "new", "old").describe()
+    assert summarize([1.0, 3.0])["std"] == pytest.approx(math.sqrt(2.0))  # two values have a spread
+    assert Exact(("a", "b", "c")).decide(Evidence(checks={"a": False, "b": True, "c": False}), "full").reason == \
+        "failed: a, c"
+    # Equivalence with two seeds: the seeds needed to reach the nearer edge of (-margin, margin).
+    part = Equivalent("acc", "new", "old", margin=0.05).decide(_two_arms([0.6, 0.7], [0.58, 0.6]), "quick").stats[0]
+    iv = part["effect"]
+    edges = [stats.seeds_to_decide(iv["mean"], iv["sd"], b) for b in (-0.05, 0.05)]
+    assert part["seeds_to_decide"] == min(n for n in edges if n is not None)
+    assert Equivalent("acc", "new", "old").decide(_two_arms([0.6], [0.5]), "quick").stats[0]["seeds_to_decide"] is None
+    # Every problem of every run is listed, not only the first of an arm.
+    ev = _two_arms([0.5, 0.5], [0.5, 0.5])
+    ev.record_health("new", "diverged")
+    ev.record_health("new", "at chance")
+    assert setup_problems(ev, Effect("acc", "new", "old")) == ["new, seed 0: diverged", "new, seed 1: at chance"]
