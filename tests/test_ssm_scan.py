@@ -318,6 +318,14 @@ def test_defaults_chunk_sizes_and_strides() -> None:
     assert fixed.stride(-1) == 1 and torch.equal(fixed, strided)
     column = t[:, :1]  # (4, 1): last stride 1 though not contiguous as a whole: kept as it is
     assert scan._last_dim_contiguous(column) is column
+    t3 = torch.randn(2, 3, 4).transpose(1, 2)  # (2, 4, 3) with strides (12, 1, 4): the middle one is 1
+    assert scan._last_dim_contiguous(t3).stride(-1) == 1
+    # The (B, L, D) layout without a gate z, through the reference-layout implementations.
+    bld = [t.transpose(1, 2) for t in (x["u"], x["delta"], x["B"], x["C"])]
+    for impl in ("ref", "blelloch"):
+        y = selective_scan(bld[0], bld[1], x["A"], bld[2], bld[3], impl=impl, layout="bld")
+        torch.testing.assert_close(y.transpose(1, 2), selective_scan_ref(x["u"], x["delta"], x["A"], x["B"], x["C"]),
+                                   rtol=RTOL, atol=ATOL)
 
 
 def test_chunked_scan_allocates_its_buffers_at_their_final_shapes() -> None:
