@@ -338,3 +338,83 @@ def test_deterministic_mode_restores_flags():
 def test_schedule_total_steps_and_warmup_rounding():
     s = LRSchedule(load_recipe(None, ["schedule.warmup_epochs=0.5"]).schedule, 7, 3)
     assert s.total_steps == 21 and s.warmup_steps == 4 and math.isclose(s(3), 1.0)
+
+
+# ------------------------------------------------------------------ gaps found by mutation testing (issue 23)
+
+class _Named(nn.Module):
+    """A stem, two stages and a head, with a 2-D parameter named by no_weight_decay() and one flagged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(3, 4)
+        self.stages = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.head = nn.Linear(4, 2)
+        self.pos_embed = nn.Parameter(torch.zeros(2, 4))
+        self.stages[0].weight._no_weight_decay = True
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed"}
+
+
+def test_no_weight_decay_takes_vectors_flagged_and_listed_parameters() -> None:
+    from dltricks.train.optim import no_weight_decay
+
+    assert no_weight_decay(_Named()) == {"pos_embed", "stages.0.weight", "stem.bias", "stages.0.bias",
+                                         "stages.1.weight", "stages.1.bias", "head.bias"}
+    plain = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    plain[0].weight._no_weight_decay = False
+    assert no_weight_decay(plain) == {"0.bias", "1.weight", "1.bias"}
+
+
+def test_param_groups_order_decay_multipliers_frozen_and_layer_groups() -> None:
+    from dltricks.train.recipe import FinetuneConfig
+
+    model = _Named()
+    names = {id(p): n for n, p in model.named_parameters()}
+    one = param_groups(model, weight_decay=0.1, skip_norm_bias=False)
+    assert len(one) == 1 and one[0]["weight_decay"] == 0.1 and set(one[0]) == {"params", "weight_decay"}
+    two = param_groups(model, weight_decay=0.1, skip_norm_bias=True)
+    assert [g["weight_decay"] for g in two] == [0.1, 0.0] and all("lr_mult" not in g for g in two)
+    assert {names[id(p)] for p in two[0]["params"]} == {"stem.weight", "head.weight"}
+    scaled = param_groups(model, weight_decay=0.1, skip_norm_bias=True, no_decay_lr_mult=64.0)
+    assert "lr_mult" not in scaled[0] and scaled[1]["lr_mult"] == 64.0
+    model.head.weight.requires_grad_(False)  # frozen without a finetune section: left out
+    assert {names[id(p)] for g in param_groups(model, weight_decay=0.1, skip_norm_bias=True)
+            for p in g["params"]} == set(names.values()) - {"head.weight"}
+    finetune = FinetuneConfig(lr_mult={"head": 10.0, "stem": 0.5})
+    groups = param_groups(model, weight_decay=0.1, skip_norm_bias=True, finetune=finetune, no_decay_lr_mult=2.0)
+    summary = [(g["layer_group"], g["weight_decay"], g["lr_mult"], sorted(names[id(p)] for p in g["params"]))
+               for g in groups]
+    assert summary == [("stem", 0.1, 0.5, ["stem.weight"]),
+                       ("stem", 0.0, 1.0, ["pos_embed", "stem.bias"]),
+                       ("stages.0", 0.0, 2.0, ["stages.0.bias", "stages.0.weight"]),
+                       ("stages.1", 0.0, 2.0, ["stages.1.bias", "stages.1.weight"]),
+                       ("head", 0.1, 10.0, ["head.weight"]),  # frozen, but kept: gradual unfreezing may thaw it
+                       ("head", 0.0, 20.0, ["head.bias"])]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sgd", {"momentum": 0.8, "nesterov": True}),
+    ("adam", {"betas": (0.8, 0.9), "eps": 1e-6}),
+    ("adamw", {"betas": (0.8, 0.9), "eps": 1e-6}),
+    ("rmsprop", {"alpha": 0.95, "eps": 1e-6, "momentum": 0.8}),
+    ("adadelta", {"rho": 0.8, "eps": 1e-6})])
+def test_build_optimizer_passes_every_setting(name, expected) -> None:
+    from dltricks.train.lookahead import Lookahead
+
+    recipe = load_recipe({"optim": {"name": name, "lr": 0.2, "momentum": 0.8, "nesterov": name == "sgd",
+                                    "betas": [0.8, 0.9], "eps": 1e-6, "alpha": 0.95, "rho": 0.8, "weight_decay": 0.01,
+                                    "skip_norm_bias": True, "no_decay_lr_mult": 3.0}})
+    optimizer = build_optimizer(_Named(), recipe.optim)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.2, 0.6])
+    assert optimizer.defaults["lr"] == 0.2
+    for key, value in expected.items():
+        assert optimizer.defaults[key] == value, key
+    with_lookahead = build_optimizer(_Named(), load_recipe({"optim": {"name": name, "lookahead_steps": 7,
+                                                                      "lookahead_alpha": 0.3}}).optim)
+    assert isinstance(with_lookahead, Lookahead) and (with_lookahead.k, with_lookahead.alpha) == (7, 0.3)
+    frozen = _Named().requires_grad_(False)
+    with pytest.raises(ConfigError) as err:
+        build_optimizer(frozen, recipe.optim)
+    assert str(err.value) == "the model has no trainable parameters"
