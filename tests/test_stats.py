@@ -568,6 +568,9 @@ def test_rule_details_the_other_tests_leave_open() -> None:
     edges = [stats.seeds_to_decide(iv["mean"], iv["sd"], b) for b in (-0.05, 0.05)]
     assert part["seeds_to_decide"] == min(n for n in edges if n is not None)
     assert Equivalent("acc", "new", "old").decide(_two_arms([0.6], [0.5]), "quick").stats[0]["seeds_to_decide"] is None
+    # Neither edge within reach of 1,000 seeds (a margin of 1e-6 against a spread of 7): None, not an error.
+    far = Equivalent("acc", "new", "old", margin=1e-6).decide(_two_arms([5.0, -5.0], [0.0, 0.0]), "quick")
+    assert far.stats[0]["seeds_to_decide"] is None
     # Every problem of every run is listed, not only the first of an arm.
     ev = _two_arms([0.5, 0.5], [0.5, 0.5])
     ev.record_health("new", "diverged")
