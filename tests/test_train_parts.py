@@ -396,15 +396,15 @@ def test_param_groups_order_decay_multipliers_frozen_and_layer_groups() -> None:
 
 @pytest.mark.parametrize("name, expected", [
     ("sgd", {"momentum": 0.8, "nesterov": True}),
-    ("adam", {"betas": (0.8, 0.9), "eps": 1e-6}),
-    ("adamw", {"betas": (0.8, 0.9), "eps": 1e-6}),
-    ("rmsprop", {"alpha": 0.95, "eps": 1e-6, "momentum": 0.8}),
-    ("adadelta", {"rho": 0.8, "eps": 1e-6})])
+    ("adam", {"betas": (0.8, 0.9), "eps": 1e-5}),
+    ("adamw", {"betas": (0.8, 0.9), "eps": 1e-5}),
+    ("rmsprop", {"alpha": 0.95, "eps": 1e-5, "momentum": 0.8}),
+    ("adadelta", {"rho": 0.8, "eps": 1e-5})])  # eps 1e-5: no optimizer's default
 def test_build_optimizer_passes_every_setting(name, expected) -> None:
     from dltricks.train.lookahead import Lookahead
 
     recipe = load_recipe({"optim": {"name": name, "lr": 0.2, "momentum": 0.8, "nesterov": name == "sgd",
-                                    "betas": [0.8, 0.9], "eps": 1e-6, "alpha": 0.95, "rho": 0.8, "weight_decay": 0.01,
+                                    "betas": [0.8, 0.9], "eps": 1e-5, "alpha": 0.95, "rho": 0.8, "weight_decay": 0.01,
                                     "skip_norm_bias": True, "no_decay_lr_mult": 3.0}})
     optimizer = build_optimizer(_Named(), recipe.optim)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.2, 0.6])
@@ -414,6 +414,11 @@ def test_build_optimizer_passes_every_setting(name, expected) -> None:
     with_lookahead = build_optimizer(_Named(), load_recipe({"optim": {"name": name, "lookahead_steps": 7,
                                                                       "lookahead_alpha": 0.3}}).optim)
     assert isinstance(with_lookahead, Lookahead) and (with_lookahead.k, with_lookahead.alpha) == (7, 0.3)
+    # A finetune section's multipliers reach the learning rates (head x10; its no-decay group x10 x3).
+    from dltricks.train.recipe import FinetuneConfig
+
+    tuned = build_optimizer(_Named(), recipe.optim, finetune=FinetuneConfig(lr_mult={"head": 10.0}))
+    assert [g["lr"] for g in tuned.param_groups if g["layer_group"] == "head"] == pytest.approx([2.0, 6.0])
     frozen = _Named().requires_grad_(False)
     with pytest.raises(ConfigError) as err:
         build_optimizer(frozen, recipe.optim)
