@@ -405,3 +405,32 @@ def test_evaluate_segmentation_routes_windows_and_flips_and_its_defaults(monkeyp
     seg_eval.evaluate_segmentation(torch.nn.Identity(), loader, tta=True)
     assert calls == [{"window": 8, "overlap": 0.25, "tta": False}, {"window": 8, "overlap": 0.5, "tta": True},
                      {"window": 14, "overlap": 0.0, "tta": True}]
+
+
+def test_evaluate_segmentation_edges_empty_loader_thresholds_batches_and_band_width() -> None:
+    from dltricks.tasks.segmentation.evaluate import evaluate_segmentation
+
+    empty = evaluate_segmentation(torch.nn.Identity(), _Loader(torch.zeros(0, 1, 4, 4), torch.zeros(0, 1, 4, 4)))
+    assert empty["images"] == 0.0 and "isbi_pixel_error" not in empty
+    assert (empty["dice_pooled"], empty["boundary_accuracy"], empty["interior_accuracy"]) == (1.0, 1.0, 1.0)
+    # A logit of exactly 0 is background; a target of exactly 0.5 is not foreground (both strict).
+    logits = torch.full((1, 1, 4, 4), -1.0)
+    logits[0, 0, 0, 0] = 0.0
+    target = torch.zeros(1, 1, 4, 4)
+    target[0, 0, 3, 3] = 0.5
+    edge = evaluate_segmentation(torch.nn.Identity(), _Loader(logits, target))
+    assert edge["pixel_accuracy"] == 1.0 and edge["dice"] == 1.0
+    # Two images in one batch: the loss is averaged over images, not batches.
+
+    class Pairs(_Loader):
+        def iter_epoch(self, epoch: int):
+            yield self.images, self.targets
+
+    two = torch.zeros(2, 1, 6, 6)
+    two[:, 0, 2:4, 2:4] = 1.0
+    m = evaluate_segmentation(torch.nn.Identity(), Pairs(two * 2 - 1, two), loss_fn=lambda z, y: torch.tensor(3.0))
+    assert m["loss"] == 3.0 and m["images"] == 2.0
+    # The band width reaches the boundary band.
+    wide = evaluate_segmentation(torch.nn.Identity(), Pairs(torch.roll(two, 1, dims=3) * 2 - 1, two), band_width=0)
+    narrow = evaluate_segmentation(torch.nn.Identity(), Pairs(torch.roll(two, 1, dims=3) * 2 - 1, two))
+    assert wide["boundary_accuracy"] != narrow["boundary_accuracy"]
