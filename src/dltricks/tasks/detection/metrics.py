@@ -222,22 +222,26 @@ def _pycocotools_evaluate(predictions: Sequence[Prediction], ground_truth: Seque
         evaluator.evaluate()
         evaluator.accumulate()
     # COCOeval.summarize reads its AP rows at maxDets=100 whatever params.maxDets holds (every number is -1 for
-    # another limit), so the six numbers are read here as it reads them, at our limit: the mean of
-    # precision[T, R, K, area, maxDets] over the entries > -1, or -1 when there are none.
+    # another limit), so the six numbers are read from its precision array (T, R, K, areas, maxDets) at our limit;
+    # its IoU thresholds are IOU_THRESHOLDS.
     limit = evaluator.params.maxDets.index(max_detections)
-    precision = evaluator.eval["precision"][..., limit]  # (T, R, K, 4 areas) at maxDets = max_detections
-    thresholds = evaluator.params.iouThrs
+    areas = evaluator.params.areaRngLbl  # ["all", "small", "medium", "large"]
+    precision = {name: evaluator.eval["precision"][..., areas.index(name), limit] for name in AREA_RANGES}
+    return {**_summary(precision), "images": float(len(ground_truth))}
+
+
+def _summary(precision: dict[str, np.ndarray]) -> dict[str, float]:
+    """The six COCO numbers from the interpolated precision ``(T, R, K)`` of each area range at
+    :data:`IOU_THRESHOLDS`: the mean over the entries > -1 (-1 when there are none), as ``COCOeval.summarize``."""
 
     def mean(values: np.ndarray) -> float:
         values = values[values > -1]
         return float(values.mean()) if values.size else -1.0
 
-    t50, t75 = (int(np.argmin(np.abs(thresholds - t))) for t in (0.5, 0.75))
-    areas = evaluator.params.areaRngLbl  # ["all", "small", "medium", "large"]
-    by_area = {name: mean(precision[..., areas.index(name)]) for name in ("small", "medium", "large")}
-    return {"map": mean(precision[..., 0]), "ap50": mean(precision[t50, ..., 0]), "ap75": mean(precision[t75, ..., 0]),
-            "ap_small": by_area["small"], "ap_medium": by_area["medium"], "ap_large": by_area["large"],
-            "images": float(len(ground_truth))}
+    t50, t75 = (int(np.argmin(np.abs(IOU_THRESHOLDS - t))) for t in (0.5, 0.75))
+    return {"map": mean(precision["all"]), "ap50": mean(precision["all"][t50]), "ap75": mean(precision["all"][t75]),
+            "ap_small": mean(precision["small"]), "ap_medium": mean(precision["medium"]),
+            "ap_large": mean(precision["large"])}
 
 
 def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
@@ -280,15 +284,7 @@ def coco_evaluate(predictions: Sequence[Prediction], ground_truth: Sequence[Grou
             fp = np.cumsum(~matched & ~ignored, axis=1).astype(float)
             for t in range(len(IOU_THRESHOLDS)):
                 precision[area_name][t, :, k_index] = _precision_at_recalls(tp[t], fp[t], num_gt)
-
-    def mean(values: np.ndarray) -> float:
-        values = values[values > -1]
-        return float(values.mean()) if values.size else -1.0
-
-    t50, t75 = (int(np.argmin(np.abs(IOU_THRESHOLDS - t))) for t in (0.5, 0.75))
-    return {"map": mean(precision["all"]), "ap50": mean(precision["all"][t50]), "ap75": mean(precision["all"][t75]),
-            "ap_small": mean(precision["small"]), "ap_medium": mean(precision["medium"]),
-            "ap_large": mean(precision["large"]), "images": float(len(gts))}
+    return {**_summary(precision), "images": float(len(gts))}
 
 
 def voc_ap50(predictions: Sequence[Prediction], ground_truth: Sequence[GroundTruth], *,
