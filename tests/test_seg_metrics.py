@@ -25,6 +25,18 @@ TRUE = _mask(["###.",
               "...."])
 
 
+class _Loader:
+    """Whole images, ``batch`` per batch; records the epochs it was asked for."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch: int = 1) -> None:
+        self.images, self.targets, self.batch, self.epochs = images, targets, batch, []
+
+    def iter_epoch(self, epoch: int):
+        self.epochs.append(epoch)
+        for i in range(0, len(self.images), self.batch):
+            yield self.images[i:i + self.batch], self.targets[i:i + self.batch]
+
+
 def test_overlap_metrics_by_hand() -> None:
     # |P| = 4, |G| = 6, |P n G| = 4, |P u G| = 6, 2 of 16 pixels disagree.
     torch.testing.assert_close(pixel_accuracy(PRED, TRUE), torch.tensor([14 / 16]))
@@ -290,10 +302,6 @@ def test_segmentation_report_fields_options_and_refusals(monkeypatch) -> None:
     target = torch.zeros(1, 1, 8, 8)
     target[0, 0, 2:6, 2:6] = 1.0
 
-    class Batches:
-        def iter_epoch(self, epoch: int):
-            yield target * 2 - 1, target  # the model below returns its input: the logits are +-1
-
     seen: list[dict] = []
     real = seg_eval.evaluate_segmentation
 
@@ -302,7 +310,9 @@ def test_segmentation_report_fields_options_and_refusals(monkeypatch) -> None:
         return real(model, loader, **options)
 
     identity = torch.nn.Identity()
-    task = SimpleNamespace(name="cells", val_loader=Batches(), extra={"task_type": "segmentation"})
+    # The model below returns its input: the logits are +-1.
+    task = SimpleNamespace(name="cells", val_loader=_Loader(target * 2 - 1, target),
+                           extra={"task_type": "segmentation"})
     assert seg_eval.is_segmentation_task(task) and not seg_eval.is_segmentation_task(SimpleNamespace(name="x"))
     plain = seg_eval.segmentation_report(identity, task)
     assert {k: plain[k] for k in ("data", "split", "foreground", "window", "overlap", "tta")} == {
@@ -327,23 +337,11 @@ def test_segmentation_report_fields_options_and_refusals(monkeypatch) -> None:
         with pytest.raises(ConfigError) as err:
             seg_eval.segmentation_report(identity, task, **options)
         assert str(err.value) == message
-    task.extra["train_eval_loader"] = Batches()
+    task.extra["train_eval_loader"] = _Loader(target * 2 - 1, target)
     assert seg_eval.segmentation_report(identity, task, split="train")["split"] == "train"
     with pytest.raises(ConfigError) as err:
         seg_eval.segmentation_report(identity, task, split="test")
     assert str(err.value) == "split 'test': data set cells offers whole-image evaluation of val and train only"
-
-
-class _Loader:
-    """Whole images one per batch; records the epochs it was asked for."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        self.images, self.targets, self.epochs = images, targets, []
-
-    def iter_epoch(self, epoch: int):
-        self.epochs.append(epoch)
-        for i in range(len(self.images)):
-            yield self.images[i:i + 1], self.targets[i:i + 1]
 
 
 def test_save_predicted_masks_names_values_paths_and_windows(tmp_path, monkeypatch) -> None:
@@ -421,16 +419,13 @@ def test_evaluate_segmentation_edges_empty_loader_thresholds_batches_and_band_wi
     edge = evaluate_segmentation(torch.nn.Identity(), _Loader(logits, target))
     assert edge["pixel_accuracy"] == 1.0 and edge["dice"] == 1.0
     # Two images in one batch: the loss is averaged over images, not batches.
-
-    class Pairs(_Loader):
-        def iter_epoch(self, epoch: int):
-            yield self.images, self.targets
-
     two = torch.zeros(2, 1, 6, 6)
     two[:, 0, 2:4, 2:4] = 1.0
-    m = evaluate_segmentation(torch.nn.Identity(), Pairs(two * 2 - 1, two), loss_fn=lambda z, y: torch.tensor(3.0))
+    m = evaluate_segmentation(torch.nn.Identity(), _Loader(two * 2 - 1, two, batch=2),
+                              loss_fn=lambda z, y: torch.tensor(3.0))
     assert m["loss"] == 3.0 and m["images"] == 2.0
     # The band width reaches the boundary band.
-    wide = evaluate_segmentation(torch.nn.Identity(), Pairs(torch.roll(two, 1, dims=3) * 2 - 1, two), band_width=0)
-    narrow = evaluate_segmentation(torch.nn.Identity(), Pairs(torch.roll(two, 1, dims=3) * 2 - 1, two))
+    shifted = torch.roll(two, 1, dims=3) * 2 - 1
+    wide = evaluate_segmentation(torch.nn.Identity(), _Loader(shifted, two, batch=2), band_width=0)
+    narrow = evaluate_segmentation(torch.nn.Identity(), _Loader(shifted, two, batch=2))
     assert wide["boundary_accuracy"] != narrow["boundary_accuracy"]
