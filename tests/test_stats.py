@@ -22,6 +22,7 @@ from dltricks.evidence import Effect, Equivalent, Evidence, NonInferior, Tip, Ve
 from dltricks.evidence import stats
 from dltricks.evidence.rules import part_verdict
 from dltricks.tips.engine import TipResult, family_control, run_tip
+from train_helpers import paired_evidence
 
 # Two-sided critical values t(1 - alpha/2, df) and one-sided ones, as printed in standard tables
 # (e.g. NIST/SEMATECH e-Handbook of Statistical Methods, Table 1.4.2.7.3.4), 3 decimals.
@@ -390,11 +391,7 @@ def test_holm_never_exceeds_one():
 # ------------------------------------------------------------------ gaps found by mutation testing (issue 23)
 
 def _two_arms(t: list[float], c: list[float], metric: str = "acc") -> Evidence:
-    ev = Evidence()
-    for a, b in zip(t, c):
-        ev.add("new", **{metric: a})
-        ev.add("old", **{metric: b})
-    return ev
+    return paired_evidence(t, c, metric, arms=("new", "old"))
 
 
 def test_rules_describe_and_brief_themselves_word_for_word() -> None:

@@ -17,14 +17,10 @@ from dltricks.evidence import (AllOf, Effect, Equivalent, Evidence, Exact, NonIn
                                summarize)
 from dltricks.tips.catalog import SECTIONS, get_catalog
 from dltricks.tips.engine import run_tip, run_tips, select_tips
+from train_helpers import paired_evidence
 
 
-def _ev(t: list[float], c: list[float], metric: str = "acc") -> Evidence:
-    ev = Evidence()
-    for a, b in zip(t, c):
-        ev.add("t", **{metric: a})
-        ev.add("c", **{metric: b})
-    return ev
+_ev = paired_evidence  # arms "t" and "c"
 
 
 # -------------------------------------------------------------------------------- rules

@@ -1,4 +1,4 @@
-"""Tiny in-memory tasks and models for the trainer tests (fast: 8x8 images, a few hundred samples)."""
+"""Tiny in-memory tasks, models and evidence for the tests (fast: 8x8 images, a few hundred samples)."""
 
 from __future__ import annotations
 
@@ -67,3 +67,15 @@ def cifar10_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def paired_evidence(treatment: list[float], control: list[float], metric: str = "acc", *,
+                    arms: tuple[str, str] = ("t", "c")) -> Any:
+    """Evidence with one ``metric`` value per seed for a treatment and a control arm (named by ``arms``)."""
+    from dltricks.evidence import Evidence
+
+    ev = Evidence()
+    for a, b in zip(treatment, control):
+        ev.add(arms[0], **{metric: a})
+        ev.add(arms[1], **{metric: b})
+    return ev
